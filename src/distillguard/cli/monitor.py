@@ -1,0 +1,9 @@
+"""CLI for the `monitor` capability (filled in by its owner)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(root: typer.Typer) -> None:
+    """Attach this capability's commands to the root app."""
