@@ -31,6 +31,15 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+@app.command()
+def version() -> None:
+    """Print distillguard's version."""
+    from distillguard import __version__
+
+    typer.echo(__version__)
+
+
 for _module in (model, gateway, accounts, watermark, monitor, distill, prove):
     _module.register(app)
 
