@@ -1,1 +1,69 @@
-"""store capability."""
+"""The store: accounts and API keys, the exchange log, enforcement actions, and their export.
+
+SQLAlchemy 2 over SQLite (embedded default, WAL) or PostgreSQL (by URL), with Alembic
+migrations shipped inside the package. Data access is keyword-only functions over a
+``Session``; the gateway's hot path uses ``authenticate`` and ``ExchangeLog``.
+"""
+
+from __future__ import annotations
+
+from distillguard.store.accounts import (
+    AccountInfo,
+    KeyIdentity,
+    KeyInfo,
+    authenticate,
+    create_account,
+    create_key,
+    get_account,
+    list_accounts,
+    list_keys,
+    revoke_key,
+    set_account_status,
+)
+from distillguard.store.db import (
+    make_engine,
+    migrate,
+    require_current_schema,
+    session_scope,
+)
+from distillguard.store.exchanges import (
+    ActionRecord,
+    ExchangeLog,
+    ExchangeRecord,
+    count_exchanges,
+    iter_exchanges,
+    list_actions,
+    new_exchange_id,
+    recent_exchanges,
+    record_action,
+)
+from distillguard.store.export import export_traffic, export_traffic_summary
+
+__all__ = [
+    "AccountInfo",
+    "ActionRecord",
+    "ExchangeLog",
+    "ExchangeRecord",
+    "KeyIdentity",
+    "KeyInfo",
+    "authenticate",
+    "count_exchanges",
+    "create_account",
+    "create_key",
+    "export_traffic",
+    "export_traffic_summary",
+    "get_account",
+    "iter_exchanges",
+    "list_accounts",
+    "list_actions",
+    "list_keys",
+    "make_engine",
+    "migrate",
+    "new_exchange_id",
+    "recent_exchanges",
+    "record_action",
+    "require_current_schema",
+    "revoke_key",
+    "session_scope",
+    "set_account_status",
+]

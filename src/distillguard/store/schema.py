@@ -1,0 +1,112 @@
+"""The database schema: four tables, typed SQLAlchemy 2 declarative models.
+
+The Alembic migrations in ``migrations/versions`` create exactly these tables; a test asks
+Alembic's autogenerate to compare the two and fails on any difference, so a change here
+without a migration (or the reverse) cannot land.
+
+Times are Unix seconds in double precision (the traffic log's ``ts`` is one), the same on
+SQLite and PostgreSQL, so rows compare and export without time-zone conversions.
+
+``exchanges`` and ``actions`` carry no foreign keys on purpose: the log is append-only
+evidence. It must accept a row for an unauthenticated attempt (no account), keep rows of an
+account that is later deleted, and never fail an insert on the hot path because of a
+constraint check on another table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Double, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names, so migrations name what autogenerate would name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# JSON on SQLite (a TEXT column), JSONB on PostgreSQL (indexable, compact).
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+ACCOUNT_STATUSES = ("active", "suspended")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Account(Base):
+    """A customer of the API; several keys may belong to one account."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    org: Mapped[str | None] = mapped_column(String(200))
+    # Opaque id of the payment method: accounts sharing one are a signal for the monitor.
+    payment_fingerprint: Mapped[str | None] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of its secret is stored (see ``accounts.hash_secret``)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # public key id
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))  # hex SHA-256 of the whole secret
+    created_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double)
+    rpm: Mapped[int | None] = mapped_column(Integer)  # None: the server's default limit
+    tpm: Mapped[int | None] = mapped_column(Integer)
+
+
+class Exchange(Base):
+    """One API exchange: the traffic log of the spec (§1) plus serving details."""
+
+    __tablename__ = "exchanges"
+    __table_args__ = (
+        Index("ix_exchanges_account_id_ts", "account_id", "ts"),
+        Index("ix_exchanges_ts", "ts"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ts: Mapped[float] = mapped_column(Double)  # arrival time, Unix seconds
+    account_id: Mapped[str | None] = mapped_column(String(40))  # None: auth failed
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    ip: Mapped[str] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    payment_fingerprint: Mapped[str | None] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(String(200))
+    request: Mapped[Any] = mapped_column(JsonDocument)  # body as sent (any JSON value)
+    response_text: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Double)
+    model: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    watermark_scheme: Mapped[str | None] = mapped_column(String(40))
+    watermark_key_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class Action(Base):
+    """An enforcement action taken on an account (throttle, flag, block, degrade)."""
+
+    __tablename__ = "actions"
+    __table_args__ = (Index("ix_actions_account_id_ts", "account_id", "ts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Double)
+    account_id: Mapped[str] = mapped_column(String(40))
+    cluster_id: Mapped[str | None] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(20))
+    score: Mapped[float] = mapped_column(Double)
+    reasons: Mapped[list[str]] = mapped_column(JsonDocument)
