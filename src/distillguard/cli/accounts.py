@@ -1,9 +1,328 @@
-"""CLI for the `accounts` capability (filled in by its owner)."""
+"""CLI for the store: ``accounts``, ``keys``, ``log`` and ``db`` sub-commands.
+
+Every command takes ``--db URL`` (default: ``DISTILLGUARD_DATABASE_URL``, else the SQLite file
+in ``DISTILLGUARD_HOME``) and brings the schema up to date first, so a newcomer's first
+``accounts create`` just works. Errors (duplicate name, unknown account or key) are raised as
+``DistillGuardError`` and printed by the root app with their exit code.
+"""
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from distillguard.errors import InputError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+accounts_app = typer.Typer(help="Customer accounts.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys: create (secret shown once), list, revoke.", no_args_is_help=True
+)
+log_app = typer.Typer(help="The exchange log: export as a traffic log, tail.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL (default: DISTILLGUARD_DATABASE_URL, else SQLite in DISTILLGUARD_HOME).",
+        show_default=False,
+    ),
+]
+
+console = Console()
 
 
 def register(root: typer.Typer) -> None:
     """Attach this capability's commands to the root app."""
+    root.add_typer(accounts_app, name="accounts")
+    root.add_typer(keys_app, name="keys")
+    root.add_typer(log_app, name="log")
+    root.add_typer(db_app, name="db")
+
+
+def _open(db: str | None) -> Engine:
+    from distillguard.store import make_engine, migrate
+
+    engine = make_engine(db)
+    migrate(engine=engine)
+    return engine
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds from ``1764000000``/``1764000000.5`` or ISO 8601 (UTC unless it says)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise InputError(
+                f"not a time: {text!r} (give Unix seconds or ISO 8601, e.g. 2026-11-25T10:00)"
+            ) from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"not a time: {text!r} (Unix seconds must be finite and >= 0)")
+    return value
+
+
+def _short(text: str | None, width: int = 40) -> str:
+    if text is None:
+        return "-"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: Annotated[str, typer.Argument(help="Unique account name.")],
+    org: Annotated[str | None, typer.Option(help="Organisation the account belongs to.")] = None,
+    payment_fingerprint: Annotated[
+        str | None, typer.Option(help="Opaque id of the account's payment method.")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Create an account."""
+    from distillguard.store import create_account, session_scope
+
+    with session_scope(_open(db)) as session:
+        account = create_account(
+            session, name=name, org=org, payment_fingerprint=payment_fingerprint
+        )
+    console.print(f"created account [bold]{account.name}[/bold] with id {account.id}")
+
+
+@accounts_app.command("list")
+def accounts_list(db: DbOption = None) -> None:
+    """List accounts with their count of active keys."""
+    from distillguard.store import list_accounts, session_scope
+
+    with session_scope(_open(db)) as session:
+        accounts = list_accounts(session)
+    table = Table("name", "org", "payment fingerprint", "status", "keys", "created")
+    table.add_column("id", no_wrap=True)
+    for a in accounts:
+        table.add_row(
+            a.name,
+            a.org or "-",
+            a.payment_fingerprint or "-",
+            a.status,
+            str(a.active_keys),
+            _when(a.created_at),
+            a.id,
+        )
+    console.print(table if accounts else "no accounts yet: `distillguard accounts create NAME`")
+
+
+def _set_status(account: str, status: str, action: str, reason: str, db: str | None) -> None:
+    from distillguard.store import record_action, session_scope, set_account_status
+
+    with session_scope(_open(db)) as session:
+        info = set_account_status(session, account=account, status=status)
+        record_action(
+            session, account_id=info.id, cluster_id=None, action=action, reasons=[reason], score=1.0
+        )
+    console.print(f"account {info.name} ({info.id}) is now {info.status}")
+
+
+@accounts_app.command("suspend")
+def accounts_suspend(
+    account: Annotated[str, typer.Argument(help="Account id or name.")],
+    reason: Annotated[str, typer.Option(help="Why, kept with the action.")] = "manual",
+    db: DbOption = None,
+) -> None:
+    """Suspend an account: its keys are refused (403) until it is reinstated."""
+    _set_status(account, "suspended", "suspend", reason, db)
+
+
+@accounts_app.command("reinstate")
+def accounts_reinstate(
+    account: Annotated[str, typer.Argument(help="Account id or name.")],
+    reason: Annotated[str, typer.Option(help="Why, kept with the action.")] = "manual",
+    db: DbOption = None,
+) -> None:
+    """Reinstate a suspended account."""
+    _set_status(account, "active", "reinstate", reason, db)
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    account: Annotated[str, typer.Argument(help="Account id or name.")],
+    rpm: Annotated[
+        int | None, typer.Option(help="Requests per minute (default: server's).")
+    ] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute (default: server's).")] = None,
+    secret_only: Annotated[
+        bool, typer.Option("--secret-only", help="Print only the secret (for scripts).")
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Create an API key. Its secret is printed once and cannot be shown again."""
+    from distillguard.store import create_key, session_scope
+
+    with session_scope(_open(db)) as session:
+        key, secret = create_key(session, account=account, rpm=rpm, tpm=tpm)
+    if secret_only:
+        typer.echo(secret)
+        return
+    console.print(f"created key [bold]{key.key_id}[/bold] for account {key.account_name}")
+    typer.echo(secret)  # plain echo: rich would wrap a long secret on a narrow terminal
+    console.print(
+        "[yellow]This secret is shown only now; only its hash is stored. Keep it safe.[/yellow]"
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    account: Annotated[str | None, typer.Argument(help="Only this account (id or name).")] = None,
+    db: DbOption = None,
+) -> None:
+    """List keys (never their secrets), revoked ones included."""
+    from distillguard.store import list_keys, session_scope
+
+    with session_scope(_open(db)) as session:
+        keys = list_keys(session, account=account)
+    table = Table("key id", "account", "rpm", "tpm", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            k.key_id,
+            k.account_name,
+            "default" if k.rpm is None else str(k.rpm),
+            "default" if k.tpm is None else str(k.tpm),
+            _when(k.created_at),
+            _when(k.revoked_at),
+        )
+    console.print(table if keys else "no keys")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (the part after `dg-`).")],
+    db: DbOption = None,
+) -> None:
+    """Revoke a key: refused from the next request on, in every gateway replica."""
+    from distillguard.store import revoke_key, session_scope
+
+    with session_scope(_open(db)) as session:
+        key = revoke_key(session, key_id=key_id)
+    console.print(
+        f"revoked key {key.key_id} of account {key.account_name} at {_when(key.revoked_at)}"
+    )
+
+
+# --- log ----------------------------------------------------------------------------------
+
+
+@log_app.command("export")
+def log_export(
+    out: Annotated[Path, typer.Option("--out", help="JSON Lines file to write.")],
+    since: Annotated[
+        str | None, typer.Option(help="Only exchanges from this time (Unix seconds or ISO 8601).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Only exchanges before this time.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Export the exchange log in the traffic-log format (shared/spec/traffic-log.md §1)."""
+    from distillguard.store import export_traffic_summary
+
+    start = parse_time(since) if since else None
+    end = parse_time(until) if until else None
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; give a file name")
+    engine = _open(db)
+    with console.status(f"exporting to {out} ..."):
+        summary = export_traffic_summary(engine, out, since=start, until=end)
+    console.print(f"wrote {summary.written:,} exchanges to {summary.path}")
+    if summary.unattributed:
+        console.print(
+            f"left out {summary.unattributed:,} unauthenticated attempts (no account or key; "
+            "see `distillguard log tail`)"
+        )
+
+
+@log_app.command("tail")
+def log_tail(
+    n: Annotated[int, typer.Option("-n", "--lines", help="How many exchanges.", min=1)] = 20,
+    account: Annotated[str | None, typer.Option(help="Only this account id.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Show the newest exchanges, oldest of them first."""
+    from distillguard.store import recent_exchanges, session_scope
+
+    with session_scope(_open(db)) as session:
+        rows = recent_exchanges(session, limit=n, account_id=account)
+    table = Table("time (UTC)", "account", "key", "endpoint", "status", "tokens", "ms", "answer")
+    for r in reversed(rows):
+        tokens = f"{r.prompt_tokens or 0}+{r.completion_tokens or 0}"
+        table.add_row(
+            _when(r.ts),
+            r.account_id or "-",
+            r.key_id or "-",
+            r.endpoint,
+            str(r.status),
+            tokens,
+            "-" if r.latency_ms is None else f"{r.latency_ms:.1f}",
+            _short(r.response_text if r.error is None else f"error: {r.error}"),
+        )
+    console.print(table if rows else "the log is empty")
+
+
+# --- db -----------------------------------------------------------------------------------
+
+
+@db_app.command("migrate")
+def db_migrate(db: DbOption = None) -> None:
+    """Create or upgrade the schema to the newest migration (safe to repeat)."""
+    from distillguard.store.db import current_revision, describe, make_engine, migrate
+
+    engine = make_engine(db)
+    migrate(engine=engine)
+    console.print(f"{describe(engine)} is at schema revision {current_revision(engine)}")
+
+
+@db_app.command("status")
+def db_status(db: DbOption = None) -> None:
+    """Show the schema revision and how many rows each table holds."""
+    from sqlalchemy import func, select
+
+    from distillguard.store.db import (
+        current_revision,
+        describe,
+        head_revision,
+        make_engine,
+        session_scope,
+    )
+    from distillguard.store.schema import Base
+
+    engine = make_engine(db)
+    current, head = current_revision(engine), head_revision()
+    state = "up to date" if current == head else f"needs `distillguard db migrate` (to {head})"
+    console.print(f"{describe(engine)}: schema {current or 'none'}, {state}")
+    if current is None:
+        return
+    with session_scope(engine) as session:
+        for name, table in sorted(Base.metadata.tables.items()):
+            count = session.execute(select(func.count()).select_from(table)).scalar_one()
+            console.print(f"  {name}: {count:,} rows")
