@@ -35,3 +35,64 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").exists():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# --- databases (store room): the same tests against SQLite and PostgreSQL -----------------
+
+PG_ADMIN_URL = os.environ.get(
+    "DISTILLGUARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)  # a server where we may CREATE DATABASE (trust auth on this machine)
+
+
+@pytest.fixture(scope="session")
+def pg_database_url():
+    """A fresh, uniquely named PostgreSQL database for this test session, dropped at the end.
+
+    Yields its SQLAlchemy URL; skips (with the reason) only when the server is unreachable.
+    """
+    import secrets
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {str(exc).strip()[:200]}")
+    name = f"dg_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        params = conninfo_to_dict(make_conninfo(PG_ADMIN_URL, dbname=name))
+        user = params.get("user", "")
+        host = params.get("host", "127.0.0.1")
+        port = params.get("port", "5432")
+        yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _reset_pg_database(url: str) -> None:
+    """Empty the session's database: drop everything in it, whoever left it connected."""
+    import psycopg
+
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """URL of an empty, not yet migrated database: a SQLite file, or the session's PostgreSQL
+    database emptied for this test. Also set as DISTILLGUARD_DATABASE_URL (CLI, servers)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'distillguard.db'}"
+    else:
+        url = request.getfixturevalue("pg_database_url")
+        _reset_pg_database(url)
+    monkeypatch.setenv("DISTILLGUARD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    return url
