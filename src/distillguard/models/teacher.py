@@ -1,0 +1,135 @@
+"""Corpora and the default teacher: a `small` Llama trained on real (instruction, answer) pairs.
+
+The teacher is what the gateway serves when no ``--model`` is given. It is built once from
+``{data_dir}/outputs/*.jsonl`` (real answers of 13 LLMs to the same 805 prompts) and cached
+under ``{home}/models/teacher-{size}``; a fixed step count (not a time budget) makes the build
+repeatable for a given seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distillguard.config import Settings, get_settings
+from distillguard.errors import InputError, NotFound
+
+# Keys of a JSONL record that hold a prompt and its answer, in order of preference.
+PROMPT_KEYS = ("instruction", "prompt", "question")
+ANSWER_KEYS = ("output", "completion", "answer", "response")
+
+# Steps that fit the default teacher in ~3-5 CPU minutes on one thread here (batch 8 x 512).
+TEACHER_STEPS = {"tiny": 300, "small": 500, "base": 2000}
+
+
+@dataclass
+class Corpus:
+    texts: list[str] = field(default_factory=list)  # plain documents
+    chat_pairs: list[tuple[str, str]] = field(default_factory=list)  # (instruction, answer)
+    skipped_lines: int = 0  # JSONL lines that were not a usable record
+    first_skipped: list[str] = field(default_factory=list)  # "file:line" of the first few
+
+
+def _pair_from_record(record: object) -> tuple[str, str] | None:
+    if not isinstance(record, dict):
+        return None
+    prompt = next((record[k] for k in PROMPT_KEYS if isinstance(record.get(k), str)), None)
+    answer = next((record[k] for k in ANSWER_KEYS if isinstance(record.get(k), str)), None)
+    if not prompt or not answer or not prompt.strip() or not answer.strip():
+        return None
+    return prompt, answer
+
+
+def read_corpus(paths: Sequence[Path]) -> Corpus:
+    """Read training files: ``.jsonl`` records become chat pairs (bad lines are counted, never
+    fatal), any other file is plain text split into paragraphs (blank-line separated)."""
+    corpus = Corpus()
+    if not paths:
+        raise InputError("no corpus file given")
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise NotFound(f"corpus file {path} does not exist")
+        raw = path.read_bytes().decode("utf-8", errors="replace")
+        if path.suffix == ".jsonl":
+            for lineno, line in enumerate(raw.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    pair = _pair_from_record(json.loads(line))
+                except ValueError:
+                    pair = None
+                if pair is None:
+                    corpus.skipped_lines += 1
+                    if len(corpus.first_skipped) < 5:
+                        corpus.first_skipped.append(f"{path.name}:{lineno}")
+                else:
+                    corpus.chat_pairs.append(pair)
+        else:
+            corpus.texts += [p.strip() for p in raw.split("\n\n") if p.strip()]
+    if not corpus.texts and not corpus.chat_pairs:
+        raise InputError(f"no usable text in {', '.join(map(str, paths))} "
+                         f"({corpus.skipped_lines} unusable lines)")
+    return corpus
+
+
+def read_chat_pairs(data_dir: Path) -> list[tuple[str, str]]:
+    """All (instruction, output) pairs of ``{data_dir}/outputs/*.jsonl``, files in name order."""
+    files = sorted((Path(data_dir) / "outputs").glob("*.jsonl"))
+    if not files:
+        raise NotFound(f"no outputs/*.jsonl under {data_dir}: the teacher's training data is "
+                       "missing (set DISTILLGUARD_DATA_DIR)")
+    return read_corpus(files).chat_pairs
+
+
+def teacher_dir_path(settings: Settings | None = None, *, size: str = "small") -> Path:
+    settings = settings or get_settings()
+    return settings.home / "models" / f"teacher-{size}"
+
+
+def default_teacher_dir(settings: Settings | None = None, *, size: str = "small",
+                        progress: bool = True, seed: int = 0) -> Path:
+    """Directory of the default teacher, building it first when it is missing.
+
+    A lock file keeps two processes (gateway replicas, a demo and a test) from training it
+    twice; the build itself appears atomically (see ``build_model``)."""
+    from distillguard.models.llama import TrainConfig, build_model
+
+    target = teacher_dir_path(settings, size=size)
+    if (target / "config.json").is_file():
+        return target
+    settings = settings or get_settings()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f".{target.name}.lock")
+    with _FileLock(lock):
+        if (target / "config.json").is_file():  # built by another process meanwhile
+            return target
+        pairs = read_chat_pairs(settings.data_dir)
+        config = TrainConfig(size=size, max_steps=TEACHER_STEPS.get(size, 500), seed=seed)
+        build_model(out_dir=target, config=config, chat_pairs=pairs, progress=progress)
+    return target
+
+
+class _FileLock:
+    """An exclusive advisory lock on a file (POSIX flock), released on exit."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> _FileLock:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,139 @@
+"""Byte-level BPE tokenizer with a chat template, trained from scratch with HF ``tokenizers``.
+
+Byte-level BPE never meets an unknown character (every byte is in the base alphabet), so any
+prompt a client sends encodes. Chat structure is carried by special tokens, one per role plus
+``<|end|>`` closing each message; ``<|end|>`` is also the end-of-sequence token, so the model
+learns to stop an answer by emitting it:
+
+    <|user|>\\nWhat is 2+2?<|end|>\\n<|assistant|>\\n4<|end|>\\n
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from distillguard.errors import InputError, ModelError
+
+END = "<|end|>"  # closes every message; the end-of-sequence token
+PAD = "<|pad|>"  # left padding in batches; never trained on
+SYSTEM = "<|system|>"
+USER = "<|user|>"
+ASSISTANT = "<|assistant|>"
+SPECIAL_TOKENS: tuple[str, ...] = (END, PAD, SYSTEM, USER, ASSISTANT)
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+# Jinja chat template stored in tokenizer_config.json, so `apply_chat_template` works for anyone
+# who loads the directory with AutoTokenizer, not only through this package.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus our special tokens
+
+
+def format_chat_pair(instruction: str, output: str) -> str:
+    """One (instruction, answer) pair as the text the model is trained on (template + eos)."""
+    return f"{USER}\n{instruction}{END}\n{ASSISTANT}\n{output}{END}\n"
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int) -> Any:
+    """Train a byte-level BPE on ``texts``; return a ``PreTrainedTokenizerFast`` with the chat
+    template, ``<|end|>`` as eos and ``<|pad|>`` as padding (left side, for batched decoding)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < MIN_VOCAB:
+        raise InputError(f"vocab_size must be at least {MIN_VOCAB} (bytes + special tokens)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    texts = list(texts)
+    if not any(t.strip() for t in texts):
+        raise InputError("cannot train a tokenizer on an empty corpus")
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok: Any) -> Any:
+    """Wrap a raw ``tokenizers.Tokenizer`` as a transformers tokenizer with our conventions."""
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=END,
+        pad_token=PAD,
+        additional_special_tokens=[SYSTEM, USER, ASSISTANT],
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=1_000_000,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def validate_messages(messages: Sequence[dict]) -> None:
+    """Reject malformed chat messages with an InputError naming the problem."""
+    if not messages:
+        raise InputError("messages must not be empty", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise InputError(f"messages[{i}] must be an object", param="messages")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise InputError(f"messages[{i}].role must be a non-empty string", param="messages")
+        if not isinstance(content, str):
+            raise InputError(f"messages[{i}].content must be a string", param="messages")
+
+
+def encode_chat(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool = True
+                ) -> list[int]:
+    """Token ids of ``messages`` under the tokenizer's chat template (with the assistant header
+    appended when ``add_generation_prompt``). Tokenizers without a template fall back to ours
+    rendered as text, so every HF model directory can serve chat requests."""
+    validate_messages(messages)
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            ids = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                return_dict=False,
+            )
+        except Exception as exc:  # a template may reject roles it does not know
+            raise InputError(f"the model's chat template rejected the messages: {exc}") from exc
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in some versions
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    text = "".join(f"<|{m['role']}|>\n{m['content']}{END}\n" for m in messages)
+    if add_generation_prompt:
+        text += f"{ASSISTANT}\n"
+    return encode_text(tokenizer, text)
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Plain token ids of ``text`` (no special tokens added)."""
+    if not isinstance(text, str):
+        raise InputError("prompt must be a string")
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def eos_token_ids(tokenizer: Any, model_config: Any = None) -> frozenset[int]:
+    """Every id that ends a generation: the tokenizer's eos plus the model config's eos ids."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    cfg_eos = getattr(model_config, "eos_token_id", None) if model_config is not None else None
+    if isinstance(cfg_eos, int):
+        ids.add(cfg_eos)
+    elif isinstance(cfg_eos, (list, tuple)):
+        ids.update(int(i) for i in cfg_eos)
+    if not ids:
+        raise ModelError("the tokenizer has no end-of-sequence token; cannot end generations")
+    return frozenset(ids)
