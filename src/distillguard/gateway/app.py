@@ -1,0 +1,208 @@
+"""The gateway application: ``create_app(settings)`` wires every part together.
+
+``GatewayApp`` is a FastAPI app with one twist: the two completion endpoints (and
+``/v1/models``) are answered by a raw ASGI handler (``routes_openai``) before FastAPI's router
+and middleware see the request. That path runs on every API call and must add well under a
+millisecond; admin, health and metrics routes are ordinary FastAPI routes.
+
+The lifespan opens, in order: the database (migrated to the newest schema), the exchange log
+(group-commit writer), the key checker, the rate limiter (memory, or Redis when
+``DISTILLGUARD_REDIS_URL`` is set), the backend (upstream proxy or local model with its
+watermark sampler) and the online monitor when its module is installed. It closes them in
+reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from sqlalchemy import Engine
+
+from distillguard.config import Settings, get_settings
+from distillguard.errors import ConfigError
+from distillguard.gateway.auth import KeyAuthenticator, _require_admin
+from distillguard.gateway.backend import Backend
+from distillguard.gateway.errors import install_handlers
+from distillguard.gateway.limits import RateLimiter, make_limiter
+from distillguard.gateway.metrics import GatewayMetrics
+from distillguard.gateway.routes_openai import OPENAI_PATHS, handle_models, handle_openai
+
+log = logging.getLogger("distillguard.gateway")
+
+
+@dataclass
+class GatewayState:
+    """The long-lived parts one gateway process serves with (``app.state.gateway``)."""
+
+    settings: Settings
+    engine: Engine
+    exchange_log: Any  # store.exchanges.ExchangeLog
+    auth: KeyAuthenticator
+    limiter: RateLimiter
+    backend: Backend
+    metrics: GatewayMetrics
+    monitor: Any | None  # monitor.online.OnlineMonitor, or None when not installed / disabled
+    admin_token: str | None
+    started_at: float = 0.0
+
+    async def record_action(self, account_id: str, decision: Any) -> None:
+        """Persist an enforcement action (off the event loop: it is a database write)."""
+        from distillguard.store.db import session_scope
+        from distillguard.store.exchanges import record_action
+
+        def write() -> None:
+            with session_scope(self.engine) as session:
+                record_action(
+                    session,
+                    account_id=account_id,
+                    cluster_id=decision.cluster_id,
+                    action=decision.action,
+                    reasons=list(decision.reasons),
+                    score=float(decision.score),
+                )
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception:
+            log.exception("could not record enforcement action %s", decision.action)
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with the OpenAI API paths short-circuited to the raw ASGI handler."""
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path in OPENAI_PATHS:
+                await handle_openai(self.state.gateway, scope, receive, send)
+                return
+            if path == "/v1/models":
+                await handle_models(self.state.gateway, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _make_backend(settings: Settings) -> Backend:
+    if settings.upstream_url:
+        from distillguard.gateway.upstream import UpstreamBackend
+
+        api_key = (
+            settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        )
+        return UpstreamBackend(settings.upstream_url, api_key=api_key)
+    from distillguard.gateway.local import LocalBackend
+
+    return LocalBackend.from_settings(settings)
+
+
+def _make_monitor(settings: Settings) -> Any | None:
+    if not getattr(settings, "online_monitor", True):
+        return None
+    try:
+        from distillguard.monitor.online import OnlineMonitor
+    except ImportError:
+        log.warning("distillguard.monitor.online is not installed: online enforcement is off")
+        return None
+    return OnlineMonitor.from_settings(settings)
+
+
+def _mount_optional_routers(app: FastAPI) -> None:
+    """Routers other rooms contribute under /admin (admin token required)."""
+    try:
+        from distillguard.watermark.api import router as watermark_router
+    except ImportError:
+        return
+    prefixed = all(getattr(r, "path", "").startswith("/admin") for r in watermark_router.routes)
+    app.include_router(
+        watermark_router,
+        prefix="" if prefixed else "/admin",
+        dependencies=[Depends(_require_admin)],
+    )
+
+
+def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
+    """The gateway for ``settings`` (default: the environment's). ``backend`` overrides the
+    one the settings name (tests, embedding)."""
+    settings = settings or get_settings()
+    if settings.upstream_url and settings.model_dir:
+        raise ConfigError("give either a model directory or an upstream URL, not both")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from distillguard.store.db import make_engine, migrate
+        from distillguard.store.exchanges import ExchangeLog
+
+        engine = make_engine(settings.resolved_database_url)
+        await asyncio.to_thread(migrate, engine=engine)
+        exchange_log = ExchangeLog(engine)
+        limiter = make_limiter(settings.redis_url)
+        chosen = backend or _make_backend(settings)
+        await chosen.start()
+        monitor = _make_monitor(settings)
+        admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+        state = GatewayState(
+            settings=settings,
+            engine=engine,
+            exchange_log=exchange_log,
+            auth=KeyAuthenticator(engine),
+            limiter=limiter,
+            backend=chosen,
+            metrics=GatewayMetrics(),
+            monitor=monitor,
+            admin_token=admin or None,
+            started_at=time.time(),
+        )
+        app.state.gateway = state
+        log.info(
+            "gateway ready",
+            extra={
+                "fields": {
+                    "backend": type(chosen).__name__,
+                    "models": chosen.model_ids(),
+                    "limits": type(limiter).__name__,
+                    "monitor": monitor is not None,
+                    "watermark": chosen.watermark_scheme,
+                }
+            },
+        )
+        try:
+            yield
+        finally:
+            await chosen.close()
+            await limiter.close()
+            state.auth.close()
+            await asyncio.to_thread(exchange_log.close)
+            engine.dispose()
+
+    app = GatewayApp(
+        title="distillguard gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/admin/openapi.json",
+    )
+    install_handlers(app)
+    from distillguard.gateway.routes_admin import router as admin_router
+    from distillguard.gateway.routes_ops import router as ops_router
+
+    app.include_router(ops_router)
+    app.include_router(admin_router)
+    _mount_optional_routers(app)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """uvicorn's ``--factory`` entry point (each worker builds its app from the environment)."""
+    from distillguard.gateway.metrics import configure_json_logging
+
+    settings = get_settings()
+    configure_json_logging(getattr(settings, "log_level", "info"))
+    return create_app(settings)

@@ -1,0 +1,241 @@
+"""Per-key rate limits: requests per minute (RPM) and tokens per minute (TPM), exact.
+
+Both limiters keep a true sliding window of the last 60 seconds (no fixed buckets, no token
+bucket approximation): a request is admitted when fewer than ``rpm`` requests of the key
+arrived in the window and the tokens of those requests plus this one's reservation stay within
+``tpm``. Check and insert happen atomically, so N concurrent requests against a limit of k
+admit exactly k:
+
+- ``MemoryLimiter``: one process. The check and the insert run without an ``await`` between
+  them on the event loop, which makes them atomic for every coroutine of that process.
+- ``RedisLimiter``: several gateway replicas. One Lua script per request does expire, check
+  and insert inside Redis (scripts run atomically), with Redis' own clock so replicas with
+  skewed clocks still share one window.
+
+Tokens are not known before a request is served, so ``acquire`` reserves an estimate
+(prompt tokens + the requested ``max_tokens`` for every choice) and ``settle`` replaces it by
+the real usage once the response is complete. A request that fails still counts as a request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from distillguard.errors import ConfigError, RateLimited
+
+WINDOW_S = 60.0  # "per minute": the window of both limits
+
+
+@dataclass
+class Reservation:
+    """One admitted request; ``settle`` corrects its token count to the real usage."""
+
+    key_id: str
+    request_id: str
+    tokens: int
+    # memory limiter only: the window entry [ts, tokens] to correct in place
+    entry: list[float] | None = field(default=None, repr=False)
+
+
+class RateLimiter(Protocol):
+    async def acquire(
+        self, key_id: str, *, request_id: str, rpm: int, tpm: int, tokens: int
+    ) -> Reservation: ...
+
+    async def settle(self, reservation: Reservation, tokens: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _too_large(tokens: int, tpm: int) -> RateLimited:
+    # Can never pass: say so instead of asking the client to retry forever.
+    return RateLimited(
+        f"request needs about {tokens} tokens but the key's limit is {tpm} tokens per minute; "
+        "lower max_tokens or the prompt",
+        retry_after=WINDOW_S,
+        code="request_too_large",
+    )
+
+
+class _KeyWindow:
+    __slots__ = ("entries", "tokens")
+
+    def __init__(self) -> None:
+        self.entries: deque[list[float]] = deque()  # [arrival ts, tokens], oldest first
+        self.tokens = 0.0  # sum of tokens over `entries`
+
+
+class MemoryLimiter:
+    """Exact sliding-window limits for one gateway process."""
+
+    def __init__(self, *, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, _KeyWindow] = {}
+
+    async def acquire(
+        self, key_id: str, *, request_id: str, rpm: int, tpm: int, tokens: int
+    ) -> Reservation:
+        if tokens > tpm:
+            raise _too_large(tokens, tpm)
+        now = self._clock()
+        window = self._windows.get(key_id)
+        if window is None:
+            window = self._windows[key_id] = _KeyWindow()
+        entries = window.entries
+        horizon = now - WINDOW_S
+        while entries and entries[0][0] <= horizon:
+            window.tokens -= entries.popleft()[1]
+        if len(entries) >= rpm:
+            retry = entries[len(entries) - rpm][0] + WINDOW_S - now
+            raise RateLimited(
+                f"rate limit reached: {rpm} requests per minute for this key",
+                retry_after=max(retry, 0.001),
+            )
+        if window.tokens + tokens > tpm:
+            needed = window.tokens + tokens - tpm
+            freed = 0.0
+            retry = WINDOW_S
+            for ts, used in entries:
+                freed += used
+                if freed >= needed:
+                    retry = ts + WINDOW_S - now
+                    break
+            raise RateLimited(
+                f"rate limit reached: {tpm} tokens per minute for this key",
+                retry_after=max(retry, 0.001),
+                code="tokens_per_minute_exceeded",
+            )
+        entry = [now, float(tokens)]
+        entries.append(entry)
+        window.tokens += tokens
+        return Reservation(key_id, request_id, tokens, entry)
+
+    async def settle(self, reservation: Reservation, tokens: int) -> None:
+        entry = reservation.entry
+        window = self._windows.get(reservation.key_id)
+        if entry is None or window is None:
+            return
+        # The entry may already have left the window; then it no longer counts anyway.
+        if window.entries and entry[0] >= window.entries[0][0]:
+            window.tokens += tokens - entry[1]
+        entry[1] = float(tokens)
+        reservation.tokens = tokens
+
+    async def close(self) -> None:
+        self._windows.clear()
+
+
+# KEYS: 1 zset request_id -> arrival ms, 2 hash request_id -> tokens, 3 token sum
+# ARGV: window ms, rpm, tpm, request_id, tokens
+# Returns {admitted 0|1, retry after ms, which limit}.
+_ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local rpm = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[3])
+local tokens = tonumber(ARGV[5])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if #old > 0 then
+  local freed = 0
+  for i = 1, #old do
+    local v = redis.call('HGET', KEYS[2], old[i])
+    if v then freed = freed + tonumber(v) end
+    redis.call('HDEL', KEYS[2], old[i])
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  redis.call('DECRBY', KEYS[3], freed)
+end
+local count = redis.call('ZCARD', KEYS[1])
+if count >= rpm then
+  local nth = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
+  return {0, tonumber(nth[2]) + window - now, 'rpm'}
+end
+local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+if used + tokens > tpm then
+  local needed = used + tokens - tpm
+  local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  local freed = 0
+  for i = 1, #entries, 2 do
+    freed = freed + tonumber(redis.call('HGET', KEYS[2], entries[i]) or '0')
+    if freed >= needed then
+      return {0, tonumber(entries[i + 1]) + window - now, 'tpm'}
+    end
+  end
+  return {0, window, 'tpm'}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[4], tokens)
+redis.call('INCRBY', KEYS[3], tokens)
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], window * 2) end
+return {1, 0, ''}
+"""
+
+# KEYS as above; ARGV: request_id, real tokens
+_SETTLE_LUA = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if not old then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('INCRBY', KEYS[3], tonumber(ARGV[2]) - tonumber(old))
+return 1
+"""
+
+
+class RedisLimiter:
+    """Exact sliding-window limits shared by every replica that uses one Redis."""
+
+    def __init__(self, url: str, *, prefix: str = "dg:rl") -> None:
+        try:
+            from redis.asyncio import Redis
+        except ImportError as exc:  # pragma: no cover - redis is a pinned dependency
+            raise ConfigError("the redis package is needed for DISTILLGUARD_REDIS_URL") from exc
+        self._redis = Redis.from_url(url)
+        self._prefix = prefix
+        self._acquire = self._redis.register_script(_ACQUIRE_LUA)
+        self._settle = self._redis.register_script(_SETTLE_LUA)
+
+    def _keys(self, key_id: str) -> list[str]:
+        # One hash tag per key id: the three keys live on one Redis Cluster slot.
+        base = f"{self._prefix}:{{{key_id}}}"
+        return [f"{base}:req", f"{base}:tok", f"{base}:sum"]
+
+    async def acquire(
+        self, key_id: str, *, request_id: str, rpm: int, tpm: int, tokens: int
+    ) -> Reservation:
+        if tokens > tpm:
+            raise _too_large(tokens, tpm)
+        admitted, retry_ms, which = await self._acquire(
+            keys=self._keys(key_id),
+            args=[int(WINDOW_S * 1000), rpm, tpm, request_id, tokens],
+        )
+        if not admitted:
+            retry = max(float(retry_ms) / 1000.0, 0.001)
+            if which == b"tpm":
+                raise RateLimited(
+                    f"rate limit reached: {tpm} tokens per minute for this key",
+                    retry_after=retry,
+                    code="tokens_per_minute_exceeded",
+                )
+            raise RateLimited(
+                f"rate limit reached: {rpm} requests per minute for this key", retry_after=retry
+            )
+        return Reservation(key_id, request_id, tokens)
+
+    async def settle(self, reservation: Reservation, tokens: int) -> None:
+        if tokens == reservation.tokens:
+            return
+        await self._settle(
+            keys=self._keys(reservation.key_id), args=[reservation.request_id, tokens]
+        )
+        reservation.tokens = tokens
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def make_limiter(redis_url: str | None) -> RateLimiter:
+    """Redis when a URL is configured (replicas share limits), memory otherwise."""
+    return RedisLimiter(redis_url) if redis_url else MemoryLimiter()

@@ -1,0 +1,127 @@
+"""``/admin``: accounts, keys, recent exchanges, enforcement actions and flags (admin token).
+
+Thin routes: parse, call the store, return. Database work runs in FastAPI's thread pool (the
+handlers are plain ``def``), never on the event loop that serves the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from distillguard.gateway.auth import AdminAuth
+from distillguard.store import accounts as store_accounts
+from distillguard.store import exchanges as store_exchanges
+from distillguard.store.db import session_scope
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+class NewAccount(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    org: str | None = None
+    payment_fingerprint: str | None = None
+
+
+class NewKey(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    account: str = Field(min_length=1)  # id or name
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class AccountStatus(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    status: str
+
+
+def _engine(request: Request):
+    return request.app.state.gateway.engine
+
+
+@router.post("/accounts", status_code=201)
+def create_account(body: NewAccount, request: Request, _: AdminAuth) -> dict[str, Any]:
+    with session_scope(_engine(request)) as session:
+        info = store_accounts.create_account(
+            session, name=body.name, org=body.org, payment_fingerprint=body.payment_fingerprint
+        )
+    return asdict(info)
+
+
+@router.get("/accounts")
+def list_accounts(request: Request, _: AdminAuth) -> dict[str, Any]:
+    with session_scope(_engine(request)) as session:
+        return {"data": [asdict(a) for a in store_accounts.list_accounts(session)]}
+
+
+@router.post("/accounts/{account}/status")
+def set_account_status(
+    account: str, body: AccountStatus, request: Request, _: AdminAuth
+) -> dict[str, Any]:
+    with session_scope(_engine(request)) as session:
+        info = store_accounts.set_account_status(session, account=account, status=body.status)
+    return asdict(info)
+
+
+@router.post("/keys", status_code=201)
+def create_key(body: NewKey, request: Request, _: AdminAuth) -> dict[str, Any]:
+    with session_scope(_engine(request)) as session:
+        info, secret = store_accounts.create_key(
+            session, account=body.account, rpm=body.rpm, tpm=body.tpm
+        )
+    return {"key": asdict(info), "secret": secret}
+
+
+@router.get("/keys")
+def list_keys(
+    request: Request, _: AdminAuth, account: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
+    with session_scope(_engine(request)) as session:
+        return {"data": [asdict(k) for k in store_accounts.list_keys(session, account=account)]}
+
+
+@router.post("/keys/{key_id}/revoke")
+def revoke_key(key_id: str, request: Request, _: AdminAuth) -> dict[str, Any]:
+    # Takes effect on the next request in every replica: keys are checked in the database.
+    with session_scope(_engine(request)) as session:
+        return asdict(store_accounts.revoke_key(session, key_id=key_id))
+
+
+@router.get("/exchanges")
+def list_exchanges(
+    request: Request,
+    _: AdminAuth,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    account: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
+    with session_scope(_engine(request)) as session:
+        account_id = None
+        if account is not None:
+            account_id = store_accounts.get_account(session, account=account).id
+        rows = store_exchanges.recent_exchanges(session, limit=limit, account_id=account_id)
+    return {"data": [asdict(r) for r in rows]}
+
+
+@router.get("/actions")
+def list_actions(
+    request: Request,
+    _: AdminAuth,
+    account: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    with session_scope(_engine(request)) as session:
+        account_id = None
+        if account is not None:
+            account_id = store_accounts.get_account(session, account=account).id
+        rows = store_exchanges.list_actions(session, account_id=account_id, limit=limit)
+    return {"data": [asdict(r) for r in rows]}
+
+
+@router.get("/flags")
+def flags(request: Request, _: AdminAuth) -> dict[str, Any]:
+    monitor = request.app.state.gateway.monitor
+    return {"monitor": monitor is not None, "data": monitor.flags() if monitor is not None else []}

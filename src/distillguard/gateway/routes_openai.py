@@ -1,0 +1,412 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: the gateway's hot path.
+
+A raw ASGI handler (no FastAPI routing, dependency injection or middleware stack on this path:
+those cost more than everything below together). One request, top to bottom:
+
+1. read the body: 413 over ``max_body_bytes`` (Content-Length or counted bytes), 408 when it
+   does not finish within ``request_timeout_s``;
+2. the key (``store.authenticate``, 401/403), the JSON (400), the fields (400), the model (404);
+3. the key's RPM/TPM limiter (429 + Retry-After);
+4. the online monitor's decision (throttle 429, block 403, degrade, flag);
+5. the backend answers (upstream proxy or local generation), streamed or not;
+6. the exchange is committed to the log BEFORE the response's last byte leaves (the whole
+   body, or a stream's final ``data: [DONE]``), so an answered request survives a SIGKILL;
+   failures, disconnects and refusals are logged the same way (account null when auth failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from distillguard.errors import (
+    InputError,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    StoreError,
+)
+from distillguard.gateway.backend import SSE_DONE, Job, Outcome, UpstreamStatus
+from distillguard.gateway.errors import ClientGone, RequestTimeout, to_error_response
+from distillguard.gateway.metrics import log_exchange
+from distillguard.gateway.schemas import parse_request
+from distillguard.store.exchanges import ExchangeRecord
+
+if TYPE_CHECKING:
+    from distillguard.gateway.app import GatewayState
+    from distillguard.store.accounts import KeyIdentity
+
+log = logging.getLogger("distillguard.gateway")
+
+OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_LOGGED_RAW_CHARS = 4096  # an unparsable body is logged as its first characters
+
+
+@dataclass
+class Attempt:
+    """Everything the log row needs, gathered as the request moves along."""
+
+    request_id: str
+    ts: float
+    started: float  # perf_counter at arrival
+    endpoint: str
+    ip: str
+    user_agent: str | None
+    identity: KeyIdentity | None = None
+    logged_body: Any = None
+    model: str | None = None
+    status: int = 200
+    error: str | None = None
+
+
+def _header(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def _read_body(scope: dict, receive, limit: int, timeout_s: float) -> bytes:
+    """The whole request body; PayloadTooLarge, RequestTimeout or ClientGone otherwise."""
+    declared = _header(scope, b"content-length")
+    too_large = declared is not None and declared.isdigit() and int(declared) > limit
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    too_large = True
+                if not too_large:
+                    chunks.append(chunk)
+                elif size > 8 * limit:
+                    break  # stop draining an absurd body; the connection is closed after 413
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s", code="request_timeout"
+        ) from None
+    if too_large:
+        raise PayloadTooLarge(
+            f"request body is {max(size, int(declared or 0))} bytes; the limit is {limit}",
+            code="request_too_large",
+        )
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _decode(raw: bytes, attempt: Attempt) -> dict[str, Any]:
+    """The JSON object in the body; InputError (400) for anything else."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        attempt.logged_body = {"_unparsed": raw[:_LOGGED_RAW_CHARS].decode("utf-8", "replace")}
+        reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else "malformed JSON"
+        raise InputError(
+            f"request body is not valid JSON ({reason}): {exc}", code="invalid_json"
+        ) from None
+    attempt.logged_body = body
+    if not isinstance(body, dict):
+        raise InputError("request body must be a JSON object", code="invalid_json")
+    return body
+
+
+async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None:
+    """The ASGI handler for both completion endpoints (see the module docstring)."""
+    client = scope.get("client")
+    ua = _header(scope, b"user-agent")
+    attempt = Attempt(
+        request_id=uuid.uuid4().hex,
+        ts=time.time(),
+        started=time.perf_counter(),
+        endpoint=scope["path"],
+        ip=client[0] if client else "",
+        user_agent=ua.decode("latin-1") if ua is not None else None,
+    )
+    outcome = Outcome()
+    reservation = None
+    state.metrics.in_flight.inc()
+    try:
+        if scope["method"] != "POST":
+            raise InputError(
+                f"{scope['method']} is not allowed here; use POST", code="method_not_allowed"
+            )
+        settings = state.settings
+        raw = await _read_body(scope, receive, settings.max_body_bytes, settings.request_timeout_s)
+        identity = attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
+        body = _decode(raw, attempt)
+        model = body.get("model")
+        attempt.model = model if isinstance(model, str) else None
+        request = parse_request(attempt.endpoint, body)
+        state.backend.check_model(request.model)
+        job = Job(attempt.endpoint, body, raw, request, attempt.request_id, identity.account_id)
+
+        prompt_tokens = state.backend.count_prompt_tokens(job)
+        reserved = prompt_tokens + (request.output_limit() or 0) * request.n
+        reservation = await state.limiter.acquire(
+            identity.key_id,
+            request_id=attempt.request_id,
+            rpm=identity.rpm or settings.default_rpm,
+            tpm=identity.tpm or settings.default_tpm,
+            tokens=reserved,
+        )
+        if state.monitor is not None:
+            await _enforce(state, attempt, job, identity, body)
+
+        if request.stream:
+            await _serve_stream(state, attempt, job, outcome, receive, send)
+        else:
+            reply = await state.backend.complete(job, outcome)
+            attempt.status = reply.status
+            attempt.error = outcome.error
+            if not await _write_log(state, attempt, outcome):
+                raise StoreError("the exchange could not be logged; not answering unlogged")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": reply.status,
+                    "headers": [(b"content-type", reply.content_type)],
+                }
+            )
+            await send({"type": "http.response.body", "body": reply.body})
+    except ClientGone:
+        attempt.status = 499  # nginx's "client closed request": nothing was answered
+        attempt.error = "client disconnected before the request body was complete"
+        await _write_log(state, attempt, outcome)
+    except UpstreamStatus as refused:
+        attempt.status = refused.reply.status
+        attempt.error = outcome.error
+        await _write_log(state, attempt, outcome)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": refused.reply.status,
+                "headers": [(b"content-type", refused.reply.content_type)],
+            }
+        )
+        await send({"type": "http.response.body", "body": refused.reply.body})
+    except _StreamEnded:
+        pass  # streamed (fully or until the client left), logged inside
+    except Exception as exc:  # every failure answers in OpenAI's shape, and is logged
+        err = to_error_response(exc)
+        attempt.status = err.status
+        attempt.error = err.message
+        headers = list(err.headers)
+        if err.status in (408, 413):
+            headers.append((b"connection", b"close"))  # the body may still be arriving
+        await _write_log(state, attempt, outcome)
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": err.body})
+    finally:
+        state.metrics.in_flight.dec()
+        if reservation is not None:
+            used = (outcome.prompt_tokens or 0) + (outcome.completion_tokens or 0)
+            if outcome.prompt_tokens is None and outcome.completion_tokens is None:
+                used = reservation.tokens if attempt.status == 200 else 0
+            with contextlib.suppress(Exception):
+                await state.limiter.settle(reservation, used)
+        if state.monitor is not None and attempt.identity is not None and attempt.status == 200:
+            try:
+                state.monitor.record(
+                    account_id=attempt.identity.account_id,
+                    response_text=outcome.text or "",
+                    completion_tokens=outcome.completion_tokens or 0,
+                    ts=attempt.ts,
+                )
+            except Exception:
+                log.exception("online monitor failed to record an exchange")
+
+
+class _StreamEnded(Exception):
+    """Internal: the stream was sent (or cut by the client) and its row is logged."""
+
+
+async def _serve_stream(
+    state: GatewayState, attempt: Attempt, job: Job, outcome: Outcome, receive, send
+) -> None:
+    frames = state.backend.stream(job, outcome)
+    try:
+        # The first frame before the headers: a refused upstream request still gets its status.
+        first = await anext(frames, None)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        disconnected = asyncio.ensure_future(receive())  # completes on http.disconnect
+        sent_chunks = 0
+        try:
+            item = first
+            while item is not None:
+                if disconnected.done():
+                    attempt.error = f"client disconnected after {sent_chunks} chunks"
+                    break
+                frame, text = item
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+                sent_chunks += 1
+                if text:
+                    outcome.text_parts.append(text)
+                item = await anext(frames, None)
+        except Exception as exc:
+            # Headers are gone: report the failure in the stream, as OpenAI does, then end it.
+            err = to_error_response(exc)
+            attempt.error = err.message
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + err.body + b"\n\n",
+                    "more_body": True,
+                }
+            )
+        finally:
+            disconnected.cancel()
+        await _write_log(state, attempt, outcome)
+        await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+        raise _StreamEnded()
+    finally:
+        await frames.aclose()  # stops the upstream request or the local generation row
+
+
+async def _enforce(
+    state: GatewayState, attempt: Attempt, job: Job, identity: KeyIdentity, body: dict[str, Any]
+) -> None:
+    """Ask the online monitor; act on its decision and record any action taken."""
+    decision = state.monitor.check(
+        account_id=identity.account_id,
+        key_id=identity.key_id,
+        payment_fingerprint=identity.payment_fingerprint,
+        ip=attempt.ip,
+        user_agent=attempt.user_agent,
+        endpoint=attempt.endpoint,
+        request=body,
+        ts=attempt.ts,
+    )
+    action = decision.action
+    if action == "allow":
+        return
+    state.metrics.actions.labels(action).inc()
+    await state.record_action(identity.account_id, decision)
+    reasons = "; ".join(decision.reasons) or "policy"
+    if action == "block":
+        raise PermissionDenied(f"access blocked by policy: {reasons}", code="account_blocked")
+    if action == "throttle":
+        raise RateLimited(
+            f"throttled by policy: {reasons}",
+            retry_after=decision.retry_after or 60.0,
+            code="policy_throttle",
+        )
+    if action == "degrade":
+        job.degrade = True
+
+
+async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) -> bool:
+    """Commit the exchange's row (awaited: durable before the client's last byte); False
+    when the log could not take it."""
+    latency_s = time.perf_counter() - attempt.started
+    identity = attempt.identity
+    record = ExchangeRecord(
+        id=attempt.request_id,
+        ts=attempt.ts,
+        account_id=identity.account_id if identity else None,
+        key_id=identity.key_id if identity else None,
+        ip=attempt.ip,
+        user_agent=attempt.user_agent,
+        payment_fingerprint=identity.payment_fingerprint if identity else None,
+        endpoint=attempt.endpoint,
+        request=attempt.logged_body if attempt.logged_body is not None else {},
+        response_text=outcome.text,
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        status=attempt.status,
+        latency_ms=latency_s * 1000.0,
+        model=attempt.model,
+        error=attempt.error,
+        watermark_scheme=state.backend.watermark_scheme if attempt.status == 200 else None,
+        watermark_key_id=state.backend.watermark_key_id if attempt.status == 200 else None,
+    )
+    written = True
+    try:
+        await state.exchange_log.write(record)
+    except Exception:
+        written = False
+        log.exception("exchange log write failed", extra={"fields": {"id": attempt.request_id}})
+        state.metrics.requests.labels(attempt.endpoint, "log_failed").inc()
+    state.metrics.observe(
+        attempt.endpoint,
+        attempt.status,
+        latency_s,
+        outcome.prompt_tokens,
+        outcome.completion_tokens,
+    )
+    log_exchange(
+        {
+            "id": attempt.request_id,
+            "endpoint": attempt.endpoint,
+            "status": attempt.status,
+            "account_id": record.account_id,
+            "key_id": record.key_id,
+            "ip": attempt.ip,
+            "latency_ms": round(record.latency_ms, 3),
+            "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens,
+            "error": attempt.error,
+        }
+    )
+    return written
+
+
+async def handle_models(state: GatewayState, scope: dict, receive, send) -> None:
+    """``GET /v1/models``: the served models, for an authenticated key (logged like the rest)."""
+    client = scope.get("client")
+    ua = _header(scope, b"user-agent")
+    attempt = Attempt(
+        request_id=uuid.uuid4().hex,
+        ts=time.time(),
+        started=time.perf_counter(),
+        endpoint=scope["path"],
+        ip=client[0] if client else "",
+        user_agent=ua.decode("latin-1") if ua is not None else None,
+        logged_body={},
+    )
+    outcome = Outcome()
+    try:
+        if scope["method"] != "GET":
+            raise InputError(
+                f"{scope['method']} is not allowed here; use GET", code="method_not_allowed"
+            )
+        attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
+        created = int(state.started_at)
+        body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": created, "owned_by": "distillguard"}
+                    for m in state.backend.model_ids()
+                ],
+            }
+        )
+        await _write_log(state, attempt, outcome)
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": body})
+    except Exception as exc:
+        err = to_error_response(exc)
+        attempt.status, attempt.error = err.status, err.message
+        await _write_log(state, attempt, outcome)
+        await send(
+            {"type": "http.response.start", "status": err.status, "headers": list(err.headers)}
+        )
+        await send({"type": "http.response.body", "body": err.body})

@@ -1,0 +1,198 @@
+"""Proxy mode: forward requests to another OpenAI-compatible server (vLLM, llama.cpp, OpenAI).
+
+One ``aiohttp`` session with a keep-alive pool serves every request (aiohttp stays fast under
+concurrency where httpx slows down, see the machine notes). Bodies are forwarded as the client
+sent them whenever nothing needs changing, so the proxy adds no JSON encoding to the hot path.
+
+Streams are passed on event by event. Two things change on the way:
+- the upstream's final ``data: [DONE]`` is held back: the route sends it itself, after the log
+  row is committed;
+- the gateway always asks the upstream for usage (``stream_options.include_usage``) to charge
+  the key's token limit exactly, and drops that usage chunk again when the client did not ask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from distillguard.errors import NotFound, UpstreamError
+from distillguard.gateway.backend import Job, Outcome, Reply, UpstreamStatus
+
+log = logging.getLogger("distillguard.gateway.upstream")
+
+_LOGPROB_FIELDS = ("logprobs", "top_logprobs")
+
+
+def _base_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def _estimate_tokens(text: str) -> int:
+    # ~3.4-4 characters per token for English BPE vocabularies; rounds up so short prompts count.
+    return len(text) // 4 + 1
+
+
+class UpstreamBackend:
+    watermark_scheme: str | None = None  # the upstream owns its sampling
+    watermark_key_id: int | None = None
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 600.0) -> None:
+        self.base_url = _base_url(url)
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+        self._models: list[str] = []
+        self._headers = {"content-type": "application/json"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=512, ttl_dns_cache=300, keepalive_timeout=60)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._timeout_s)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+        )
+        await self.refresh_models()
+
+    async def refresh_models(self) -> None:
+        """Learn which models the upstream serves; unknown names then get 404 here."""
+        try:
+            async with self._http.get(f"{self.base_url}/v1/models", headers=self._headers) as resp:
+                if resp.status == 200:
+                    data = orjson.loads(await resp.read())
+                    self._models = [m["id"] for m in data.get("data", []) if "id" in m]
+                    return
+                log.warning("upstream /v1/models answered %s: model names not checked", resp.status)
+        except (aiohttp.ClientError, OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("upstream /v1/models unavailable (%s): model names not checked", exc)
+        self._models = []
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise UpstreamError("upstream client not started")
+        return self._session
+
+    def model_ids(self) -> list[str]:
+        return list(self._models)
+
+    def check_model(self, model: str) -> None:
+        if self._models and model not in self._models:
+            raise NotFound(
+                f"The model '{model}' does not exist", param="model", code="model_not_found"
+            )
+
+    def count_prompt_tokens(self, job: Job) -> int:
+        return _estimate_tokens(job.request.prompt_text())
+
+    def _payload(self, job: Job, *, want_usage: bool) -> bytes:
+        body: dict[str, Any] | None = None
+        if job.degrade and any(f in job.body for f in _LOGPROB_FIELDS):
+            # Degraded service: no log-probabilities (the richest signal for distillation).
+            body = {k: v for k, v in job.body.items() if k not in _LOGPROB_FIELDS}
+        if want_usage and not job.request.include_usage():
+            body = dict(body if body is not None else job.body)
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return job.raw if body is None else orjson.dumps(body)
+
+    async def complete(self, job: Job, outcome: Outcome) -> Reply:
+        url = self.base_url + job.endpoint
+        try:
+            async with self._http.post(
+                url, data=self._payload(job, want_usage=False), headers=self._headers
+            ) as resp:
+                body = await resp.read()
+                status = resp.status
+                content_type = resp.headers.get("content-type", "application/json").encode()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+        if status >= 500:
+            raise UpstreamError(f"upstream failed with status {status}: {body[:200]!r}")
+        if status == 200:
+            _read_answer(body, outcome, chat=job.is_chat)
+        else:
+            outcome.error = f"upstream status {status}: {body[:500].decode('utf-8', 'replace')}"
+        return Reply(status, body, content_type)
+
+    async def stream(self, job: Job, outcome: Outcome) -> AsyncIterator[tuple[bytes, str]]:
+        url = self.base_url + job.endpoint
+        client_wants_usage = job.request.include_usage()
+        try:
+            resp = await self._http.post(
+                url, data=self._payload(job, want_usage=True), headers=self._headers
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+        try:
+            if resp.status != 200:
+                body = await resp.read()
+                if resp.status >= 500:
+                    raise UpstreamError(f"upstream failed with status {resp.status}")
+                outcome.error = f"upstream status {resp.status}"
+                raise UpstreamStatus(resp.status, body)
+            async for line in resp.content:
+                if not line.startswith(b"data:"):
+                    continue  # blank separators, comments (": ping"), event names
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    break
+                text, is_usage_only = _read_chunk(payload, outcome, chat=job.is_chat)
+                if is_usage_only and not client_wants_usage:
+                    continue
+                yield b"data: " + payload + b"\n\n", text
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"upstream stream broke: {type(exc).__name__}: {exc}") from exc
+        finally:
+            resp.close()  # a client gone mid-stream also stops the upstream's generation
+
+
+def _read_answer(body: bytes, outcome: Outcome, *, chat: bool) -> None:
+    """Fill the log's text and token counts from a complete upstream answer."""
+    try:
+        data = orjson.loads(body)
+        choices = data.get("choices") or []
+        first = next((c for c in choices if c.get("index", 0) == 0), None)
+        if first is not None:
+            text = (first.get("message") or {}).get("content") if chat else first.get("text")
+            if text:
+                outcome.text_parts.append(text)
+        usage = data.get("usage") or {}
+        outcome.prompt_tokens = usage.get("prompt_tokens")
+        outcome.completion_tokens = usage.get("completion_tokens")
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        outcome.error = "upstream answer is not OpenAI-shaped JSON"
+
+
+def _read_chunk(payload: bytes, outcome: Outcome, *, chat: bool) -> tuple[str, bool]:
+    """The first choice's new text in one stream chunk (usage goes into ``outcome``), and
+    whether the chunk carries only usage."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return "", False
+    if not isinstance(data, dict):
+        return "", False
+    usage = data.get("usage")
+    if usage:
+        outcome.prompt_tokens = usage.get("prompt_tokens")
+        outcome.completion_tokens = usage.get("completion_tokens")
+    choices = data.get("choices") or []
+    new_text = ""
+    for choice in choices:
+        if choice.get("index", 0) != 0:
+            continue
+        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+        if text:
+            new_text += text
+    return new_text, bool(usage) and not choices
