@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 from sqlalchemy import Engine
@@ -19,6 +19,12 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def write_lock() -> Callable[[Engine], AbstractContextManager[None]]:
+    """``with write_lock(engine):`` holds back every insert into ``exchanges``."""
+    return exchanges_write_lock
 
 
 @contextmanager
