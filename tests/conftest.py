@@ -96,3 +96,25 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("DISTILLGUARD_DATABASE_URL", url)
     get_settings.cache_clear()
     return url
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `tiny` Llama chat model (standard HF directory), trained once per test session in
+    a few seconds on real chat pairs from shared/data (a built-in text when that is absent)."""
+    from distillguard.models.teacher import build_tiny_model
+
+    data_dir = SHARED_DATA if (SHARED_DATA / "outputs").is_dir() else None
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path):
+    """A started GenerationEngine over `tiny_model_dir` (one torch thread), shared by a session;
+    tests that count batches should build their own engine instead."""
+    from distillguard.models.engine import GenerationEngine
+
+    engine = GenerationEngine.from_dir(tiny_model_dir, num_threads=1, batch_wait_ms=5.0)
+    engine.start()
+    yield engine
+    engine.stop()

@@ -133,3 +133,33 @@ class _FileLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+# A few sentences of plain English for building a tiny model where the real data is absent.
+FALLBACK_TEXT = """The gateway answers every request with text from its model. Each account sends
+questions and receives answers, and every exchange is written to the log.
+
+A small language model learns which words follow which. Trained for a few seconds it writes
+words that look like English, and that is enough to test the software around it.
+
+Watermarks hide a signal in the choice of words. A detector counts how often the signal
+appears and computes a p-value under the hypothesis that the text carries no watermark.
+
+Students trained on a teacher's answers inherit some of the teacher's habits. Careful tests
+can find those habits again in the student's own answers."""
+
+
+def build_tiny_model(out_dir: Path, *, data_dir: Path | None = None, seed: int = 0,
+                     max_steps: int = 200, progress: bool = False) -> Path:
+    """A real `tiny` chat model for tests, built in seconds: 600 real (instruction, answer)
+    pairs spread over every ``outputs/*.jsonl`` file, or ``FALLBACK_TEXT`` without the data."""
+    from distillguard.models.llama import TrainConfig, build_model
+
+    pairs: list[tuple[str, str]] = []
+    if data_dir is not None and any((Path(data_dir) / "outputs").glob("*.jsonl")):
+        pairs = read_chat_pairs(Path(data_dir))[::16][:600]
+    texts = [] if pairs else FALLBACK_TEXT.split("\n\n") * 20
+    config = TrainConfig(size="tiny", max_steps=max_steps, seq_len=128, seed=seed)
+    build_model(out_dir=Path(out_dir), config=config, texts=texts, chat_pairs=pairs,
+                progress=progress)
+    return Path(out_dir)
