@@ -268,25 +268,26 @@ def log_tail(
     account: Annotated[str | None, typer.Option(help="Only this account id.")] = None,
     db: DbOption = None,
 ) -> None:
-    """Show the newest exchanges, oldest of them first."""
+    """Show the newest exchanges (time, account, key, endpoint, status, tokens, latency, answer)."""
     from distillguard.store import recent_exchanges, session_scope
 
     with session_scope(_open(db)) as session:
         rows = recent_exchanges(session, limit=n, account_id=account)
-    table = Table("time (UTC)", "account", "key", "endpoint", "status", "tokens", "ms", "answer")
+    if not rows:
+        console.print("the log is empty")
+        return
+    # One line an exchange (grep-friendly, no table wrapping on narrow terminals).
     for r in reversed(rows):
-        tokens = f"{r.prompt_tokens or 0}+{r.completion_tokens or 0}"
-        table.add_row(
-            _when(r.ts),
-            r.account_id or "-",
-            r.key_id or "-",
-            r.endpoint,
-            str(r.status),
-            tokens,
-            "-" if r.latency_ms is None else f"{r.latency_ms:.1f}",
-            _short(r.response_text if r.error is None else f"error: {r.error}"),
+        tokens = f"{r.prompt_tokens or 0}+{r.completion_tokens or 0} tok"
+        latency = "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ms"
+        answer = r.response_text if r.error is None else f"error: {r.error}"
+        console.print(
+            f"{_when(r.ts)}  {r.account_id or '-'}  {r.key_id or '-'}  {r.endpoint}  "
+            f"{r.status}  {tokens}  {latency}  {_short(answer, 60)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
-    console.print(table if rows else "the log is empty")
 
 
 # --- db -----------------------------------------------------------------------------------

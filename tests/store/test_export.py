@@ -1,0 +1,104 @@
+"""Export writes the traffic log of shared/spec/traffic-log.md §1, read back by the monitor's
+reader with nothing skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from distillguard.store import ExchangeLog, ExchangeRecord, export_traffic, export_traffic_summary
+from distillguard.traffic import read_traffic
+
+# The fields of spec §1, in its order.
+SPEC_FIELDS = [
+    "id", "ts", "account_id", "key_id", "ip", "user_agent", "payment_fingerprint", "endpoint",
+    "request", "response_text", "prompt_tokens", "completion_tokens", "status", "latency_ms",
+]  # fmt: skip
+
+
+def _write(engine: Engine, records: list[ExchangeRecord]) -> None:
+    with ExchangeLog(engine) as log:
+        for r in records:
+            log.write_sync(r)
+
+
+def _records() -> list[ExchangeRecord]:
+    chat = {
+        "model": "teacher",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "2+2?"},
+        ],
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_tokens": 32,
+        "n": 1,
+        "logprobs": True,
+        "top_logprobs": 5,
+        "stream": True,
+        "seed": 7,
+    }
+    return [
+        ExchangeRecord(
+            ts=1_764_000_100.25, account_id="acct_a", key_id="00000000000000aa", ip="2001:db8::1",
+            user_agent="OpenAI/Python 3.57.0", payment_fingerprint="card-1",
+            endpoint="/v1/chat/completions", request=chat, response_text="4 — «four»",
+            prompt_tokens=12, completion_tokens=3, status=200, latency_ms=12.5, model="teacher",
+            watermark_scheme="kgw", watermark_key_id=2,
+        ),
+        ExchangeRecord(
+            ts=1_764_000_050.0, account_id="acct_b", key_id="00000000000000bb", ip="198.51.100.4",
+            endpoint="/v1/completions", request={"model": "teacher", "prompt": "Once"},
+            status=429, error="rate limited",
+        ),
+        ExchangeRecord(  # never authenticated: no account, so not a traffic record
+            ts=1_764_000_075.0, ip="198.51.100.9", endpoint="/v1/chat/completions",
+            request={"model": "teacher"}, status=401, error="invalid API key",
+        ),
+    ]  # fmt: skip
+
+
+def test_export_round_trips_through_the_traffic_reader(engine: Engine, tmp_path: Path) -> None:
+    records = _records()
+    _write(engine, records)
+    out = tmp_path / "traffic.jsonl"
+
+    summary = export_traffic_summary(engine, out)
+
+    assert (summary.written, summary.unattributed) == (2, 1)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert list(first)[: len(SPEC_FIELDS)] == SPEC_FIELDS
+    assert first["account_id"] == "acct_b"  # time order, whatever the insert order
+    reader = read_traffic(out)
+    read = list(reader)
+    assert reader.skipped == 0
+    by_id = {r.id: r for r in read}
+    for original in records[:2]:
+        got = by_id[original.id]
+        for name in SPEC_FIELDS:
+            assert getattr(got, name) == getattr(original, name), name
+    extras = json.loads(lines[1])
+    assert (extras["model"], extras["watermark_scheme"], extras["watermark_key_id"]) == (
+        "teacher",
+        "kgw",
+        2,
+    )
+
+
+def test_export_since_until_window(engine: Engine, tmp_path: Path) -> None:
+    _write(engine, _records())
+    out = tmp_path / "window.jsonl"
+    assert export_traffic(engine, out, since=1_764_000_060.0) == 1
+    assert json.loads(out.read_text())["account_id"] == "acct_a"
+    summary = export_traffic_summary(engine, out, since=1_764_000_000.0, until=1_764_000_080.0)
+    assert (summary.written, summary.unattributed) == (1, 1)
+
+
+def test_export_of_an_empty_log_writes_an_empty_file(engine: Engine, tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "empty.jsonl"
+    assert export_traffic(engine, out) == 0
+    assert out.read_bytes() == b""
