@@ -283,6 +283,7 @@ def build_model(*, out_dir: Path, config: TrainConfig, texts: Sequence[str] = ()
     """Train a tokenizer (unless ``tokenizer_dir`` is given) and a Llama LM from scratch, and
     save both as one HF model directory at ``out_dir``. The directory appears atomically (built
     beside it, then renamed), so a cache check never sees half a model."""
+    _quiet_transformers()
     docs = _documents(texts, chat_pairs)
     size = config.model_size
     if tokenizer_dir is not None:
@@ -315,11 +316,19 @@ def build_model(*, out_dir: Path, config: TrainConfig, texts: Sequence[str] = ()
     return result
 
 
+def _quiet_transformers() -> None:
+    """No per-shard progress bars from transformers: ours is the one people should read."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_model(model_dir: Path) -> tuple[Any, Any]:
     """Load any HF causal-LM directory (ours or another) for inference, in eval mode.
     Raises ModelError naming the directory when it is not a usable model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist")
