@@ -193,6 +193,17 @@ def test_text_no_backend_can_store_is_cleaned_not_lost(engine: Engine) -> None:
     assert "\x00" not in stored.user_agent and stored.user_agent.startswith("ua")
 
 
+def test_oversized_fields_are_cut_to_the_column_not_lost(engine: Engine) -> None:
+    """A client's absurd model name must land on PostgreSQL (VARCHAR enforced) as on SQLite."""
+    record = _record(1, model="m" * 5000, endpoint="/v1/" + "x" * 500, status=404)
+    with ExchangeLog(engine) as log:
+        log.write_sync(record)
+    with session_scope(engine) as s:
+        stored = get_exchange(s, exchange_id=record.id)
+    assert stored is not None and stored.status == 404
+    assert stored.model == "m" * 200 and stored.endpoint.startswith("/v1/xxx")
+
+
 def test_unauthenticated_attempts_are_logged_without_an_account(engine: Engine) -> None:
     with ExchangeLog(engine) as log:
         log.write_sync(_record(1, account_id=None, key_id=None, status=401, error="invalid key"))
@@ -244,6 +255,8 @@ def test_actions_round_trip(engine: Engine) -> None:
         assert everything[0].reasons == ("templated prompts",) and everything[0].score == 0.93
         assert [a.action for a in list_actions(s, account_id="acct_2")] == ["block"]
         assert [a.action for a in list_actions(s, since=15.0)] == ["block"]
+        assert [a.action for a in list_actions(s, limit=1)] == ["block"]  # the newest one
+        assert [a.action for a in list_actions(s, limit=5)] == ["flag", "block"]
     with pytest.raises(InputError), session_scope(engine) as s:
         record_action(s, account_id="a", cluster_id=None, action="nuke", reasons=[], score=1)
 

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from distillguard.errors import InputError, StoreError
 from distillguard.store.db import _clean_str, as_store_error
@@ -67,16 +67,27 @@ class ExchangeRecord:
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ExchangeRecord))
-_TEXT_FIELDS = ("ip", "user_agent", "payment_fingerprint", "endpoint", "response_text", "error")
 _INSERT = insert(Exchange.__table__)
+# Every text column with its length limit (None: unbounded). PostgreSQL enforces VARCHAR
+# lengths and SQLite does not: a client's 1,000-character model name must not make the same
+# row land on one backend and be lost on the other, so values are cut to the column's size.
+_TEXT_LIMITS: dict[str, int | None] = {
+    column.name: getattr(column.type, "length", None)
+    for column in Exchange.__table__.columns
+    if column.name in RECORD_FIELDS and column.type.python_type is str
+}
 
 
 def _to_row(record: ExchangeRecord) -> dict[str, Any]:
     row = {name: getattr(record, name) for name in RECORD_FIELDS}
-    for name in _TEXT_FIELDS:  # NUL and lone surrogates would fail the insert
+    for name, limit in _TEXT_LIMITS.items():
         value = row[name]
-        if value is not None:
-            row[name] = _clean_str(value)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            value = str(value)
+        value = _clean_str(value)  # NUL and lone surrogates would fail the insert
+        row[name] = value if limit is None or len(value) <= limit else value[:limit]
     if row["request"] is None:
         row["request"] = {}
     return row
@@ -370,15 +381,22 @@ def list_actions(
     since: float | None = None,
     limit: int | None = None,
 ) -> list[ActionRecord]:
-    """Actions in time order (newest last), optionally for one account and/or since a time."""
+    """Actions in time order (newest last), optionally for one account and/or since a time;
+    with ``limit``, the newest ``limit`` of them (still oldest first)."""
     query = select(Action)
     if account_id is not None:
         query = query.where(Action.account_id == account_id)
     if since is not None:
         query = query.where(Action.ts >= since)
-    query = query.order_by(Action.ts, Action.id)
     if limit is not None:
-        query = query.limit(limit)
+        if limit < 1:
+            raise InputError(f"limit must be >= 1, got {limit}", param="limit")
+        newest = query.order_by(Action.ts.desc(), Action.id.desc()).limit(limit).subquery()
+        query = select(aliased(Action, newest))
+        order = (newest.c.ts, newest.c.id)
+    else:
+        order = (Action.ts, Action.id)
+    query = query.order_by(*order)
     return [
         ActionRecord(
             id=a.id,
