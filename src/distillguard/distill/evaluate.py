@@ -1,0 +1,253 @@
+"""How close is a student to its teacher? Measured on held-out prompts.
+
+On each held-out sequence (a prompt + the teacher's answer) and at every answer position:
+
+* **top-1 agreement**: the student's most likely next token is the teacher's;
+* **KL(teacher || student)** of the two full next-token distributions (nats per position),
+  the quantity forward-KL distillation minimises;
+* **held-out loss**: the student's mean negative log-likelihood of the teacher's answer tokens
+  (nats per token), the quantity SFT minimises.
+
+Agreement and KL need one shared vocabulary (a student with its own tokenizer gets NaN for
+both and still a loss). ``learning_curve`` trains students on growing numbers of harvested
+samples and plots both metrics against that number.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillguard.distill.data import Example, collate, encode_example, load_rows
+from distillguard.distill.harvest import HarvestRecord
+from distillguard.distill.losses import (
+    masked_mean,
+    shift_for_next_token,
+    token_cross_entropy,
+    token_forward_kl,
+)
+from distillguard.errors import ConfigError, InputError
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples: int = 64  # held-out sequences scored: enough for agreement +-0.01 on ~3k tokens
+    max_new_tokens: int = 48  # length of teacher answers generated for held-out prompts
+    max_length: int = 256  # tokens per scored sequence (the tiny context)
+    batch_size: int = 8  # sequences per forward pass
+    seed: int = 1  # teacher sampling seed, not the training seed: answers are fresh text
+    num_threads: int = 1  # two shared cores
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("samples, max_new_tokens and batch_size must be >= 1")
+        if self.max_length < 16 or self.num_threads < 1:
+            raise ConfigError("max_length must be >= 16 and num_threads >= 1")
+
+
+@dataclass(frozen=True)
+class StudentReport:
+    student: Path
+    top1_agreement: float  # share of answer positions where both argmax tokens agree
+    kl_teacher_student: float  # mean KL(teacher || student) per answer position, nats
+    held_out_loss: float  # student NLL of the teacher's answer tokens, nats/token
+    positions: int  # answer positions scored
+    samples: int  # held-out sequences
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    samples: int  # harvested samples the student was trained on
+    top1_agreement: float
+    kl_teacher_student: float
+    held_out_loss: float
+
+
+def _batches(examples: Sequence[Example], size: int, pad_id: int) -> Any:
+    for start in range(0, len(examples), size):
+        yield collate(examples[start : start + size], pad_id=pad_id)
+
+
+def answer_loss(
+    model: Any, tokenizer: Any, rows: Sequence[HarvestRecord], *, max_length: int = 256,
+    batch_size: int = 8,
+) -> float:  # fmt: skip
+    """Mean NLL (nats/token) of ``model`` on the answer tokens of ``rows`` (its tokenizer)."""
+    import torch
+
+    examples = [
+        encode_example(tokenizer, r.prompt, r.answer, max_length=max_length)
+        for r in rows
+        if r.answer.strip()
+    ]
+    if not examples:
+        return float("nan")
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in _batches(examples, batch_size, int(tokenizer.pad_token_id)):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            shifted, mask = shift_for_next_token(logits, batch.answer_mask)  # (B, T-1, V)
+            nll = token_cross_entropy(shifted, batch.input_ids[:, 1:])  # (B, T-1)
+            total += float((nll * mask).sum())
+            count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def compare_on_rows(
+    student: Any, student_tok: Any, teacher: Any, teacher_tok: Any,
+    rows: Sequence[HarvestRecord], *, student_dir: Path, config: EvalConfig,
+) -> StudentReport:  # fmt: skip
+    """Agreement, KL and loss of one loaded student against a loaded teacher on ``rows``."""
+    import torch
+
+    torch.set_num_threads(config.num_threads)
+    loss = answer_loss(student, student_tok, rows, max_length=config.max_length)
+    shared = student_tok.get_vocab() == teacher_tok.get_vocab()
+    if not shared:
+        return StudentReport(student_dir, math.nan, math.nan, loss, 0, len(rows))
+    examples = [
+        encode_example(teacher_tok, r.prompt, r.answer, max_length=config.max_length)
+        for r in rows
+        if r.answer.strip()
+    ]
+    agree_sum = kl_sum = 0.0
+    positions = 0
+    with torch.inference_mode():
+        for batch in _batches(examples, config.batch_size, int(teacher_tok.pad_token_id)):
+            kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            t_logits, mask = shift_for_next_token(teacher(**kwargs).logits, batch.answer_mask)
+            s_logits, _ = shift_for_next_token(student(**kwargs).logits, batch.answer_mask)
+            vocab = min(t_logits.shape[-1], s_logits.shape[-1])
+            t_logits, s_logits = t_logits[..., :vocab], s_logits[..., :vocab]
+            n = int(mask.sum())
+            same = (t_logits.argmax(-1) == s_logits.argmax(-1)).float()  # (B, T-1)
+            agree_sum += float(masked_mean(same, mask)) * n
+            kl_sum += float(masked_mean(token_forward_kl(s_logits, t_logits), mask)) * n
+            positions += n
+    return StudentReport(
+        student_dir, agree_sum / max(positions, 1), kl_sum / max(positions, 1), loss,
+        positions, len(examples),
+    )  # fmt: skip
+
+
+def held_out_rows(
+    teacher_dir: Path, *, data_path: Path | None, prompts_path: Path | None, config: EvalConfig
+) -> list[HarvestRecord]:
+    """Held-out sequences: the dataset's last ``samples`` rows, or the teacher's fresh answers
+    to the *last* ``samples`` prompts of ``prompts_path`` (default: the shared honest set,
+    whose first prompts are what ``train_student`` uses when it has no dataset)."""
+    if data_path is not None:
+        rows = load_rows(data_path)
+        return rows[-config.samples :]
+    from distillguard.config import get_settings
+    from distillguard.distill.harvest import LocalHarvestParams, harvest_local, read_prompts
+    from distillguard.models.engine import GenerationEngine
+
+    path = prompts_path or get_settings().data_dir / "prompts" / "honest.jsonl"
+    prompts = list(read_prompts(Path(path)).prompts)[-config.samples :]
+    engine = GenerationEngine.from_dir(Path(teacher_dir), num_threads=config.num_threads)
+    params = LocalHarvestParams(max_new_tokens=config.max_new_tokens, seed=config.seed)
+    return harvest_local(engine, prompts, params)
+
+
+def evaluate_students(
+    student_dirs: Sequence[Path], *, teacher_dir: Path, data_path: Path | None = None,
+    prompts_path: Path | None = None, config: EvalConfig = EvalConfig(),
+) -> list[StudentReport]:  # fmt: skip
+    """One report per student, all on the same held-out sequences."""
+    from distillguard.models.llama import load_model
+
+    teacher, teacher_tok = load_model(Path(teacher_dir))
+    rows = held_out_rows(teacher_dir, data_path=data_path, prompts_path=prompts_path, config=config)
+    if not rows:
+        raise InputError("no held-out sample to evaluate on")
+    reports = []
+    for student_dir in student_dirs:
+        student, student_tok = load_model(Path(student_dir))
+        reports.append(
+            compare_on_rows(
+                student,
+                student_tok,
+                teacher,
+                teacher_tok,
+                rows,
+                student_dir=Path(student_dir),
+                config=config,
+            )
+        )
+    return reports
+
+
+def learning_curve(
+    data: Path | Sequence[HarvestRecord], *, teacher_dir: Path, mode: str,
+    sample_counts: Sequence[int], student_size: str = "tiny", config: Any = None,
+    eval_config: EvalConfig = EvalConfig(), plot_path: Path | None = None,
+    progress: bool = False,
+) -> list[CurvePoint]:  # fmt: skip
+    """Students trained on the first n harvested samples for each n, scored on the last
+    ``eval_config.samples`` rows (never trained on). Writes a PNG when ``plot_path`` is set."""
+    from distillguard.distill.trainers import DistillConfig, train_student
+    from distillguard.models.llama import load_model
+
+    rows = load_rows(data)
+    counts = sorted({int(n) for n in sample_counts})
+    if not counts or counts[0] < 2:
+        raise InputError("sample counts must be >= 2")
+    if counts[-1] + eval_config.samples > len(rows):
+        raise InputError(
+            f"the dataset has {len(rows)} rows; the curve needs {counts[-1]} for training "
+            f"plus {eval_config.samples} held out"
+        )
+    held = rows[-eval_config.samples :]
+    teacher, teacher_tok = load_model(Path(teacher_dir))
+    config = config or DistillConfig()
+    points = []
+    with tempfile.TemporaryDirectory(prefix="dg-curve-") as scratch:
+        for n in counts:
+            out = Path(scratch) / f"n{n}"
+            train_student(
+                rows[:n], mode=mode, out_dir=out, teacher_dir=teacher_dir,
+                student_size=student_size, config=config, progress=progress,
+            )  # fmt: skip
+            student, student_tok = load_model(out)
+            report = compare_on_rows(
+                student, student_tok, teacher, teacher_tok, held, student_dir=out,
+                config=eval_config,
+            )  # fmt: skip
+            points.append(
+                CurvePoint(
+                    n, report.top1_agreement, report.kl_teacher_student, report.held_out_loss
+                )
+            )
+    if plot_path is not None:
+        plot_curves({mode: points}, plot_path)
+    return points
+
+
+def plot_curves(curves: dict[str, Sequence[CurvePoint]], path: Path) -> Path:
+    """Agreement and KL against harvested samples, one line per mode (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for label, points in curves.items():
+        xs = [p.samples for p in points]
+        left.plot(xs, [p.top1_agreement for p in points], marker="o", label=label)
+        right.plot(xs, [p.kl_teacher_student for p in points], marker="o", label=label)
+    for axis, title in ((left, "top-1 agreement with teacher"), (right, "KL(teacher || student)")):
+        axis.set_xscale("log")
+        axis.set_xlabel("harvested samples")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    left.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,456 @@
+"""Student training: one entry point for the four modes, the shared loop, and checkpoints.
+
+``train_student`` picks the data (harvested rows, or the teacher's own answers), builds a
+fresh student, and hands over to the mode's family module: ``sft.py`` (TRL SFTTrainer,
+black box), ``kd.py`` (logit-kd white box, topk-kd gray box), ``gkd.py`` (on-policy). The
+token-level modes share :func:`run_loop` here: seeded batches that a resumed run replays
+exactly, a rich progress bar, atomic checkpoints, and a held-out loss at the end.
+
+A checkpoint is written to a temporary directory and renamed into place, then the previous
+one is removed; an OSError on the way (a full disk) removes the partial copy and raises a
+ModelError saying the previous checkpoint is intact. The output directory is a standard
+Hugging Face model directory (config, safetensors, tokenizer with its chat template) that
+the gateway serves as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from distillguard.distill.harvest import HarvestRecord
+from distillguard.distill.losses import DIVERGENCES
+from distillguard.errors import ConfigError, InputError, ModelError
+
+Mode = Literal["sft", "logit-kd", "topk-kd", "gkd"]
+MODES: tuple[str, ...] = ("sft", "logit-kd", "topk-kd", "gkd")
+CHECKPOINTS = "checkpoints"  # sub-directory of the output holding the resumable state
+INFO_FILE = "distillguard.json"  # same name models/ uses for build metadata
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    max_steps: int = 200  # optimizer steps: the deterministic stopping rule
+    batch_size: int = 8  # sequences per step; small batches win at this scale (machine-facts)
+    lr: float = 2e-3  # AdamW peak rate; tiny students tolerate and need high rates
+    weight_decay: float = 0.0  # little data, few steps: decay only slows learning here
+    warmup_steps: int = 10  # linear warm-up avoids the first updates blowing up a fresh model
+    max_length: int = 256  # tokens per sequence (prompt + answer); tiny context is 256
+    divergence: str = "forward_kl"  # logit-kd/gkd: forward_kl | reverse_kl | jsd
+    beta: float = 0.5  # JSD interpolation (GKD's default)
+    temperature: float = 1.0  # KD softmax temperature; loss scaled by T^2 (Hinton)
+    lmbda: float = 0.5  # gkd: share of steps trained on the student's own samples
+    gkd_max_new_tokens: int = 48  # gkd: length of on-policy samples
+    topk: int = 20  # topk-kd: at most this many alternatives per position are used
+    held_out_fraction: float = 0.1  # rows kept out of training for the held-out loss
+    checkpoint_every: int = 50  # steps between checkpoints (0: only the final model)
+    seed: int = 0  # student init, split, batch order, on-policy sampling
+    num_threads: int = 1  # torch threads: 2 shared cores oversubscribe quickly
+    teacher_answers: int = 256  # prompts the teacher answers when no dataset is given
+    teacher_max_new_tokens: int = 64  # length of those answers
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.max_length < 16:
+            raise ConfigError("max_steps, batch_size must be >= 1 and max_length >= 16")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("lr must be > 0, weight_decay and warmup_steps >= 0")
+        if self.divergence not in DIVERGENCES:
+            raise ConfigError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
+        if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.lmbda <= 1.0:
+            raise ConfigError("beta and lmbda must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0")
+        if not 0.0 < self.held_out_fraction < 0.5:
+            raise ConfigError("held_out_fraction must be in (0, 0.5)")
+        if self.checkpoint_every < 0 or self.topk < 1 or self.num_threads < 1:
+            raise ConfigError("checkpoint_every >= 0, topk >= 1, num_threads >= 1 required")
+        if self.gkd_max_new_tokens < 1 or self.teacher_answers < 1:
+            raise ConfigError("gkd_max_new_tokens and teacher_answers must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    mode: str
+    parameters: int
+    steps: int
+    tokens_seen: int  # answer tokens that carried a loss
+    train_seconds: float
+    held_out_loss: float  # student's mean NLL (nats/token) on held-out teacher answers
+    train_samples: int
+    held_out_samples: int
+    resumed_from_step: int = 0
+    skipped_samples: int = 0  # rows that could not be used (reason below)
+    skip_reason: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(out_dir: Path, step: int, model: Any, optimizer: Any, state: dict) -> Path:
+    """Atomically write ``checkpoints/step-N`` and drop older ones. Full disk -> ModelError."""
+    import torch
+
+    root = out_dir / CHECKPOINTS
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(str(tmp))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
+        _replace_dir(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(out_dir)
+        kept = f"checkpoint {previous.name} is intact" if previous else "no earlier checkpoint"
+        raise ModelError(
+            f"could not write checkpoint step {step} under {root}: {exc.strerror or exc}; "
+            f"{kept}; free space and rerun with --resume"
+        ) from exc
+    for other in root.glob("step-*"):
+        if other != final:
+            shutil.rmtree(other, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    root = out_dir / CHECKPOINTS
+    steps = [p for p in root.glob("step-*") if (p / "state.json").is_file()]
+    return max(steps, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_student(out_dir: Path, model: Any, tokenizer: Any, info: dict) -> None:
+    """The final model dir: files written beside, then moved in (checkpoints/ left alone)."""
+    tmp = out_dir.with_name(f".{out_dir.name}.final-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for item in tmp.iterdir():
+            os.replace(item, out_dir / item.name)
+    except OSError as exc:
+        raise ModelError(f"could not save the student to {out_dir}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- students and teachers -----------------------------------------------------------------
+def load_teacher(teacher_dir: Path) -> tuple[Any, Any]:
+    from distillguard.models.llama import load_model
+
+    model, tokenizer = load_model(Path(teacher_dir))
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def same_vocabulary(a: Any, b: Any) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+def require_shared_vocabulary(teacher: Any, teacher_tok: Any, student: Any, student_tok: Any,
+                              mode: str) -> None:  # fmt: skip
+    """Logit modes compare distributions id by id: both sides need one vocabulary."""
+    teacher_rows = teacher.get_output_embeddings().weight.shape[0]
+    student_rows = student.get_output_embeddings().weight.shape[0]
+    if not same_vocabulary(teacher_tok, student_tok) or teacher_rows != student_rows:
+        raise ModelError(
+            f"{mode} needs the teacher's and the student's vocabularies to be identical "
+            f"(teacher: {len(teacher_tok)} tokens / {teacher_rows} logits, student: "
+            f"{len(student_tok)} tokens / {student_rows} logits); use the teacher's tokenizer "
+            "for the student (omit --student-tokenizer) or distil with --mode sft"
+        )
+
+
+def build_student(
+    size: str,
+    tokenizer: Any,
+    *,
+    seed: int,
+    vocab_size: int | None = None,
+) -> Any:
+    """A fresh Llama of ``size`` for ``tokenizer`` (``vocab_size`` to match a teacher)."""
+    from distillguard.models.llama import SIZES, new_model
+
+    if size not in SIZES:
+        raise ConfigError(f"unknown student size {size!r}; choose one of {sorted(SIZES)}")
+    shape = SIZES[size]
+    if vocab_size is not None:
+        shape = replace(shape, vocab_size=vocab_size)
+    return new_model(shape, tokenizer, seed=seed)
+
+
+def student_tokenizer(
+    rows: Sequence[HarvestRecord], *, size: str, tokenizer_dir: Path | None, teacher_tok: Any
+) -> Any:
+    """The student's tokenizer: given dir > the teacher's > a new BPE trained on the data."""
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        except Exception as exc:  # HF raises OSError/ValueError variously
+            raise ModelError(f"no usable tokenizer in {tokenizer_dir}: {exc}") from exc
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        return tok
+    if teacher_tok is not None:
+        return teacher_tok
+    from distillguard.models.llama import SIZES
+    from distillguard.models.tokenizer import format_chat_pair, train_tokenizer
+
+    texts = [format_chat_pair(r.prompt, r.answer) for r in rows]
+    return train_tokenizer(texts, vocab_size=SIZES[size].vocab_size)
+
+
+# --- the shared loop -----------------------------------------------------------------------
+StepFn = Callable[[int], tuple[Any, int]]  # step -> (scalar loss tensor, answer tokens)
+
+
+def run_loop(
+    model: Any,
+    step_loss: StepFn,
+    *,
+    config: DistillConfig,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    label: str,
+) -> tuple[int, int, float, int]:
+    """Optimise ``model`` for ``config.max_steps`` steps of ``step_loss``.
+
+    Returns (steps done this run + before, answer tokens seen, seconds, resumed-from step).
+    ``step_loss(step)`` must build its batch from ``step`` alone (seeded), so a resumed run
+    continues with the very batches the interrupted one would have used.
+    """
+    import torch
+
+    torch.set_num_threads(config.num_threads)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95)
+    )
+    start_step, tokens_seen, seconds_before = 0, 0, 0.0
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=False)
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        state = json.loads((checkpoint / "state.json").read_text())
+        start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        seconds_before = float(state.get("seconds", 0.0))
+        model.tie_weights()
+    model.train()
+    bar = _progress_bar(progress)
+    started = time.perf_counter()
+    smoothed = float("nan")
+    with bar:
+        task = bar.add_task(label, total=config.max_steps, completed=start_step, loss=smoothed)
+        for step in range(start_step, config.max_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            loss, tokens = step_loss(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            tokens_seen += tokens
+            value = float(loss.detach())
+            smoothed = value if step == start_step else 0.9 * smoothed + 0.1 * value
+            bar.update(task, advance=1, loss=smoothed)
+            done = step + 1
+            if (
+                config.checkpoint_every
+                and done % config.checkpoint_every == 0
+                and done < config.max_steps
+            ):
+                elapsed = seconds_before + time.perf_counter() - started
+                state = {"tokens_seen": tokens_seen, "seconds": elapsed, "config": asdict(config)}
+                save_checkpoint(out_dir, done, model, optimizer, state)
+    model.eval()
+    seconds = seconds_before + time.perf_counter() - started
+    return config.max_steps, tokens_seen, seconds, start_step
+
+
+def _progress_bar(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+# --- the entry point -----------------------------------------------------------------------
+def train_student(
+    data: Path | str | Sequence[HarvestRecord | dict] | None,
+    *,
+    mode: str,
+    out_dir: Path,
+    teacher_dir: Path | None = None,
+    prompts_path: Path | None = None,
+    student_size: str = "tiny",
+    student_tokenizer_dir: Path | None = None,
+    config: DistillConfig = DistillConfig(),
+    limit: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a student by ``mode`` and save it as a HF model directory at ``out_dir``.
+
+    ``data`` is a harvested JSONL path or rows (dicts need ``prompt`` and ``answer``); with no
+    data the teacher answers ``prompts_path`` (default: the shared honest prompts) first.
+    sft needs only data; logit-kd and gkd need ``teacher_dir``; topk-kd needs rows harvested
+    with logprobs and a student tokenizer that covers the teacher's tokens.
+    """
+    from distillguard.distill.data import load_rows, split_rows
+
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode in ("logit-kd", "gkd") and teacher_dir is None:
+        raise InputError(f"{mode} is white-box distillation: it needs --teacher DIR")
+    out_dir = Path(out_dir)
+    holds_model = (out_dir / CHECKPOINTS).exists() or (out_dir / "config.json").exists()
+    if holds_model and not resume:
+        raise InputError(f"{out_dir} already holds a model; pass --resume or another --out")
+    teacher = teacher_tok = None
+    if teacher_dir is not None:
+        teacher, teacher_tok = load_teacher(teacher_dir)
+    if data is not None:
+        rows = load_rows(data)
+    elif teacher is not None:
+        rows = teacher_rows(teacher_dir, prompts_path, config)
+    else:
+        raise InputError("give a dataset (--data) or a teacher to answer prompts (--teacher)")
+    if limit is not None:
+        rows = rows[:limit]
+    rows = [r for r in rows if r.answer.strip() or r.logprobs]
+    if len(rows) < 2:
+        raise InputError(f"need at least 2 non-empty samples to train, got {len(rows)}")
+    train_rows, held_rows = split_rows(
+        rows, held_out_fraction=config.held_out_fraction, seed=config.seed
+    )
+    tokenizer = student_tokenizer(
+        rows, size=student_size, tokenizer_dir=student_tokenizer_dir, teacher_tok=teacher_tok
+    )
+    vocab = None
+    if teacher is not None and same_vocabulary(tokenizer, teacher_tok):
+        vocab = int(teacher.get_output_embeddings().weight.shape[0])
+    student = build_student(student_size, tokenizer, seed=config.seed, vocab_size=vocab)
+    if mode in ("logit-kd", "gkd"):
+        require_shared_vocabulary(teacher, teacher_tok, student, tokenizer, mode)
+
+    common = {
+        "config": config,
+        "out_dir": out_dir,
+        "resume": resume,
+        "progress": progress,
+    }
+    if mode == "sft":
+        from distillguard.distill.sft import train_sft
+
+        outcome = train_sft(student, tokenizer, train_rows, **common)
+    elif mode == "logit-kd":
+        from distillguard.distill.kd import train_logit_kd
+
+        outcome = train_logit_kd(student, tokenizer, teacher, train_rows, **common)
+    elif mode == "topk-kd":
+        from distillguard.distill.kd import train_topk_kd
+
+        outcome = train_topk_kd(student, tokenizer, train_rows, **common)
+    else:
+        from distillguard.distill.gkd import train_gkd
+
+        outcome = train_gkd(student, tokenizer, teacher, train_rows, **common)
+
+    from distillguard.distill.evaluate import answer_loss
+    from distillguard.models.llama import count_parameters
+
+    held_loss = answer_loss(student, tokenizer, held_rows, max_length=config.max_length)
+    result = TrainResult(
+        out_dir=out_dir,
+        mode=mode,
+        parameters=count_parameters(student),
+        steps=outcome.steps,
+        tokens_seen=outcome.tokens_seen,
+        train_seconds=outcome.seconds,
+        held_out_loss=held_loss,
+        train_samples=len(train_rows) - outcome.skipped,
+        held_out_samples=len(held_rows),
+        resumed_from_step=outcome.resumed_from_step,
+        skipped_samples=outcome.skipped,
+        skip_reason=outcome.skip_reason,
+    )
+    info = {
+        "distilled": True,
+        "mode": mode,
+        "student_size": student_size,
+        "teacher_dir": str(teacher_dir) if teacher_dir else None,
+        "config": asdict(config),
+        **{k: v for k, v in asdict(result).items() if k not in ("out_dir", "mode")},
+    }
+    save_student(out_dir, student, tokenizer, info)
+    return result
+
+
+@dataclass(frozen=True)
+class LoopOutcome:
+    """What a family module hands back to :func:`train_student`."""
+
+    steps: int
+    tokens_seen: int
+    seconds: float
+    resumed_from_step: int = 0
+    skipped: int = 0
+    skip_reason: str = ""
+
+
+def teacher_rows(
+    teacher_dir: Path | None, prompts_path: Path | None, config: DistillConfig
+) -> list[HarvestRecord]:
+    """The teacher's own answers to prompts (white-box runs without a harvested dataset)."""
+    from distillguard.config import get_settings
+    from distillguard.distill.harvest import LocalHarvestParams, harvest_local, read_prompts
+    from distillguard.models.engine import GenerationEngine
+
+    path = prompts_path or get_settings().data_dir / "prompts" / "honest.jsonl"
+    prompts = list(read_prompts(Path(path)).prompts)[: config.teacher_answers]
+    engine = GenerationEngine.from_dir(Path(teacher_dir), num_threads=config.num_threads)
+    params = LocalHarvestParams(
+        max_new_tokens=config.teacher_max_new_tokens, seed=config.seed, temperature=1.0
+    )
+    return harvest_local(engine, prompts, params)
