@@ -103,45 +103,53 @@ class ContextHash:
         if not 1 <= self.width <= 16:
             raise InputError(f"context width must be in 1..16, got {self.width}")
 
-    def context_seed(self, key: int, contexts: np.ndarray) -> np.ndarray:
-        """Keyed seed of each context (N, h) -> (N,) uint64, independent of the token."""
-        th = TOKEN_HASH.of(contexts)  # (N, h)
+    # The *_hashed methods take token hashes (TOKEN_HASH.of(ids)): detection hashes every
+    # token of a batch once and reuses it for all h context slots, keys and accounts.
+    def seed_hashed(self, key: int, ctx_h: np.ndarray) -> np.ndarray:
+        """Keyed seed of hashed contexts (N, h) -> (N,) uint64, independent of the token."""
         k = U64(key)
         if self.mode == "lefthash":
-            seed = np.full(contexts.shape[0], k, dtype=U64)
-            for j in range(self.width):
-                seed = splitmix64(seed ^ th[:, j])
+            seed = splitmix64(ctx_h[:, 0] ^ k)
+            for j in range(1, self.width):
+                seed = splitmix64(seed ^ ctx_h[:, j])
             return seed
-        return splitmix64(th ^ k).min(axis=1)  # minhash / selfhash window minimum, (N,)
+        return splitmix64(ctx_h ^ k).min(axis=1)  # minhash / selfhash window minimum, (N,)
+
+    def pair_hashed(self, key: int, ctx_h: np.ndarray, tok_h: np.ndarray) -> np.ndarray:
+        """u(key, context, token) from hashed contexts (N, h) and tokens (N,) -> (N,) uint64."""
+        seed = self.seed_hashed(key, ctx_h)
+        if self.mode == "selfhash":
+            k = U64(key)
+            seed = np.minimum(seed, splitmix64(tok_h ^ k))
+            seed = splitmix64(seed ^ splitmix64(ctx_h[:, -1] ^ k ^ _ANCHOR_SALT))
+        return splitmix64(seed ^ tok_h)
+
+    def flag_hashed(self, key: int, ctx_h: np.ndarray) -> np.ndarray:
+        """A keyed value of the context alone (N,) uint64 (e.g. to pick account contexts)."""
+        seed = splitmix64(ctx_h[:, 0] ^ U64(key) ^ _CONTEXT_SALT)
+        for j in range(1, ctx_h.shape[1]):
+            seed = splitmix64(seed ^ ctx_h[:, j])
+        return seed
 
     def pair_values(self, key: int, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """u(key, context, token) for pairs: contexts (N, h) int64, tokens (N,) -> (N,) uint64."""
-        tt = TOKEN_HASH.of(tokens)  # (N,)
-        seed = self.context_seed(key, contexts)
-        if self.mode == "selfhash":
-            k = U64(key)
-            seed = np.minimum(seed, splitmix64(tt ^ k))
-            seed = splitmix64(seed ^ splitmix64(TOKEN_HASH.of(contexts[:, -1]) ^ k ^ _ANCHOR_SALT))
-        return splitmix64(seed ^ tt)
+        return self.pair_hashed(key, TOKEN_HASH.of(contexts), TOKEN_HASH.of(tokens))
+
+    def context_flag_values(self, key: int, contexts: np.ndarray) -> np.ndarray:
+        """``flag_hashed`` of token-id contexts (N, h) -> (N,) uint64."""
+        return self.flag_hashed(key, TOKEN_HASH.of(contexts))
 
     def vocab_values(self, key: int, contexts: np.ndarray, vocab: int) -> np.ndarray:
-        """u for every candidate token: contexts (B, h) -> (B, V) uint64 (generation side)."""
+        """u for every candidate token: contexts (B, h) -> (B, V) uint64 (generation side).
+        Equal to ``pair_values`` of each (context, v), computed without a V x V table."""
+        ctx_h = TOKEN_HASH.of(contexts)  # (B, h)
         tv = TOKEN_HASH.get(vocab)[None, :]  # (1, V)
-        seed = self.context_seed(key, contexts)[:, None]  # (B, 1)
+        seed = self.seed_hashed(key, ctx_h)[:, None]  # (B, 1)
         if self.mode == "selfhash":
             k = U64(key)
             seed = np.minimum(seed, splitmix64(tv ^ k))  # (B, V)
-            anchor = splitmix64(TOKEN_HASH.of(contexts[:, -1]) ^ k ^ _ANCHOR_SALT)[:, None]
-            seed = splitmix64(seed ^ anchor)
+            seed = splitmix64(seed ^ splitmix64(ctx_h[:, -1:] ^ k ^ _ANCHOR_SALT))
         return splitmix64(seed ^ tv)
-
-    def context_flag_values(self, key: int, contexts: np.ndarray) -> np.ndarray:
-        """A keyed value of the context alone (N,) uint64 (e.g. to pick account contexts)."""
-        th = TOKEN_HASH.of(contexts)
-        seed = np.full(contexts.shape[0], U64(key) ^ _CONTEXT_SALT, dtype=U64)
-        for j in range(contexts.shape[1]):
-            seed = splitmix64(seed ^ th[:, j])
-        return seed
 
 
 def fraction_threshold(fraction: float) -> U64:
@@ -246,30 +254,62 @@ class _RowStats:
 
 
 @dataclass(frozen=True)
-class _Pairs:
-    contexts: np.ndarray  # (N, h) int64
-    tokens: np.ndarray  # (N,) int64
+class Pairs:
+    """The scorable (context, token) pairs of a batch of texts, token ids already hashed."""
+
+    ctx_h: np.ndarray  # (N, h) uint64 TOKEN_HASH of the h previous tokens
+    tok_h: np.ndarray  # (N,) uint64 TOKEN_HASH of the scored token
     rows: np.ndarray  # (N,) int64 text index, nondecreasing
+
+    def select(self, mask: np.ndarray | None) -> Pairs:
+        if mask is None:
+            return self
+        return Pairs(self.ctx_h[mask], self.tok_h[mask], self.rows[mask])
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 def _segments(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(starts (R,), within-segment offsets (sum,)) of consecutive segments of ``lengths``."""
     starts = np.cumsum(lengths) - lengths
-    total = int(lengths.sum())
-    offsets = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+    offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
     return starts, offsets
 
 
-def make_pairs(seqs: Sequence[np.ndarray], width: int) -> _Pairs:
-    """All (previous ``width`` tokens, token) pairs of each sequence, flattened."""
-    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    flat = np.concatenate(seqs).astype(np.int64, copy=False) if len(seqs) else np.zeros(0, np.int64)
-    npairs = np.maximum(lens - width, 0)
-    _, offs = _segments(npairs)
-    rows = np.repeat(np.arange(len(seqs), dtype=np.int64), npairs)
-    pos = (np.cumsum(lens) - lens)[rows] + width + offs  # (N,) position of the scored token
-    contexts = flat[pos[:, None] - width + np.arange(width)]  # (N, h)
-    return _Pairs(contexts=contexts, tokens=flat[pos], rows=rows)
+def flatten_tokens(seqs: Sequence[Sequence[int] | np.ndarray | None],
+                   vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and concatenate token sequences: -> (flat (L,) int64, lengths (R,) int64)."""
+    arrays = []
+    for s in seqs:
+        a = _EMPTY if s is None else np.asarray(s)
+        if a.ndim != 1:
+            raise InputError("token ids must be flat sequences of integers")
+        arrays.append(a if a.size else _EMPTY)
+    lens = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+    flat = np.concatenate(arrays) if arrays else _EMPTY
+    if flat.size == 0:
+        return _EMPTY, lens
+    if flat.dtype.kind not in "iu":
+        raise InputError("token ids must be integers")
+    if int(flat.min()) < 0 or int(flat.max()) >= vocab_size:
+        bad = int(np.flatnonzero((flat < 0) | (flat >= vocab_size))[0])
+        row = int(np.searchsorted(np.cumsum(lens), bad, side="right"))
+        raise InputError(f"text {row}: token id {int(flat[bad])} out of range [0, {vocab_size}) "
+                         "(not this tokenizer's ids?)")
+    return flat.astype(np.int64, copy=False), lens
+
+
+def make_pairs(flat: np.ndarray, lens: np.ndarray, width: int) -> Pairs:
+    """All (previous ``width`` tokens, token) pairs of each sequence, flattened and hashed."""
+    th = TOKEN_HASH.of(flat)  # (L,) every token hashed once
+    npairs = np.maximum(lens - width, 0)  # (R,)
+    n = int(npairs.sum())
+    rows = np.repeat(np.arange(lens.size, dtype=np.int64), npairs)
+    shift = (np.cumsum(lens) - lens) + width - (np.cumsum(npairs) - npairs)  # (R,)
+    pos = np.arange(n, dtype=np.int64) + np.repeat(shift, npairs)  # (N,) scored positions
+    ctx_h = np.stack([th[pos - width + j] for j in range(width)], axis=1)  # (N, h)
+    return Pairs(ctx_h=ctx_h, tok_h=th[pos], rows=rows)
 
 
 def _row_stats(values: np.ndarray, rows: np.ndarray, pvalues: np.ndarray, prows: np.ndarray,
@@ -277,7 +317,12 @@ def _row_stats(values: np.ndarray, rows: np.ndarray, pvalues: np.ndarray, prows:
     """Deduplicate and prompt-exclude keyed values per row, then sum their scores.
 
     values (N,) uint64 with rows (N,) nondecreasing; pvalues (M,) prompt values with prows (M,).
-    ``scorer(kept_values (K,)) -> (K,) float`` turns values into per-pair scores.
+    ``scorer(values (K,)) -> (K,) float`` turns values into per-pair scores.
+
+    Each chunk of rows is a padded (r, W) matrix: text values with bit 0 cleared, then prompt
+    values with bit 0 set, then SENTINEL padding; one row-wise sort puts equal values (a group)
+    side by side, text copies before prompt copies. The *last* element of a group is kept iff
+    it is a text value (so: once per group, and never when the prompt has the same pair).
     """
     n_text = np.bincount(rows, minlength=num_rows).astype(np.int64)  # (R,)
     n_prompt = np.bincount(prows, minlength=num_rows).astype(np.int64)  # (R,)
@@ -286,58 +331,43 @@ def _row_stats(values: np.ndarray, rows: np.ndarray, pvalues: np.ndarray, prows:
     score = np.zeros(num_rows)
     scored = np.zeros(num_rows, dtype=np.int64)
     copied = np.zeros(num_rows, dtype=np.int64)
-    order = np.argsort(n_text + n_prompt, kind="stable")  # similar widths share a chunk
+    total = n_text + n_prompt
+    order = np.argsort(total, kind="stable")  # rows of similar width share a chunk
+    one = U64(1)
     for c in range(0, num_rows, chunk_rows):
         rows_c = order[c:c + chunk_rows]  # (r,)
         tl, pl = n_text[rows_c], n_prompt[rows_c]
-        width = int((tl + pl).max()) if rows_c.size else 0
+        r, width = rows_c.size, int(total[rows_c].max())
         if width == 0:
             continue
-        r = rows_c.size
-        mat = np.full((r, width), SENTINEL, dtype=U64)  # (r, W)
+        mat = np.full(r * width, SENTINEL, dtype=U64)  # (r * W,)
+        base_lin = np.arange(r, dtype=np.int64) * width
         _, toff = _segments(tl)
-        lr = np.repeat(np.arange(r), tl)
-        mat[lr, toff] = values[np.repeat(t_start[rows_c], tl) + toff] & ~U64(1)
+        mat[np.repeat(base_lin, tl) + toff] = values[np.repeat(t_start[rows_c], tl) + toff] & ~one
         if pl.any():
             _, poff = _segments(pl)
-            lp = np.repeat(np.arange(r), pl)
-            mat[lp, tl[lp] + poff] = pvalues[np.repeat(p_start[rows_c], pl) + poff] | U64(1)
+            mat[np.repeat(base_lin + tl, pl) + poff] = (
+                pvalues[np.repeat(p_start[rows_c], pl) + poff] | one)
+        mat = mat.reshape(r, width)
         mat.sort(axis=1)
         flat = mat.ravel()
-        hi = flat >> U64(1)
-        start = np.empty(flat.size, dtype=bool)
-        start[0] = True
-        np.not_equal(hi[1:], hi[:-1], out=start[1:])
-        start[::width] = True  # a group never spans two rows
-        first = np.flatnonzero(start)  # (G,) first index of each group
-        last = np.empty_like(first)
-        last[:-1] = first[1:] - 1
-        last[-1] = flat.size - 1
-        is_text = (flat[first] & U64(1)) == 0  # text values sort before prompt copies
-        in_prompt = (flat[last] & U64(1)).astype(bool)  # (sentinel groups: is_text False)
-        keep = first[is_text & ~in_prompt]
-        cop = first[is_text & in_prompt]
-        krow = keep // width
-        score[rows_c] = np.bincount(krow, weights=scorer(flat[keep]), minlength=r)
-        scored[rows_c] = np.bincount(krow, minlength=r)
-        copied[rows_c] = np.bincount(cop // width, minlength=r)
+        from_prompt = (flat & one).astype(bool)  # (F,) SENTINEL counts as prompt: never kept
+        end = np.empty(flat.size, dtype=bool)  # last element of its group
+        np.not_equal(flat[1:] >> one, flat[:-1] >> one, out=end[:-1])
+        end[-1] = True
+        end[width - 1::width] = True  # groups never span rows
+        keep = end & ~from_prompt  # (F,)
+        # a text value directly followed by a prompt copy of itself: a copied distinct pair
+        cop = np.zeros(flat.size, dtype=bool)
+        cop[:-1] = ~from_prompt[:-1] & from_prompt[1:] & ~end[:-1]
+        keep2 = keep.reshape(r, width)
+        score[rows_c] = np.where(keep2, scorer(flat).reshape(r, width), 0.0).sum(axis=1)
+        scored[rows_c] = keep2.sum(axis=1)
+        copied[rows_c] = cop.reshape(r, width).sum(axis=1)
     return _RowStats(score=score, num_scored=scored, num_prompt_copied=copied, num_pairs=n_text)
 
 
 # ---------------------------------------------------------------------- the base class
-
-def _as_tokens(seq: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
-    arr = np.asarray(seq)
-    if arr.ndim != 1:
-        raise InputError("token ids must be a flat sequence")
-    if arr.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise InputError("token ids must be integers")
-    if int(arr.min()) < 0 or int(arr.max()) >= vocab_size:
-        raise InputError(f"token id out of range [0, {vocab_size}): not this tokenizer's ids?")
-    return arr.astype(np.int64, copy=False)
-
 
 class WatermarkScheme(ABC):
     """A keyed watermark: ``sample`` at generation (TokenSampler), ``detect`` at detection.
@@ -386,12 +416,12 @@ class WatermarkScheme(ABC):
     def account_z_score(self, score: np.ndarray, n: np.ndarray) -> np.ndarray:
         return self.z_score(score, n)
 
-    def provider_pair_mask(self, contexts: np.ndarray) -> np.ndarray | None:
-        """Which pairs carry the provider signal (None = all); contexts (N, h) -> (N,) bool."""
+    def provider_pair_mask(self, pairs: Pairs) -> np.ndarray | None:
+        """Which pairs carry the provider signal: (N,) bool, or None for all."""
         return None
 
-    def account_pair_mask(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray | None:
-        """Which pairs carry the account signal (None = all)."""
+    def account_pair_mask(self, pairs: Pairs) -> np.ndarray | None:
+        """Which pairs carry the account signal: (N,) bool, or None for all."""
         return None
 
     # ---- primitives for forensics (radioactivity, Sander et al. 2024) ----
@@ -451,50 +481,40 @@ class WatermarkScheme(ABC):
                     prompts: Sequence[Sequence[int] | np.ndarray | None] | None = None,
                     accounts: Sequence[str] = ()) -> list[DetectionResult]:
         """Detect a batch of texts at once (rows with 0 scored pairs get p = 1)."""
-        seqs = [_as_tokens(s, self.vocab_size) for s in sequences]
-        if prompts is not None and len(prompts) != len(seqs):
-            raise InputError("prompts must be None or one per sequence")
         h = self.context.width
-        pairs = make_pairs(seqs, h)
+        flat, lens = flatten_tokens(sequences, self.vocab_size)
+        pairs = make_pairs(flat, lens, h)
         if prompts is not None:
-            pseqs = [_as_tokens([] if p is None else p, self.vocab_size) for p in prompts]
-            ppairs = make_pairs(pseqs, h)
+            if len(prompts) != len(sequences):
+                raise InputError("prompts must be None or one per sequence")
+            ppairs = make_pairs(*flatten_tokens(prompts, self.vocab_size), h)
         else:
-            ppairs = make_pairs([], h)
-        R = len(seqs)
-        pk = self._provider_key
-        pmask = self.provider_pair_mask(pairs.contexts)
-        sel = (slice(None) if pmask is None else pmask)
-        values = self.context.pair_values(pk, pairs.contexts[sel], pairs.tokens[sel])
-        pvals = self.context.pair_values(pk, ppairs.contexts, ppairs.tokens)
-        st = _row_stats(values, pairs.rows[sel], pvals, ppairs.rows, R, self.pair_scores)
+            ppairs = make_pairs(_EMPTY, np.zeros(len(lens), np.int64), h)
+        R, pk = lens.size, self._provider_key
+        mine = pairs.select(self.provider_pair_mask(pairs))
+        st = _row_stats(self.context.pair_hashed(pk, mine.ctx_h, mine.tok_h), mine.rows,
+                        self.context.pair_hashed(pk, ppairs.ctx_h, ppairs.tok_h), ppairs.rows,
+                        R, self.pair_scores)
         log10p = self.log10_pvalue(st.score, st.num_scored)
         z = self.z_score(st.score, st.num_scored)
-        n_total = np.bincount(pairs.rows, minlength=R)
-        acc = self._detect_accounts(pairs, ppairs, R, tuple(accounts)) if accounts else None
-        out = []
-        for i, s in enumerate(seqs):
-            out.append(DetectionResult(
-                scheme=self.name, key_id=self.key_id, score=float(st.score[i]),
-                z_score=float(z[i]), num_tokens=int(s.size), num_scored=int(st.num_scored[i]),
-                num_repeated=int(n_total[i] - st.num_scored[i] - st.num_prompt_copied[i]),
-                num_prompt_copied=int(st.num_prompt_copied[i]),
-                p_value=float(10.0 ** log10p[i]), log10_p_value=float(log10p[i]),
-                accounts=() if acc is None else acc[i]))
-        return out
+        repeated = np.bincount(pairs.rows, minlength=R) - st.num_scored - st.num_prompt_copied
+        acc = (self._detect_accounts(pairs, ppairs, R, tuple(accounts)) if len(accounts)
+               else [()] * R)
+        cols = zip(st.score.tolist(), z.tolist(), lens.tolist(), st.num_scored.tolist(),
+                   repeated.tolist(), st.num_prompt_copied.tolist(), (10.0 ** log10p).tolist(),
+                   log10p.tolist(), acc, strict=True)
+        return [DetectionResult(self.name, self.key_id, *c[:8], accounts=c[8]) for c in cols]
 
-    def _detect_accounts(self, pairs: _Pairs, ppairs: _Pairs, R: int,
+    def _detect_accounts(self, pairs: Pairs, ppairs: Pairs, R: int,
                          accounts: tuple[str, ...]) -> list[tuple[AccountMatch, ...]]:
         accounts = tuple(dict.fromkeys(str(a) for a in accounts))
-        amask = self.account_pair_mask(pairs.contexts, pairs.tokens)
-        sel = slice(None) if amask is None else amask
-        ctx, tok, rows = pairs.contexts[sel], pairs.tokens[sel], pairs.rows[sel]
+        mine = pairs.select(self.account_pair_mask(pairs))
         A = len(accounts)
         score, n = np.zeros((R, A)), np.zeros((R, A), dtype=np.int64)
         for j, a in enumerate(accounts):
             key = self.account_key(a)
-            st = _row_stats(self.context.pair_values(key, ctx, tok), rows,
-                            self.context.pair_values(key, ppairs.contexts, ppairs.tokens),
+            st = _row_stats(self.context.pair_hashed(key, mine.ctx_h, mine.tok_h), mine.rows,
+                            self.context.pair_hashed(key, ppairs.ctx_h, ppairs.tok_h),
                             ppairs.rows, R, self.account_pair_scores)
             score[:, j], n[:, j] = st.score, st.num_scored
         log10p = self.account_log10_pvalue(score.ravel(), n.ravel()).reshape(R, A)

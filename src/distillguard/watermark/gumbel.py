@@ -35,6 +35,7 @@ from distillguard.errors import InputError
 from distillguard.watermark.base import (
     U64,
     ContextHash,
+    Pairs,
     WatermarkScheme,
     check_generators,
     check_sampling,
@@ -60,8 +61,8 @@ class GumbelParams:
 
 
 def uniforms(values: np.ndarray) -> np.ndarray:
-    """Keyed values (uint64) -> uniforms in (0, 1) from their top 53 bits (float64)."""
-    return ((values >> U64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    """Keyed values (uint64) -> uniforms in (0, 1) from their top 52 bits (float64)."""
+    return ((values >> U64(12)).astype(np.float64) + 0.5) * 2.0**-52
 
 
 class GumbelScheme(WatermarkScheme):
@@ -91,11 +92,16 @@ class GumbelScheme(WatermarkScheme):
             return np.zeros(len(contexts), dtype=bool)
         return self.context.context_flag_values(self._provider_key, contexts) < self._thr_account
 
-    def provider_pair_mask(self, contexts: np.ndarray) -> np.ndarray:
-        return ~self.account_contexts(contexts)
+    def _account_flags(self, pairs: Pairs) -> np.ndarray:
+        if self.params.account_fraction == 0:
+            return np.zeros(len(pairs.rows), dtype=bool)
+        return self.context.flag_hashed(self._provider_key, pairs.ctx_h) < self._thr_account
 
-    def account_pair_mask(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return self.account_contexts(contexts)
+    def provider_pair_mask(self, pairs: Pairs) -> np.ndarray:
+        return ~self._account_flags(pairs)
+
+    def account_pair_mask(self, pairs: Pairs) -> np.ndarray:
+        return self._account_flags(pairs)
 
     # ---- generation ----
     def keyed_uniforms(self, contexts: np.ndarray, vocab: int,

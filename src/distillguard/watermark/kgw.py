@@ -38,6 +38,7 @@ import numpy as np
 from distillguard.errors import InputError
 from distillguard.watermark.base import (
     ContextHash,
+    Pairs,
     WatermarkScheme,
     binom_log10_sf,
     check_generators,
@@ -103,9 +104,9 @@ class KGWScheme(WatermarkScheme):
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.nan_to_num((score - g * n) / np.sqrt(n * g * (1 - g)))
 
-    def account_pair_mask(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    def account_pair_mask(self, pairs: Pairs) -> np.ndarray:
         """The account signal lives on provider-green pairs only."""
-        return self.context.pair_values(self._provider_key, contexts, tokens) < self._thr
+        return self.context.pair_hashed(self._provider_key, pairs.ctx_h, pairs.tok_h) < self._thr
 
     def green_mask(self, contexts: np.ndarray, vocab: int | None = None) -> np.ndarray:
         """Provider green lists of contexts (B, h) -> (B, V) bool (generation and forensics)."""
