@@ -21,7 +21,7 @@ def _default_home() -> Path:
 
 def _default_data_dir() -> Path:
     # The project's checkout sits beside `shared/` (see README); CI lays it out the same way.
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 class Settings(BaseSettings):
