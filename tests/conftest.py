@@ -118,3 +118,45 @@ def tiny_engine(tiny_model_dir: Path):
     engine.start()
     yield engine
     engine.stop()
+
+
+# --- gateway room: a mock OpenAI upstream and real gateway servers --------------------------
+
+
+@pytest.fixture(scope="session")
+def mock_upstream():
+    """A tiny OpenAI-compatible aiohttp server on 127.0.0.1 answering instantly, streaming too
+    (models ``mock-model``, ``mock-slow``, ``mock-refuse``; ``.url``, ``.requests`` seen)."""
+    from distillguard.gateway.testing import MockUpstream
+
+    with MockUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def gateway_server(tmp_path: Path, mock_upstream):
+    """Factory for real gateways: ``gateway_server(**settings) -> GatewayProcess``, a
+    ``distillguard serve`` subprocess on a free 127.0.0.1 port, proxying to ``mock_upstream``
+    unless ``model_dir=`` or ``upstream=`` is given. Keyword settings become DISTILLGUARD_*
+    variables (``redis_url=...``, ``default_rpm=5``). The handle unpacks as
+    ``(base_url, admin_token)`` and offers ``create_key(account=None, rpm=, tpm=)`` ->
+    (account_id, key_id, secret), ``api_url``, ``exchanges()``, ``kill()``. Stopped at teardown."""
+    from distillguard.gateway.testing import GatewayProcess
+
+    started: list[GatewayProcess] = []
+
+    def start(*, upstream: str | None = None, model_dir: Path | None = None,
+              database_url: str | None = None, watermark: str = "off",
+              **settings: object) -> GatewayProcess:
+        env = {f"DISTILLGUARD_{name.upper()}": str(value) for name, value in settings.items()}
+        if upstream is None and model_dir is None:
+            upstream = mock_upstream.url
+        server = GatewayProcess(home=tmp_path / f"gateway{len(started)}", upstream=upstream,
+                                model_dir=model_dir, database_url=database_url,
+                                watermark=watermark, env=env)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

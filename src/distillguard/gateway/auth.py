@@ -12,6 +12,7 @@ a missing header is 401, a wrong token (or no admin token configured) 403.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from typing import Annotated
 
@@ -72,10 +73,8 @@ class KeyAuthenticator:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(SQLAlchemyError):
                 self._conn.close()
-            except SQLAlchemyError:
-                pass
             self._conn = None
 
 

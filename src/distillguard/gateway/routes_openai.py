@@ -67,6 +67,7 @@ class Attempt:
     user_agent: str | None
     identity: KeyIdentity | None = None
     logged_body: Any = None
+    raw: bytes | None = None  # the body as received, for the log when it was never decoded
     model: str | None = None
     status: int = 200
     error: str | None = None
@@ -150,7 +151,9 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
                 f"{scope['method']} is not allowed here; use POST", code="method_not_allowed"
             )
         settings = state.settings
-        raw = await _read_body(scope, receive, settings.max_body_bytes, settings.request_timeout_s)
+        raw = attempt.raw = await _read_body(
+            scope, receive, settings.max_body_bytes, settings.request_timeout_s
+        )
         identity = attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
         body = _decode(raw, attempt)
         model = body.get("model")
@@ -179,14 +182,9 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             attempt.error = outcome.error
             if not await _write_log(state, attempt, outcome):
                 raise StoreError("the exchange could not be logged; not answering unlogged")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": reply.status,
-                    "headers": [(b"content-type", reply.content_type)],
-                }
+            await _respond(
+                send, attempt, reply.status, [(b"content-type", reply.content_type)], reply.body
             )
-            await send({"type": "http.response.body", "body": reply.body})
     except ClientGone:
         attempt.status = 499  # nginx's "client closed request": nothing was answered
         attempt.error = "client disconnected before the request body was complete"
@@ -195,14 +193,10 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         attempt.status = refused.reply.status
         attempt.error = outcome.error
         await _write_log(state, attempt, outcome)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": refused.reply.status,
-                "headers": [(b"content-type", refused.reply.content_type)],
-            }
+        reply = refused.reply
+        await _respond(
+            send, attempt, reply.status, [(b"content-type", reply.content_type)], reply.body
         )
-        await send({"type": "http.response.body", "body": refused.reply.body})
     except _StreamEnded:
         pass  # streamed (fully or until the client left), logged inside
     except Exception as exc:  # every failure answers in OpenAI's shape, and is logged
@@ -213,8 +207,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         if err.status in (408, 413):
             headers.append((b"connection", b"close"))  # the body may still be arriving
         await _write_log(state, attempt, outcome)
-        await send({"type": "http.response.start", "status": err.status, "headers": headers})
-        await send({"type": "http.response.body", "body": err.body})
+        await _respond(send, attempt, err.status, headers, err.body)
     finally:
         state.metrics.in_flight.dec()
         if reservation is not None:
@@ -235,6 +228,20 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
                 log.exception("online monitor failed to record an exchange")
 
 
+async def _respond(
+    send, attempt: Attempt, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """One complete response; ``x-request-id`` names the exchange's row in the log."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"x-request-id", attempt.request_id.encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class _StreamEnded(Exception):
     """Internal: the stream was sent (or cut by the client) and its row is logged."""
 
@@ -246,7 +253,13 @@ async def _serve_stream(
     try:
         # The first frame before the headers: a refused upstream request still gets its status.
         first = await anext(frames, None)
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_SSE_HEADERS, (b"x-request-id", attempt.request_id.encode())],
+            }
+        )
         disconnected = asyncio.ensure_future(receive())  # completes on http.disconnect
         sent_chunks = 0
         try:
@@ -313,6 +326,18 @@ async def _enforce(
         job.degrade = True
 
 
+def _logged_request(attempt: Attempt) -> Any:
+    """The request body for the log, also for attempts refused before it was decoded."""
+    if attempt.logged_body is not None:
+        return attempt.logged_body
+    if not attempt.raw:
+        return {}
+    try:
+        return orjson.loads(attempt.raw)
+    except orjson.JSONDecodeError:
+        return {"_unparsed": attempt.raw[:_LOGGED_RAW_CHARS].decode("utf-8", "replace")}
+
+
 async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) -> bool:
     """Commit the exchange's row (awaited: durable before the client's last byte); False
     when the log could not take it."""
@@ -327,7 +352,7 @@ async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) ->
         user_agent=attempt.user_agent,
         payment_fingerprint=identity.payment_fingerprint if identity else None,
         endpoint=attempt.endpoint,
-        request=attempt.logged_body if attempt.logged_body is not None else {},
+        request=_logged_request(attempt),
         response_text=outcome.text,
         prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens,
@@ -400,13 +425,9 @@ async def handle_models(state: GatewayState, scope: dict, receive, send) -> None
             }
         )
         await _write_log(state, attempt, outcome)
-        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
-        await send({"type": "http.response.body", "body": body})
+        await _respond(send, attempt, 200, _JSON_HEADERS, body)
     except Exception as exc:
         err = to_error_response(exc)
         attempt.status, attempt.error = err.status, err.message
         await _write_log(state, attempt, outcome)
-        await send(
-            {"type": "http.response.start", "status": err.status, "headers": list(err.headers)}
-        )
-        await send({"type": "http.response.body", "body": err.body})
+        await _respond(send, attempt, err.status, list(err.headers), err.body)
