@@ -61,3 +61,27 @@ def test_acknowledged_rows_survive_sigkill(engine: Engine, db_url: str) -> None:
     stored = {r.id for r in iter_exchanges(engine)}
     missing = [x for x in acknowledged if x not in stored]
     assert not missing, f"{len(missing)} acknowledged rows lost, e.g. {missing[:3]}"
+
+
+WRITER = """
+import sys
+from distillguard.store import ExchangeLog, ExchangeRecord, make_engine
+
+with ExchangeLog(make_engine(sys.argv[1])) as log:
+    for i in range(int(sys.argv[3])):
+        log.write_sync(ExchangeRecord(id=f"{sys.argv[2]}-{i}", ip="127.0.0.1", endpoint="/v1/x"))
+"""
+
+
+def test_several_processes_write_one_log(engine: Engine, db_url: str) -> None:
+    """Two gateway processes (or the CLI beside a gateway) share one database file or server."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, db_url, name, "150"], stderr=subprocess.PIPE
+        )
+        for name in ("p1", "p2", "p3")
+    ]
+    errors = [child.communicate(timeout=120)[1].decode()[-2000:] for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0], errors
+    stored = {r.id for r in iter_exchanges(engine)}
+    assert stored == {f"{p}-{i}" for p in ("p1", "p2", "p3") for i in range(150)}

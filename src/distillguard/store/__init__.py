@@ -21,6 +21,7 @@ from distillguard.store.accounts import (
     set_account_status,
 )
 from distillguard.store.db import (
+    autocommit_connection,
     make_engine,
     migrate,
     require_current_schema,
@@ -47,6 +48,7 @@ __all__ = [
     "KeyIdentity",
     "KeyInfo",
     "authenticate",
+    "autocommit_connection",
     "count_exchanges",
     "create_account",
     "create_key",
