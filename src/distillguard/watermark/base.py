@@ -407,6 +407,11 @@ class WatermarkScheme(ABC):
     @abstractmethod
     def z_score(self, score: np.ndarray, n: np.ndarray) -> np.ndarray: ...
 
+    @property
+    @abstractmethod
+    def null_pair_mean(self) -> float:
+        """Mean provider score of one pair under the null (for radioactivity tests)."""
+
     def account_pair_scores(self, values: np.ndarray) -> np.ndarray:
         return self.pair_scores(values)
 

@@ -76,6 +76,10 @@ class GumbelScheme(WatermarkScheme):
         self._thr_account = fraction_threshold(self.params.account_fraction)
 
     # ---- statistics ----
+    @property
+    def null_pair_mean(self) -> float:
+        return 1.0
+
     def pair_scores(self, values: np.ndarray) -> np.ndarray:
         return -np.log1p(-uniforms(values))
 

@@ -82,6 +82,10 @@ class KGWScheme(WatermarkScheme):
         self._thr_account = fraction_threshold(self.params.account_gamma)
 
     # ---- statistics ----
+    @property
+    def null_pair_mean(self) -> float:
+        return self.params.gamma
+
     def pair_scores(self, values: np.ndarray) -> np.ndarray:
         return (values < self._thr).astype(np.float64)  # 1 = green
 

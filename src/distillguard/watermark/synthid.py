@@ -89,6 +89,10 @@ class SynthIDScheme(WatermarkScheme):
                          context=ContextHash(self.params.context, self.params.context_width))
 
     # ---- statistics ----
+    @property
+    def null_pair_mean(self) -> float:
+        return self.params.provider_layers / 2
+
     @staticmethod
     def _count_top(values: np.ndarray, m: int) -> np.ndarray:
         return np.bitwise_count(values >> U64(64 - m)).astype(np.float64)
