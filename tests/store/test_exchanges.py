@@ -157,6 +157,22 @@ def test_a_cancelled_waiter_still_gets_its_row(engine: Engine) -> None:
     assert _ids(engine) == {record.id}
 
 
+def test_a_stuck_database_fails_the_wait_but_keeps_the_record(engine: Engine, write_lock) -> None:
+    log = ExchangeLog(engine, write_timeout_s=0.3)
+    first, second = _record(1), _record(2)
+
+    async def write() -> None:
+        await log.write(first)
+
+    with write_lock(engine):
+        with pytest.raises(StoreError, match="did not commit"):
+            asyncio.run(write())
+        with pytest.raises(StoreError, match="did not commit"):
+            log.write_sync(second)
+    log.close()  # once the database moves again, both queued records land
+    assert _ids(engine) == {first.id, second.id}
+
+
 def test_database_failures_reach_the_caller(db_url: str) -> None:
     unmigrated = make_engine(db_url)  # no tables: every insert fails
     log = ExchangeLog(unmigrated)

@@ -34,6 +34,8 @@ from distillguard.errors import DistillGuardError, StoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000  # a CLI write while the gateway logs waits, not fails
+PG_CONNECT_TIMEOUT_S = 10  # an unreachable server fails a request, it does not hang it
+PG_STATEMENT_TIMEOUT_MS = 60_000  # no statement of ours legitimately runs for a minute
 # Any fixed 64-bit number shared by every replica: serializes concurrent `migrate()` calls.
 _PG_MIGRATION_LOCK = 0x6469_7374_696C_6C67  # "distillg"
 
@@ -125,7 +127,16 @@ def make_engine(url: str | None = None) -> Engine:
     elif backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")  # the driver we ship
-        kwargs.update(pool_size=10, max_overflow=20, pool_recycle=1800)
+        kwargs.update(
+            pool_size=10,
+            max_overflow=20,
+            pool_recycle=1800,
+            # Never hang on an unreachable or stuck server: fail as StoreError instead.
+            connect_args={
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
+            },
+        )
     else:
         raise StoreError(
             f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://"

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -130,11 +131,23 @@ def _settle_async(items: list[tuple[asyncio.Future[None], BaseException | None]]
 class ExchangeLog:
     """Group-commit writer: ``await write(rec)`` returns once the row is committed."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 512, close_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 512,
+        write_timeout_s: float = 30.0,
+        close_timeout_s: float = 60.0,
+    ):
         if max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        if write_timeout_s <= 0 or close_timeout_s <= 0:
+            raise InputError("write_timeout_s and close_timeout_s must be positive")
         self._engine = engine
         self._max_batch = max_batch  # bounds one transaction's size and a failed batch's retries
+        # A stuck database fails the waiting request (StoreError) instead of hanging it; the
+        # record stays queued and is still written if the database comes back.
+        self._write_timeout_s = write_timeout_s
         self._close_timeout_s = close_timeout_s  # close() gives up (StoreError) after this
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders close() against submissions: none after the stop
@@ -150,13 +163,28 @@ class ExchangeLog:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._submit(_Pending(_to_row(record), loop, future))
-        await future
+        try:
+            # On timeout or cancellation wait_for cancels `future` (the writer then skips it);
+            # the record itself stays queued and is written all the same.
+            await asyncio.wait_for(future, self._write_timeout_s)
+        except TimeoutError as exc:
+            raise self._timeout_error() from exc
 
     def write_sync(self, record: ExchangeRecord, *, timeout: float | None = None) -> None:
         """The same for callers without an event loop (blocks this thread until COMMIT)."""
         future: Future[None] = Future()
         self._submit(_Pending(_to_row(record), None, future))
-        future.result(timeout=timeout)
+        try:
+            future.result(timeout=self._write_timeout_s if timeout is None else timeout)
+        except FutureTimeout as exc:
+            future.cancel()
+            raise self._timeout_error() from exc
+
+    def _timeout_error(self) -> StoreError:
+        return StoreError(
+            f"the exchange log did not commit within {self._write_timeout_s:g} s "
+            f"({self._queue.qsize()} records queued): is the database reachable?"
+        )
 
     def stats(self) -> ExchangeLogStats:
         return ExchangeLogStats(
