@@ -94,3 +94,28 @@ def test_sqlite_runs_in_wal_mode_with_normal_sync(tmp_path) -> None:
 def test_bad_database_urls_raise_store_error(url: str) -> None:
     with pytest.raises(StoreError):
         migrate(url)
+
+
+def test_replicas_starting_together_migrate_once(db_url: str) -> None:
+    """Three processes call migrate() on one blank database at the same moment."""
+    import subprocess
+    import sys
+
+    code = "import sys; from distillguard.store import migrate; migrate(sys.argv[1])"
+    children = [
+        subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    errors = [child.communicate(timeout=120)[1].decode()[-1500:] for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0], errors
+    engine = make_engine(db_url)
+    assert current_revision(engine) == head_revision()
+    assert table_names(engine) == TABLES | {"alembic_version"}
+    engine.dispose()
+
+
+def test_postgres_scheme_aliases_use_psycopg(monkeypatch) -> None:
+    for url in ("postgresql://u@127.0.0.1/db", "postgres://u@127.0.0.1/db"):
+        engine = make_engine(url)
+        assert engine.url.drivername == "postgresql+psycopg"
+        engine.dispose()

@@ -124,8 +124,8 @@ def make_engine(url: str | None = None) -> Engine:
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    elif backend == "postgresql":
-        if parsed.drivername == "postgresql":
+    elif backend in ("postgresql", "postgres"):
+        if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")  # the driver we ship
         kwargs.update(
             pool_size=10,
@@ -169,26 +169,47 @@ def alembic_config(connection: Connection | None = None) -> Any:
     return config
 
 
+@contextmanager
+def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
+    """One migrator at a time, across processes: several replicas may start together."""
+    if connection.dialect.name == "postgresql":
+        # No statement timeout here: waiting for another replica's migration, or building an
+        # index on a big table, may legitimately take longer than a request may.
+        connection.exec_driver_sql("SET statement_timeout = 0")
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_MIGRATION_LOCK})")
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_MIGRATION_LOCK})")
+            connection.commit()
+        return
+    database = engine.url.database or ""
+    if database in ("", ":memory:"):
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate-lock", "a+b") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def migrate(url: str | None = None, *, engine: Engine | None = None) -> None:
-    """Bring the database to the newest schema (``alembic upgrade head``); idempotent."""
+    """Bring the database to the newest schema (``alembic upgrade head``); idempotent, and safe
+    to call from several processes at once."""
     from alembic import command
 
     owned = engine is None
     engine = engine if engine is not None else make_engine(url)
     try:
-        with engine.connect() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_MIGRATION_LOCK})")
-                connection.commit()
-            try:
-                command.upgrade(alembic_config(connection), "head")
-                connection.commit()
-            finally:
-                if connection.dialect.name == "postgresql":
-                    connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_MIGRATION_LOCK})")
-                    connection.commit()
+        with engine.connect() as connection, _migration_lock(engine, connection):
+            command.upgrade(alembic_config(connection), "head")
+            connection.commit()
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot migrate {describe(engine)}: {_first_line(exc)}") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot migrate {describe(engine)}: {exc}") from exc
     finally:
         if owned:
             engine.dispose()
