@@ -25,7 +25,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -179,9 +179,12 @@ def _load_account(session: Session, account: str) -> Account:
 def list_accounts(session: Session) -> list[AccountInfo]:
     """Every account, oldest first, with its count of unrevoked keys."""
     accounts = session.scalars(select(Account).order_by(Account.created_at, Account.id)).all()
-    active: dict[str, int] = {}
-    for account_id in session.scalars(select(ApiKey.account_id).where(ApiKey.revoked_at.is_(None))):
-        active[account_id] = active.get(account_id, 0) + 1
+    counts = (
+        select(ApiKey.account_id, func.count())
+        .where(ApiKey.revoked_at.is_(None))
+        .group_by(ApiKey.account_id)
+    )
+    active: dict[str, int] = {account_id: n for account_id, n in session.execute(counts).all()}
     return [_account_info(a, active.get(a.id, 0)) for a in accounts]
 
 
