@@ -235,6 +235,7 @@ class GenerationEngine:
         self._model_lock = threading.Lock()  # the thread and generate_batch share the model
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._running = 0  # rows in the thread's current batch (for `load`)
 
     @classmethod
     def from_dir(cls, model_dir: Path, **kw: Any) -> GenerationEngine:
@@ -262,6 +263,11 @@ class GenerationEngine:
                 f"this model's maximum context length is {self.context_length} tokens; the "
                 f"prompt has {len(prompt_ids)} and max_tokens is {params.max_new_tokens}",
                 code="context_length_exceeded", param="messages")
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(rows being decoded by the background thread, requests waiting to join)."""
+        return self._running, len(self._pending)
 
     # ---- background thread -----------------------------------------------------------------
     def start(self) -> None:
@@ -305,6 +311,7 @@ class GenerationEngine:
                     batch = self._admit(batch, new)
                     if batch is not None:
                         batch = self._step(batch)
+                    self._running = len(batch.rows) if batch is not None else 0
             except Exception as exc:  # reaches every caller of the failed step
                 rows = (batch.rows if batch else []) + new
                 error = exc if isinstance(exc, ModelError) else ModelError(
@@ -314,6 +321,7 @@ class GenerationEngine:
                         row.finished = True
                         row.sink(error)
                 batch = None
+                self._running = 0
         leftovers = (batch.rows if batch else []) + list(self._pending)
         self._pending.clear()
         for row in leftovers:
