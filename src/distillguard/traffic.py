@@ -77,6 +77,22 @@ class TrafficRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrafficRecord:
         """Validate one parsed line; raises ``ValueError`` naming the first bad field."""
+        g = d.get
+        ts = g("ts")
+        # Fast path: a well-formed line (the common case) is checked with plain type tests.
+        if (
+            type(ts) is float or (type(ts) is int and ts >= 0)
+        ) and ts >= 0 and ts != math.inf and _all_str(g("id"), g("account_id"), g("key_id"),
+                                                      g("ip"), g("endpoint")) and (
+            type(g("request")) is dict and type(g("status")) is int
+            and _opt_types_ok(g("user_agent"), g("payment_fingerprint"), g("response_text"),
+                              g("prompt_tokens"), g("completion_tokens"), g("latency_ms"))
+        ):  # fmt: skip
+            return cls(g("id"), float(ts), g("account_id"), g("key_id"), g("ip"),
+                       g("endpoint"), g("request"), g("status"), g("user_agent"),
+                       g("payment_fingerprint"), g("response_text"), g("prompt_tokens"),
+                       g("completion_tokens"),
+                       None if g("latency_ms") is None else float(g("latency_ms")))  # fmt: skip
         return cls(
             id=_req_str(d, "id"),
             ts=_req_ts(d),
@@ -167,6 +183,21 @@ class Verdict:
             cluster_id=_opt_str(d, "cluster_id"),
             reasons=tuple(reasons),
         )
+
+
+def _all_str(*vals: Any) -> bool:
+    return all(type(v) is str and v for v in vals)
+
+
+def _opt_types_ok(ua: Any, pay: Any, resp: Any, pt: Any, ct: Any, lat: Any) -> bool:
+    return (
+        (ua is None or type(ua) is str)
+        and (pay is None or type(pay) is str)
+        and (resp is None or type(resp) is str)
+        and (pt is None or (type(pt) is int and pt >= 0))
+        and (ct is None or (type(ct) is int and ct >= 0))
+        and (lat is None or (type(lat) in (int, float) and math.isfinite(lat)))
+    )
 
 
 # --------------------------------------------------------------------------------------------

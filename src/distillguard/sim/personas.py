@@ -66,7 +66,7 @@ class Network:
         r = self.rng
         self.carrier_prefixes = [f"100.{r.randint(64, 127)}.{r.randint(0, 255)}" for _ in range(40)]
         self.cloud_prefixes = [f"{r.choice((3, 18, 34, 52))}.{r.randint(0, 255)}."
-                               f"{r.randint(0, 255)}" for _ in range(60)]  # fmt: skip
+                               f"{r.randint(0, 255)}" for _ in range(400)]  # fmt: skip
 
     def residential(self) -> str:
         r = self.rng
@@ -264,7 +264,8 @@ class SupportBot(Actor):
         )
         self.user = r.choice(P.SUPPORT_USER)
         self.temperature = 0 if r.random() < 0.4 else 0.3
-        ua = r.choice((f"{company.split()[0]}Support/2.{r.randint(0, 9)}", COMMON_UAS[0]))
+        ua = r.choice((f"{company.split()[0]}Support-{_hex(r, 4)}/2.{r.randint(0, 9)}",
+                       COMMON_UAS[0]))  # fmt: skip
         ips = [self.net.cloud() for _ in range(r.randint(1, 2))]
         self.account(payment=self.payment(0.0), ips=ips, ua=ua)
 

@@ -1,0 +1,209 @@
+"""Detection metrics: ranking quality, the operating point, clusters, and time to flag.
+
+Only this module reads labels. Metrics are account-level: AUROC (Mann-Whitney, ties counted
+half), TPR at a fixed honest false-positive rate (ties with an honest score count as misses),
+flags among legitimate templated applications, per-persona flag counts, adjusted Rand index of
+the detector's clusters against the true campaigns, and how many requests each campaign sends
+before the online monitor, replaying the traffic in time order, first acts on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from distillguard.errors import InputError
+from distillguard.traffic import LabelRecord, TrafficRecord, Verdict
+
+LEGIT_APP_PREFIX = "app_"  # personas of legitimate templated applications
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties half."""
+    y = np.asarray(y, dtype=bool)  # (N,)
+    s = np.asarray(s, dtype=np.float64)  # (N,)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        raise InputError("AUROC needs both honest and campaign accounts")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # Average ranks over ties.
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float) -> tuple[float, float]:
+    """(TPR, threshold) at the strictest threshold keeping honest FPR <= ``fpr``.
+
+    A campaign account counts as detected only when its score is strictly above the
+    ``floor(fpr * n_honest) + 1``-th highest honest score.
+    """
+    y = np.asarray(y, dtype=bool)
+    s = np.asarray(s, dtype=np.float64)
+    honest = np.sort(s[~y])[::-1]
+    if len(honest) == 0 or y.sum() == 0:
+        raise InputError("TPR at FPR needs both honest and campaign accounts")
+    allowed = math.floor(fpr * len(honest))
+    bar = honest[allowed] if allowed < len(honest) else -np.inf
+    return float((s[y] > bar).mean()), float(bar)
+
+
+def adjusted_rand_index(truth: list[str], pred: list[str]) -> float:
+    """Hubert-Arabie ARI of two partitions of the same items (1: identical, ~0: chance)."""
+    if len(truth) != len(pred) or not truth:
+        raise InputError("ARI needs two labelings of the same, non-empty set of items")
+    t_ids = {t: i for i, t in enumerate(dict.fromkeys(truth))}
+    p_ids = {p: i for i, p in enumerate(dict.fromkeys(pred))}
+    table = np.zeros((len(t_ids), len(p_ids)), dtype=np.int64)
+    for t, p in zip(truth, pred, strict=True):
+        table[t_ids[t], p_ids[p]] += 1
+
+    def comb2(x: np.ndarray) -> float:
+        return float((x * (x - 1) // 2).sum())
+
+    index = comb2(table)
+    a, b = comb2(table.sum(axis=1)), comb2(table.sum(axis=0))
+    n2 = len(truth) * (len(truth) - 1) / 2.0
+    expected = a * b / n2 if n2 else 0.0
+    maximum = (a + b) / 2.0
+    if maximum == expected:
+        return 1.0
+    return float((index - expected) / (maximum - expected))
+
+
+@dataclass(frozen=True)
+class PersonaResult:
+    persona: str
+    label: str
+    accounts: int
+    flagged: int
+    score_min: float
+    score_median: float
+    score_max: float
+
+
+@dataclass(frozen=True)
+class TimeToFlag:
+    campaign_id: str
+    persona: str
+    requests_sent: int  # the campaign's requests in the log
+    requests_until_flagged: int | None  # None: never acted on
+
+
+@dataclass(frozen=True)
+class DetectionReport:
+    accounts: int
+    honest: int
+    campaign_accounts: int
+    auroc: float
+    tpr_at_fpr_1e3: float
+    tpr_at_fpr_1e2: float
+    flagged_tpr: float  # at the detector's own operating point
+    flagged_fpr: float
+    legit_apps: int
+    legit_apps_flagged: int
+    ari_all: float  # all accounts; honest accounts are singletons in the truth
+    ari_hydra: float | None  # accounts of multi-account campaigns only
+    personas: tuple[PersonaResult, ...]
+    missing_verdicts: int  # labelled accounts without a verdict (scored as 0, not flagged)
+    time_to_flag: tuple[TimeToFlag, ...] = ()
+    ttf_median: float | None = None
+    ttf_p90: float | None = None
+    ttf_missed: int = 0
+
+
+def evaluate(labels: Iterable[LabelRecord], verdicts: Iterable[Verdict]) -> DetectionReport:
+    labs = {lab.account_id: lab for lab in labels}
+    if not labs:
+        raise InputError("no labels to evaluate against")
+    ver = {v.account_id: v for v in verdicts}
+    missing = [a for a in labs if a not in ver]
+    ids = list(labs)
+    y = np.array([labs[a].label == "campaign" for a in ids])
+    s = np.array([ver[a].score if a in ver else 0.0 for a in ids])
+    f = np.array([ver[a].flagged if a in ver else False for a in ids])
+    auc = auroc(y, s)
+    tpr3, _ = tpr_at_fpr(y, s, 1e-3)
+    tpr2, _ = tpr_at_fpr(y, s, 1e-2)
+
+    by: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, a in enumerate(ids):
+        by[(labs[a].persona or "unknown", labs[a].label)].append(i)
+    personas = []
+    for (p, lab), idx in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        sc = s[idx]
+        personas.append(PersonaResult(p, lab, len(idx), int(f[idx].sum()), float(sc.min()),
+                                      float(np.median(sc)), float(sc.max())))  # fmt: skip
+    apps = [i for i, a in enumerate(ids) if (labs[a].persona or "").startswith(LEGIT_APP_PREFIX)]
+
+    def pred_of(a: str) -> str:
+        v = ver.get(a)
+        return v.cluster_id if v is not None and v.cluster_id else f"self:{a}"
+
+    truth_all = [labs[a].campaign_id or f"self:{a}" for a in ids]
+    ari_all = adjusted_rand_index(truth_all, [pred_of(a) for a in ids])
+    sizes = Counter(labs[a].campaign_id for a in ids if labs[a].campaign_id)
+    multi = [a for a in ids if labs[a].campaign_id and sizes[labs[a].campaign_id] > 1]
+    ari_hydra = None
+    if multi:
+        ari_hydra = adjusted_rand_index([labs[a].campaign_id or "" for a in multi],
+                                        [pred_of(a) for a in multi])  # fmt: skip
+    return DetectionReport(
+        accounts=len(ids), honest=int((~y).sum()), campaign_accounts=int(y.sum()), auroc=auc,
+        tpr_at_fpr_1e3=tpr3, tpr_at_fpr_1e2=tpr2,
+        flagged_tpr=float(f[y].mean()) if y.any() else 0.0,
+        flagged_fpr=float(f[~y].mean()) if (~y).any() else 0.0,
+        legit_apps=len(apps), legit_apps_flagged=int(f[apps].sum()) if apps else 0,
+        ari_all=ari_all, ari_hydra=ari_hydra, personas=tuple(personas),
+        missing_verdicts=len(missing),
+    )  # fmt: skip
+
+
+def time_to_flag(records: Iterable[TrafficRecord], labels: Iterable[LabelRecord], monitor: Any,
+                 progress: Callable[[int], None] | None = None,
+                 ) -> tuple[TimeToFlag, ...]:  # fmt: skip
+    """Replay ``records`` (in the order given: a log in time order) through ``monitor`` (an
+    ``OnlineMonitor``) and count each campaign's requests until any of its accounts is first
+    given an action other than allow."""
+    labs = {lab.account_id: lab for lab in labels}
+    sent: Counter[str] = Counter()
+    flagged_at: dict[str, int] = {}
+    for n, rec in enumerate(records, 1):
+        d = monitor.check(account_id=rec.account_id, key_id=rec.key_id,
+                          payment_fingerprint=rec.payment_fingerprint, ip=rec.ip,
+                          user_agent=rec.user_agent, endpoint=rec.endpoint,
+                          request=rec.request, ts=rec.ts)  # fmt: skip
+        monitor.record(account_id=rec.account_id, response_text=rec.response_text,
+                       completion_tokens=rec.completion_tokens, ts=rec.ts)  # fmt: skip
+        lab = labs.get(rec.account_id)
+        if lab is not None and lab.campaign_id:
+            sent[lab.campaign_id] += 1
+            if d.action != "allow" and lab.campaign_id not in flagged_at:
+                flagged_at[lab.campaign_id] = sent[lab.campaign_id]
+        if progress is not None and n % 10_000 == 0:
+            progress(10_000)
+    persona = {lab.campaign_id: lab.persona or "" for lab in labs.values() if lab.campaign_id}
+    return tuple(TimeToFlag(c, persona[c], sent[c], flagged_at.get(c)) for c in sorted(sent))
+
+
+def with_time_to_flag(report: DetectionReport, ttf: tuple[TimeToFlag, ...]) -> DetectionReport:
+    caught = [t.requests_until_flagged for t in ttf if t.requests_until_flagged is not None]
+    missed = sum(t.requests_until_flagged is None for t in ttf)
+    # Missed campaigns count as never flagged (infinite) in the percentiles: no flattering.
+    values = np.array(caught + [math.inf] * missed, dtype=np.float64)
+    median = float(np.percentile(values, 50, method="higher")) if len(values) else None
+    p90 = float(np.percentile(values, 90, method="higher")) if len(values) else None
+    return DetectionReport(**{**report.__dict__, "time_to_flag": ttf, "ttf_median": median,
+                              "ttf_p90": p90, "ttf_missed": missed})  # fmt: skip

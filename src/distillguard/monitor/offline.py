@@ -1,0 +1,186 @@
+"""The offline detector: one streaming pass over a traffic log, then links, clusters, scores.
+
+Reads only the traffic fields of the spec (``distillguard.traffic``): never labels, personas
+or anything a simulator knows. Memory is one bounded ``AccountSketch`` per account, whatever
+the size of the log; records may come in any order (late arrivals are counted, and kept out
+of the inter-arrival moments only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distillguard.errors import InputError
+from distillguard.monitor.links import (
+    Cluster,
+    LinkConfig,
+    LinkKeys,
+    find_clusters,
+    minhash_tuple,
+)
+from distillguard.monitor.score import ScoreModel, feature_vector, merge_signals, reasons
+from distillguard.monitor.signals import (
+    AccountSignals,
+    AccountSketch,
+    MinHasher,
+    SignalConfig,
+    new_sketch,
+    observe_record,
+)
+from distillguard.traffic import JsonlWriter, ReadSummary, TrafficRecord, Verdict, read_traffic
+
+
+@dataclass(frozen=True)
+class AccountView:
+    """Everything the scorer knows about one account after the pass."""
+
+    account_id: str
+    signals: AccountSignals
+    cluster: Cluster | None
+    cluster_signals: AccountSignals | None  # merged over the cluster's members
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    verdicts: tuple[Verdict, ...]
+    clusters: tuple[Cluster, ...]
+    read: ReadSummary | None  # None when records did not come from a file
+    exchanges: int
+    seconds: float
+    out_of_order: int  # records earlier than one already seen for their account
+
+
+def link_keys(sk: AccountSketch, cfg: LinkConfig) -> LinkKeys:
+    return LinkKeys(
+        payments=frozenset(sk.payments),
+        prefixes=frozenset(sk.prefixes),
+        user_agents=frozenset(sk.user_agents),
+        shingles=sk.frequent_shingles(),
+        minhash=minhash_tuple(sk.minhash, sk.buckets, cfg),
+    )
+
+
+def collect(records: Iterable[TrafficRecord], cfg: SignalConfig | None = None,
+            progress: Callable[[int], None] | None = None) -> dict[str, AccountSketch]:  # fmt: skip
+    """One pass: fold every record into its account's sketch."""
+    cfg = cfg or SignalConfig()
+    hasher = MinHasher(cfg.minhash_k, cfg.seed)
+    sketches: dict[str, AccountSketch] = {}
+    for n, rec in enumerate(records, 1):
+        sk = sketches.get(rec.account_id)
+        if sk is None:
+            sk = sketches[rec.account_id] = new_sketch(cfg, hasher, rec.account_id)
+        observe_record(sk, rec)
+        if progress is not None and n % 50_000 == 0:
+            progress(50_000)
+    return sketches
+
+
+def account_views(sketches: dict[str, AccountSketch],
+                  link_cfg: LinkConfig | None = None) -> list[AccountView]:  # fmt: skip
+    """Signals per account, clusters of linked accounts and their merged signals."""
+    link_cfg = link_cfg or LinkConfig()
+    signals = {a: sk.signals() for a, sk in sketches.items()}
+    clusters = find_clusters({a: link_keys(sk, link_cfg) for a, sk in sketches.items()}, link_cfg)
+    member_of: dict[str, tuple[Cluster, AccountSignals]] = {}
+    for c in clusters:
+        merged = merge_signals([signals[m] for m in c.members])
+        for m in c.members:
+            member_of[m] = (c, merged)
+    views = []
+    for a in sorted(signals):
+        c, merged = member_of.get(a, (None, None))
+        views.append(AccountView(a, signals[a], c, merged))
+    return views
+
+
+def verdict_of(view: AccountView, model: ScoreModel) -> Verdict:
+    """Own score or the cluster's, whichever is higher, with the reasons behind it."""
+    x = feature_vector(view.signals)
+    own = model.score(x)
+    score, why = own, None
+    if view.cluster is not None and view.cluster_signals is not None:
+        n = len(view.cluster.members)
+        xc = feature_vector(view.cluster_signals, n)
+        cs = model.score(xc)
+        if cs > own:
+            score = cs
+            why = reasons(model, xc, view.cluster_signals, n, view.cluster.evidence)
+            if not any(r.startswith("acts with") for r in why):
+                why = (*why, f"linked with {n - 1} other accounts "
+                       f"(shared {', '.join(view.cluster.evidence)})")  # fmt: skip
+    if why is None:
+        why = reasons(model, x, view.signals)
+    flagged = score >= model.threshold
+    return Verdict(
+        account_id=view.account_id,
+        score=float(round(score, 6)),
+        flagged=flagged,
+        cluster_id=view.cluster.cluster_id if view.cluster else None,
+        reasons=why if flagged or score >= model.threshold / 2 else (),
+    )
+
+
+def score_records(records: Iterable[TrafficRecord], *, model: ScoreModel | None = None,
+                  signal_cfg: SignalConfig | None = None, link_cfg: LinkConfig | None = None,
+                  progress: Callable[[int], None] | None = None) -> ScoreReport:  # fmt: skip
+    model = model or ScoreModel.load()
+    t0 = time.perf_counter()
+    sketches = collect(records, signal_cfg, progress)
+    views = account_views(sketches, link_cfg)
+    verdicts = tuple(verdict_of(v, model) for v in views)
+    clusters = tuple({v.cluster.cluster_id: v.cluster for v in views if v.cluster}.values())
+    return ScoreReport(
+        verdicts=verdicts,
+        clusters=clusters,
+        read=None,
+        exchanges=sum(sk.n for sk in sketches.values()),
+        seconds=time.perf_counter() - t0,
+        out_of_order=sum(sk.out_of_order for sk in sketches.values()),
+    )
+
+
+def score_traffic(path: Path, out: Path | None = None, *, model: ScoreModel | None = None,
+                  progress: Callable[[int], None] | None = None) -> ScoreReport:  # fmt: skip
+    """Score the traffic log at ``path``; write one verdict per account to ``out``."""
+    reader = read_traffic(path)
+    report = score_records(reader, model=model, progress=progress)
+    summary = reader.summary()
+    if summary.records == 0:
+        raise InputError(
+            f"{path}: no valid traffic records ({summary.lines:,} lines, "
+            f"{summary.skipped:,} skipped)"
+            + (f"; first problem: line {summary.examples[0].line_no}: "
+               f"{summary.examples[0].reason}" if summary.examples else "")
+        )
+    if out is not None:
+        with JsonlWriter(out) as w:
+            for v in report.verdicts:
+                w.write(v)
+    return ScoreReport(report.verdicts, report.clusters, summary, report.exchanges,
+                       report.seconds, report.out_of_order)  # fmt: skip
+
+
+def feature_matrix(views: list[AccountView]) -> tuple[np.ndarray, list[str], list[str | None]]:
+    """(N, F) own features of every account, plus one row per cluster (merged), for fitting.
+
+    Returns the matrix, the account id of each row (the first member for cluster rows) and
+    the cluster id of each row (None for own rows).
+    """
+    rows, ids, cids = [], [], []
+    seen = set()
+    for v in views:
+        rows.append(feature_vector(v.signals))
+        ids.append(v.account_id)
+        cids.append(None)
+        if v.cluster is not None and v.cluster.cluster_id not in seen and v.cluster_signals:
+            seen.add(v.cluster.cluster_id)
+            rows.append(feature_vector(v.cluster_signals, len(v.cluster.members)))
+            ids.append(v.account_id)
+            cids.append(v.cluster.cluster_id)
+    return np.array(rows), ids, cids

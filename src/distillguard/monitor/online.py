@@ -1,0 +1,315 @@
+"""Online enforcement: the same signals as the offline detector, updated on every request.
+
+``OnlineMonitor.check`` runs before a request is served: it folds the request into the
+account's sketch (bounded memory), refreshes the account's links to other accounts now and
+then, scores the account and its cluster, and asks the policy what to do. An action decided
+for one account applies to every account of its cluster. ``record`` adds the response.
+
+With ``redis_url`` the decisions (and the evidence behind them) are shared through Redis, so
+that every gateway replica enforces what any replica decided; each replica keeps its own
+sketches of the requests it sees (with round-robin balancing that is an even sample of every
+account's traffic).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillguard.errors import StoreError
+from distillguard.monitor.links import (
+    KINDS,
+    LinkConfig,
+    LinkKeys,
+    UnionFind,
+    cluster_id_of,
+    link_weight,
+)
+from distillguard.monitor.offline import link_keys
+from distillguard.monitor.policy import SEVERITY, Policy, load_policy
+from distillguard.monitor.score import ScoreModel, feature_vector, merge_signals, reasons
+from distillguard.monitor.signals import (
+    AccountSignals,
+    AccountSketch,
+    MinHasher,
+    SignalConfig,
+    new_sketch,
+    request_features,
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # allow | throttle | flag | block | degrade
+    score: float
+    reasons: tuple[str, ...]
+    cluster_id: str | None
+    retry_after: float | None
+
+
+@dataclass
+class _Enforcement:
+    """Standing action of an account or cluster (the most severe decided so far)."""
+
+    action: str
+    score: float
+    reasons: tuple[str, ...]
+    retry_after: float | None
+    since: float
+    requests: int
+
+
+@dataclass
+class _AccountState:
+    sketch: AccountSketch
+    keys: LinkKeys = field(default_factory=LinkKeys)
+    score: float = 0.0
+    reasons: tuple[str, ...] = ()
+    signals: AccountSignals | None = None
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # throttle window
+
+
+class OnlineMonitor:
+    """Per-request signals, links and policy decisions (thread-safe)."""
+
+    def __init__(self, policy: Policy, *, redis_url: str | None = None,
+                 model: ScoreModel | None = None, signal_cfg: SignalConfig | None = None,
+                 link_cfg: LinkConfig | None = None, rescore_every: int = 8,
+                 relink_every: int = 64) -> None:  # fmt: skip
+        self.policy = policy
+        self.model = model or ScoreModel.load()
+        self.signal_cfg = signal_cfg or SignalConfig()
+        self.link_cfg = link_cfg or LinkConfig()
+        self.rescore_every = max(1, rescore_every)  # score every k-th request after the first 64
+        self.relink_every = max(1, relink_every)  # refresh an account's link keys this often
+        self._hasher = MinHasher(self.signal_cfg.minhash_k, self.signal_cfg.seed)
+        self._accounts: dict[str, _AccountState] = {}
+        self._index: dict[str, dict[object, set[str]]] = {k: defaultdict(set) for k in KINDS}
+        self._uf = UnionFind()
+        self._members: dict[str, set[str]] = {}  # cluster root -> members
+        self._evidence: dict[str, set[str]] = defaultdict(set)  # cluster root -> kinds
+        self._enforced: dict[str, _Enforcement] = {}  # account id -> standing action
+        self._lock = threading.Lock()
+        self._redis = None
+        if redis_url:
+            import redis
+
+            try:
+                self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+                self._redis.ping()
+            except redis.RedisError as exc:
+                msg = f"online monitor cannot reach Redis at {redis_url}: {exc}"
+                raise StoreError(msg) from exc
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> OnlineMonitor:
+        return cls(load_policy(getattr(settings, "policy_file", None)),
+                   redis_url=getattr(settings, "redis_url", None))  # fmt: skip
+
+    # ---- the request path -------------------------------------------------------------------
+    def check(self, *, account_id: str, key_id: str, payment_fingerprint: str | None, ip: str,
+              user_agent: str | None, endpoint: str, request: dict[str, Any],
+              ts: float) -> Decision:  # fmt: skip
+        feats = request_features(request, self.signal_cfg)
+        with self._lock:
+            st = self._accounts.get(account_id)
+            if st is None:
+                st = self._accounts[account_id] = _AccountState(
+                    new_sketch(self.signal_cfg, self._hasher, account_id))
+            sk = st.sketch
+            sk.observe(ts=ts, ip=ip, user_agent=user_agent, payment=payment_fingerprint,
+                       features=feats)  # fmt: skip
+            n = sk.n
+            if n == 1 or n % self.relink_every == 0:
+                self._relink(account_id, st)
+            if n <= 64 or n % self.rescore_every == 0:
+                self._rescore(account_id, st, ts)
+            return self._decision(account_id, st, ts)
+
+    def record(self, *, account_id: str, response_text: str | None,
+               completion_tokens: int | None, ts: float) -> None:  # fmt: skip
+        with self._lock:
+            st = self._accounts.get(account_id)
+            if st is not None:
+                st.sketch.observe_response(completion_tokens=completion_tokens,
+                                           response_text=response_text,
+                                           ok=response_text is not None)  # fmt: skip
+
+    # ---- internals --------------------------------------------------------------------------
+    def _relink(self, account_id: str, st: _AccountState) -> None:
+        old, new = st.keys, link_keys(st.sketch, self.link_cfg)
+        st.keys = new
+        for kind, o, nw in self._key_sets(old, new):
+            for k in o - nw:
+                self._index[kind][k].discard(account_id)
+            for k in nw - o:
+                self._index[kind][k].add(account_id)
+        shared: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        cfg = self.link_cfg
+        cap = min(cfg.max_key_accounts, max(60, int(cfg.max_key_share * len(self._accounts))))
+        for kind, _o, nw in self._key_sets(LinkKeys(), new):
+            for k in nw:
+                others = self._index[kind][k]
+                if len(others) > cap:
+                    continue
+                for b in others:
+                    if b != account_id:
+                        shared[b][kind] += 1
+        for b, kinds in shared.items():
+            w, which = link_weight(kinds, self.link_cfg)
+            if w >= self.link_cfg.link_threshold:
+                ra, rb = self._uf.find(account_id), self._uf.find(b)
+                members = self._members.pop(ra, {account_id}) | self._members.pop(rb, {b})
+                ev = self._evidence.pop(ra, set()) | self._evidence.pop(rb, set()) | set(which)
+                self._uf.union(account_id, b)
+                root = self._uf.find(account_id)
+                self._members[root] = members
+                self._evidence[root] = ev
+
+    @staticmethod
+    def _key_sets(old: LinkKeys, new: LinkKeys) -> list[tuple[str, set, set]]:
+        def mh(k: LinkKeys) -> set:
+            return set(enumerate(k.minhash)) if k.minhash is not None else set()
+
+        return [("payment", set(old.payments), set(new.payments)),
+                ("ip_prefix", set(old.prefixes), set(new.prefixes)),
+                ("user_agent", set(old.user_agents), set(new.user_agents)),
+                ("template", set(old.shingles), set(new.shingles)),
+                ("timing", mh(old), mh(new))]  # fmt: skip
+
+    def _cluster(self, account_id: str) -> tuple[str | None, set[str]]:
+        root = self._uf.find(account_id) if account_id in self._uf.parent else account_id
+        members = self._members.get(root)
+        if not members or len(members) < 2:
+            return None, {account_id}
+        return cluster_id_of(members), members
+
+    def _rescore(self, account_id: str, st: _AccountState, ts: float) -> None:
+        sig = st.sketch.signals()
+        st.signals = sig
+        x = feature_vector(sig)
+        st.score = self.model.score(x)
+        st.reasons = reasons(self.model, x, sig)
+        cid, members = self._cluster(account_id)
+        score, why, requests, sig_used = st.score, st.reasons, sig.requests, sig
+        if cid is not None:
+            sigs = [s for m in members if (s := self._signals_of(m)) is not None]
+            merged = merge_signals(sigs)
+            xc = feature_vector(merged, len(members))
+            cs = self.model.score(xc)
+            if cs > score:
+                kinds = sorted(self._evidence.get(self._uf.find(account_id), ()))
+                score, sig_used, requests = cs, merged, merged.requests
+                why = reasons(self.model, xc, merged, len(members), kinds)
+        rule = self.policy.decide(score=score, threshold=self.model.threshold, requests=requests,
+                                  cluster_size=len(members), signals=sig_used)  # fmt: skip
+        if rule is None or rule.action == "allow":
+            return
+        targets = members if cid is not None else {account_id}
+        for m in targets:
+            cur = self._enforced.get(m)
+            if cur is None or SEVERITY[rule.action] > SEVERITY[cur.action]:
+                self._enforced[m] = _Enforcement(rule.action, score, why, rule.retry_after, ts,
+                                                 requests)  # fmt: skip
+                self._publish(m, self._enforced[m], cid)
+
+    def _signals_of(self, account_id: str) -> AccountSignals | None:
+        st = self._accounts.get(account_id)
+        if st is None:
+            return None
+        if st.signals is None or st.signals.requests != st.sketch.n:
+            st.signals = st.sketch.signals()
+        return st.signals
+
+    def _decision(self, account_id: str, st: _AccountState, ts: float) -> Decision:
+        enf = self._enforced.get(account_id) or self._remote(account_id)
+        cid, _ = self._cluster(account_id)
+        if enf is None:
+            return Decision("allow", st.score, st.reasons, cid, None)
+        action, retry = enf.action, enf.retry_after
+        if action == "throttle":
+            window = st.recent
+            while window and ts - window[0] > 60.0:
+                window.popleft()
+            if len(window) < self.policy.throttle_rpm:
+                window.append(ts)
+                action, retry = "flag", None  # inside the throttled budget: served, flagged
+            else:
+                retry = retry or max(1.0, 60.0 - (ts - window[0]))
+        return Decision(action, enf.score, enf.reasons, cid, retry)
+
+    # ---- shared state (Redis) ---------------------------------------------------------------
+    def _publish(self, account_id: str, enf: _Enforcement, cid: str | None) -> None:
+        if self._redis is None:
+            return
+        payload = json.dumps({"action": enf.action, "score": enf.score,
+                              "reasons": list(enf.reasons), "retry_after": enf.retry_after,
+                              "since": enf.since, "requests": enf.requests,
+                              "cluster_id": cid})  # fmt: skip
+        try:
+            self._redis.hset("distillguard:monitor:enforced", account_id, payload)
+        except Exception as exc:  # a lost publish must not fail the request being served
+            self._redis_error = str(exc)
+
+    def _remote(self, account_id: str) -> _Enforcement | None:
+        if self._redis is None:
+            return None
+        try:
+            raw = self._redis.hget("distillguard:monitor:enforced", account_id)
+        except Exception:
+            return None  # Redis down: local decisions still apply
+        if not raw:
+            return None
+        d = json.loads(raw)
+        enf = _Enforcement(d["action"], d["score"], tuple(d["reasons"]), d["retry_after"],
+                           d["since"], d["requests"])  # fmt: skip
+        self._enforced[account_id] = enf
+        return enf
+
+    # ---- admin ------------------------------------------------------------------------------
+    def flags(self) -> list[dict[str, Any]]:
+        """Accounts with a standing action other than allow, with their evidence."""
+        with self._lock:
+            local = dict(self._enforced)
+            if self._redis is not None:
+                try:
+                    for k, v in self._redis.hgetall("distillguard:monitor:enforced").items():
+                        d = json.loads(v)
+                        local.setdefault(k.decode(), _Enforcement(
+                            d["action"], d["score"], tuple(d["reasons"]), d["retry_after"],
+                            d["since"], d["requests"]))  # fmt: skip
+                except Exception:
+                    pass  # listing what this replica knows is better than failing the listing
+            out = []
+            for acct, enf in sorted(local.items(), key=lambda kv: -kv[1].score):
+                cid, members = self._cluster(acct)
+                out.append({
+                    "account_id": acct, "action": enf.action, "score": round(enf.score, 6),
+                    "reasons": list(enf.reasons), "cluster_id": cid,
+                    "cluster_size": len(members), "since": enf.since,
+                    "requests": enf.requests,
+                    "evidence": sorted(self._evidence.get(self._uf.find(acct), ()))
+                    if acct in self._uf.parent else [],
+                })  # fmt: skip
+            return out
+
+    def account_count(self) -> int:
+        return len(self._accounts)
+
+    def reset(self) -> None:
+        """Forget every account (tests and benchmarks)."""
+        with self._lock:
+            self._accounts.clear()
+            self._enforced.clear()
+            self._members.clear()
+            self._evidence.clear()
+            self._uf = UnionFind()
+            self._index = {k: defaultdict(set) for k in KINDS}
+
+
+def now() -> float:
+    return time.time()

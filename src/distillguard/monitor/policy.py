@@ -1,0 +1,136 @@
+"""Enforcement policy: a small YAML file mapping scores and signals to actions.
+
+Rules are read top to bottom and the first whose conditions all hold decides. Actions are
+ordered by severity (``allow < flag < degrade < throttle < block``) so that an account and
+its cluster can be given the more severe of two decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distillguard.errors import ConfigError, NotFound
+from distillguard.monitor.signals import AccountSignals
+
+ACTIONS = ("allow", "flag", "degrade", "throttle", "block")
+SEVERITY = {a: i for i, a in enumerate(ACTIONS)}
+SIGNAL_NAMES = tuple(AccountSignals.__dataclass_fields__)
+DEFAULT_POLICY = "default_policy.yaml"
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: str
+    score_at_least: float | None = None  # None: no score condition
+    use_threshold: bool = False  # score_at_least is the model's operating point
+    min_requests: int = 0
+    cluster_size_at_least: int = 1
+    signals: tuple[tuple[str, float], ...] = ()  # (signal name, lower bound)
+    retry_after: float | None = None  # seconds a throttled client is told to wait
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ConfigError(f"unknown policy action {self.action!r}; use one of {ACTIONS}")
+        for name, _ in self.signals:
+            if name not in SIGNAL_NAMES:
+                raise ConfigError(f"unknown signal {name!r} in policy; use one of {SIGNAL_NAMES}")
+
+    def matches(self, *, score: float, threshold: float, requests: int, cluster_size: int,
+                signals: AccountSignals) -> bool:  # fmt: skip
+        bar = threshold if self.use_threshold else self.score_at_least
+        if bar is not None and score < bar:
+            return False
+        if requests < self.min_requests or cluster_size < self.cluster_size_at_least:
+            return False
+        return all(getattr(signals, n) >= v for n, v in self.signals)
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    default: str = "allow"
+    min_requests: int = 20  # no action on thinner evidence (one-request accounts)
+    throttle_rpm: int = 2  # requests per minute a throttled account keeps
+    source: str = "built-in"
+
+    def __post_init__(self) -> None:
+        if self.default not in ACTIONS:
+            raise ConfigError(f"unknown default action {self.default!r}")
+        if self.min_requests < 1 or self.throttle_rpm < 0:
+            raise ConfigError("policy min_requests must be >= 1 and throttle_rpm >= 0")
+
+    def decide(self, *, score: float, threshold: float, requests: int, cluster_size: int,
+               signals: AccountSignals) -> Rule | None:  # fmt: skip
+        """The first matching rule, or None (the default action)."""
+        if requests < self.min_requests:
+            return None
+        for rule in self.rules:
+            if rule.matches(score=score, threshold=threshold, requests=requests,
+                            cluster_size=cluster_size, signals=signals):  # fmt: skip
+                return rule
+        return None
+
+
+def _rule(d: Any, i: int) -> Rule:
+    if not isinstance(d, dict) or "action" not in d:
+        raise ConfigError(f"policy rule {i + 1} must be a mapping with an 'action'")
+    when = d.get("when") or {}
+    if not isinstance(when, dict):
+        raise ConfigError(f"policy rule {i + 1}: 'when' must be a mapping")
+    unknown = set(when) - {"score_at_least", "min_requests", "cluster_size_at_least", "signals"}
+    if unknown:
+        raise ConfigError(f"policy rule {i + 1}: unknown conditions {sorted(unknown)}")
+    score = when.get("score_at_least")
+    use_threshold = score == "threshold"
+    bad_score = not isinstance(score, int | float) or not 0 <= score <= 1
+    if score is not None and not use_threshold and bad_score:
+        raise ConfigError(f"policy rule {i + 1}: score_at_least must be in [0, 1] or 'threshold'")
+    sigs = when.get("signals") or {}
+    if not isinstance(sigs, dict) or not all(isinstance(v, int | float) for v in sigs.values()):
+        raise ConfigError(f"policy rule {i + 1}: signals must map names to numbers")
+    try:
+        return Rule(
+            action=str(d["action"]),
+            score_at_least=None if use_threshold or score is None else float(score),
+            use_threshold=use_threshold,
+            min_requests=int(when.get("min_requests", 0)),
+            cluster_size_at_least=int(when.get("cluster_size_at_least", 1)),
+            signals=tuple((str(k), float(v)) for k, v in sigs.items()),
+            retry_after=None if d.get("retry_after") is None else float(d["retry_after"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"policy rule {i + 1}: {exc}") from exc
+
+
+def parse_policy(text: str, source: str = "<string>") -> Policy:
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"policy {source} is not valid YAML: {exc}") from exc
+    if not isinstance(d, dict) or not isinstance(d.get("rules"), list):
+        raise ConfigError(f"policy {source} must be a mapping with a 'rules' list")
+    unknown = set(d) - {"rules", "default", "min_requests", "throttle_rpm"}
+    if unknown:
+        raise ConfigError(f"policy {source}: unknown keys {sorted(unknown)}")
+    return Policy(
+        rules=tuple(_rule(r, i) for i, r in enumerate(d["rules"])),
+        default=str(d.get("default", "allow")),
+        min_requests=int(d.get("min_requests", 20)),
+        throttle_rpm=int(d.get("throttle_rpm", 2)),
+        source=source,
+    )
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """The YAML policy at ``path``, or the built-in default when ``path`` is None."""
+    if path is None:
+        text = resources.files("distillguard.monitor").joinpath(DEFAULT_POLICY).read_text()
+        return parse_policy(text, "built-in")
+    if not Path(path).exists():
+        raise NotFound(f"policy file not found: {path}")
+    return parse_policy(Path(path).read_text(), str(path))
