@@ -253,3 +253,24 @@ def test_evaluate_students_reports_nan_agreement_for_a_foreign_vocabulary(
     assert self_report.top1_agreement == 1.0 and self_report.kl_teacher_student < 1e-5
     assert own.top1_agreement != own.top1_agreement  # NaN: no shared vocabulary
     assert own.held_out_loss > self_report.held_out_loss
+
+
+def test_token_mapper_recovers_ids_from_text_and_bytes(tiny_model_dir: Path) -> None:
+    from distillguard.distill.data import TokenMapper, _bytes_to_unicode
+    from distillguard.models.llama import load_model
+
+    _, tokenizer = load_model(tiny_model_dir)
+    mapper = TokenMapper(tokenizer)
+    to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    special = set(tokenizer.all_special_ids)
+    by_text = 0
+    for token, index in tokenizer.get_vocab().items():
+        if index in special:
+            continue
+        raw = [to_byte[c] for c in token]
+        # The table agrees with the tokenizer's own decoder wherever the bytes are valid UTF-8.
+        assert bytes(raw).decode("utf-8", errors="replace") == tokenizer.decode([index])
+        assert mapper(tokenizer.decode([index]), raw) == index
+        by_text += mapper(tokenizer.decode([index])) == index
+    # Without bytes only pieces that several ids share (partial UTF-8) stay unmapped.
+    assert by_text >= 0.9 * (len(tokenizer.get_vocab()) - len(special))

@@ -126,10 +126,34 @@ class TokenMapper:
             pieces.pop(piece)
         self.pieces = pieces
         self.raw = dict(tokenizer.get_vocab())
+        # Byte-level BPE spells each byte as one printable character (GPT-2's table): invert
+        # it to know every token's exact bytes, which APIs return beside the text.
+        to_byte = {char: byte for byte, char in _bytes_to_unicode().items()}
+        self.by_bytes: dict[bytes, int] = {}
+        for token, index in self.raw.items():
+            if token and all(char in to_byte for char in token):
+                self.by_bytes.setdefault(bytes(to_byte[c] for c in token), index)
 
-    def __call__(self, token: str) -> int | None:
+    def __call__(self, token: str, raw: Sequence[int] | None = None) -> int | None:
+        if raw:
+            found = self.by_bytes.get(bytes(raw))
+            if found is not None:
+                return found
         found = self.pieces.get(token)
         return found if found is not None else self.raw.get(token)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table used by byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    table = {byte: chr(byte) for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in table:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
 
 
 def encode_topk_example(
@@ -152,7 +176,8 @@ def encode_topk_example(
     tops_ok: list[tuple[bool, ...]] = []
     for entry in entries:
         chosen = entry.get("id")
-        chosen = int(chosen) if isinstance(chosen, int) else mapper(entry.get("token", ""))
+        if not isinstance(chosen, int):
+            chosen = mapper(entry.get("token", ""), entry.get("bytes"))
         if chosen is None:
             return None
         answer.append(chosen)

@@ -329,6 +329,8 @@ def _logprobs_to_json(choice: Any) -> list[dict[str, Any]] | None:
         {
             "token": item.token,
             "logprob": float(item.logprob),
+            # The raw bytes identify a token even when its text is a partial UTF-8 character.
+            "bytes": list(item.bytes) if getattr(item, "bytes", None) else None,
             "top_logprobs": [
                 {"token": top.token, "logprob": float(top.logprob)}
                 for top in (item.top_logprobs or [])
