@@ -124,6 +124,12 @@ def bench_backend(backend: str, url: str, records: int) -> list[Figure]:
         figures.append(
             Figure(backend, "ExchangeLog (group commit)", concurrency, len(lat), seconds, lat)
         )
+        if backend == "postgresql":
+            log = ExchangeLog(engine, flush_wal=False)
+            seconds, lat = asyncio.run(_drive(log.write, n, concurrency))
+            log.close()
+            method = "ExchangeLog, flush_wal=False"
+            figures.append(Figure(backend, method, concurrency, len(lat), seconds, lat))
         seconds, lat = asyncio.run(_drive(naive, n, concurrency))
         figures.append(
             Figure(backend, "commit per record (baseline)", concurrency, len(lat), seconds, lat)
