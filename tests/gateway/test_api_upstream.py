@@ -24,7 +24,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, mock_upstream) -> GatewayProces
     server = GatewayProcess(
         home=tmp_path_factory.mktemp("gw"),
         upstream=mock_upstream.url,
-        env={"DISTILLGUARD_REQUEST_TIMEOUT_S": "1.5"},
+        env={"DISTILLGUARD_REQUEST_TIMEOUT_S": "1.5", "DISTILLGUARD_ONLINE_MONITOR": "false"},
     )
     with server:
         yield server

@@ -26,7 +26,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from distillguard.config import Settings, get_settings
-from distillguard.errors import ConfigError
+from distillguard.errors import ConfigError, DistillGuardError
 from distillguard.gateway.auth import KeyAuthenticator, _require_admin
 from distillguard.gateway.backend import Backend
 from distillguard.gateway.errors import install_handlers
@@ -103,14 +103,22 @@ def _make_backend(settings: Settings) -> Backend:
 
 
 def _make_monitor(settings: Settings) -> Any | None:
-    if not getattr(settings, "online_monitor", True):
+    """The online monitor, or None when switched off. A monitor that is installed but cannot
+    start stops the gateway (ConfigError): enforcement never goes silently missing."""
+    if not settings.online_monitor:
         return None
     try:
         from distillguard.monitor.online import OnlineMonitor
     except ImportError:
         log.warning("distillguard.monitor.online is not installed: online enforcement is off")
         return None
-    return OnlineMonitor.from_settings(settings)
+    try:
+        return OnlineMonitor.from_settings(settings)
+    except DistillGuardError as exc:
+        raise ConfigError(
+            f"the online monitor cannot start: {exc.message} "
+            "(fix it, or set DISTILLGUARD_ONLINE_MONITOR=false to serve without enforcement)"
+        ) from exc
 
 
 def _mount_optional_routers(app: FastAPI) -> None:

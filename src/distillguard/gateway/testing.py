@@ -419,3 +419,46 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="the mock OpenAI upstream")
     parser.add_argument("--port", type=int, required=True)
     serve_mock_forever(parser.parse_args().port)
+
+
+class ThreadedServer:
+    """An ASGI app under uvicorn on a thread of this process (local-mode tests, the demo)."""
+
+    def __init__(self, app: Any, *, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.app = app
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="gateway", daemon=True)
+
+    def start(self, *, timeout: float = 120.0) -> ThreadedServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the gateway thread ended during start-up (see the log)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start in time")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
+
+    def __enter__(self) -> ThreadedServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
