@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from distillguard.distill.data import TokenMapper, encode_topk_example
 from distillguard.distill.harvest import HarvestConfig, Prompt, harvest, prompt_id, read_dataset
 from distillguard.distill.trainers import DistillConfig, train_student
 from distillguard.models.llama import load_model
 
 
+@pytest.mark.slow
 def test_gray_box_harvest_through_the_gateway_trains_a_topk_student(
     gateway_server, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

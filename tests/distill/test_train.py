@@ -274,3 +274,20 @@ def test_token_mapper_recovers_ids_from_text_and_bytes(tiny_model_dir: Path) -> 
         by_text += mapper(tokenizer.decode([index])) == index
     # Without bytes only pieces that several ids share (partial UTF-8) stay unmapped.
     assert by_text >= 0.9 * (len(tokenizer.get_vocab()) - len(special))
+
+
+def test_sft_resumes_from_its_last_checkpoint(
+    teacher_rows: list[HarvestRecord], tmp_path: Path
+) -> None:
+    out = tmp_path / "s"
+    first = train_student(
+        teacher_rows, mode="sft", out_dir=out,
+        config=replace(FAST, max_steps=3, checkpoint_every=3), progress=False,
+    )  # fmt: skip
+    assert first.steps == 3 and (out / "checkpoints" / "checkpoint-3").is_dir()
+    more = train_student(
+        teacher_rows, mode="sft", out_dir=out,
+        config=replace(FAST, max_steps=6, checkpoint_every=3), resume=True, progress=False,
+    )  # fmt: skip
+    assert more.resumed_from_step == 3 and more.steps == 6
+    assert not list((out / "checkpoints").glob(".staging*"))
