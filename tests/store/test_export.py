@@ -98,6 +98,13 @@ def test_export_since_until_window(engine: Engine, tmp_path: Path) -> None:
     assert (summary.written, summary.unattributed) == (1, 1)
 
 
+def test_export_reports_progress_up_to_the_count(engine: Engine, tmp_path: Path) -> None:
+    _write(engine, _records())
+    seen: list[int] = []
+    summary = export_traffic_summary(engine, tmp_path / "p.jsonl", progress=seen.append)
+    assert seen[-1] == summary.written == 2
+
+
 def test_export_of_an_empty_log_writes_an_empty_file(engine: Engine, tmp_path: Path) -> None:
     out = tmp_path / "sub" / "empty.jsonl"
     assert export_traffic(engine, out) == 0

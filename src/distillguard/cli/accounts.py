@@ -245,15 +245,23 @@ def log_export(
     db: DbOption = None,
 ) -> None:
     """Export the exchange log in the traffic-log format (shared/spec/traffic-log.md §1)."""
-    from distillguard.store import export_traffic_summary
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from distillguard.store import count_exchanges, export_traffic_summary, session_scope
 
     start = parse_time(since) if since else None
     end = parse_time(until) if until else None
     if out.is_dir():
         raise InputError(f"--out {out} is a directory; give a file name")
     engine = _open(db)
-    with console.status(f"exporting to {out} ..."):
-        summary = export_traffic_summary(engine, out, since=start, until=end)
+    with session_scope(engine) as session:
+        expected = count_exchanges(session, since=start, until=end, attributed=True)
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"exporting to {out}", total=expected)
+        summary = export_traffic_summary(
+            engine, out, since=start, until=end, progress=lambda n: bar.update(task, completed=n)
+        )
     console.print(f"wrote {summary.written:,} exchanges to {summary.path}")
     if summary.unattributed:
         console.print(

@@ -321,13 +321,17 @@ def count_exchanges(
     session: Session | Connection,
     *,
     since: float | None = None,
+    until: float | None = None,
     account_id: str | None = None,
     attributed: bool | None = None,
 ) -> int:
-    """How many exchanges; ``attributed=False`` counts those without an account."""
+    """How many exchanges (``since <= ts < until``); ``attributed=False`` counts those without
+    an account, ``True`` those with one."""
     query = select(func.count()).select_from(Exchange.__table__)
     if since is not None:
         query = query.where(Exchange.ts >= since)
+    if until is not None:
+        query = query.where(Exchange.ts < until)
     if account_id is not None:
         query = query.where(Exchange.account_id == account_id)
     if attributed is True:

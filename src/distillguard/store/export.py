@@ -12,6 +12,7 @@ caller can say so. Each line also carries the serving details the spec leaves op
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from distillguard.store.db import session_scope
 from distillguard.store.exchanges import ExchangeRecord, count_exchanges, iter_exchanges
 from distillguard.traffic import JsonlWriter, TrafficRecord
 
+PROGRESS_EVERY = 1000  # rows between progress callbacks
 UNKNOWN_IP = "0.0.0.0"  # the unspecified address: parses as an IP where a client had none
 
 
@@ -67,16 +69,26 @@ def export_traffic(
 
 
 def export_traffic_summary(
-    engine: Engine, out: Path, *, since: float | None = None, until: float | None = None
+    engine: Engine,
+    out: Path,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ExportSummary:
-    """``export_traffic`` that also counts the unauthenticated attempts it left out."""
+    """``export_traffic`` that also counts the unauthenticated attempts it left out.
+
+    ``progress(n)`` is called with the lines written so far, every ``PROGRESS_EVERY`` lines.
+    """
     records = iter_exchanges(engine, since=since, until=until, attributed_only=True)
     with JsonlWriter(out) as writer:
         for record in records:
             writer.write(traffic_line(record))
+            if progress is not None and writer.count % PROGRESS_EVERY == 0:
+                progress(writer.count)
         written = writer.count
+    if progress is not None:
+        progress(written)
     with session_scope(engine) as session:
-        unattributed = count_exchanges(session, since=since, attributed=False)
-        if until is not None:
-            unattributed -= count_exchanges(session, since=until, attributed=False)
+        unattributed = count_exchanges(session, since=since, until=until, attributed=False)
     return ExportSummary(path=Path(out), written=written, unattributed=unattributed)
