@@ -550,6 +550,7 @@ class LocalHarvestParams:
     cot: bool = False  # append the step-by-step instruction like the HTTP harvest does
     seed: int | None = 0  # per-prompt seeds derived from it keep runs repeatable
     batch_size: int = 16  # prompts decoded together by generate_batch
+    tag: str | None = None  # the "account" a watermark sampler keys on (like the gateway's)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -588,6 +589,7 @@ def harvest_local(
                 seed=None if params.seed is None else params.seed + start,
                 logprobs=params.top_logprobs > 0,
                 top_logprobs=params.top_logprobs,
+                tag=params.tag,
             )
             completions = engine.generate_batch(prompt_ids, gen_params)
             for prompt, completion in zip(chunk, completions, strict=True):
