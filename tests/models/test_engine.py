@@ -226,3 +226,19 @@ def test_sampler_errors_reach_the_caller(tiny_model_dir: Path, prompts) -> None:
             asyncio.run(run())
     finally:
         engine.stop()
+
+
+def test_fast_llama_path_matches_hf_forward(engine, tiny_model_dir: Path, prompts) -> None:
+    """The lean Llama forward gives HF's tokens and log-probs, rows joining mid-batch included."""
+    hf = GenerationEngine.from_dir(tiny_model_dir, num_threads=1, fast=False, max_batch_size=3)
+    assert engine.uses_fast_path and not hf.uses_fast_path
+    params = sampled(max_new_tokens=20, seed=8, logprobs=True)
+    engine.max_batch_size = 3
+    try:
+        fast_out = engine.generate_batch(prompts, params)
+    finally:
+        engine.max_batch_size = 8
+    hf_out = hf.generate_batch(prompts, params)
+    assert [c.token_ids for c in fast_out] == [c.token_ids for c in hf_out]
+    for f, h in zip(fast_out, hf_out, strict=True):
+        assert f.token_logprobs == pytest.approx(h.token_logprobs, abs=1e-4)

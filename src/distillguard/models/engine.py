@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from distillguard.errors import ContextTooLong, InputError, ModelError
+from distillguard.models.fast_llama import FastLlama
 from distillguard.models.sampling import PlainSampler, SampleOutput, TokenSampler, sample_plain
 from distillguard.models.tokenizer import encode_chat, encode_text, eos_token_ids
 
@@ -49,6 +50,7 @@ class GenerationParams:
     logprobs: bool = False  # report the chosen token's log-prob
     top_logprobs: int = 0  # and the k most likely alternatives
     tag: str | None = None  # opaque per-row tag handed to the sampler (the account id)
+    ignore_eos: bool = False  # keep going past eos (benchmarks want a fixed token count)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -210,7 +212,7 @@ class GenerationEngine:
 
     def __init__(self, model: Any, tokenizer: Any, *, sampler: TokenSampler | None = None,
                  max_batch_size: int = 8, batch_wait_ms: float = 2.0, name: str | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, fast: bool = True):
         if max_batch_size < 1 or batch_wait_ms < 0:
             raise InputError("max_batch_size must be >= 1 and batch_wait_ms >= 0")
         self.model = model.eval()
@@ -228,14 +230,28 @@ class GenerationEngine:
         # Threads: default to the cores this process may use (torch's default counts all).
         self.num_threads = num_threads or len(os.sched_getaffinity(0))
         self.stats = EngineStats()
+        # Llama models run through a lean forward pass (see fast_llama.py); others through HF.
+        self._use_fast = fast
+        self._fast: FastLlama | None = None
+        self._model_lock = threading.Lock()  # the thread and generate_batch share the model
+        self.reload_weights()
         self._token_bytes = _byte_table(tokenizer)
         self._pieces: dict[int, str] = {}
         self._pending: deque[_Request] = deque()
         self._cond = threading.Condition()
-        self._model_lock = threading.Lock()  # the thread and generate_batch share the model
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._running = 0  # rows in the thread's current batch (for `load`)
+
+    def reload_weights(self) -> None:
+        """Re-read the model's weights into the fast path (call after training the model)."""
+        with self._model_lock:
+            self._fast = (FastLlama(self.model) if self._use_fast
+                          and FastLlama.supports(self.model) else None)
+
+    @property
+    def uses_fast_path(self) -> bool:
+        return self._fast is not None
 
     @classmethod
     def from_dir(cls, model_dir: Path, **kw: Any) -> GenerationEngine:
@@ -411,6 +427,8 @@ class GenerationEngine:
         return _TextDecoder(self._token_bytes, self.tokenizer)
 
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache: Any) -> Tensor:
+        if self._fast is not None:
+            return self._fast.forward(ids, mask, pos, cache)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
                          use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float()  # (B, V)
@@ -427,7 +445,8 @@ class GenerationEngine:
         mask = torch.tensor([[0] * (length - len(r.prompt_ids)) + [1] * len(r.prompt_ids)
                              for r in rows], dtype=torch.long)  # (b, P)
         pos = (mask.cumsum(-1) - 1).clamp_(min=0)  # (b, P)
-        cache = DynamicCache(config=self.model.config)
+        cache = (self._fast.new_cache() if self._fast is not None
+                 else DynamicCache(config=self.model.config))
         logits = self._forward(ids, mask, pos, cache)
         self.stats.prefills += 1
         self.stats.requests += len(rows)
@@ -449,7 +468,8 @@ class GenerationEngine:
         chosen, tops = self._report_logprobs(rows, tokens, logprobs)
         keep: list[int] = []
         for i, (row, tok) in enumerate(zip(rows, token_list, strict=True)):
-            event = row.accept(tok, tok in self.eos_ids, chosen[i], tops[i])
+            is_eos = tok in self.eos_ids and not row.params.ignore_eos
+            event = row.accept(tok, is_eos, chosen[i], tops[i])
             row.sink(event)
             if not row.finished:
                 keep.append(i)
@@ -524,7 +544,8 @@ class GenerationEngine:
 # ---- batch surgery: merge, select, trim ---------------------------------------------------
 def _mergeable(cache: Any) -> bool:
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+    return bool(layers) and all(type(layer).__name__ in ("DynamicLayer", "KVLayer")
+                                for layer in layers)
 
 
 def _merge(a: _Batch, b: _Batch, pad_id: int) -> _Batch:
