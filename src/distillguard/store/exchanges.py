@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, and_, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
@@ -299,6 +299,10 @@ class ExchangeLog:
 # --- readers ------------------------------------------------------------------------------
 
 
+# An exchange belongs to an account when it authenticated: both ids are known.
+_ATTRIBUTED = and_(Exchange.account_id.is_not(None), Exchange.key_id.is_not(None))
+
+
 def recent_exchanges(
     session: Session | Connection, *, limit: int = 20, account_id: str | None = None
 ) -> list[ExchangeRecord]:
@@ -335,9 +339,9 @@ def count_exchanges(
     if account_id is not None:
         query = query.where(Exchange.account_id == account_id)
     if attributed is True:
-        query = query.where(Exchange.account_id.is_not(None))
+        query = query.where(_ATTRIBUTED)
     elif attributed is False:
-        query = query.where(Exchange.account_id.is_(None))
+        query = query.where(~_ATTRIBUTED)
     return int(session.execute(query).scalar_one())
 
 
@@ -360,7 +364,7 @@ def iter_exchanges(
     if account_id is not None:
         query = query.where(Exchange.account_id == account_id)
     if attributed_only:
-        query = query.where(Exchange.account_id.is_not(None))
+        query = query.where(_ATTRIBUTED)
     query = query.order_by(Exchange.ts, Exchange.id)
     try:
         with engine.connect() as connection:

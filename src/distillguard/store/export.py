@@ -36,7 +36,8 @@ class ExportSummary:
 
 def traffic_line(record: ExchangeRecord) -> dict[str, Any]:
     """The spec §1 object for one attributed exchange, plus the optional serving fields."""
-    assert record.account_id is not None and record.key_id is not None
+    if record.account_id is None or record.key_id is None:
+        raise ValueError(f"exchange {record.id} never authenticated: it has no account or key")
     request = record.request if isinstance(record.request, dict) else {"_unparsed": record.request}
     line = TrafficRecord(
         id=record.id,
