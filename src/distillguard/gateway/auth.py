@@ -1,10 +1,10 @@
 """Who is calling: API keys on the OpenAI routes, the admin token on ``/admin``.
 
-API keys are checked against the database on every request (``store.authenticate``: one
-primary-key lookup plus a constant-time hash compare, ~30 µs on SQLite). No cache sits between
-a revocation and the next request, so ``keys revoke`` - from the admin API, the CLI, or another
-replica - refuses the key at once. The lookup runs on a connection the event loop keeps open;
-its read transaction is ended after every check so that the next one sees new commits.
+API keys are checked against the database on every request (see ``KeyAuthenticator``): no
+cache sits between a revocation and the next request, so ``keys revoke`` - from the admin
+API, the CLI, or another replica - refuses the key at once. The lookups run on connections the
+event loop keeps open; their read transactions end after every check so that the next one
+sees new commits.
 
 Admin routes use FastAPI dependencies (``AdminAuth``): the token is compared in constant time,
 a missing header is 401, a wrong token (or no admin token configured) 403.
@@ -17,11 +17,12 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from distillguard.errors import AuthError, PermissionDenied, StoreError
 from distillguard.store.accounts import KeyIdentity, authenticate
+from distillguard.store.schema import Account, ApiKey
 
 
 def bearer_secret(authorization: bytes | str | None) -> str:
@@ -38,15 +39,77 @@ def bearer_secret(authorization: bytes | str | None) -> str:
     return secret.strip()
 
 
+# What a cached identity must still satisfy, read on every request: the key is not revoked
+# and its account not suspended. Built from the store's schema, compiled once per dialect.
+_STILL_VALID = (
+    select(ApiKey.revoked_at, Account.status)
+    .join(Account, Account.id == ApiKey.account_id)
+    .where(ApiKey.id == bindparam("key_id"))
+)
+_CACHE_SIZE = 10_000  # identities kept; the oldest goes first when full
+
+
 class KeyAuthenticator:
-    """``store.authenticate`` on a connection owned by the event loop's thread."""
+    """Key checks for the hot path: ``store.authenticate`` once per secret, then a
+    primary-key revocation check on every request.
+
+    The first request with a secret runs the store's full check (hash, constant-time compare,
+    revoked, suspended) on a SQLAlchemy connection. Its identity is then kept in memory keyed
+    by the exact secret (a dict hit needs the whole secret; Python's randomized string hashing
+    leaks nothing usable through timing), and every later request re-reads only the key's
+    ``revoked_at`` and the account's status: one indexed lookup on a raw DBAPI cursor (~5 µs
+    on SQLite instead of ~30 µs through the ORM layer). A revocation or suspension, made by
+    any process, is therefore seen by the very next request; it then falls back to the full
+    check, which raises the proper error.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._conn = None
+        self._conn = None  # SQLAlchemy connection for the full check
+        self._raw = None  # DBAPI connection for the revocation check
+        self._cache: dict[str, KeyIdentity] = {}
+        compiled = _STILL_VALID.compile(dialect=engine.dialect)
+        self._sql = str(compiled)
+        self._positional = compiled.positiontup  # None for named parameter styles
 
     def authenticate(self, authorization: bytes | str | None) -> KeyIdentity:
         secret = bearer_secret(authorization)
+        identity = self._cache.get(secret)
+        if identity is not None:
+            if self._still_valid(identity.key_id):
+                return identity
+            del self._cache[secret]  # revoked or suspended: the full check says which
+        identity = self._full_check(secret)
+        if len(self._cache) >= _CACHE_SIZE:
+            del self._cache[next(iter(self._cache))]
+        self._cache[secret] = identity
+        return identity
+
+    def _still_valid(self, key_id: str) -> bool:
+        params: object = {"key_id": key_id}
+        if self._positional is not None:
+            params = (key_id,)
+        for attempt in (0, 1):
+            try:
+                if self._raw is None:
+                    self._raw = self._engine.raw_connection()
+                cursor = self._raw.cursor()
+                try:
+                    cursor.execute(self._sql, params)
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+                self._raw.rollback()  # end the read snapshot: see the next revocation
+                return row is not None and row[0] is None and row[1] == "active"
+            except Exception as exc:  # DBAPI errors differ by driver: reconnect once
+                self._close_raw()
+                if attempt:
+                    raise StoreError(
+                        f"database error during key check: {type(exc).__name__}"
+                    ) from exc
+        return False  # pragma: no cover - the loop returns or raises
+
+    def _full_check(self, secret: str) -> KeyIdentity:
         for attempt in (0, 1):
             conn = self._conn
             if conn is None:
@@ -58,7 +121,7 @@ class KeyAuthenticator:
                 return authenticate(conn, secret=secret)
             except SQLAlchemyError as exc:
                 # A dropped connection (database restart): reconnect once, then give up.
-                self.close()
+                self._close_conn()
                 if attempt:
                     raise StoreError(
                         f"database error during key check: {type(exc).__name__}"
@@ -68,14 +131,25 @@ class KeyAuthenticator:
                     try:
                         self._conn.rollback()  # end the read snapshot: see the next revocation
                     except SQLAlchemyError:
-                        self.close()
+                        self._close_conn()
         raise StoreError("database error during key check")  # pragma: no cover - loop returns
 
-    def close(self) -> None:
+    def _close_conn(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(SQLAlchemyError):
                 self._conn.close()
             self._conn = None
+
+    def _close_raw(self) -> None:
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                self._raw.close()
+            self._raw = None
+
+    def close(self) -> None:
+        self._close_conn()
+        self._close_raw()
+        self._cache.clear()
 
 
 def check_admin_token(expected: str | None, authorization: str | None) -> None:

@@ -7,7 +7,9 @@ Prometheus that sums by instance.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 
@@ -116,8 +118,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+_fast_access_log = False  # True once configure_json_logging routed logs to stderr as JSON
+
+
 def configure_json_logging(level: str = "info") -> None:
     """Route distillguard's and uvicorn's loggers to stderr as JSON lines (idempotent)."""
+    global _fast_access_log
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     for name in ("distillguard", "uvicorn", "uvicorn.error"):
@@ -125,16 +131,30 @@ def configure_json_logging(level: str = "info") -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+    _fast_access_log = True
 
 
 access_log = logging.getLogger("distillguard.access")
 
 
 def log_exchange(fields: dict) -> None:
-    """The access log: one JSON line per exchange (skipped cheaply when INFO is off)."""
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info("exchange", extra={"fields": fields})
+    """The access log: one JSON line per exchange on stderr.
 
-
-def now() -> float:
-    return time.time()
+    Once ``configure_json_logging`` owns stderr, the line is written with one ``os.write``
+    (the same JSON the formatter would produce, without a LogRecord, formatter and handler
+    lock: a third of the hot path's logging cost); otherwise it goes through ``logging``.
+    """
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    if _fast_access_log:
+        line = {
+            "ts": round(time.time(), 6),
+            "level": "info",
+            "logger": "distillguard.access",
+            "msg": "exchange",
+            **fields,
+        }
+        with contextlib.suppress(OSError):  # a closed stderr must not fail a request
+            os.write(2, orjson.dumps(line, default=str) + b"\n")
+        return
+    access_log.info("exchange", extra={"fields": fields})

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,16 @@ class Attempt:
     model: str | None = None
     status: int = 200
     error: str | None = None
+
+
+_ID_PREFIX = secrets.token_hex(4)  # per process: ids from several replicas never collide
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """Unique, time-ordered exchange id (ms clock, process prefix, counter): cheaper than a
+    uuid4 per request, and ordered ids keep the log's primary-key index compact."""
+    return f"{time.time_ns() // 1_000_000:012x}{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFF:06x}"
 
 
 def _header(scope: dict, name: bytes) -> bytes | None:
@@ -135,7 +146,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
     client = scope.get("client")
     ua = _header(scope, b"user-agent")
     attempt = Attempt(
-        request_id=uuid.uuid4().hex,
+        request_id=new_request_id(),
         ts=time.time(),
         started=time.perf_counter(),
         endpoint=scope["path"],
@@ -399,7 +410,7 @@ async def handle_models(state: GatewayState, scope: dict, receive, send) -> None
     client = scope.get("client")
     ua = _header(scope, b"user-agent")
     attempt = Attempt(
-        request_id=uuid.uuid4().hex,
+        request_id=new_request_id(),
         ts=time.time(),
         started=time.perf_counter(),
         endpoint=scope["path"],
