@@ -23,12 +23,20 @@ from distillguard.traffic import (
 
 def _rec(i: int, **kw) -> dict:
     d = {
-        "id": f"x{i}", "ts": 1000.0 + i, "account_id": "acct-1", "key_id": "k1",
-        "ip": "10.0.0.1", "user_agent": "ua", "payment_fingerprint": None,
+        "id": f"x{i}",
+        "ts": 1000.0 + i,
+        "account_id": "acct-1",
+        "key_id": "k1",
+        "ip": "10.0.0.1",
+        "user_agent": "ua",
+        "payment_fingerprint": None,
         "endpoint": "/v1/chat/completions",
         "request": {"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]},
-        "response_text": "hello", "prompt_tokens": 3, "completion_tokens": 1,
-        "status": 200, "latency_ms": 12.5,
+        "response_text": "hello",
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+        "status": 200,
+        "latency_ms": 12.5,
     }
     d.update(kw)
     return d
@@ -121,8 +129,12 @@ def test_verdict_and_label_validation() -> None:
 
 
 def test_prompt_text_chat_and_completion() -> None:
-    chat = {"messages": [{"role": "system", "content": "S"},
-                         {"role": "user", "content": [{"type": "text", "text": "U"}]}]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": [{"type": "text", "text": "U"}]},
+        ]
+    }
     assert prompt_text(chat) == "S\nU"
     assert prompt_text({"prompt": "P"}) == "P"
     assert prompt_text({}) == ""

@@ -68,7 +68,6 @@ class _AccountState:
     sketch: AccountSketch
     keys: LinkKeys = field(default_factory=LinkKeys)
     score: float = 0.0
-    reasons: tuple[str, ...] = ()
     signals: AccountSignals | None = None
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # throttle window
 
@@ -79,7 +78,8 @@ class OnlineMonitor:
     def __init__(self, policy: Policy, *, redis_url: str | None = None,
                  model: ScoreModel | None = None, signal_cfg: SignalConfig | None = None,
                  link_cfg: LinkConfig | None = None, rescore_every: int = 8,
-                 relink_every: int = 64) -> None:  # fmt: skip
+                 relink_every: int = 64,
+                 redis_prefix: str = "distillguard:monitor") -> None:  # fmt: skip
         self.policy = policy
         self.model = model or ScoreModel.load()
         self.signal_cfg = signal_cfg or SignalConfig()
@@ -93,8 +93,11 @@ class OnlineMonitor:
         self._members: dict[str, set[str]] = {}  # cluster root -> members
         self._evidence: dict[str, set[str]] = defaultdict(set)  # cluster root -> kinds
         self._enforced: dict[str, _Enforcement] = {}  # account id -> standing action
+        # cluster id -> (requests, members, merged signals, score, features) when computed
+        self._cluster_cache: dict[str, tuple[int, int, AccountSignals, float, Any]] = {}
         self._lock = threading.Lock()
         self._redis = None
+        self._redis_key = f"{redis_prefix}:enforced"  # hash: account id -> standing action
         if redis_url:
             import redis
 
@@ -126,7 +129,7 @@ class OnlineMonitor:
             n = sk.n
             if n == 1 or n % self.relink_every == 0:
                 self._relink(account_id, st)
-            if n <= 64 or n % self.rescore_every == 0:
+            if n <= 32 or n % self.rescore_every == 0:
                 self._rescore(account_id, st, ts)
             return self._decision(account_id, st, ts)
 
@@ -193,35 +196,49 @@ class OnlineMonitor:
         st.signals = sig
         x = feature_vector(sig)
         st.score = self.model.score(x)
-        st.reasons = reasons(self.model, x, sig)
         cid, members = self._cluster(account_id)
-        score, why, requests, sig_used = st.score, st.reasons, sig.requests, sig
+        score, requests, sig_used, xs, n_acc = st.score, sig.requests, sig, x, 1
         if cid is not None:
-            sigs = [s for m in members if (s := self._signals_of(m)) is not None]
-            merged = merge_signals(sigs)
-            xc = feature_vector(merged, len(members))
-            cs = self.model.score(xc)
+            merged, cs, xc = self._cluster_score(cid, members)
             if cs > score:
-                kinds = sorted(self._evidence.get(self._uf.find(account_id), ()))
-                score, sig_used, requests = cs, merged, merged.requests
-                why = reasons(self.model, xc, merged, len(members), kinds)
+                score, sig_used, requests, xs, n_acc = cs, merged, merged.requests, xc, len(members)
+        if requests < self.policy.min_requests:
+            return
         rule = self.policy.decide(score=score, threshold=self.model.threshold, requests=requests,
                                   cluster_size=len(members), signals=sig_used)  # fmt: skip
         if rule is None or rule.action == "allow":
             return
         targets = members if cid is not None else {account_id}
+        why: tuple[str, ...] | None = None
         for m in targets:
             cur = self._enforced.get(m)
             if cur is None or SEVERITY[rule.action] > SEVERITY[cur.action]:
+                if why is None:  # words only when an action is taken
+                    kinds = sorted(self._evidence.get(self._uf.find(account_id), ()))
+                    why = reasons(self.model, xs, sig_used, n_acc, kinds)
                 self._enforced[m] = _Enforcement(rule.action, score, why, rule.retry_after, ts,
                                                  requests)  # fmt: skip
                 self._publish(m, self._enforced[m], cid)
+
+    def _cluster_score(self, cid: str, members: set[str]) -> tuple[AccountSignals, float, Any]:
+        """Merged signals and score of a cluster, refreshed when it has grown by 1/8 (or got
+        new members) since the last time: merging is linear in the cluster's size."""
+        total = sum(self._accounts[m].sketch.n for m in members if m in self._accounts)
+        cached = self._cluster_cache.get(cid)
+        if cached is not None and total < cached[0] * 1.125 and cached[1] == len(members):
+            return cached[2], cached[3], cached[4]
+        sigs = [s for m in members if (s := self._signals_of(m)) is not None]
+        merged = merge_signals(sigs)
+        xc = feature_vector(merged, len(members))
+        cs = self.model.score(xc)
+        self._cluster_cache[cid] = (total, len(members), merged, cs, xc)
+        return merged, cs, xc
 
     def _signals_of(self, account_id: str) -> AccountSignals | None:
         st = self._accounts.get(account_id)
         if st is None:
             return None
-        if st.signals is None or st.signals.requests != st.sketch.n:
+        if st.signals is None or st.sketch.n > st.signals.requests * 1.25 + 4:
             st.signals = st.sketch.signals()
         return st.signals
 
@@ -229,7 +246,7 @@ class OnlineMonitor:
         enf = self._enforced.get(account_id) or self._remote(account_id)
         cid, _ = self._cluster(account_id)
         if enf is None:
-            return Decision("allow", st.score, st.reasons, cid, None)
+            return Decision("allow", st.score, (), cid, None)
         action, retry = enf.action, enf.retry_after
         if action == "throttle":
             window = st.recent
@@ -251,7 +268,7 @@ class OnlineMonitor:
                               "since": enf.since, "requests": enf.requests,
                               "cluster_id": cid})  # fmt: skip
         try:
-            self._redis.hset("distillguard:monitor:enforced", account_id, payload)
+            self._redis.hset(self._redis_key, account_id, payload)
         except Exception as exc:  # a lost publish must not fail the request being served
             self._redis_error = str(exc)
 
@@ -259,7 +276,7 @@ class OnlineMonitor:
         if self._redis is None:
             return None
         try:
-            raw = self._redis.hget("distillguard:monitor:enforced", account_id)
+            raw = self._redis.hget(self._redis_key, account_id)
         except Exception:
             return None  # Redis down: local decisions still apply
         if not raw:
@@ -277,7 +294,7 @@ class OnlineMonitor:
             local = dict(self._enforced)
             if self._redis is not None:
                 try:
-                    for k, v in self._redis.hgetall("distillguard:monitor:enforced").items():
+                    for k, v in self._redis.hgetall(self._redis_key).items():
                         d = json.loads(v)
                         local.setdefault(k.decode(), _Enforcement(
                             d["action"], d["score"], tuple(d["reasons"]), d["retry_after"],
@@ -307,6 +324,7 @@ class OnlineMonitor:
             self._enforced.clear()
             self._members.clear()
             self._evidence.clear()
+            self._cluster_cache.clear()
             self._uf = UnionFind()
             self._index = {k: defaultdict(set) for k in KINDS}
 

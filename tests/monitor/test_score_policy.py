@@ -1,0 +1,128 @@
+"""Score model, reasons, operating point; policy files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distillguard.errors import ConfigError, NotFound
+from distillguard.monitor.policy import ACTIONS, load_policy, parse_policy
+from distillguard.monitor.score import SCORE_FEATURES, ScoreModel, fit_model, merge_signals
+from distillguard.monitor.signals import AccountSignals
+
+
+def _sig(**kw) -> AccountSignals:
+    base = dict(
+        requests=100,
+        rate_per_hour=5.0,
+        active_hours=12,
+        templated_share=0.05,
+        cot_share=0.03,
+        greedy_share=0.1,
+        harvest_share=0.0,
+        stream_share=0.5,
+        burst_share=0.1,
+        gap_cv=2.0,
+        quiet_share=0.03,
+        out_in_ratio=5.0,
+        content_similarity=0.03,
+        out_of_order=0,
+    )
+    base.update(kw)
+    return AccountSignals(**base)
+
+
+def test_shipped_model_loads_and_separates_a_script_from_a_person() -> None:
+    from distillguard.monitor.score import feature_vector
+
+    m = ScoreModel.load()
+    person = m.score(feature_vector(_sig()))
+    script = m.score(
+        feature_vector(
+            _sig(
+                requests=3000,
+                rate_per_hour=40,
+                templated_share=0.95,
+                cot_share=0.9,
+                greedy_share=0.95,
+                stream_share=0.0,
+                gap_cv=0.2,
+                quiet_share=0.2,
+                out_in_ratio=1.0,
+            )
+        )
+    )
+    assert person < m.threshold <= script
+
+
+def test_fit_model_threshold_flags_no_fitting_honest_account() -> None:
+    rng = np.random.default_rng(0)
+    f = len(SCORE_FEATURES)
+    honest = rng.normal(0, 1, (300, f))
+    campaign = rng.normal(2.5, 1, (40, f))
+    xs = np.vstack([honest, campaign])
+    ys = np.array([0] * 300 + [1] * 40)
+    m = fit_model(xs, ys, target_fpr=1e-3)
+    s = m.score_many(xs)
+    assert (s[:300] >= m.threshold).sum() == 0
+    assert (s[300:] >= m.threshold).mean() > 0.8
+
+
+def test_model_file_errors_are_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "m.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError):
+        ScoreModel.load(bad)
+    with pytest.raises(ConfigError):
+        ScoreModel.load(tmp_path / "missing.json")
+
+
+def test_merge_adds_volume_and_weights_shares_by_requests() -> None:
+    merged = merge_signals([_sig(requests=100, cot_share=1.0), _sig(requests=300, cot_share=0.0)])
+    assert merged.requests == 400
+    assert merged.cot_share == pytest.approx(0.25)
+
+
+def test_default_policy_and_first_match_wins() -> None:
+    p = load_policy()
+    assert [r.action for r in p.rules][-1] == "flag"
+    kw = dict(threshold=0.5, cluster_size=1, signals=_sig(harvest_share=0.9))
+    assert p.decide(score=0.999, requests=1000, **kw).action == "block"
+    assert p.decide(score=0.98, requests=150, **kw).action == "throttle"
+    assert p.decide(score=0.6, requests=150, **kw).action == "degrade"
+    assert (
+        p.decide(score=0.6, requests=150, threshold=0.5, cluster_size=1, signals=_sig()).action
+        == "flag"
+    )
+    assert p.decide(score=0.999, requests=5, **kw) is None  # thin evidence: no action
+    assert p.decide(score=0.1, requests=1000, **kw) is None
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("rules: [{action: nuke}]", "unknown policy action"),
+        ("rules: [{action: flag, when: {signals: {nonsense: 1}}}]", "unknown signal"),
+        ("rules: [{action: flag, when: {score_at_least: 7}}]", "score_at_least"),
+        ("rules: [{action: flag, when: {colour: red}}]", "unknown conditions"),
+        ("rules: {a: 1}", "'rules' list"),
+        ("rules: [: bad", "not valid YAML"),
+    ],
+)
+def test_bad_policies_are_refused_with_a_reason(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_policy(text)
+
+
+def test_policy_file_missing_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        load_policy(tmp_path / "nope.yaml")
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "rules:\n  - action: throttle\n    when: {score_at_least: 0.5}\n    "
+        "retry_after: 5\nmin_requests: 3\n"
+    )
+    p = load_policy(f)
+    assert p.rules[0].retry_after == 5.0 and p.min_requests == 3 and "allow" in ACTIONS
