@@ -142,12 +142,19 @@ class ContextHash:
     def vocab_values(self, key: int, contexts: np.ndarray, vocab: int) -> np.ndarray:
         """u for every candidate token: contexts (B, h) -> (B, V) uint64 (generation side).
         Equal to ``pair_values`` of each (context, v), computed without a V x V table."""
+        return self._candidates_hashed(key, contexts, TOKEN_HASH.get(vocab)[None, :])
+
+    def candidate_values(self, key: int, contexts: np.ndarray,
+                         candidates: np.ndarray) -> np.ndarray:
+        """u for some candidates per row: contexts (B, h), candidates (B, K) -> (B, K)."""
+        return self._candidates_hashed(key, contexts, TOKEN_HASH.of(candidates))
+
+    def _candidates_hashed(self, key: int, contexts: np.ndarray, tv: np.ndarray) -> np.ndarray:
         ctx_h = TOKEN_HASH.of(contexts)  # (B, h)
-        tv = TOKEN_HASH.get(vocab)[None, :]  # (1, V)
         seed = self.seed_hashed(key, ctx_h)[:, None]  # (B, 1)
         if self.mode == "selfhash":
             k = U64(key)
-            seed = np.minimum(seed, splitmix64(tv ^ k))  # (B, V)
+            seed = np.minimum(seed, splitmix64(tv ^ k))  # (B, K)
             seed = splitmix64(seed ^ splitmix64(ctx_h[:, -1:] ^ k ^ _ANCHOR_SALT))
         return splitmix64(seed ^ tv)
 

@@ -12,6 +12,13 @@ the row's generator (temperature and top_p shape p first; temperature 0 stays pl
 All m g-values of a (context, token) come from *one* 64-bit keyed value u: g_l is bit 63 - l
 of u (``base.py``), so the hashing cost does not grow with m.
 
+Cost: m sequential passes over the candidates. Over a whole 4k-128k vocabulary that is
+several milliseconds per decode step, so the tournament runs over the ``candidate_pool`` most
+likely tokens (renormalized; for a trained model they hold nearly all the mass) and the rest
+keep their plain probability. Detection does not care how the text was generated (the null
+law only needs the text to be independent of the key), so this changes strength by the tail
+mass, never validity; with ``candidate_pool >= V`` the tournament is over the full vocabulary.
+
 Detection (mean g-value test): with g-values fair bits independent across layers and pairs
 under the null, the number of ones over m layers and n deduplicated pairs is
 Binomial(m * n, 1/2): the exact one-sided binomial tail is the p-value. (The paper's weighted
@@ -55,12 +62,15 @@ class SynthIDParams:
     account_layers: int = 6  # extra layers keyed by the account; 0 disables accounts
     context: str = "lefthash"  # lefthash | minhash | selfhash
     context_width: int = 4  # h = ngram_len - 1 of the paper's default (ngram_len 5)
+    candidate_pool: int = 256  # tournament over the K most likely tokens (see module doc)
 
     def __post_init__(self) -> None:
         if not 1 <= self.provider_layers <= 48:
             raise InputError("provider_layers must be in 1..48 (bits of one 64-bit value)")
         if not 0 <= self.account_layers <= 48:
             raise InputError("account_layers must be in 0..48")
+        if self.candidate_pool < 2:
+            raise InputError("candidate_pool must be at least 2")
         ContextHash(self.context, self.context_width)
 
 
@@ -71,11 +81,19 @@ def top_bits(values: np.ndarray, m: int) -> np.ndarray:
     return np.moveaxis(bits[..., :m], -1, 0).astype(np.float32)
 
 
-def tournament(probs: Any, g: Any) -> Any:
-    """Apply the tournament layers: probs (B, V), g (m, B, V) in {0,1} -> (B, V)."""
+def tournament(probs: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Apply the tournament layers: probs (B, K), g (m, B, K) in {0,1} -> (B, K).
+
+    numpy, in place on a copy: at these sizes per-operation overhead dominates and numpy's
+    is several times lower than torch's."""
+    probs = probs.copy()
+    factor = np.empty_like(probs)
+    mass = np.empty((probs.shape[0], 1), dtype=probs.dtype)
     for layer in g:
-        mass = (probs * layer).sum(dim=-1, keepdim=True)  # (B, 1) G_l
-        probs = probs * (1.0 + layer - mass)
+        mass[:, 0] = np.einsum("bk,bk->b", probs, layer)  # G_l
+        np.subtract(layer, mass, out=factor)
+        factor += 1.0
+        probs *= factor  # p * (1 + g - G)
     return probs
 
 
@@ -120,20 +138,19 @@ class SynthIDScheme(WatermarkScheme):
             return np.nan_to_num((score - m / 2) / np.sqrt(m / 4))
 
     # ---- generation ----
-    def g_values(self, contexts: np.ndarray, vocab: int,
-                 tags: Sequence[str | None]) -> np.ndarray:
-        """All layers' g-values: contexts (B, h) -> (m_p + m_a, B, V) float32."""
+    def tournament_probs(self, probs: np.ndarray, contexts: np.ndarray, candidates: np.ndarray,
+                         tags: Sequence[str | None]) -> np.ndarray:
+        """Tournament over given candidates: probs (B, K) summing to 1, candidates (B, K)."""
         p = self.params
-        g = top_bits(self.context.vocab_values(self._provider_key, contexts, vocab),
-                     p.provider_layers)
-        if p.account_layers == 0:
-            return g
-        ga = np.empty((p.account_layers, *g.shape[1:]), dtype=np.float32)
-        for tag in dict.fromkeys(tags):
-            rows = np.array([i for i, t in enumerate(tags) if t == tag])
-            ua = self.context.vocab_values(self.account_key(tag), contexts[rows], vocab)
-            ga[:, rows] = top_bits(ua, p.account_layers)
-        return np.concatenate([g, ga], axis=0)
+        u = self.context.candidate_values(self._provider_key, contexts, candidates)
+        out = tournament(probs, top_bits(u, p.provider_layers))
+        if p.account_layers:
+            for tag in dict.fromkeys(tags):
+                rows = np.array([i for i, t in enumerate(tags) if t == tag])
+                ua = self.context.candidate_values(self.account_key(tag), contexts[rows],
+                                                   candidates[rows])
+                out[rows] = tournament(out[rows], top_bits(ua, p.account_layers))
+        return np.maximum(out, 0.0)
 
     def sample(self, logits: Any, input_ids: Any, *, temperature: float, top_p: float,
                generators: Sequence[Any], tags: Sequence[str | None]) -> Any:
@@ -145,8 +162,12 @@ class SynthIDScheme(WatermarkScheme):
         lp = tempered_logprobs(logits, temperature)
         if temperature == 0:
             return sample_output(lp.argmax(dim=-1), lp)
-        probs = nucleus(lp, top_p).exp()
-        g = torch.from_numpy(self.g_values(self.contexts_of(input_ids), V, tags))
-        probs = tournament(probs, g).clamp_min(0.0)
+        probs = nucleus(lp, top_p).exp().double()  # (B, V)
+        K = min(self.params.candidate_pool, V)
+        head_p, head_idx = probs.topk(K, dim=-1)  # (B, K), most likely first
+        head_mass = head_p.sum(dim=-1, keepdim=True)  # (B, 1)
+        marked = self.tournament_probs((head_p / head_mass).numpy(), self.contexts_of(input_ids),
+                                       head_idx.numpy(), tags)
+        probs = probs.scatter(-1, head_idx, torch.from_numpy(marked) * head_mass)
         probs = probs / probs.sum(dim=-1, keepdim=True)
         return sample_output(draw(probs, generators), torch.log(probs))
