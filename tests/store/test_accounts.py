@@ -113,9 +113,9 @@ def test_malformed_keys_are_refused(engine: Engine) -> None:
             authenticate(s, secret=secret)
 
 
-def test_revocation_takes_effect_at_once_everywhere(engine: Engine, db_url: str) -> None:
+def test_revocation_takes_effect_at_once_everywhere(engine: Engine, store_url: str) -> None:
     _, key_id, secret = _account_and_key(engine)
-    replica = make_engine(db_url)  # a second gateway replica with its own pool
+    replica = make_engine(store_url)  # a second gateway replica with its own pool
     with session_scope(replica) as s:
         authenticate(s, secret=secret)
     with session_scope(engine) as s:

@@ -37,9 +37,9 @@ asyncio.run(main())
 """
 
 
-def test_acknowledged_rows_survive_sigkill(engine: Engine, db_url: str) -> None:
+def test_acknowledged_rows_survive_sigkill(engine: Engine, store_url: str) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, db_url],
+        [sys.executable, "-c", CHILD, store_url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,15 +75,15 @@ with ExchangeLog(make_engine(sys.argv[1])) as log:
 """
 
 
-def test_several_processes_write_one_log(engine: Engine, db_url: str) -> None:
-    """Two gateway processes (or the CLI beside a gateway) share one database file or server."""
+def test_several_processes_write_one_log(engine: Engine, store_url: str) -> None:
+    """Two gateway processes (or the CLI beside a gateway) write one database file or server."""
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, db_url, name, "150"], stderr=subprocess.PIPE
+            [sys.executable, "-c", WRITER, store_url, name, "150"], stderr=subprocess.PIPE
         )
-        for name in ("p1", "p2", "p3")
+        for name in ("p1", "p2")
     ]
     errors = [child.communicate(timeout=120)[1].decode()[-2000:] for child in children]
-    assert [child.returncode for child in children] == [0, 0, 0], errors
+    assert [child.returncode for child in children] == [0, 0], errors
     stored = {r.id for r in iter_exchanges(engine)}
-    assert stored == {f"{p}-{i}" for p in ("p1", "p2", "p3") for i in range(150)}
+    assert stored == {f"{p}-{i}" for p in ("p1", "p2") for i in range(150)}
