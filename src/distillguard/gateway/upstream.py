@@ -1,8 +1,9 @@
 """Proxy mode: forward requests to another OpenAI-compatible server (vLLM, llama.cpp, OpenAI).
 
-One ``aiohttp`` session with a keep-alive pool serves every request (aiohttp stays fast under
-concurrency where httpx slows down, see the machine notes). Bodies are forwarded as the client
-sent them whenever nothing needs changing, so the proxy adds no JSON encoding to the hot path.
+One keep-alive connection pool (``httpclient.HttpClient``, a lean asyncio + httptools client:
+the proxy's own cost is mostly its HTTP client, see that module) serves every request. Bodies
+are forwarded as the client sent them whenever nothing needs changing, so the proxy adds no
+JSON encoding to the hot path.
 
 Streams are passed on event by event. Two things change on the way:
 - the upstream's final ``data: [DONE]`` is held back: the route sends it itself, after the log
@@ -17,11 +18,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from distillguard.errors import NotFound, UpstreamError
 from distillguard.gateway.backend import Job, Outcome, Reply, UpstreamStatus
+from distillguard.gateway.httpclient import HttpClient
 
 log = logging.getLogger("distillguard.gateway.upstream")
 
@@ -44,45 +45,44 @@ class UpstreamBackend:
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 600.0) -> None:
         self.base_url = _base_url(url)
-        self._api_key = api_key
-        self._timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s  # longest wait for the upstream's response head
+        self._client: HttpClient | None = None
         self._models: list[str] = []
-        self._headers = {"content-type": "application/json"}
+        headers = [(b"content-type", b"application/json"), (b"accept", b"*/*")]
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
+            headers.append((b"authorization", f"Bearer {api_key}".encode()))
+        self._headers = tuple(headers)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=512, ttl_dns_cache=300, keepalive_timeout=60)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._timeout_s)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode()
-        )
+        self._client = HttpClient(self.base_url)
         await self.refresh_models()
 
     async def refresh_models(self) -> None:
         """Learn which models the upstream serves; unknown names then get 404 here."""
         try:
-            async with self._http.get(f"{self.base_url}/v1/models", headers=self._headers) as resp:
-                if resp.status == 200:
-                    data = orjson.loads(await resp.read())
-                    self._models = [m["id"] for m in data.get("data", []) if "id" in m]
-                    return
-                log.warning("upstream /v1/models answered %s: model names not checked", resp.status)
-        except (aiohttp.ClientError, OSError, ValueError, TypeError, KeyError) as exc:
+            resp = await self._http.request(
+                "GET", "/v1/models", headers=self._headers, timeout_s=10.0
+            )
+            body = await resp.read()
+            if resp.status == 200:
+                data = orjson.loads(body)
+                self._models = [m["id"] for m in data.get("data", []) if "id" in m]
+                return
+            log.warning("upstream /v1/models answered %s: model names not checked", resp.status)
+        except (UpstreamError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("upstream /v1/models unavailable (%s): model names not checked", exc)
         self._models = []
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     @property
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _http(self) -> HttpClient:
+        if self._client is None:
             raise UpstreamError("upstream client not started")
-        return self._session
+        return self._client
 
     def model_ids(self) -> list[str]:
         return list(self._models)
@@ -107,33 +107,33 @@ class UpstreamBackend:
         return job.raw if body is None else orjson.dumps(body)
 
     async def complete(self, job: Job, outcome: Outcome) -> Reply:
-        url = self.base_url + job.endpoint
-        try:
-            async with self._http.post(
-                url, data=self._payload(job, want_usage=False), headers=self._headers
-            ) as resp:
-                body = await resp.read()
-                status = resp.status
-                content_type = resp.headers.get("content-type", "application/json").encode()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+        resp = await self._http.request(
+            "POST",
+            job.endpoint,
+            self._payload(job, want_usage=False),
+            self._headers,
+            timeout_s=self._timeout_s,
+        )
+        body = await resp.read()
+        status = resp.status
         if status >= 500:
             raise UpstreamError(f"upstream failed with status {status}: {body[:200]!r}")
         if status == 200:
             _read_answer(body, outcome, chat=job.is_chat)
         else:
             outcome.error = f"upstream status {status}: {body[:500].decode('utf-8', 'replace')}"
+        content_type = resp.header(b"content-type", b"application/json") or b"application/json"
         return Reply(status, body, content_type)
 
     async def stream(self, job: Job, outcome: Outcome) -> AsyncIterator[tuple[bytes, str]]:
-        url = self.base_url + job.endpoint
         client_wants_usage = job.request.include_usage()
-        try:
-            resp = await self._http.post(
-                url, data=self._payload(job, want_usage=True), headers=self._headers
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+        resp = await self._http.request(
+            "POST",
+            job.endpoint,
+            self._payload(job, want_usage=True),
+            self._headers,
+            timeout_s=self._timeout_s,
+        )
         try:
             if resp.status != 200:
                 body = await resp.read()
@@ -141,20 +141,24 @@ class UpstreamBackend:
                     raise UpstreamError(f"upstream failed with status {resp.status}")
                 outcome.error = f"upstream status {resp.status}"
                 raise UpstreamStatus(resp.status, body)
-            async for line in resp.content:
-                if not line.startswith(b"data:"):
-                    continue  # blank separators, comments (": ping"), event names
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    break
-                text, is_usage_only = _read_chunk(payload, outcome, chat=job.is_chat)
-                if is_usage_only and not client_wants_usage:
-                    continue
-                yield b"data: " + payload + b"\n\n", text
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise UpstreamError(f"upstream stream broke: {type(exc).__name__}: {exc}") from exc
+            pending = b""
+            async for chunk in resp.chunks():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, comments (": ping"), event names
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        continue  # sent by the route once the row is committed
+                    text, is_usage_only = _read_chunk(payload, outcome, chat=job.is_chat)
+                    if is_usage_only and not client_wants_usage:
+                        continue
+                    yield b"data: " + payload + b"\n\n", text
         finally:
-            resp.close()  # a client gone mid-stream also stops the upstream's generation
+            # Read to the end: back to the pool. Cut short (client gone): the connection is
+            # closed, which also stops the upstream's generation.
+            resp.release(reuse=True)
 
 
 def _read_answer(body: bytes, outcome: Outcome, *, chat: bool) -> None:
