@@ -301,8 +301,12 @@ class JsonlReader(Generic[T]):
         parse: Callable[[dict[str, Any]], T],
         *,
         max_line_bytes: int = MAX_LINE_BYTES,
+        line_filter: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.path = Path(path)
+        # Optional cheap pre-filter on the raw line (parallel readers each take a share of
+        # the lines); a line it rejects is neither a record nor a skip of this reader.
+        self._line_filter = line_filter
         if not self.path.exists():
             raise NotFound(f"file not found: {self.path}")
         if self.path.is_dir():
@@ -334,6 +338,7 @@ class JsonlReader(Generic[T]):
         limit = self._max_line_bytes
         parse = self._parse
         loads = orjson.loads
+        keep = self._line_filter
         with self._open() as fh:
             line_no = 0
             while True:
@@ -351,6 +356,8 @@ class JsonlReader(Generic[T]):
                     continue
                 if not raw.strip():
                     continue  # blank lines carry nothing; not an error
+                if keep is not None and not keep(raw):
+                    continue
                 try:
                     obj = loads(raw)
                 except orjson.JSONDecodeError as exc:
@@ -375,11 +382,16 @@ class JsonlReader(Generic[T]):
         )
 
 
-def read_traffic(path: Path | str, *, max_line_bytes: int = MAX_LINE_BYTES) -> JsonlReader[
-    TrafficRecord
-]:
+def read_traffic(
+    path: Path | str,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    line_filter: Callable[[bytes], bool] | None = None,
+) -> JsonlReader[TrafficRecord]:
     """Stream the traffic log at ``path`` (plain or gzip): see ``JsonlReader``."""
-    return JsonlReader(path, TrafficRecord.from_dict, max_line_bytes=max_line_bytes)
+    return JsonlReader(
+        path, TrafficRecord.from_dict, max_line_bytes=max_line_bytes, line_filter=line_filter
+    )
 
 
 def read_labels(path: Path | str) -> JsonlReader[LabelRecord]:

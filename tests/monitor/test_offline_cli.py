@@ -203,3 +203,16 @@ def test_score_over_the_gateway_database(tmp_path: Path, monkeypatch: pytest.Mon
     assert r.exit_code == 0, r.output
     assert sorted(v.account_id for v in read_verdicts(out)) == ["acct-0", "acct-1", "acct-2"]
     assert _exit_code(monkeypatch, "monitor", "score", "--out", str(out)) == 2
+
+
+def test_two_workers_give_the_same_verdicts_and_counts(small_traffic: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    traffic, _ = small_traffic
+    noisy = tmp_path / "noisy.jsonl"
+    noisy.write_bytes(b"garbage\n" + traffic.read_bytes() + b'{"account_id": "x"}\n')
+    one = score_traffic(noisy, None, workers=1)
+    two = score_traffic(noisy, None, workers=2)
+    assert one.verdicts == two.verdicts
+    assert (one.read.records, one.read.skipped, one.read.lines) == (
+        two.read.records, two.read.skipped, two.read.lines)
+    assert [e.line_no for e in two.read.examples] == [1, one.read.lines]

@@ -75,6 +75,7 @@ def score_cmd(
     out: Path = typer.Option(..., "--out", help="Verdicts to write (one per account)."),
     db: str = typer.Option(None, "--db", help="Score the gateway's own log at this DB URL."),
     model: Path = typer.Option(None, "--model", help="Score model JSON (default: built-in)."),
+    workers: int = typer.Option(0, "--workers", help="Processes (0: one per core for big logs)."),
 ) -> None:
     """Score every account of a traffic log (or of the gateway's database)."""
     from rich.console import Console
@@ -87,23 +88,24 @@ def score_cmd(
     if (traffic is None) == (db is None):
         raise InputError("give either a TRAFFIC file or --db URL (not both)")
     m = ScoreModel.load(model)
-    with _progress() as prog:
-        task = prog.add_task("scoring", total=None)
-        if traffic is not None:
-            rep = score_traffic(traffic, out, model=m, progress=lambda k: prog.advance(task, k))
-            assert rep.read is not None
-            console.print(rep.read.describe())
-        else:
+    if traffic is not None:
+        with console.status(f"scoring {traffic} (one pass, then links and scores)"):
+            rep = score_traffic(traffic, out, model=m, workers=workers or None)
+        assert rep.read is not None
+        console.print(rep.read.describe())
+    else:
+        with _progress() as prog:
+            task = prog.add_task("scoring", total=None)
             from distillguard.monitor.dbsource import read_exchanges_db
 
             source = read_exchanges_db(db)
             rep = score_records(source, model=m, progress=lambda k: prog.advance(task, k))
-            console.print(source.describe())
-            if rep.exchanges == 0:
-                raise InputError(f"no attributed exchanges in the database at {db}")
-            with JsonlWriter(out) as w:
-                for v in rep.verdicts:
-                    w.write(v)
+        console.print(source.describe())
+        if rep.exchanges == 0:
+            raise InputError(f"no attributed exchanges in the database at {db}")
+        with JsonlWriter(out) as w:
+            for v in rep.verdicts:
+                w.write(v)
     flagged = [v for v in rep.verdicts if v.flagged]
     rate = rep.exchanges / rep.seconds if rep.seconds else 0.0
     console.print(f"scored {len(rep.verdicts):,} accounts from {rep.exchanges:,} exchanges in "

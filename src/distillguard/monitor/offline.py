@@ -8,7 +8,10 @@ of the inter-arrival moments only).
 
 from __future__ import annotations
 
+import os
+import re
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,14 @@ from distillguard.monitor.signals import (
     new_sketch,
     observe_record,
 )
-from distillguard.traffic import JsonlWriter, ReadSummary, TrafficRecord, Verdict, read_traffic
+from distillguard.traffic import (
+    MAX_SKIP_EXAMPLES,
+    JsonlWriter,
+    ReadSummary,
+    TrafficRecord,
+    Verdict,
+    read_traffic,
+)
 
 
 @dataclass(frozen=True)
@@ -81,12 +91,11 @@ def collect(records: Iterable[TrafficRecord], cfg: SignalConfig | None = None,
     return sketches
 
 
-def account_views(sketches: dict[str, AccountSketch],
+def account_views(signals: dict[str, AccountSignals], keys: dict[str, LinkKeys],
                   link_cfg: LinkConfig | None = None) -> list[AccountView]:  # fmt: skip
-    """Signals per account, clusters of linked accounts and their merged signals."""
+    """Clusters of linked accounts and their merged signals, one view per account."""
     link_cfg = link_cfg or LinkConfig()
-    signals = {a: sk.signals() for a, sk in sketches.items()}
-    clusters = find_clusters({a: link_keys(sk, link_cfg) for a, sk in sketches.items()}, link_cfg)
+    clusters = find_clusters(keys, link_cfg)
     member_of: dict[str, tuple[Cluster, AccountSignals]] = {}
     for c in clusters:
         merged = merge_signals([signals[m] for m in c.members])
@@ -97,6 +106,80 @@ def account_views(sketches: dict[str, AccountSketch],
         c, merged = member_of.get(a, (None, None))
         views.append(AccountView(a, signals[a], c, merged))
     return views
+
+
+def read_out(sketches: dict[str, AccountSketch], link_cfg: LinkConfig | None = None,
+             ) -> tuple[dict[str, AccountSignals], dict[str, LinkKeys]]:  # fmt: skip
+    """Signals and link keys of every sketch (what scoring needs; small and picklable)."""
+    link_cfg = link_cfg or LinkConfig()
+    return ({a: sk.signals() for a, sk in sketches.items()},
+            {a: link_keys(sk, link_cfg) for a, sk in sketches.items()})  # fmt: skip
+
+
+_ACCOUNT_FIELD = re.compile(rb'"account_id"\s*:\s*"([^"\\]*)"')
+
+
+def _partition_filter(part: int, parts: int) -> Callable[[bytes], bool]:
+    """Keep the lines whose account hashes to ``part``; lines without a readable account id
+    go to part 0, which parses them (and counts them if they are malformed)."""
+
+    def keep(raw: bytes) -> bool:
+        m = _ACCOUNT_FIELD.search(raw)
+        if m is None:
+            return part == 0
+        return zlib.crc32(m.group(1)) % parts == part
+
+    return keep
+
+
+@dataclass(frozen=True)
+class _PartResult:
+    signals: dict[str, AccountSignals]
+    keys: dict[str, LinkKeys]
+    exchanges: int
+    out_of_order: int
+    summary: ReadSummary
+
+
+def _collect_part(path: str, part: int, parts: int, cfg: SignalConfig,
+                  link_cfg: LinkConfig) -> _PartResult:  # fmt: skip
+    reader = read_traffic(path, line_filter=_partition_filter(part, parts) if parts > 1 else None)
+    sketches = collect(reader, cfg)
+    signals, keys = read_out(sketches, link_cfg)
+    return _PartResult(signals, keys, sum(sk.n for sk in sketches.values()),
+                       sum(sk.out_of_order for sk in sketches.values()), reader.summary())
+
+
+def collect_file(path: Path, *, workers: int = 1, cfg: SignalConfig | None = None,
+                 link_cfg: LinkConfig | None = None) -> _PartResult:  # fmt: skip
+    """Signals and link keys of every account in the log at ``path``.
+
+    With ``workers`` > 1 the accounts are split by a hash of their id and each worker
+    process reads the file, parsing only its own accounts' lines (a raw byte search finds
+    the id); results are merged. Every line is counted exactly once.
+    """
+    cfg, link_cfg = cfg or SignalConfig(), link_cfg or LinkConfig()
+    if workers <= 1:
+        return _collect_part(str(path), 0, 1, cfg, link_cfg)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        parts = list(pool.map(_collect_part, [str(path)] * workers, range(workers),
+                              [workers] * workers, [cfg] * workers,
+                              [link_cfg] * workers))  # fmt: skip
+    signals: dict[str, AccountSignals] = {}
+    keys: dict[str, LinkKeys] = {}
+    for p in parts:
+        signals.update(p.signals)
+        keys.update(p.keys)
+    examples = sorted((e for p in parts for e in p.summary.examples), key=lambda e: e.line_no)
+    summary = ReadSummary(str(path), parts[0].summary.lines,
+                          sum(p.summary.records for p in parts),
+                          sum(p.summary.skipped for p in parts),
+                          tuple(examples[:MAX_SKIP_EXAMPLES]))  # fmt: skip
+    return _PartResult(signals, keys, sum(p.exchanges for p in parts),
+                       sum(p.out_of_order for p in parts), summary)  # fmt: skip
 
 
 def verdict_of(view: AccountView, model: ScoreModel) -> Verdict:
@@ -126,15 +209,22 @@ def verdict_of(view: AccountView, model: ScoreModel) -> Verdict:
     )
 
 
+def score_views(views: list[AccountView], model: ScoreModel,
+                ) -> tuple[tuple[Verdict, ...], tuple[Cluster, ...]]:  # fmt: skip
+    verdicts = tuple(verdict_of(v, model) for v in views)
+    clusters = tuple({v.cluster.cluster_id: v.cluster for v in views if v.cluster}.values())
+    return verdicts, clusters
+
+
 def score_records(records: Iterable[TrafficRecord], *, model: ScoreModel | None = None,
                   signal_cfg: SignalConfig | None = None, link_cfg: LinkConfig | None = None,
                   progress: Callable[[int], None] | None = None) -> ScoreReport:  # fmt: skip
+    """Score records from any source (a reader, the database, a list)."""
     model = model or ScoreModel.load()
     t0 = time.perf_counter()
     sketches = collect(records, signal_cfg, progress)
-    views = account_views(sketches, link_cfg)
-    verdicts = tuple(verdict_of(v, model) for v in views)
-    clusters = tuple({v.cluster.cluster_id: v.cluster for v in views if v.cluster}.values())
+    signals, keys = read_out(sketches, link_cfg)
+    verdicts, clusters = score_views(account_views(signals, keys, link_cfg), model)
     return ScoreReport(
         verdicts=verdicts,
         clusters=clusters,
@@ -145,25 +235,38 @@ def score_records(records: Iterable[TrafficRecord], *, model: ScoreModel | None 
     )
 
 
+def default_workers(path: Path) -> int:
+    """One process per core for big logs (over 64 MB); small ones are not worth the fork."""
+    try:
+        big = path.stat().st_size > 64 * 1024 * 1024
+    except OSError:
+        big = False
+    return max(1, min(os.cpu_count() or 1, 8)) if big else 1
+
+
 def score_traffic(path: Path, out: Path | None = None, *, model: ScoreModel | None = None,
-                  progress: Callable[[int], None] | None = None) -> ScoreReport:  # fmt: skip
+                  workers: int | None = None, signal_cfg: SignalConfig | None = None,
+                  link_cfg: LinkConfig | None = None) -> ScoreReport:  # fmt: skip
     """Score the traffic log at ``path``; write one verdict per account to ``out``."""
-    reader = read_traffic(path)
-    report = score_records(reader, model=model, progress=progress)
-    summary = reader.summary()
+    model = model or ScoreModel.load()
+    t0 = time.perf_counter()
+    res = collect_file(Path(path), workers=workers or default_workers(Path(path)),
+                       cfg=signal_cfg, link_cfg=link_cfg)  # fmt: skip
+    summary = res.summary
     if summary.records == 0:
         raise InputError(
             f"{path}: no valid traffic records ({summary.lines:,} lines, "
             f"{summary.skipped:,} skipped)"
             + (f"; first problem: line {summary.examples[0].line_no}: "
                f"{summary.examples[0].reason}" if summary.examples else "")
-        )
+        )  # fmt: skip
+    verdicts, clusters = score_views(account_views(res.signals, res.keys, link_cfg), model)
     if out is not None:
         with JsonlWriter(out) as w:
-            for v in report.verdicts:
+            for v in verdicts:
                 w.write(v)
-    return ScoreReport(report.verdicts, report.clusters, summary, report.exchanges,
-                       report.seconds, report.out_of_order)  # fmt: skip
+    return ScoreReport(verdicts, clusters, summary, res.exchanges,
+                       time.perf_counter() - t0, res.out_of_order)  # fmt: skip
 
 
 def feature_matrix(views: list[AccountView]) -> tuple[np.ndarray, list[str], list[str | None]]:
