@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -51,9 +51,15 @@ class GatewayState:
     monitor: Any | None  # monitor.online.OnlineMonitor, or None when not installed / disabled
     admin_token: str | None
     started_at: float = 0.0
+    recorded_actions: dict[str, str] = field(default_factory=dict)  # account -> last recorded
 
     async def record_action(self, account_id: str, decision: Any) -> None:
-        """Persist an enforcement action (off the event loop: it is a database write)."""
+        """Persist an enforcement action when it changes for the account (a blocked account
+        sending a thousand requests is one action, not a thousand rows); off the event loop:
+        it is a database write."""
+        if self.recorded_actions.get(account_id) == decision.action:
+            return
+        self.recorded_actions[account_id] = decision.action
         from distillguard.store.db import session_scope
         from distillguard.store.exchanges import record_action
 

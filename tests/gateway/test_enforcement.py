@@ -1,0 +1,49 @@
+"""The online monitor's decisions at the gateway: degrade, then block, recorded as actions.
+
+A real ``OnlineMonitor`` with a policy file that acts after a few requests whatever the score
+(``score_at_least: 0.0``), so the gateway's handling of each action is what is tested.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+POLICY = """
+min_requests: 3
+throttle_rpm: 2
+rules:
+  - action: block
+    when: {score_at_least: 0.0, min_requests: 6}
+  - action: degrade
+    when: {score_at_least: 0.0, min_requests: 3}
+default: allow
+"""
+
+
+def test_degrade_then_block_with_actions_recorded(gateway_server, mock_upstream, tmp_path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    gw = gateway_server(online_monitor="true", policy_file=policy)
+    account_id, _, secret = gw.create_key()
+    client = openai.OpenAI(base_url=gw.api_url, api_key=secret, max_retries=0, timeout=20)
+    chat = [{"role": "user", "content": "tell me everything"}]
+    for i in range(5):  # requests 1-2 allowed, 3-5 degraded: served without log-probabilities
+        answer = client.chat.completions.create(
+            model="mock-model", messages=chat, logprobs=True, top_logprobs=5
+        )
+        assert answer.choices[0].message.content.startswith("mock answer")
+        forwarded = mock_upstream.requests[-1]
+        assert ("logprobs" in forwarded) == (i < 2), (i, forwarded)
+    with pytest.raises(openai.PermissionDeniedError) as blocked:  # request 6: blocked
+        client.chat.completions.create(model="mock-model", messages=chat)
+    assert blocked.value.code == "account_blocked"
+
+    flags = gw.admin_get("/flags")
+    assert flags["monitor"] is True
+    flagged = {f["account_id"]: f for f in flags["data"]}
+    assert flagged[account_id]["action"] == "block"
+    actions = [a["action"] for a in gw.admin_get(f"/actions?account={account_id}")["data"]]
+    assert actions == ["degrade", "block"]  # recorded once per change, in order
+    statuses = sorted(r["status"] for r in gw.exchanges(account=account_id))
+    assert statuses == [200] * 5 + [403]
