@@ -119,3 +119,25 @@ def test_cli_build_and_info(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "LlamaForCausalLM" in result.output
     result = runner.invoke(app, ["model", "info", str(tmp_path)])
     assert isinstance(result.exception, ModelError)
+
+
+def test_default_teacher_is_built_once_and_cached(tmp_path: Path, dg_home: Path,
+                                                  shared_data: Path) -> None:
+    from distillguard.config import Settings
+    from distillguard.models.teacher import default_teacher_dir
+
+    data = tmp_path / "data"
+    (data / "outputs").mkdir(parents=True)
+    lines = [json.dumps({"instruction": q, "output": a}) for q, a in
+             read_chat_pairs(shared_data)[:60]]
+    (data / "outputs" / "some-model.jsonl").write_text("\n".join(lines))
+    settings = Settings(home=dg_home, data_dir=data)
+    target = default_teacher_dir(settings, size="tiny", progress=False)
+    assert target == dg_home / "models" / "teacher-tiny"
+    stamp = (target / "model.safetensors").stat().st_mtime_ns
+    assert default_teacher_dir(settings, size="tiny", progress=False) == target
+    assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    load_model(target)
+    with pytest.raises(NotFound, match="outputs"):
+        default_teacher_dir(Settings(home=tmp_path / "other", data_dir=tmp_path / "none"),
+                            size="tiny", progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,16 +43,20 @@ def test_same_seed_same_output_different_seed_differs(engine, prompts) -> None:
 
 @pytest.mark.parametrize("max_batch_size", [8, 3])
 def test_batching_does_not_change_results(engine, prompts, max_batch_size: int) -> None:
-    """Greedy and seeded outputs of a left-padded batch (and of rows joining a running batch
-    when max_batch_size < len(prompts)) equal each prompt generated alone."""
-    for params in (GenerationParams(max_new_tokens=24, temperature=0.0),
-                   sampled(seed=3, top_p=0.9)):
-        alone = [engine.generate_batch([p], params)[0] for p in prompts]
+    """Greedy and seeded outputs of a left-padded batch equal each prompt generated alone; with
+    max_batch_size 3 the fourth prompt joins the running batch when the short first row ends."""
+    for base in (GenerationParams(max_new_tokens=24, temperature=0.0),
+                 sampled(seed=3, top_p=0.9)):
+        params = [replace(base, max_new_tokens=n, ignore_eos=True) for n in (6, 24, 24, 24)]
+        alone = [engine.generate_batch([p], prm)[0] for p, prm in zip(prompts, params,
+                                                                      strict=True)]
         engine.max_batch_size = max_batch_size
+        before = engine.stats.prefills
         try:
             together = engine.generate_batch(prompts, params)
         finally:
             engine.max_batch_size = 8
+        assert engine.stats.prefills - before == (2 if max_batch_size == 3 else 1)
         assert [c.token_ids for c in together] == [c.token_ids for c in alone]
         assert [c.text for c in together] == [c.text for c in alone]
 

@@ -552,10 +552,11 @@ def _merge(a: _Batch, b: _Batch, pad_id: int) -> _Batch:
     """One batch from two: the shorter side is left-padded (masked) to the longer length."""
     length = max(a.ids.shape[1], b.ids.shape[1])
     for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
-        la.keys = torch.cat([_pad_left(la.keys, length, 0.0, -2),
-                             _pad_left(lb.keys, length, 0.0, -2)])  # (B, H, L, D)
-        la.values = torch.cat([_pad_left(la.values, length, 0.0, -2),
-                               _pad_left(lb.values, length, 0.0, -2)])
+        keys = torch.cat([_pad_left(la.keys, length, 0.0, -2),
+                          _pad_left(lb.keys, length, 0.0, -2)])  # (B, H, L, D)
+        values = torch.cat([_pad_left(la.values, length, 0.0, -2),
+                            _pad_left(lb.values, length, 0.0, -2)])
+        la.keys, la.values = keys, values  # both read before either is replaced
     return _Batch(
         a.rows + b.rows,
         torch.cat([_pad_left(a.ids, length, pad_id, 1), _pad_left(b.ids, length, pad_id, 1)]),

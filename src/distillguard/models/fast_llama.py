@@ -26,7 +26,8 @@ class KVLayer:
     def __init__(self) -> None:
         self._k: Tensor | None = None  # (B, H, capacity, D)
         self._v: Tensor | None = None
-        self.length = 0
+        self.length = 0  # positions filled (keys and values alike)
+        self._v_length = 0  # tracked apart so that replacing keys never re-slices values
 
     @property
     def keys(self) -> Tensor:
@@ -40,11 +41,11 @@ class KVLayer:
     @property
     def values(self) -> Tensor:
         assert self._v is not None
-        return self._v[:, :, : self.length]
+        return self._v[:, :, : self._v_length]
 
     @values.setter
     def values(self, value: Tensor) -> None:
-        self._v = value.contiguous()
+        self._v, self._v_length = value.contiguous(), value.shape[2]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, H, T, D) after the current length; return all keys and values."""
@@ -59,7 +60,7 @@ class KVLayer:
             self._k, self._v = new_k, new_v
         self._k[:, :, self.length : need] = k
         self._v[:, :, self.length : need] = v
-        self.length = need
+        self.length = self._v_length = need
         return self.keys, self.values
 
     def batch_select_indices(self, index: Tensor) -> None:

@@ -24,7 +24,7 @@ ANSWER_KEYS = ("output", "completion", "answer", "response")
 # Steps that fit the default teacher in ~3-5 CPU minutes on one thread here: windows of the full
 # 512-token context (so every position the gateway uses is trained), 4 per step (more steps beat
 # bigger batches at this scale; measured ~0.4 s/step, ~5,000 tokens/s).
-TEACHER_STEPS = {"tiny": 300, "small": 600, "base": 3000}
+TEACHER_STEPS = {"tiny": 100, "small": 600, "base": 3000}
 TEACHER_BATCH = 4
 
 
