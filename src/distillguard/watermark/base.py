@@ -65,9 +65,15 @@ LOG10 = np.log(10.0)
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer, elementwise on uint64 (wrapping arithmetic); same shape out."""
     z = x + U64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> U64(30))) * U64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> U64(27))) * U64(0x94D049BB133111EB)
-    return z ^ (z >> U64(31))
+    t = z >> U64(30)  # one scratch array, everything else in place (fewer allocations)
+    z ^= t
+    z *= U64(0xBF58476D1CE4E5B9)
+    np.right_shift(z, U64(27), out=t)
+    z ^= t
+    z *= U64(0x94D049BB133111EB)
+    np.right_shift(z, U64(31), out=t)
+    z ^= t
+    return z
 
 
 class _TokenTable:
@@ -175,6 +181,15 @@ def binom_log10_sf(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
     """
     k = np.asarray(k, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
+    if k.size > 64:  # texts of a batch share few (k, n) pairs: evaluate each pair once
+        stride = float(n.max()) + 1.0
+        uniq, inverse = np.unique(k.ravel() * stride + n.ravel(), return_inverse=True)
+        uk, un = np.divmod(uniq, stride)
+        return _binom_log10_sf(uk, un, p)[inverse.ravel()].reshape(k.shape)
+    return _binom_log10_sf(k, n, p)
+
+
+def _binom_log10_sf(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         sf = np.where(k <= 0, 1.0, special.bdtrc(np.maximum(k - 1, 0), n, p))
         out = np.log10(np.clip(sf, 1e-300, 1.0))
@@ -253,6 +268,23 @@ class DetectionResult:
 
 
 @dataclass(frozen=True)
+class BatchScores:
+    """Provider test of R texts as arrays (``detect_arrays``): the fields of DetectionResult."""
+
+    score: np.ndarray  # (R,) float64
+    z_score: np.ndarray  # (R,) float64
+    num_tokens: np.ndarray  # (R,) int64
+    num_scored: np.ndarray  # (R,) int64
+    num_repeated: np.ndarray  # (R,) int64
+    num_prompt_copied: np.ndarray  # (R,) int64
+    log10_p_value: np.ndarray  # (R,) float64 exact, finite
+
+    @property
+    def p_value(self) -> np.ndarray:
+        return 10.0 ** self.log10_p_value
+
+
+@dataclass(frozen=True)
 class _RowStats:
     score: np.ndarray  # (R,) float64 sum of per-pair scores of kept pairs
     num_scored: np.ndarray  # (R,) int64
@@ -287,14 +319,23 @@ def _segments(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def flatten_tokens(seqs: Sequence[Sequence[int] | np.ndarray | None],
                    vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Validate and concatenate token sequences: -> (flat (L,) int64, lengths (R,) int64)."""
-    arrays = []
-    for s in seqs:
-        a = _EMPTY if s is None else np.asarray(s)
-        if a.ndim != 1:
-            raise InputError("token ids must be flat sequences of integers")
-        arrays.append(a if a.size else _EMPTY)
-    lens = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
-    flat = np.concatenate(arrays) if arrays else _EMPTY
+    flat = lens = None
+    if isinstance(seqs, np.ndarray) and seqs.ndim == 2:  # (R, T): already rectangular
+        flat, lens = seqs.ravel(), np.full(seqs.shape[0], seqs.shape[1], dtype=np.int64)
+    elif len(seqs) and all(isinstance(x, np.ndarray) and x.ndim == 1 for x in seqs):
+        lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        flat = np.concatenate(seqs)
+        if flat.size and flat.dtype.kind not in "iu":
+            flat = None  # e.g. an empty float array promoted everything: take the slow path
+    if flat is None:
+        arrays = []
+        for x in seqs:
+            a = _EMPTY if x is None else np.asarray(x)
+            if a.ndim != 1:
+                raise InputError("token ids must be flat sequences of integers")
+            arrays.append(a if a.size else _EMPTY)
+        lens = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        flat = np.concatenate(arrays) if arrays else _EMPTY
     if flat.size == 0:
         return _EMPTY, lens
     if flat.dtype.kind not in "iu":
@@ -315,7 +356,10 @@ def make_pairs(flat: np.ndarray, lens: np.ndarray, width: int) -> Pairs:
     rows = np.repeat(np.arange(lens.size, dtype=np.int64), npairs)
     shift = (np.cumsum(lens) - lens) + width - (np.cumsum(npairs) - npairs)  # (R,)
     pos = np.arange(n, dtype=np.int64) + np.repeat(shift, npairs)  # (N,) scored positions
-    ctx_h = np.stack([th[pos - width + j] for j in range(width)], axis=1)  # (N, h)
+    if width == 1:
+        ctx_h = th[pos - 1][:, None]  # (N, 1)
+    else:
+        ctx_h = np.stack([th[pos - width + j] for j in range(width)], axis=1)  # (N, h)
     return Pairs(ctx_h=ctx_h, tok_h=th[pos], rows=rows)
 
 
@@ -326,52 +370,72 @@ def _row_stats(values: np.ndarray, rows: np.ndarray, pvalues: np.ndarray, prows:
     values (N,) uint64 with rows (N,) nondecreasing; pvalues (M,) prompt values with prows (M,).
     ``scorer(values (K,)) -> (K,) float`` turns values into per-pair scores.
 
-    Each chunk of rows is a padded (r, W) matrix: text values with bit 0 cleared, then prompt
-    values with bit 0 set, then SENTINEL padding; one row-wise sort puts equal values (a group)
-    side by side, text copies before prompt copies. The *last* element of a group is kept iff
-    it is a text value (so: once per group, and never when the prompt has the same pair).
+    Rows become a padded (r, W) matrix: text values with bit 0 cleared, then prompt values with
+    bit 0 set, then SENTINEL padding; one row-wise sort puts equal values (a group) side by
+    side, text copies before prompt copies. The *last* element of a group is kept iff it is a
+    text value (so: once per group, and never when the prompt has the same pair). When row
+    widths are similar this is one matrix in row order; otherwise rows are sorted by width and
+    done in chunks so that padding stays small.
     """
     n_text = np.bincount(rows, minlength=num_rows).astype(np.int64)  # (R,)
     n_prompt = np.bincount(prows, minlength=num_rows).astype(np.int64)  # (R,)
-    t_start = np.cumsum(n_text) - n_text
-    p_start = np.cumsum(n_prompt) - n_prompt
+    total = n_text + n_prompt
     score = np.zeros(num_rows)
     scored = np.zeros(num_rows, dtype=np.int64)
     copied = np.zeros(num_rows, dtype=np.int64)
-    total = n_text + n_prompt
-    order = np.argsort(total, kind="stable")  # rows of similar width share a chunk
+    width = int(total.max()) if num_rows else 0
+    if width == 0:
+        return _RowStats(score, scored, copied, n_text)
     one = U64(1)
+    t_start = np.cumsum(n_text) - n_text
+    p_start = np.cumsum(n_prompt) - n_prompt
+    if num_rows * width <= 1.25 * int(total.sum()) + 4096:  # one matrix, rows in order
+        mat = np.full(num_rows * width, SENTINEL, dtype=U64)
+        row_base = np.arange(num_rows, dtype=np.int64) * width
+        mat[np.arange(values.size) + np.repeat(row_base - t_start, n_text)] = values & ~one
+        if pvalues.size:
+            mat[np.arange(pvalues.size) + np.repeat(row_base + n_text - p_start, n_prompt)] = (
+                pvalues | one)
+        score[:], scored[:], copied[:] = _sorted_group_stats(mat.reshape(num_rows, width), scorer)
+        return _RowStats(score, scored, copied, n_text)
+    order = np.argsort(total, kind="stable")  # rows of similar width share a chunk
     for c in range(0, num_rows, chunk_rows):
         rows_c = order[c:c + chunk_rows]  # (r,)
         tl, pl = n_text[rows_c], n_prompt[rows_c]
-        r, width = rows_c.size, int(total[rows_c].max())
-        if width == 0:
-            continue
-        mat = np.full(r * width, SENTINEL, dtype=U64)  # (r * W,)
-        base_lin = np.arange(r, dtype=np.int64) * width
+        r, w = rows_c.size, max(int(total[rows_c].max()), 1)
+        mat = np.full(r * w, SENTINEL, dtype=U64)  # (r * W,)
+        base_lin = np.arange(r, dtype=np.int64) * w
         _, toff = _segments(tl)
         mat[np.repeat(base_lin, tl) + toff] = values[np.repeat(t_start[rows_c], tl) + toff] & ~one
         if pl.any():
             _, poff = _segments(pl)
             mat[np.repeat(base_lin + tl, pl) + poff] = (
                 pvalues[np.repeat(p_start[rows_c], pl) + poff] | one)
-        mat = mat.reshape(r, width)
-        mat.sort(axis=1)
-        flat = mat.ravel()
-        from_prompt = (flat & one).astype(bool)  # (F,) SENTINEL counts as prompt: never kept
-        end = np.empty(flat.size, dtype=bool)  # last element of its group
-        np.not_equal(flat[1:] >> one, flat[:-1] >> one, out=end[:-1])
-        end[-1] = True
-        end[width - 1::width] = True  # groups never span rows
-        keep = end & ~from_prompt  # (F,)
-        # a text value directly followed by a prompt copy of itself: a copied distinct pair
-        cop = np.zeros(flat.size, dtype=bool)
-        cop[:-1] = ~from_prompt[:-1] & from_prompt[1:] & ~end[:-1]
-        keep2 = keep.reshape(r, width)
-        score[rows_c] = np.where(keep2, scorer(flat).reshape(r, width), 0.0).sum(axis=1)
-        scored[rows_c] = keep2.sum(axis=1)
-        copied[rows_c] = cop.reshape(r, width).sum(axis=1)
+        score[rows_c], scored[rows_c], copied[rows_c] = _sorted_group_stats(
+            mat.reshape(r, w), scorer)
     return _RowStats(score=score, num_scored=scored, num_prompt_copied=copied, num_pairs=n_text)
+
+
+def _sorted_group_stats(mat: np.ndarray, scorer: Any) -> tuple[np.ndarray, ...]:
+    """Sort each row of mat (r, W) and return per-row (score sum, kept, prompt-copied)."""
+    r, width = mat.shape
+    mat.sort(axis=1)
+    flat = mat.ravel()
+    one = U64(1)
+    from_prompt = (flat & one).astype(bool)
+    end = np.empty(flat.size, dtype=bool)  # last element of its group
+    np.not_equal(flat[1:] >> one, flat[:-1] >> one, out=end[:-1])
+    end[-1] = True
+    end[width - 1::width] = True  # groups never span rows
+    keep = end & ~from_prompt  # (F,) SENTINEL counts as prompt: never kept
+    # a text value directly followed by a prompt copy of itself: a copied distinct pair
+    cop = np.zeros(flat.size, dtype=bool)
+    np.logical_and(from_prompt[1:], ~end[:-1], out=cop[:-1])
+    cop[:-1] &= ~from_prompt[:-1]
+    keep2 = keep.reshape(r, width)
+    idx = np.flatnonzero(keep)
+    score = np.bincount(idx // width, weights=scorer(flat[idx]), minlength=r)
+    return score, keep2.sum(axis=1), cop.reshape(r, width).sum(axis=1)
 
 
 # ---------------------------------------------------------------------- the base class
@@ -489,15 +553,31 @@ class WatermarkScheme(ABC):
                 f"{result.num_prompt_copied} copied from the prompt")
         return result
 
-    def detect_many(self, sequences: Sequence[Sequence[int] | np.ndarray], *,
+    def detect_arrays(self, sequences: Sequence[Sequence[int] | np.ndarray] | np.ndarray, *,
+                      prompts: Sequence[Sequence[int] | np.ndarray | None] | None = None
+                      ) -> BatchScores:
+        """Provider test of a batch as arrays (no per-text objects): the fast path."""
+        return self._score(sequences, prompts)[0]
+
+    def detect_many(self, sequences: Sequence[Sequence[int] | np.ndarray] | np.ndarray, *,
                     prompts: Sequence[Sequence[int] | np.ndarray | None] | None = None,
                     accounts: Sequence[str] = ()) -> list[DetectionResult]:
         """Detect a batch of texts at once (rows with 0 scored pairs get p = 1)."""
+        b, pairs, ppairs = self._score(sequences, prompts)
+        R = b.score.size
+        acc = (self._detect_accounts(pairs, ppairs, R, tuple(accounts)) if len(accounts)
+               else [()] * R)
+        cols = zip(b.score.tolist(), b.z_score.tolist(), b.num_tokens.tolist(),
+                   b.num_scored.tolist(), b.num_repeated.tolist(), b.num_prompt_copied.tolist(),
+                   (10.0 ** b.log10_p_value).tolist(), b.log10_p_value.tolist(), acc, strict=True)
+        return [DetectionResult(self.name, self.key_id, *c[:8], accounts=c[8]) for c in cols]
+
+    def _score(self, sequences: Any, prompts: Any) -> tuple[BatchScores, Pairs, Pairs]:
         h = self.context.width
         flat, lens = flatten_tokens(sequences, self.vocab_size)
         pairs = make_pairs(flat, lens, h)
         if prompts is not None:
-            if len(prompts) != len(sequences):
+            if len(prompts) != len(lens):
                 raise InputError("prompts must be None or one per sequence")
             ppairs = make_pairs(*flatten_tokens(prompts, self.vocab_size), h)
         else:
@@ -507,15 +587,12 @@ class WatermarkScheme(ABC):
         st = _row_stats(self.context.pair_hashed(pk, mine.ctx_h, mine.tok_h), mine.rows,
                         self.context.pair_hashed(pk, ppairs.ctx_h, ppairs.tok_h), ppairs.rows,
                         R, self.pair_scores)
-        log10p = self.log10_pvalue(st.score, st.num_scored)
-        z = self.z_score(st.score, st.num_scored)
         repeated = np.bincount(pairs.rows, minlength=R) - st.num_scored - st.num_prompt_copied
-        acc = (self._detect_accounts(pairs, ppairs, R, tuple(accounts)) if len(accounts)
-               else [()] * R)
-        cols = zip(st.score.tolist(), z.tolist(), lens.tolist(), st.num_scored.tolist(),
-                   repeated.tolist(), st.num_prompt_copied.tolist(), (10.0 ** log10p).tolist(),
-                   log10p.tolist(), acc, strict=True)
-        return [DetectionResult(self.name, self.key_id, *c[:8], accounts=c[8]) for c in cols]
+        batch = BatchScores(score=st.score, z_score=self.z_score(st.score, st.num_scored),
+                            num_tokens=lens, num_scored=st.num_scored, num_repeated=repeated,
+                            num_prompt_copied=st.num_prompt_copied,
+                            log10_p_value=self.log10_pvalue(st.score, st.num_scored))
+        return batch, pairs, ppairs
 
     def _detect_accounts(self, pairs: Pairs, ppairs: Pairs, R: int,
                          accounts: tuple[str, ...]) -> list[tuple[AccountMatch, ...]]:
