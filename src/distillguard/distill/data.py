@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distillguard.distill.harvest import HarvestRecord, prompt_id, read_dataset
+from distillguard.distill.records import HarvestRecord, prompt_id, read_dataset
 from distillguard.errors import InputError
 
 

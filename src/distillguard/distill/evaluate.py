@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.distill.data import Example, collate, encode_example, load_rows
-from distillguard.distill.harvest import HarvestRecord
 from distillguard.distill.losses import (
     masked_mean,
     shift_for_next_token,
     token_cross_entropy,
     token_forward_kl,
 )
+from distillguard.distill.records import HarvestRecord
 from distillguard.errors import ConfigError, InputError
 
 

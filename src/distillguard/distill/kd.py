@@ -26,12 +26,12 @@ from distillguard.distill.data import (
     encode_example,
     encode_topk_example,
 )
-from distillguard.distill.harvest import HarvestRecord
 from distillguard.distill.losses import (
     distillation_loss,
     shift_for_next_token,
     topk_distillation_loss,
 )
+from distillguard.distill.records import HarvestRecord
 from distillguard.distill.trainers import DistillConfig, LoopOutcome, run_loop
 from distillguard.errors import InputError, ModelError
 

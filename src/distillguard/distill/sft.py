@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distillguard.distill.harvest import HarvestRecord
+from distillguard.distill.records import HarvestRecord
 from distillguard.distill.trainers import (
     CHECKPOINTS,
     DistillConfig,

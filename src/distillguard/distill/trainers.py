@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from distillguard.distill.harvest import HarvestRecord
 from distillguard.distill.losses import DIVERGENCES
+from distillguard.distill.records import HarvestRecord
 from distillguard.errors import ConfigError, InputError, ModelError
 
 Mode = Literal["sft", "logit-kd", "topk-kd", "gkd"]
