@@ -31,7 +31,6 @@ from rich.console import Console
 from rich.table import Table
 
 from distillguard.models.engine import GenerationEngine, GenerationParams
-from distillguard.models.teacher import default_teacher_dir
 
 PROMPTS = [
     "What are the names of some famous actors that started their careers on Broadway?",
@@ -63,7 +62,11 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    model_dir = args.model or default_teacher_dir()
+    if args.model is None:
+        from distillguard.models.teacher import default_teacher_dir
+
+        args.model = default_teacher_dir()
+    model_dir = args.model
     engine = GenerationEngine.from_dir(
         model_dir, num_threads=args.threads, max_batch_size=args.concurrency, batch_wait_ms=2.0
     )

@@ -154,7 +154,7 @@ can find those habits again in the student's own answers."""
 
 
 def build_tiny_model(out_dir: Path, *, data_dir: Path | None = None, seed: int = 0,
-                     max_steps: int = 200, progress: bool = False) -> Path:
+                     max_steps: int = 150, progress: bool = False) -> Path:
     """A real `tiny` chat model for tests, built in seconds: 600 real (instruction, answer)
     pairs spread over every ``outputs/*.jsonl`` file, or ``FALLBACK_TEXT`` without the data."""
     from distillguard.models.llama import TrainConfig, build_model
