@@ -11,8 +11,11 @@ logs every exchange:
   commit). Use PostgreSQL where power-loss durability matters.
 - ``busy_timeout``: a second writer (the CLI while the gateway runs) waits instead of failing.
 
-PostgreSQL comes by URL (``postgresql+psycopg://...``). Migrations take an advisory lock there,
-so several gateway replicas may all call ``migrate()`` at start-up.
+PostgreSQL comes by URL (``postgresql+psycopg://...``), with connect and statement timeouts
+so that a stuck server fails requests instead of hanging them.
+
+``migrate()`` takes a cross-process lock (an advisory lock on PostgreSQL, a lock file beside
+the SQLite file), so several gateway replicas may all call it at start-up.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ _PG_MIGRATION_LOCK = 0x6469_7374_696C_6C67  # "distillg"
 # --- JSON: fast, and never refuses a value the gateway hands over -------------------------
 
 
-def _clean_str(text: str) -> str:
+def clean_text(text: str) -> str:
     """Text that every backend stores: PostgreSQL rejects NUL, UTF-8 rejects lone surrogates."""
     if "\x00" in text:
         text = text.replace("\x00", "\ufffd")
@@ -57,16 +60,16 @@ def _clean_str(text: str) -> str:
 def clean_json(value: Any) -> Any:
     """A copy of a JSON-like value with every string cleaned and non-finite floats as None."""
     if isinstance(value, str):
-        return _clean_str(value)
+        return clean_text(value)
     if isinstance(value, dict):
-        return {_clean_str(str(k)): clean_json(v) for k, v in value.items()}
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [clean_json(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if value is None or isinstance(value, bool | int | float):
         return value
-    return _clean_str(str(value))
+    return clean_text(str(value))
 
 
 def dumps_json(value: Any) -> str:

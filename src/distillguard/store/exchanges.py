@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from distillguard.errors import InputError, StoreError
-from distillguard.store.db import _clean_str, as_store_error
+from distillguard.store.db import as_store_error, clean_text
 from distillguard.store.schema import Action, Exchange
 
 
@@ -87,7 +87,7 @@ def _to_row(record: ExchangeRecord) -> dict[str, Any]:
             continue
         if not isinstance(value, str):
             value = str(value)
-        value = _clean_str(value)  # NUL and lone surrogates would fail the insert
+        value = clean_text(value)  # NUL and lone surrogates would fail the insert
         row[name] = value if limit is None or len(value) <= limit else value[:limit]
     if row["request"] is None:
         row["request"] = {}
