@@ -273,16 +273,17 @@ def log_export(
 @log_app.command("tail")
 def log_tail(
     n: Annotated[int, typer.Option("-n", "--lines", help="How many exchanges.", min=1)] = 20,
-    account: Annotated[str | None, typer.Option(help="Only this account id.")] = None,
+    account: Annotated[str | None, typer.Option(help="Only this account (id or name).")] = None,
     db: DbOption = None,
 ) -> None:
     """Show the newest exchanges (time, account, key, endpoint, status, tokens, latency, answer)."""
-    from distillguard.store import recent_exchanges, session_scope
+    from distillguard.store import get_account, recent_exchanges, session_scope
 
     with session_scope(_open(db)) as session:
-        rows = recent_exchanges(session, limit=n, account_id=account)
+        account_id = None if account is None else get_account(session, account=account).id
+        rows = recent_exchanges(session, limit=n, account_id=account_id)
     if not rows:
-        console.print("the log is empty")
+        console.print("no exchanges logged" + (f" for {account}" if account else ""))
         return
     # One line an exchange (grep-friendly, no table wrapping on narrow terminals).
     for r in reversed(rows):
