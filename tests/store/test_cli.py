@@ -15,6 +15,7 @@ from distillguard.store import (
     ExchangeLog,
     ExchangeRecord,
     authenticate,
+    get_account,
     make_engine,
     session_scope,
 )
@@ -113,3 +114,24 @@ def test_log_export_and_tail(db_url: str, tmp_path: Path) -> None:
     assert "answer number 2" in tail.output and "answer number 0" not in tail.output
     status = _run("db", "status", "--db", db_url)
     assert "up to date" in status.output and "exchanges: 3 rows" in status.output
+
+
+def test_log_tail_for_one_account_by_name(db_url: str) -> None:
+    assert _run("accounts", "create", "carol", "--db", db_url).exit_code == 0
+    engine = make_engine(db_url)
+    with session_scope(engine) as s:
+        carol = get_account(s, account="carol")
+    with ExchangeLog(engine) as log:
+        for account_id, text in ((carol.id, "for carol"), ("acct_other", "for someone else")):
+            log.write_sync(
+                ExchangeRecord(
+                    account_id=account_id, key_id="00000000000000aa", ip="127.0.0.1",
+                    endpoint="/v1/completions", request={"prompt": "x"}, response_text=text,
+                )
+            )  # fmt: skip
+    engine.dispose()
+    tail = _run("log", "tail", "--account", "carol", "--db", db_url)
+    assert "for carol" in tail.output and "someone else" not in tail.output
+    assert isinstance(
+        _run("log", "tail", "--account", "nobody", "--db", db_url).exception, NotFound
+    )
