@@ -36,6 +36,7 @@ class DemoState:
     teacher_dir: Path
     quick: bool
     gateway: object | None = None
+    model: str = ""  # the model id the gateway serves
     keys: dict[str, str] = field(default_factory=dict)  # account name -> API key secret
     answers: list[str] = field(default_factory=list)  # the teacher's (watermarked) answers
     files: dict[str, Path] = field(default_factory=dict)
@@ -85,6 +86,8 @@ def serve(state: DemoState) -> None:
         "alice": ["Give three tips for staying healthy.", "What is the capital of France?"],
         "bob": ["Explain why the sky is blue.", "Write a short poem about the sea."],
     }
+    model = OpenAI(base_url=gateway.api_url, api_key=state.keys["alice"]).models.list().data[0].id
+    state.model = model
     for name, prompts in questions.items():
         client = OpenAI(base_url=gateway.api_url, api_key=state.keys[name])
         for i, prompt in enumerate(prompts):
@@ -92,7 +95,7 @@ def serve(state: DemoState) -> None:
             if name == "bob" and i == 0:  # one streamed answer, printed as it arrives
                 console.print(f"[cyan]{name}[/cyan] asks (streamed): {prompt}")
                 stream = client.chat.completions.create(
-                    model=gateway_model(gateway), messages=messages, max_tokens=96, stream=True
+                    model=model, messages=messages, max_tokens=96, stream=True
                 )
                 pieces = []
                 for chunk in stream:
@@ -103,7 +106,7 @@ def serve(state: DemoState) -> None:
                 state.answers.append("".join(pieces))
             else:
                 reply = client.chat.completions.create(
-                    model=gateway_model(gateway), messages=messages, max_tokens=96
+                    model=model, messages=messages, max_tokens=96
                 )
                 text = reply.choices[0].message.content or ""
                 console.print(f"[cyan]{name}[/cyan] asks: {prompt}\n[green]{text}[/green]")
@@ -124,16 +127,6 @@ def serve(state: DemoState) -> None:
             f"{row.get('watermark_scheme')}/{row.get('watermark_key_id')}",
         )
     console.print(table)
-
-
-def gateway_model(gateway: object) -> str:
-    """The model id the gateway serves (the first of /v1/models)."""
-    import urllib.request
-
-    import orjson
-
-    with urllib.request.urlopen(f"{gateway.base_url}/v1/models", timeout=5) as response:
-        return orjson.loads(response.read())["data"][0]["id"]
 
 
 # --- the driver -----------------------------------------------------------------------------
