@@ -36,7 +36,7 @@ from distillguard.store import (
     session_scope,
 )
 from distillguard.store.db import autocommit_connection
-from distillguard.store.exchanges import _INSERT, _to_row
+from distillguard.store.exchanges import _INSERT, record_to_row
 
 PG_ADMIN = os.environ.get("DISTILLGUARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -111,7 +111,7 @@ def bench_backend(backend: str, url: str, records: int) -> list[Figure]:
 
     def naive_insert(record: ExchangeRecord) -> None:
         with engine.begin() as connection:
-            connection.execute(_INSERT, _to_row(record))
+            connection.execute(_INSERT, record_to_row(record))
 
     async def naive(record: ExchangeRecord) -> None:
         await asyncio.to_thread(naive_insert, record)

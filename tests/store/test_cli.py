@@ -108,6 +108,13 @@ def test_log_export_and_tail(db_url: str, tmp_path: Path) -> None:
     assert "wrote 3 exchanges" in iso.output
     bad = _run("log", "export", "--out", str(out), "--since", "yesterday", "--db", db_url)
     assert isinstance(bad.exception, InputError)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    imported = _run("log", "import", str(out), "--db", other)
+    assert imported.exit_code == 0, imported.output
+    assert "3 exchanges imported" in imported.output
+    assert "already present" in _run("log", "import", str(out), "--db", other).output
+    missing = _run("log", "import", str(tmp_path / "nope.jsonl"), "--db", other)
+    assert isinstance(missing.exception, NotFound)
 
     tail = _run("log", "tail", "-n", "2", "--db", db_url)
     assert tail.exit_code == 0

@@ -8,7 +8,18 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from distillguard.store import ExchangeLog, ExchangeRecord, export_traffic, export_traffic_summary
+from distillguard.store import (
+    ExchangeLog,
+    ExchangeRecord,
+    count_exchanges,
+    export_traffic,
+    export_traffic_summary,
+    make_engine,
+    migrate,
+    session_scope,
+)
+from distillguard.store.exchanges import get_exchange
+from distillguard.store.export import import_traffic, traffic_line
 from distillguard.traffic import read_traffic
 
 # The fields of spec §1, in its order.
@@ -109,3 +120,46 @@ def test_export_of_an_empty_log_writes_an_empty_file(engine: Engine, tmp_path: P
     out = tmp_path / "sub" / "empty.jsonl"
     assert export_traffic(engine, out) == 0
     assert out.read_bytes() == b""
+
+
+def test_export_import_export_is_the_identity(engine: Engine, tmp_path: Path) -> None:
+    """An export loaded into an empty database exports to the same bytes."""
+    _write(engine, _records())
+    first = tmp_path / "first.jsonl"
+    export_traffic(engine, first)
+    other = make_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    migrate(engine=other)
+
+    summary = import_traffic(other, first)
+
+    assert (summary.inserted, summary.duplicates, summary.skipped) == (2, 0, 0)
+    second = tmp_path / "second.jsonl"
+    export_traffic(other, second)
+    assert second.read_bytes() == first.read_bytes()
+    other.dispose()
+
+
+def test_import_skips_and_counts_bad_lines_and_duplicates(engine: Engine, tmp_path: Path) -> None:
+    good = traffic_line(_records()[0])
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "id": "x2", "ts": "yesterday"}),  # wrong type
+        "",  # blank: not an error
+        json.dumps({**good, "id": "x3", "account_id": None}),  # no account
+        json.dumps(good),  # the same id again
+        json.dumps({**good, "id": "x4", "model": 5, "extra": "ignored"}),  # bad optional field
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    summary = import_traffic(engine, path)
+
+    assert (summary.inserted, summary.duplicates, summary.skipped) == (2, 1, 3)
+    assert [e.line_no for e in summary.examples] == [2, 3, 5]
+    assert "ts" in summary.examples[1].reason
+    again = import_traffic(engine, path)  # importing twice changes nothing
+    assert (again.inserted, again.duplicates) == (0, 3)
+    with session_scope(engine) as s:
+        assert count_exchanges(s) == 2
+        assert get_exchange(s, exchange_id="x4").model is None  # the bad optional value dropped

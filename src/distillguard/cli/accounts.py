@@ -26,7 +26,9 @@ accounts_app = typer.Typer(help="Customer accounts.", no_args_is_help=True)
 keys_app = typer.Typer(
     help="API keys: create (secret shown once), list, revoke.", no_args_is_help=True
 )
-log_app = typer.Typer(help="The exchange log: export as a traffic log, tail.", no_args_is_help=True)
+log_app = typer.Typer(
+    help="The exchange log: export or import a traffic log, tail.", no_args_is_help=True
+)
 db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
 
 DbOption = Annotated[
@@ -268,6 +270,30 @@ def log_export(
             f"left out {summary.unattributed:,} unauthenticated attempts (no account or key; "
             "see `distillguard log tail`)"
         )
+
+
+@log_app.command("import")
+def log_import(
+    path: Annotated[Path, typer.Argument(help="Traffic-log JSON Lines file (plain or gzip).")],
+    db: DbOption = None,
+) -> None:
+    """Load a traffic log (spec §1) into the exchange log: malformed lines are skipped and
+    reported, ids already present are left as they are."""
+    from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+
+    from distillguard.store.export import import_traffic
+
+    engine = _open(db)
+    columns = (
+        SpinnerColumn(),
+        "{task.description}",
+        "{task.completed:,} lines",
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"importing {path}", total=None)
+        summary = import_traffic(engine, path, progress=lambda n: bar.update(task, completed=n))
+    console.print(summary.describe(), markup=False, highlight=False, soft_wrap=True)
 
 
 @log_app.command("tail")

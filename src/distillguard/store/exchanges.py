@@ -79,7 +79,8 @@ _TEXT_LIMITS: dict[str, int | None] = {
 }
 
 
-def _to_row(record: ExchangeRecord) -> dict[str, Any]:
+def record_to_row(record: ExchangeRecord) -> dict[str, Any]:
+    """The insert parameters for one record: text cleaned and cut to its column."""
     row = {name: getattr(record, name) for name in RECORD_FIELDS}
     for name, limit in _TEXT_LIMITS.items():
         value = row[name]
@@ -169,7 +170,7 @@ class ExchangeLog:
         """Queue ``record`` and return once it is committed; StoreError if it cannot be."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._submit(_Pending(_to_row(record), loop, future))
+        self._submit(_Pending(record_to_row(record), loop, future))
         try:
             # On timeout or cancellation wait_for cancels `future` (the writer then skips it);
             # the record itself stays queued and is written all the same.
@@ -180,7 +181,7 @@ class ExchangeLog:
     def write_sync(self, record: ExchangeRecord, *, timeout: float | None = None) -> None:
         """The same for callers without an event loop (blocks this thread until COMMIT)."""
         future: Future[None] = Future()
-        self._submit(_Pending(_to_row(record), None, future))
+        self._submit(_Pending(record_to_row(record), None, future))
         try:
             future.result(timeout=self._write_timeout_s if timeout is None else timeout)
         except FutureTimeout as exc:
