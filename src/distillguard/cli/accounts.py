@@ -264,7 +264,7 @@ def log_export(
         summary = export_traffic_summary(
             engine, out, since=start, until=end, progress=lambda n: bar.update(task, completed=n)
         )
-    console.print(f"wrote {summary.written:,} exchanges to {summary.path}")
+    console.print(f"wrote {summary.written:,} exchanges to {summary.path}", soft_wrap=True)
     if summary.unattributed:
         console.print(
             f"left out {summary.unattributed:,} unauthenticated attempts (no account or key; "
