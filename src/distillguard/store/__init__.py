@@ -38,7 +38,7 @@ from distillguard.store.exchanges import (
     recent_exchanges,
     record_action,
 )
-from distillguard.store.export import export_traffic, export_traffic_summary
+from distillguard.store.export import export_traffic, export_traffic_summary, import_traffic
 
 __all__ = [
     "AccountInfo",
@@ -55,6 +55,7 @@ __all__ = [
     "export_traffic",
     "export_traffic_summary",
     "get_account",
+    "import_traffic",
     "iter_exchanges",
     "list_accounts",
     "list_actions",
