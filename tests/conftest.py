@@ -62,11 +62,18 @@ def pg_database_url():
     name = f"dg_test_{os.getpid()}_{secrets.token_hex(4)}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
+        from sqlalchemy.engine import URL
+
         params = conninfo_to_dict(make_conninfo(PG_ADMIN_URL, dbname=name))
-        user = params.get("user", "")
-        host = params.get("host", "127.0.0.1")
-        port = params.get("port", "5432")
-        yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
+        url = URL.create(
+            "postgresql+psycopg",
+            username=params.get("user") or admin.info.user,
+            password=params.get("password"),
+            host=params.get("host", "127.0.0.1"),
+            port=int(params.get("port", 5432)),
+            database=name,
+        )
+        yield url.render_as_string(hide_password=False)
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
