@@ -12,6 +12,8 @@ alternating rounds, and reports:
 with the ratio gateway/direct. Targets: <= 1 ms added p50 at c=1, >= 1,000 requests/s at c=32.
 
     .venv/bin/python benchmarks/gateway_overhead.py [--seconds 8] [--rounds 3] [--client wrk]
+
+A second gateway with the online monitor on (``gateway+monitor``) runs in the same rounds.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ class Run:
     p50_ms: float
     rps: float
     errors: int
+    cpu_us_per_request: float | None = None  # the server process's CPU (user + system)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time used so far by a process (Linux /proc): noise-robust cost per request."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wrk(url: str, secret: str | None, concurrency: int, seconds: float) -> Run:
@@ -53,9 +65,20 @@ def _wrk(url: str, secret: str | None, concurrency: int, seconds: float) -> Run:
         fh.write(script)
     try:
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", fh.name,
-             f"{url}/v1/chat/completions"],
-            capture_output=True, text=True, check=True).stdout
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                fh.name,
+                f"{url}/v1/chat/completions",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         os.unlink(fh.name)
     p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -103,9 +126,20 @@ _AIOHTTP_CLIENT = textwrap.dedent("""
 
 def _aiohttp(url: str, secret: str | None, concurrency: int, seconds: float) -> Run:
     out = subprocess.run(
-        [sys.executable, "-c", _AIOHTTP_CLIENT, f"{url}/v1/chat/completions", secret or "-",
-         str(concurrency), str(seconds), BODY],
-        capture_output=True, text=True, check=True).stdout
+        [
+            sys.executable,
+            "-c",
+            _AIOHTTP_CLIENT,
+            f"{url}/v1/chat/completions",
+            secret or "-",
+            str(concurrency),
+            str(seconds),
+            BODY,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     import orjson
 
     data = orjson.loads(out.strip().splitlines()[-1])
@@ -129,10 +163,13 @@ def _wait_ready(url: str, timeout: float = 30.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="length of one measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="direct/gateway rounds (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every target (median)")
     parser.add_argument("--client", choices=("auto", "wrk", "aiohttp"), default="auto")
-    parser.add_argument("--monitor", action="store_true",
-                        help="also run the online monitor on every request")
+    parser.add_argument(
+        "--no-monitor-run",
+        action="store_true",
+        help="skip the second gateway that also runs the online monitor",
+    )
     args = parser.parse_args()
     client = args.client
     if client == "auto":
@@ -141,52 +178,86 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="dg-bench-"))
     port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "distillguard.gateway.testing",
-                             "--port", str(port)])
+    mock = subprocess.Popen(
+        [sys.executable, "-m", "distillguard.gateway.testing", "--port", str(port)]
+    )
     upstream = f"http://127.0.0.1:{port}"
-    gateway = GatewayProcess(home=home, upstream=upstream,
-                             env={"DISTILLGUARD_ONLINE_MONITOR": str(args.monitor).lower()})
+    gateways = {
+        "gateway": GatewayProcess(
+            home=home / "plain", upstream=upstream, env={"DISTILLGUARD_ONLINE_MONITOR": "false"}
+        )
+    }
+    if not args.no_monitor_run:
+        gateways["gateway+monitor"] = GatewayProcess(
+            home=home / "monitor", upstream=upstream, env={"DISTILLGUARD_ONLINE_MONITOR": "true"}
+        )
+    targets: dict[str, tuple[str, str | None]] = {"direct": (upstream, None)}
+    pids: dict[str, int] = {"direct": mock.pid}
+    results: dict[tuple[str, int], list[Run]] = {}
     try:
         _wait_ready(upstream)
-        gateway.start()
-        _, _, secret = gateway.create_key(rpm=10**9, tpm=10**12)
-        print(f"load before: {os.getloadavg()[0]:.2f} (1-min), client: {client}, "
-              f"{args.rounds} rounds x {args.seconds:g} s, monitor: {args.monitor}")
-        results: dict[tuple[str, int], list[Run]] = {}
-        drive(gateway.base_url, secret, 1, 1.0)  # warm-up: connections, caches, JIT-free paths
-        drive(upstream, None, 1, 1.0)
-        for _ in range(args.rounds):
+        for name, gateway in gateways.items():
+            gateway.start()
+            _, _, secret = gateway.create_key(rpm=10**9, tpm=10**12)
+            targets[name] = (gateway.base_url, secret)
+            assert gateway.process is not None
+            pids[name] = gateway.process.pid
+        print(
+            f"load before: {os.getloadavg()[0]:.2f} (1-min), client: {client}, "
+            f"{args.rounds} rounds x {args.seconds:g} s per target and concurrency"
+        )
+        for url, secret in targets.values():  # warm-up: connections, caches
+            drive(url, secret, 1, 1.0)
+        for _ in range(args.rounds):  # interleaved, so machine noise hits every target alike
             for concurrency in (1, 32):
-                results.setdefault(("direct", concurrency), []).append(
-                    drive(upstream, None, concurrency, args.seconds))
-                results.setdefault(("gateway", concurrency), []).append(
-                    drive(gateway.base_url, secret, concurrency, args.seconds))
+                for name, (url, secret) in targets.items():
+                    before = _cpu_seconds(pids[name])
+                    run = drive(url, secret, concurrency, args.seconds)
+                    after = _cpu_seconds(pids[name])
+                    if before is not None and after is not None and run.rps > 0:
+                        used = (after - before) * 1e6 / (run.rps * args.seconds)
+                        run = Run(run.p50_ms, run.rps, run.errors, used)
+                    results.setdefault((name, concurrency), []).append(run)
         load_after = os.getloadavg()[0]
     finally:
-        gateway.stop()
+        for gateway in gateways.values():
+            gateway.stop()
         mock.terminate()
         mock.wait(10)
 
     def med(kind: str, c: int, field: str) -> float:
-        return statistics.median(getattr(r, field) for r in results[(kind, c)])
+        values = [getattr(r, field) for r in results[(kind, c)]]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else float("nan")
 
     errors = sum(r.errors for runs in results.values() for r in runs)
-    d1, g1 = med("direct", 1, "p50_ms"), med("gateway", 1, "p50_ms")
-    d32, g32 = med("direct", 32, "rps"), med("gateway", 32, "rps")
-    d1r, g1r = med("direct", 1, "rps"), med("gateway", 1, "rps")
-    added = g1 - d1
+    d1, d32 = med("direct", 1, "p50_ms"), med("direct", 32, "rps")
     print()
-    print(f"{'':28}{'direct':>12}{'gateway':>12}{'ratio':>9}")
-    print(f"{'p50 latency at c=1 (ms)':28}{d1:12.3f}{g1:12.3f}{g1 / d1:9.2f}")
-    print(f"{'requests/s at c=1':28}{d1r:12.0f}{g1r:12.0f}{g1r / d1r:9.2f}")
-    print(f"{'requests/s at c=32':28}{d32:12.0f}{g32:12.0f}{g32 / d32:9.2f}")
+    print(
+        f"{'':16}{'p50 c=1 ms':>11}{'added':>8}{'req/s c=1':>10}{'req/s c=32':>11}"
+        f"{'ratio':>7}{'server CPU us/req c=1':>23}{'c=32':>6}"
+    )
+    for name in targets:
+        g1, g1r, g32 = med(name, 1, "p50_ms"), med(name, 1, "rps"), med(name, 32, "rps")
+        added = "" if name == "direct" else f"{g1 - d1:8.3f}"
+        cpu1, cpu32 = med(name, 1, "cpu_us_per_request"), med(name, 32, "cpu_us_per_request")
+        print(
+            f"{name:16}{g1:11.3f}{added:>8}{g1r:10.0f}{g32:11.0f}{g32 / d32:7.2f}"
+            f"{cpu1:23.0f}{cpu32:6.0f}"
+        )
     print()
-    print(f"added p50 at c=1: {added:.3f} ms (target <= 1 ms: {'met' if added <= 1 else 'MISSED'})")
-    print(f"gateway requests/s at c=32: {g32:.0f} (target >= 1000: "
-          f"{'met' if g32 >= 1000 else 'MISSED'})")
+    for name in gateways:
+        added, g32 = med(name, 1, "p50_ms") - d1, med(name, 32, "rps")
+        print(
+            f"{name}: added p50 at c=1 {added:.3f} ms (target <= 1 ms: "
+            f"{'met' if added <= 1 else 'MISSED'}); {g32:.0f} req/s at c=32 (target >= 1000: "
+            f"{'met' if g32 >= 1000 else 'MISSED'})"
+        )
     print(f"non-200 responses or socket errors: {errors}; load after: {load_after:.2f}")
-    per_round = {f"{k}@c={c}": [round(r.p50_ms if c == 1 else r.rps, 3) for r in runs]
-                 for (k, c), runs in results.items()}
+    per_round = {
+        f"{k}@c={c}": [round(r.p50_ms if c == 1 else r.rps, 3) for r in runs]
+        for (k, c), runs in results.items()
+    }
     print(f"per round (p50 ms at c=1, req/s at c=32): {per_round}")
 
 
