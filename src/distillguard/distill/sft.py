@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,27 +108,9 @@ def _progress_callback(enabled: bool, total: int) -> Any:
     return RichProgress()
 
 
-def train_sft(
-    student: Any,
-    tokenizer: Any,
-    rows: Sequence[HarvestRecord],
-    *,
-    config: DistillConfig,
-    out_dir: Path,
-    resume: bool,
-    progress: bool,
-) -> LoopOutcome:
-    """Supervised fine-tuning on (prompt, teacher answer) with completion-only loss."""
-    import torch
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig
-
-    torch.set_num_threads(config.num_threads)
-    dataset = _dataset(rows)
-    skipped = len(rows) - len(dataset)
-    checkpoints = out_dir / CHECKPOINTS
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    args = SFTConfig(
+def _sft_args(sft_config_cls: Any, config: DistillConfig, checkpoints: Path) -> Any:
+    """TRL's SFTConfig for this run: CPU, fp32, the KD loop's schedule, staged checkpoints."""
+    return sft_config_cls(
         output_dir=str(checkpoints),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
@@ -153,14 +136,51 @@ def train_sft(
         dataset_num_proc=None,
         include_num_input_tokens_seen="non_padding",
     )
+
+
+def train_sft(
+    student: Any,
+    tokenizer: Any,
+    rows: Sequence[HarvestRecord],
+    *,
+    config: DistillConfig,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+) -> LoopOutcome:
+    """Supervised fine-tuning on (prompt, teacher answer) with completion-only loss."""
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig
+
+    torch.set_num_threads(config.num_threads)
+    dataset = _dataset(rows)
+    skipped = len(rows) - len(dataset)
+    checkpoints = out_dir / CHECKPOINTS
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # TRL itself still passes `gradient_checkpointing`, which transformers 5 renames.
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*")
+        args = _sft_args(SFTConfig, config, checkpoints)
+    import datasets
+    from transformers import PrinterCallback
+
     trainer_cls = _make_trainer_class()
-    trainer = trainer_cls(
-        model=student,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[_progress_callback(progress, config.max_steps)],
-    )
+    # TRL's dataset preparation shows tqdm bars of its own; the rich bar is the one progress.
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        trainer = trainer_cls(
+            model=student,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[_progress_callback(progress, config.max_steps)],
+        )
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts when tqdm is off
     last = get_last_checkpoint(str(checkpoints)) if resume else None
     resumed_from = int(Path(last).name.split("-")[1]) if last else 0
     output = trainer.train(resume_from_checkpoint=last)
