@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from distillguard.errors import InputError
+
+if TYPE_CHECKING:
+    from distillguard.forensics.radioactivity import RadioactivityReport
 
 prove_app = typer.Typer(
     help="Prove distillation: radioactivity of a suspect model, teacher attribution, report.",
@@ -95,3 +99,201 @@ def _check_exclusive(**named: object) -> None:
     given = [k for k, v in named.items() if v]
     if len(given) != 1:
         raise InputError(f"give exactly one of {', '.join('--' + k for k in named)}")
+
+
+def _read_rows(harvest: Path | None, text: Path | None) -> list[tuple[str, str]]:
+    """(prompt, answer) rows from a harvested dataset, or ("", line) from a plain text file."""
+    rows: list[tuple[str, str]] = []
+    if harvest is not None:
+        from distillguard.distill.data import load_rows
+
+        rows += [(r.prompt, r.answer) for r in load_rows(harvest) if r.answer.strip()]
+    if text is not None:
+        if not text.is_file():
+            raise InputError(f"text file not found: {text}")
+        rows += [("", line) for line in text.read_text(encoding="utf-8").split("\n\n")
+                 if line.strip()]
+    return rows
+
+
+def _accounts(accounts: str | None, verdicts: Path | None) -> tuple[list[str], dict[str, str]]:
+    """Accounts to test: named ones, else the monitor's flagged accounts; with cluster ids."""
+    named = [a.strip() for a in (accounts or "").split(",") if a.strip()]
+    clusters: dict[str, str] = {}
+    if verdicts is not None:
+        from distillguard.forensics.report import load_verdicts
+
+        for v in load_verdicts(verdicts, named):
+            clusters[v["account_id"]] = v.get("cluster_id") or ""
+        if not named:
+            named = list(clusters)
+    return named, clusters
+
+
+@prove_app.command("radioactivity")
+def radioactivity_cmd(
+    suspect: Annotated[Path | None, typer.Option(help="Suspect model directory (open weights).")
+                       ] = None,
+    suspect_url: Annotated[str | None, typer.Option(
+        help="OpenAI-compatible base URL of the suspect (API-only mode), e.g. http://h/v1.")
+                           ] = None,
+    api_key: Annotated[str, typer.Option(envvar="DISTILLGUARD_SUSPECT_API_KEY",
+                                         help="API key for --suspect-url.")] = "none",
+    model: Annotated[str | None, typer.Option(help="Model name at --suspect-url.")] = None,
+    harvest: Annotated[Path | None, typer.Option(
+        help="Harvested dataset (JSONL prompt/answer): the text the suspect reads, the served "
+             "contexts, and prompts for API mode.")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompts to ask the suspect.")] = None,
+    text: Annotated[Path | None, typer.Option(
+        help="Any text for the suspect to read (paragraphs separated by blank lines).")] = None,
+    served_filter: Annotated[bool, typer.Option(
+        help="Score only contexts that occur in the harvested (served) answers.")] = True,
+    accounts: Annotated[str | None, typer.Option(help="Comma-separated account ids to test.")
+                        ] = None,
+    verdicts: Annotated[Path | None, typer.Option(
+        help="Monitor verdicts JSONL: its flagged accounts are tested, with their clusters.")
+                        ] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="Our model/tokenizer directory.")
+                         ] = None,
+    scheme: Annotated[str | None, typer.Option(help="Watermark scheme (default: settings).")
+                      ] = None,
+    key_id: Annotated[int | None, typer.Option(help="Watermark key id (default: current).")
+                      ] = None,
+    random_keys: Annotated[int, typer.Option(help="Random keys for the calibration run.")] = 20,
+    max_queries: Annotated[int, typer.Option(help="API mode: at most this many prompts.")
+                           ] = 1000,
+    max_tokens: Annotated[int, typer.Option(help="API/generation: tokens per answer.")] = 128,
+    cache: Annotated[Path | None, typer.Option(
+        help="API mode: answers checkpoint (a rerun resumes from it).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the evidence JSON here.")] = None,
+) -> None:
+    """Did the suspect learn from our watermarked answers? (Sander et al. 2024)"""
+    import hashlib
+
+    from distillguard.config import get_settings
+    from distillguard.forensics import radioactivity as rad
+    from distillguard.watermark.detect import load_tokenizer
+
+    _check_exclusive(suspect=suspect, suspect_url=suspect_url)
+    settings = get_settings()
+    ours = load_tokenizer(tokenizer, settings)
+    wm = rad.scheme_from_settings(vocab_size=len(ours), scheme=scheme, key_id=key_id,
+                                  settings=settings)
+    config = rad.RadioactivityConfig(random_keys=random_keys)
+    rows = _read_rows(harvest, text)
+    served = [a for p, a in rows if p] if (served_filter and harvest is not None) else []
+    names, clusters = _accounts(accounts, verdicts)
+    prompt_list = [p for p, _ in rows if p]
+    if prompts is not None:
+        from distillguard.distill.harvest import read_prompts
+
+        prompt_list = [p.text for p in read_prompts(prompts).prompts]
+    prompt_list = list(dict.fromkeys(prompt_list))[:max_queries]
+
+    if suspect is not None:
+        from distillguard.errors import ModelError
+        from distillguard.models.llama import load_model
+
+        _, suspect_tok = load_model(suspect)  # ModelError when not a model
+        if rad.same_tokenizer(ours, suspect_tok):
+            if not rows:
+                raise InputError("open-weights mode needs text: --harvest or --text")
+            report = _with_progress(
+                "suspect reads the text",
+                lambda progress: rad.prove_open_weights(
+                    suspect, rows, tokenizer=ours, scheme=wm, served_answers=served,
+                    accounts=names, config=config, progress=progress))
+        else:
+            if not prompt_list:
+                raise ModelError(f"{suspect} has another tokenizer: it must answer prompts "
+                                 "(--prompts or --harvest) to be tested on its text")
+            console.print("[yellow]suspect uses another tokenizer: testing its generated "
+                          "answers, re-tokenised with ours[/yellow]")
+            with console.status(f"suspect answers {len(prompt_list)} prompts..."):
+                answers = rad.generate_local(suspect, prompt_list, max_new_tokens=max_tokens)
+            report = rad.prove_texts(answers, suspect=str(suspect), mode="local-generation",
+                                     tokenizer=ours, scheme=wm, served_answers=served,
+                                     accounts=names, config=config)
+    else:
+        if not prompt_list:
+            raise InputError("API mode needs prompts: --prompts or --harvest")
+        digest = hashlib.sha256(f"{suspect_url}|{model}|{max_tokens}".encode()).hexdigest()[:12]
+        cache = cache or settings.home / "forensics" / f"suspect-{digest}.jsonl"
+        answers, result = _with_progress(
+            f"querying the suspect ({len(prompt_list)} prompts, resumable: {cache})",
+            lambda progress: rad.query_suspect_api(
+                prompt_list, base_url=str(suspect_url), api_key=api_key, cache=cache,
+                model=model, max_tokens=max_tokens, progress=progress))
+        if not result.complete:
+            console.print(f"[yellow]{result.failed} prompts failed; rerun to resume "
+                          f"({result.retries} retries so far)[/yellow]")
+        report = rad.prove_texts(answers, suspect=str(suspect_url), mode="api", tokenizer=ours,
+                                 scheme=wm, served_answers=served, accounts=names,
+                                 config=config)
+    if clusters:
+        from dataclasses import replace
+
+        report = replace(report, accounts=tuple(
+            replace(a, cluster_id=clusters.get(a.account) or None) for a in report.accounts))
+    _print_radioactivity(report)
+    _write_json(out, report.to_dict())
+
+
+def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(label, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return work(progress)
+
+
+def _print_radioactivity(report: RadioactivityReport) -> None:
+    table = Table(title=f"radioactivity of {report.suspect} ({report.mode}, "
+                        f"{report.tokens:,} tokens)")
+    for col in ("test", "units", "z", "p-value", "random keys: KS p / FPR@1e-3"):
+        table.add_column(col)
+    for t in report.tests:
+        cal = t.calibration
+        cal_s = f"{cal['ks_p']:.2f} / {cal['fpr_0.001']:.3f}" if cal else "-"
+        table.add_row(t.test, f"{t.num_scored:,}", f"{t.z_score:.2f}",
+                      f"10^{t.log10_p_value:.1f}" if t.log10_p_value < -3 else _fmt_p(t.p_value),
+                      cal_s)
+    console.print(table)
+    if report.accounts:
+        acc = Table(title="accounts (Holm over accounts tested)")
+        for col in ("account", "cluster", "z", "p", "p Holm"):
+            acc.add_column(col)
+        for a in report.accounts:
+            acc.add_row(a.account, a.cluster_id or "", f"{a.z_score:.2f}", _fmt_p(a.p_value),
+                        _fmt_p(a.p_holm))
+        console.print(acc)
+
+
+@prove_app.command("report")
+def report_cmd(
+    evidence: Annotated[list[Path], typer.Option(help="Evidence JSON (repeatable).")],
+    out: Annotated[Path, typer.Option(help="HTML file to write (JSON beside it).")],
+    verdicts: Annotated[Path | None, typer.Option(help="Monitor verdicts JSONL.")] = None,
+    title: Annotated[str | None, typer.Option(help="Report title.")] = None,
+    alpha: Annotated[float, typer.Option(help="Level for the headline verdict.")] = 1e-3,
+) -> None:
+    """Write one self-contained HTML evidence page (and the same data as JSON)."""
+    from distillguard.forensics.report import (
+        build_report,
+        load_evidence,
+        load_verdicts,
+        write_report,
+    )
+
+    items = load_evidence(evidence)
+    involved = sorted({a["account"] for ev in items for a in ev.get("accounts") or []})
+    report = build_report(items, verdicts=load_verdicts(verdicts, involved), title=title,
+                          alpha=alpha)
+    with console.status("rendering plots..."):
+        html_path, json_path = write_report(report, out)
+    console.print(f"{report.verdict}\nreport: [bold]{html_path}[/bold] (data: {json_path})")
