@@ -222,6 +222,18 @@ def test_missing_unknown_and_revoked_keys_are_401(gw: GatewayProcess) -> None:
     assert "revoked" in revoked.value.message
 
 
+def test_suspended_account_is_403_at_once(gw: GatewayProcess) -> None:
+    account_id, _, secret = gw.create_key()
+    client = sdk(gw, secret)
+    client.chat.completions.create(model="mock-model", messages=CHAT)  # identity now cached
+    gw.admin_post(f"/accounts/{account_id}/status", {"status": "suspended"})
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(model="mock-model", messages=CHAT)
+    assert caught.value.code == "account_suspended"
+    gw.admin_post(f"/accounts/{account_id}/status", {"status": "active"})
+    client.chat.completions.create(model="mock-model", messages=CHAT)
+
+
 def test_one_megabyte_prompt_is_413(gw: GatewayProcess) -> None:
     _, _, secret = gw.create_key()
     huge = [{"role": "user", "content": "a" * (1 << 20)}]
