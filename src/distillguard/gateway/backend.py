@@ -30,6 +30,7 @@ class Job:
     request_id: str
     account_id: str
     degrade: bool = False  # online monitor asked to serve a reduced answer
+    backend_state: Any = None  # what the backend derived once (local: prompt ids, params)
 
     @property
     def is_chat(self) -> bool:

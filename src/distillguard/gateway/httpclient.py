@@ -125,10 +125,16 @@ class UpstreamResponse:
                 return value
         return default
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, *, timeout_s: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; UpstreamError when no byte comes for ``timeout_s``."""
         queue = self._conn.chunks
         while True:
-            item = await queue.get()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    item = await queue.get()
+            except TimeoutError:
+                self.release(reuse=False)
+                raise UpstreamError(f"upstream sent nothing for {timeout_s} s") from None
             if item is _EOF:
                 self.release()
                 return
@@ -137,8 +143,8 @@ class UpstreamResponse:
                 raise item
             yield item
 
-    async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.chunks()]
+    async def read(self, *, timeout_s: float | None = None) -> bytes:
+        parts = [chunk async for chunk in self.chunks(timeout_s=timeout_s)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self, *, reuse: bool = True) -> None:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +128,22 @@ class LocalBackend:
     # -- request preparation ---------------------------------------------------------------
 
     def _prepare(self, job: Job) -> _Prepared:
-        prepared = getattr(job, "_local", None)
-        if prepared is not None:
-            return prepared
+        """Prompt ids and per-choice parameters, computed once per job (the route counts the
+        prompt's tokens for the limiter before it serves). The online monitor decides after
+        that: a degraded job is re-derived without log-probabilities."""
+        prepared = job.backend_state
+        if prepared is None:
+            prepared = job.backend_state = self._prepare_fresh(job)
+        if job.degrade and prepared.want_logprobs:  # degraded service: no log-probabilities
+            prepared = job.backend_state = _Prepared(
+                prepared.prompt_ids,
+                [replace(p, logprobs=False, top_logprobs=0) for p in prepared.params],
+                want_logprobs=False,
+                top_k=0,
+            )
+        return prepared
+
+    def _prepare_fresh(self, job: Job) -> _Prepared:
         from distillguard.models.engine import GenerationParams
 
         request = job.request
@@ -146,8 +159,6 @@ class LocalBackend:
             prompt_ids = self.engine.encode_text(request.prompt_text())
             want_logprobs = request.logprobs is not None
             top_k = request.logprobs or 0
-        if job.degrade:  # degraded service: no log-probabilities
-            want_logprobs, top_k = False, 0
         room = self.engine.context_length - len(prompt_ids)
         if room < 1:
             raise ContextTooLong(
@@ -171,9 +182,7 @@ class LocalBackend:
             for i in range(request.n)
         ]
         self.engine.check(prompt_ids, params[0])  # ContextTooLong before anything is reserved
-        prepared = _Prepared(prompt_ids, params, want_logprobs, top_k)
-        job._local = prepared  # type: ignore[attr-defined]
-        return prepared
+        return _Prepared(prompt_ids, params, want_logprobs, top_k)
 
     def count_prompt_tokens(self, job: Job) -> int:
         return len(self._prepare(job).prompt_ids)

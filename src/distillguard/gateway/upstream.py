@@ -114,7 +114,7 @@ class UpstreamBackend:
             self._headers,
             timeout_s=self._timeout_s,
         )
-        body = await resp.read()
+        body = await resp.read(timeout_s=self._timeout_s)
         status = resp.status
         if status >= 500:
             raise UpstreamError(f"upstream failed with status {status}: {body[:200]!r}")
@@ -136,13 +136,13 @@ class UpstreamBackend:
         )
         try:
             if resp.status != 200:
-                body = await resp.read()
+                body = await resp.read(timeout_s=self._timeout_s)
                 if resp.status >= 500:
                     raise UpstreamError(f"upstream failed with status {resp.status}")
                 outcome.error = f"upstream status {resp.status}"
                 raise UpstreamStatus(resp.status, body)
             pending = b""
-            async for chunk in resp.chunks():
+            async for chunk in resp.chunks(timeout_s=self._timeout_s):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
