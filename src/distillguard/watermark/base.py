@@ -695,9 +695,14 @@ def nucleus(logprobs: Any, top_p: float) -> Any:
 def draw(probs: Any, generators: Sequence[Any]) -> Any:
     """One token per row from probs (B, V) (need not be normalized), row i seeded by
     ``generators[i]`` (the request seed) as in the plain sampler."""
+    return draw_logprobs(probs.log(), generators)
+
+
+def draw_logprobs(logprobs: Any, generators: Sequence[Any]) -> Any:
+    """``draw`` from log-probabilities (B, V), without a round trip through probabilities."""
     from distillguard.models.sampling import sample_from_logprobs, uniform_per_row
 
-    return sample_from_logprobs(probs.log(), uniform_per_row(generators))
+    return sample_from_logprobs(logprobs, uniform_per_row(generators))
 
 
 def sample_output(tokens: Any, logprobs: Any) -> Any:

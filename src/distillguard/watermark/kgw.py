@@ -43,11 +43,10 @@ from distillguard.watermark.base import (
     binom_log10_sf,
     check_generators,
     check_sampling,
-    draw,
+    draw_logprobs,
     fraction_threshold,
     nucleus,
     sample_output,
-    tempered_logprobs,
 )
 
 
@@ -142,6 +141,6 @@ class KGWScheme(WatermarkScheme):
         if temperature == 0:  # greedy on the biased logits (HF's processor-then-argmax order)
             lp = torch.log_softmax(logits.float() + bias, dim=-1)
             return sample_output(lp.argmax(dim=-1), lp)
-        lp = nucleus(torch.log_softmax(tempered_logprobs(logits, temperature) + bias, dim=-1),
-                     top_p)
-        return sample_output(draw(lp.exp(), generators), lp)
+        # logits / T + bias: delta keeps its meaning in the distribution actually sampled
+        lp = nucleus(torch.log_softmax(logits.float() / temperature + bias, dim=-1), top_p)
+        return sample_output(draw_logprobs(lp, generators), lp)
