@@ -67,6 +67,7 @@ class KeyAuthenticator:
         self._engine = engine
         self._conn = None  # SQLAlchemy connection for the full check
         self._raw = None  # DBAPI connection for the revocation check
+        self._autocommit = False
         self._cache: dict[str, KeyIdentity] = {}
         compiled = _STILL_VALID.compile(dialect=engine.dialect)
         self._sql = str(compiled)
@@ -92,14 +93,15 @@ class KeyAuthenticator:
         for attempt in (0, 1):
             try:
                 if self._raw is None:
-                    self._raw = self._engine.raw_connection()
+                    self._raw = self._open_raw()
                 cursor = self._raw.cursor()
                 try:
                     cursor.execute(self._sql, params)
                     row = cursor.fetchone()
                 finally:
                     cursor.close()
-                self._raw.rollback()  # end the read snapshot: see the next revocation
+                if not self._autocommit:
+                    self._raw.rollback()  # end the read snapshot: see the next revocation
                 return row is not None and row[0] is None and row[1] == "active"
             except Exception as exc:  # DBAPI errors differ by driver: reconnect once
                 self._close_raw()
@@ -139,6 +141,19 @@ class KeyAuthenticator:
             with contextlib.suppress(SQLAlchemyError):
                 self._conn.close()
             self._conn = None
+
+    def _open_raw(self):
+        """A DBAPI connection of our own. On PostgreSQL it is taken out of the pool and put
+        in autocommit: the check is then one round trip (no BEGIN/ROLLBACK) and always sees
+        the newest commit. SQLite's driver opens no transaction for a SELECT anyway."""
+        raw = self._engine.raw_connection()
+        self._autocommit = False
+        if self._engine.dialect.name == "postgresql":
+            driver = raw.driver_connection
+            raw.detach()  # autocommit must not leak back into the pool
+            driver.autocommit = True
+            self._autocommit = True
+        return raw
 
     def _close_raw(self) -> None:
         if self._raw is not None:
