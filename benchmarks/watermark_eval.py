@@ -52,14 +52,18 @@ from distillguard.watermark import build_scheme
 
 SECRET = b"benchmark-secret-0123456789abcdef"
 SCHEMES = ("kgw", "gumbel", "synthid")
-SINGLE_KEY = {"kgw": {"account_delta": 0.0}, "gumbel": {"account_fraction": 0.0},
-              "synthid": {"account_layers": 0}}
+SINGLE_KEY = {
+    "kgw": {"account_delta": 0.0},
+    "gumbel": {"account_fraction": 0.0},
+    "synthid": {"account_layers": 0},
+}
 LENGTHS = (25, 50, 100, 200, 300, 400)
 ALPHA = 1e-3
 console = Console()
 
 
 # ------------------------------------------------------------------------------ data
+
 
 def read_jsonl(path: Path, field: str) -> list[str]:
     with path.open() as f:
@@ -85,39 +89,70 @@ def paraphraser_dir(teacher_dir: Path, data: Path) -> Path:
     texts = read_jsonl(data / "gsm8k" / "train.jsonl", "answer")[:3000]
     shakespeare = (data / "corpora" / "tinyshakespeare.txt").read_text().split("\n\n")
     config = TrainConfig(size="tiny", max_steps=400, batch_size=8, seed=7, seq_len=256)
-    build_model(out_dir=out, config=config, texts=texts + shakespeare[:3000],
-                tokenizer_dir=teacher_dir, progress=True)
+    build_model(
+        out_dir=out,
+        config=config,
+        texts=texts + shakespeare[:3000],
+        tokenizer_dir=teacher_dir,
+        progress=True,
+    )
     return out
 
 
 # ------------------------------------------------------------------------- generation
 
-def generate(model: Any, tok: Any, sampler: Any, prompts: list[list[int]], max_new: int,
-             accounts: list[str], batch: int) -> tuple[list[np.ndarray], float]:
+
+def generate(
+    model: Any,
+    tok: Any,
+    sampler: Any,
+    prompts: list[list[int]],
+    max_new: int,
+    accounts: list[str],
+    batch: int,
+) -> tuple[list[np.ndarray], float]:
     engine = GenerationEngine(model, tok, sampler=sampler, num_threads=1, max_batch_size=batch)
-    params = [GenerationParams(max_new_tokens=max_new, temperature=1.0, seed=i,
-                               tag=accounts[i % len(accounts)], ignore_eos=True)
-              for i in range(len(prompts))]
+    params = [
+        GenerationParams(
+            max_new_tokens=max_new,
+            temperature=1.0,
+            seed=i,
+            tag=accounts[i % len(accounts)],
+            ignore_eos=True,
+        )
+        for i in range(len(prompts))
+    ]
     t = time.perf_counter()
     done = engine.generate_batch(prompts, params)
     seconds = time.perf_counter() - t
     return [np.asarray(c.token_ids, dtype=np.int64) for c in done], seconds
 
 
-def slowdown(model: Any, tok: Any, vocab: int, prompts: list[list[int]], repeats: int,
-             batch: int = 16, new: int = 64) -> dict[str, float]:
+def slowdown(
+    model: Any,
+    tok: Any,
+    vocab: int,
+    prompts: list[list[int]],
+    repeats: int,
+    batch: int = 16,
+    new: int = 64,
+) -> dict[str, float]:
     """Median tokens/s per sampler, interleaved (plain first in every round)."""
     speeds: dict[str, list[float]] = {}
     for _ in range(repeats):
         for name in ("off", *SCHEMES):
-            s = None if name == "off" else build_scheme(name, secret=SECRET, key_id=1,
-                                                        vocab_size=vocab)
+            s = (
+                None
+                if name == "off"
+                else build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
+            )
             ids, sec = generate(model, tok, s, prompts[:batch], new, ["a"], batch)
             speeds.setdefault(name, []).append(sum(map(len, ids)) / sec)
     return {k: statistics.median(v) for k, v in speeds.items()}
 
 
 # ------------------------------------------------------------------------------ attacks
+
 
 def substitute(ids: np.ndarray, rate: float, vocab: int, rng: np.random.Generator) -> np.ndarray:
     out = ids.copy()
@@ -139,12 +174,13 @@ def delete(ids: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray
 def next_token_logprobs(model: Any, prompt: list[int], ids: np.ndarray) -> torch.Tensor:
     """log p(answer token t | prompt, answer[:t]) rows: -> (len(ids), V)."""
     full = torch.tensor([*prompt, *ids.tolist()])[None]
-    logits = model(full).logits[0, len(prompt) - 1:-1]
+    logits = model(full).logits[0, len(prompt) - 1 : -1]
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def paraphrase(model: Any, prompt: list[int], ids: np.ndarray, rate: float,
-               rng: np.random.Generator) -> np.ndarray:
+def paraphrase(
+    model: Any, prompt: list[int], ids: np.ndarray, rate: float, rng: np.random.Generator
+) -> np.ndarray:
     lp = next_token_logprobs(model, prompt, ids)
     out = ids.copy()
     hit = np.flatnonzero(rng.random(len(ids)) < rate)
@@ -164,6 +200,7 @@ def perplexity(model: Any, prompts: list[list[int]], answers: list[np.ndarray]) 
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 def tpr(scheme: Any, seqs: list[np.ndarray], prompts: list[list[int]] | None = None) -> float:
     b = scheme.detect_arrays(seqs, prompts=prompts)
@@ -205,6 +242,7 @@ def calibration(tok: Any, data: Path, teacher_answers: list[np.ndarray]) -> dict
 
 # -------------------------------------------------------------------------------- main
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--answers", type=int, default=96, help="answers per scheme")
@@ -231,8 +269,7 @@ def main() -> None:
     answers: dict[str, list[np.ndarray]] = {}
     gen_speed: dict[str, float] = {}
     for name in ("off", *SCHEMES):
-        s = None if name == "off" else build_scheme(name, secret=SECRET, key_id=1,
-                                                    vocab_size=vocab)
+        s = None if name == "off" else build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
         answers[name], sec = generate(model, tok, s, prompts, args.max_new, accounts, args.batch)
         gen_speed[name] = sum(map(len, answers[name])) / sec
         console.print(f"generated {name}: {gen_speed[name]:.0f} tokens/s")
@@ -243,14 +280,16 @@ def main() -> None:
     for name in SCHEMES:
         s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
         curve[name] = {L: tpr(s, [a[:L] for a in answers[name]], prompts) for L in LENGTHS}
-        curve[name + " (unmarked)"] = {L: tpr(s, [a[:L] for a in answers["off"]], prompts)
-                                       for L in LENGTHS}
+        curve[name + " (unmarked)"] = {
+            L: tpr(s, [a[:L] for a in answers["off"]], prompts) for L in LENGTHS
+        }
     res["tpr_vs_tokens"] = curve
     via_text = {}
     for name in SCHEMES:
         s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
-        texts = tok.batch_decode([a[:200].tolist() for a in answers[name]],
-                                 skip_special_tokens=True)
+        texts = tok.batch_decode(
+            [a[:200].tolist() for a in answers[name]], skip_special_tokens=True
+        )
         enc = tok(texts, add_special_tokens=False)["input_ids"]
         re_ids = [np.asarray(x, np.int64) for x in enc]
         via_text[name] = tpr(s, re_ids)
@@ -272,33 +311,36 @@ def main() -> None:
     robust: dict[str, dict[str, float]] = {}
     for name in SCHEMES:
         s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
-        robust[name] = {k: tpr(s, [f(a[:200], p) for a, p in zip(answers[name], prompts,
-                                                                  strict=True)], prompts)
-                        for k, f in attacks.items()}
+        robust[name] = {
+            k: tpr(s, [f(a[:200], p) for a, p in zip(answers[name], prompts, strict=True)], prompts)
+            for k, f in attacks.items()
+        }
     res["robustness_tpr_200"] = robust
 
     # 3. perplexity of 200-token answers
     ppl = {}
     for name in ("off", *SCHEMES):
         cut = [a[:200] for a in answers[name]]
-        ppl[name] = {"teacher": perplexity(model, prompts, cut),
-                     "independent model": perplexity(para_model, prompts, cut)}
+        ppl[name] = {
+            "teacher": perplexity(model, prompts, cut),
+            "independent model": perplexity(para_model, prompts, cut),
+        }
     res["perplexity_200"] = ppl
 
     # 4. accounts: provider strength with vs without the account signal; attribution
     half = max(len(prompts) // 2, 8)
     acc_rows = {}
     for name in SCHEMES:
-        single = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab,
-                              **SINGLE_KEY[name])
+        single = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab, **SINGLE_KEY[name])
         single_ids, _ = generate(model, tok, single, prompts[:half], 200, accounts, args.batch)
         s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
         with_acc = [a[:200] for a in answers[name][:half]]
         res_with = s.detect_arrays(with_acc, prompts=prompts[:half])
         res_single = single.detect_arrays(single_ids, prompts=prompts[:half])
         det = s.detect_many(with_acc, accounts=accounts)
-        top1 = np.mean([r.accounts[0].account == accounts[i % len(accounts)]
-                        for i, r in enumerate(det)])
+        top1 = np.mean(
+            [r.accounts[0].account == accounts[i % len(accounts)] for i, r in enumerate(det)]
+        )
         sig = np.mean([r.accounts[0].p_value_corrected < ALPHA for r in det])
         # mixtures of 4 answers of 4 different accounts, 100 tokens each
         mixes, found = [], []
@@ -306,21 +348,32 @@ def main() -> None:
             mixes.append(np.concatenate([answers[name][j + k][:100] for k in range(4)]))
             found.append({accounts[(j + k) % len(accounts)] for k in range(4)})
         mres = s.detect_many(mixes, accounts=accounts)
-        recovered = np.mean([len({m.account for m in r.accounts if m.p_value_corrected < ALPHA}
-                                 & want) / 4 for r, want in zip(mres, found, strict=True)])
-        false_acc = np.mean([len({m.account for m in r.accounts if m.p_value_corrected < ALPHA}
-                                 - want) for r, want in zip(mres, found, strict=True)])
+        recovered = np.mean(
+            [
+                len({m.account for m in r.accounts if m.p_value_corrected < ALPHA} & want) / 4
+                for r, want in zip(mres, found, strict=True)
+            ]
+        )
+        false_acc = np.mean(
+            [
+                len({m.account for m in r.accounts if m.p_value_corrected < ALPHA} - want)
+                for r, want in zip(mres, found, strict=True)
+            ]
+        )
         acc_rows[name] = {
             "provider_tpr_with_accounts": float(np.mean(res_with.log10_p_value < -3)),
             "provider_tpr_single_key": float(np.mean(res_single.log10_p_value < -3)),
             "median_log10p_with_accounts": float(np.median(res_with.log10_p_value)),
             "median_log10p_single_key": float(np.median(res_single.log10_p_value)),
             "ppl_teacher_with_accounts": perplexity(model, prompts[:half], with_acc),
-            "ppl_teacher_single_key": perplexity(model, prompts[:half],
-                                                 [a[:200] for a in single_ids]),
-            "top1_attribution_200": float(top1), "account_significant_200": float(sig),
+            "ppl_teacher_single_key": perplexity(
+                model, prompts[:half], [a[:200] for a in single_ids]
+            ),
+            "top1_attribution_200": float(top1),
+            "account_significant_200": float(sig),
             "mixture_accounts_recovered": float(recovered),
-            "mixture_false_accounts_per_text": float(false_acc)}
+            "mixture_false_accounts_per_text": float(false_acc),
+        }
     res["accounts"] = acc_rows
 
     # 5. slowdown, same batch, interleaved
@@ -343,8 +396,11 @@ def report(res: dict[str, Any], img: Path) -> None:
 
     t = Table("scheme", *[str(L) for L in LENGTHS], "200 via text", title="TPR at FPR 1e-3")
     for name, row in res["tpr_vs_tokens"].items():
-        t.add_row(name, *[f"{row[L]:.2f}" for L in LENGTHS],
-                  f"{res['tpr_200_via_text'].get(name, float('nan')):.2f}")
+        t.add_row(
+            name,
+            *[f"{row[L]:.2f}" for L in LENGTHS],
+            f"{res['tpr_200_via_text'].get(name, float('nan')):.2f}",
+        )
     console.print(t)
     attacks = list(next(iter(res["robustness_tpr_200"].values())))
     t = Table("attack (200 tokens)", *SCHEMES, title="TPR at FPR 1e-3 under attacks")
@@ -365,14 +421,27 @@ def report(res: dict[str, Any], img: Path) -> None:
         t.add_row(name, f"{v:.0f}", f"{v / sp['off']:.2f}x")
     console.print(t)
     cal = res["calibration"]
-    t = Table("scheme", "texts", "FPR@1e-3", "95% CI", "FPR@1e-2", "95% CI", "KS p",
-              title=f"calibration on {cal['texts']} unwatermarked texts")
+    t = Table(
+        "scheme",
+        "texts",
+        "FPR@1e-3",
+        "95% CI",
+        "FPR@1e-2",
+        "95% CI",
+        "KS p",
+        title=f"calibration on {cal['texts']} unwatermarked texts",
+    )
     for name in SCHEMES:
         r = cal[name]
-        t.add_row(name, str(r["scored_texts"]), f"{r['fpr@0.001']:.5f}",
-                  "[{:.5f}, {:.5f}]".format(*r["ci@0.001"]), f"{r['fpr@0.01']:.4f}",
-                  "[{:.4f}, {:.4f}]".format(*r["ci@0.01"]),
-                  "-" if r["ks_p"] is None else f"{r['ks_p']:.3g}")
+        t.add_row(
+            name,
+            str(r["scored_texts"]),
+            f"{r['fpr@0.001']:.5f}",
+            "[{:.5f}, {:.5f}]".format(*r["ci@0.001"]),
+            f"{r['fpr@0.01']:.4f}",
+            "[{:.4f}, {:.4f}]".format(*r["ci@0.01"]),
+            "-" if r["ks_p"] is None else f"{r['ks_p']:.3g}",
+        )
     console.print(t)
     console.print(f"took {res['seconds']:.0f} s; load at end {res['load_at_end']}")
 
@@ -392,8 +461,12 @@ def report(res: dict[str, Any], img: Path) -> None:
     width = 0.27
     x = np.arange(len(attacks))
     for i, name in enumerate(SCHEMES):
-        ax.bar(x + (i - 1) * width, [res["robustness_tpr_200"][name][a] for a in attacks],
-               width, label=name)
+        ax.bar(
+            x + (i - 1) * width,
+            [res["robustness_tpr_200"][name][a] for a in attacks],
+            width,
+            label=name,
+        )
     ax.set_xticks(x, attacks, rotation=30, ha="right")
     ax.set_ylabel("TPR at FPR 1e-3 (200 tokens)")
     ax.legend()

@@ -68,8 +68,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--texts", type=int, default=2000)
     ap.add_argument("--length", type=int, default=200)
-    ap.add_argument("--tokenizer", type=Path, default=None,
-                    help="tokenizer dir for the real-text lines (default: the small teacher)")
+    ap.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer dir for the real-text lines (default: the small teacher)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,11 +90,13 @@ def main() -> None:
         rows.append((f"bare numpy floor, V={vocab}", "kgw", R * T / floor))
         for name in ("kgw", "gumbel", "synthid"):
             s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
-            t = best_of(lambda s=s, p=prompts, q=seq_list: s.detect_arrays(q, prompts=p),
-                        args.repeats)
+            t = best_of(
+                lambda s=s, p=prompts, q=seq_list: s.detect_arrays(q, prompts=p), args.repeats
+            )
             rows.append((f"{R}x{T}, prompts, V={vocab}", name, R * T / t))
-            t = best_of(lambda s=s, p=prompts, q=seq_list: s.detect_many(q, prompts=p),
-                        args.repeats)
+            t = best_of(
+                lambda s=s, p=prompts, q=seq_list: s.detect_many(q, prompts=p), args.repeats
+            )
             rows.append(("  same, one DetectionResult per text", name, R * T / t))
             if name == "kgw":
                 t = best_of(lambda s=s, q=seq_list: s.detect_arrays(q), args.repeats)
@@ -130,8 +136,9 @@ def main() -> None:
     console.print(table)
     console.print(f"load: {os.getloadavg()}")
     if args.json:
-        args.json.write_text(json.dumps([dict(input=a, scheme=b, tokens_per_s=c)
-                                         for a, b, c in rows], indent=1))
+        args.json.write_text(
+            json.dumps([dict(input=a, scheme=b, tokens_per_s=c) for a, b, c in rows], indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -28,20 +28,31 @@ def sample_rows(bigram_logits) -> Callable[..., np.ndarray]:
 
     from distillguard.models.sampling import sample_plain
 
-    def run(sampler, *, rows: int = 4, steps: int = 120, tags=None, seed: int = 0,
-            temperature: float = 1.0, top_p: float = 1.0, seeded: bool = True) -> np.ndarray:
+    def run(
+        sampler,
+        *,
+        rows: int = 4,
+        steps: int = 120,
+        tags=None,
+        seed: int = 0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seeded: bool = True,
+    ) -> np.ndarray:
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, VOCAB, (rows, 6), generator=g)
-        gens = [torch.Generator().manual_seed(seed * 1000 + i) if seeded else None
-                for i in range(rows)]
+        gens = [
+            torch.Generator().manual_seed(seed * 1000 + i) if seeded else None for i in range(rows)
+        ]
         tags = list(tags) if tags is not None else [None] * rows
         for _ in range(steps):
             logits = bigram_logits[ids[:, -1]]
             if sampler is None:
                 out = sample_plain(logits, temperature=temperature, top_p=top_p, generators=gens)
             else:
-                out = sampler.sample(logits, ids, temperature=temperature, top_p=top_p,
-                                     generators=gens, tags=tags)
+                out = sampler.sample(
+                    logits, ids, temperature=temperature, top_p=top_p, generators=gens, tags=tags
+                )
             ids = torch.cat([ids, out.tokens[:, None]], dim=1)
         return ids[:, 6:].numpy()
 

@@ -23,9 +23,13 @@ def _fpr_ok(p: np.ndarray, alpha: float, *, discrete: bool) -> bool:
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)
-@given(name=st.sampled_from(["kgw", "gumbel", "synthid"]), seed=st.integers(0, 2**31),
-       vocab=st.sampled_from([300, 4096, 131072]), length=st.integers(20, 300),
-       key_id=st.integers(1, 5))
+@given(
+    name=st.sampled_from(["kgw", "gumbel", "synthid"]),
+    seed=st.integers(0, 2**31),
+    vocab=st.sampled_from([300, 4096, 131072]),
+    length=st.integers(20, 300),
+    key_id=st.integers(1, 5),
+)
 def test_pvalues_of_random_sequences_are_uniform(name, seed, vocab, length, key_id) -> None:
     s = build_scheme(name, secret=SECRET, key_id=key_id, vocab_size=vocab)
     rng = np.random.default_rng(seed)
@@ -51,8 +55,7 @@ def test_real_answers_are_not_flagged(name, shared_data, tiny_model_dir) -> None
     from distillguard.watermark.keys import KeyRing
 
     _, tokenizer = load_model(tiny_model_dir)
-    det = TextDetector(tokenizer=tokenizer, keyring=KeyRing(SECRET, current_key_id=2),
-                       scheme=name)
+    det = TextDetector(tokenizer=tokenizer, keyring=KeyRing(SECRET, current_key_id=2), scheme=name)
     res = det.detect_batch(_real_answers(shared_data, 400))
     p = np.array([r.p_value for r in res if hasattr(r, "p_value")])
     assert p.size > 350 and all(r.keys_tried == 2 for r in res if hasattr(r, "keys_tried"))

@@ -19,9 +19,13 @@ from .conftest import SECRET
 def test_derived_keys_are_deterministic_and_independent() -> None:
     k = derive_key(SECRET, "kgw", 1, "provider")
     assert k == derive_key(SECRET, "kgw", 1, "provider")
-    others = {derive_key(SECRET, "kgw", 2, "provider"), derive_key(SECRET, "gumbel", 1, "provider"),
-              account_key(SECRET, "kgw", 1, "alice"), account_key(SECRET, "kgw", 1, "bob"),
-              derive_key(SECRET[::-1], "kgw", 1, "provider")}
+    others = {
+        derive_key(SECRET, "kgw", 2, "provider"),
+        derive_key(SECRET, "gumbel", 1, "provider"),
+        account_key(SECRET, "kgw", 1, "alice"),
+        account_key(SECRET, "kgw", 1, "bob"),
+        derive_key(SECRET[::-1], "kgw", 1, "provider"),
+    }
     assert k not in others and len(others) == 5
 
 
@@ -54,8 +58,11 @@ def test_unknown_scheme_and_bad_params_are_watermark_errors() -> None:
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(mode=st.sampled_from(["lefthash", "minhash", "selfhash"]), width=st.integers(1, 5),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    mode=st.sampled_from(["lefthash", "minhash", "selfhash"]),
+    width=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_generation_and_detection_hash_agree(mode: str, width: int, seed: int) -> None:
     """vocab_values (generation, vectorized over V) equals pair_values (detection) bit for bit."""
     rng = np.random.default_rng(seed)

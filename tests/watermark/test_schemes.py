@@ -14,8 +14,11 @@ from distillguard.watermark.base import make_pairs
 from .conftest import SECRET, VOCAB
 
 SCHEMES = ["kgw", "gumbel", "synthid"]
-KGW_VARIANTS = [dict(context="lefthash", context_width=1), dict(context="minhash", context_width=3),
-                dict(context="selfhash", context_width=3)]
+KGW_VARIANTS = [
+    dict(context="lefthash", context_width=1),
+    dict(context="minhash", context_width=3),
+    dict(context="selfhash", context_width=3),
+]
 
 
 def scheme(name: str, **kw):
@@ -36,8 +39,9 @@ def test_marked_text_is_detected_and_plain_text_is_not(name, sample_rows) -> Non
 def test_kgw_context_variants_mark_and_detect(variant, sample_rows) -> None:
     s = scheme("kgw", **variant)
     assert all(r.log10_p_value < -6 for r in s.detect_many(list(sample_rows(s, steps=120))))
-    other = build_scheme("kgw", secret=b"another-secret-of-32-bytes-xxxxx", key_id=1,
-                         vocab_size=VOCAB, **variant)
+    other = build_scheme(
+        "kgw", secret=b"another-secret-of-32-bytes-xxxxx", key_id=1, vocab_size=VOCAB, **variant
+    )
     assert all(r.p_value > 1e-3 for r in other.detect_many(list(sample_rows(s, steps=120))))
 
 
@@ -51,8 +55,14 @@ def test_seeded_rows_reproduce_and_top_p_is_respected(name, sample_rows, bigram_
     # distribution-preserving schemes, of the biased one for KGW (bias, then top_p, as in HF)
     ids = torch.as_tensor(a)
     for t in range(1, a.shape[1]):
-        out = s.sample(bigram_logits[ids[:, t - 1]], ids[:, :t], temperature=1.0, top_p=0.5,
-                       generators=[None] * 2, tags=[None] * 2)
+        out = s.sample(
+            bigram_logits[ids[:, t - 1]],
+            ids[:, :t],
+            temperature=1.0,
+            top_p=0.5,
+            generators=[None] * 2,
+            tags=[None] * 2,
+        )
         assert bool(torch.isfinite(out.logprobs.gather(1, out.tokens[:, None])).all())
         support = torch.isfinite(out.logprobs)
         probs = torch.softmax(bigram_logits[ids[:, t - 1]], -1)
@@ -66,12 +76,24 @@ def test_seeded_rows_reproduce_and_top_p_is_respected(name, sample_rows, bigram_
 def test_temperature_zero_is_greedy_and_logprobs_are_a_distribution(name, bigram_logits) -> None:
     s = scheme(name)
     ids = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(0))
-    out = s.sample(bigram_logits[ids[:, -1]], ids, temperature=0.0, top_p=1.0,
-                   generators=[None] * 3, tags=[None] * 3)
+    out = s.sample(
+        bigram_logits[ids[:, -1]],
+        ids,
+        temperature=0.0,
+        top_p=1.0,
+        generators=[None] * 3,
+        tags=[None] * 3,
+    )
     assert torch.allclose(out.logprobs.exp().sum(-1), torch.ones(3), atol=1e-4)
     assert torch.equal(out.tokens, out.logprobs.argmax(-1))
-    out = s.sample(bigram_logits[ids[:, -1]], ids, temperature=0.7, top_p=0.9,
-                   generators=[None] * 3, tags=["a", "b", None])
+    out = s.sample(
+        bigram_logits[ids[:, -1]],
+        ids,
+        temperature=0.7,
+        top_p=0.9,
+        generators=[None] * 3,
+        tags=["a", "b", None],
+    )
     assert out.tokens.shape == (3,) and out.logprobs.shape == (3, VOCAB)
     assert torch.allclose(out.logprobs.exp().sum(-1), torch.ones(3), atol=1e-4)
 
@@ -86,8 +108,11 @@ def test_accounts_are_attributed_on_mixed_text(name, sample_rows) -> None:
         assert r.accounts[0].p_value_corrected < 1e-3
         assert all(m.p_value_corrected > 1e-3 for m in r.accounts[1:])
     mixed = np.concatenate([rows[0], rows[2]])  # one text from two accounts
-    top = {m.account for m in s.detect_many([mixed], accounts=["carol", "alice", "bob"])[0]
-           .accounts if m.p_value_corrected < 1e-3}
+    top = {
+        m.account
+        for m in s.detect_many([mixed], accounts=["carol", "alice", "bob"])[0].accounts
+        if m.p_value_corrected < 1e-3
+    }
     assert top == {"alice", "bob"}
 
 
@@ -146,6 +171,5 @@ def test_score_pairs_and_expected_scores_agree_with_detection(name) -> None:
     onehot = np.eye(VOCAB)[toks]
     assert np.allclose(s.expected_pair_scores(ctx, onehot), scores)
     uniform = np.full((len(toks), VOCAB), 1.0 / VOCAB)
-    assert s.expected_pair_scores(ctx, uniform).mean() == pytest.approx(s.null_pair_mean,
-                                                                        rel=0.1)
+    assert s.expected_pair_scores(ctx, uniform).mean() == pytest.approx(s.null_pair_mean, rel=0.1)
     assert s.null_pair_mean == {"kgw": 0.25, "gumbel": 1.0, "synthid": 12.0}[name]

@@ -36,13 +36,21 @@ def marked(tiny_model_dir: Path) -> dict:
     engine = GenerationEngine(model, tok, sampler=scheme, num_threads=1)
     prompts = [f"Tell me about item {i}." for i in range(6)]
     ids = [engine.encode_chat([{"role": "user", "content": p}]) for p in prompts]
-    params = [GenerationParams(max_new_tokens=120, temperature=1.0, seed=i,
-                               tag=ACCOUNTS[i % 2]) for i in range(6)]
+    params = [
+        GenerationParams(max_new_tokens=120, temperature=1.0, seed=i, tag=ACCOUNTS[i % 2])
+        for i in range(6)
+    ]
     done = engine.generate_batch(ids, params)
     plain = GenerationEngine(model, tok, num_threads=1).generate_batch(
-        ids, [GenerationParams(max_new_tokens=120, seed=i) for i in range(6)])
-    return {"tokenizer": tok, "texts": [c.text for c in done], "prompts": prompts,
-            "plain": [c.text for c in plain], "again": engine.generate_batch(ids[:1], params[:1])}
+        ids, [GenerationParams(max_new_tokens=120, seed=i) for i in range(6)]
+    )
+    return {
+        "tokenizer": tok,
+        "texts": [c.text for c in done],
+        "prompts": prompts,
+        "plain": [c.text for c in plain],
+        "again": engine.generate_batch(ids[:1], params[:1]),
+    }
 
 
 def test_engine_answers_are_detected_and_attributed(marked) -> None:
@@ -72,43 +80,78 @@ def test_detect_text_api_and_bad_texts(marked) -> None:
     garbage = bytes(range(256)).decode("latin-1") * 2  # another tokenizer's byte soup
     g = detect_text(garbage, tokenizer=tok, secret=SECRET, scheme="gumbel")
     assert g.p_value > 1e-3
-    wrong = detect_text(marked["texts"][0], tokenizer=tok,
-                        secret=b"not-the-provider-secret-00000000", key_ids=[1, 2])
+    wrong = detect_text(
+        marked["texts"][0],
+        tokenizer=tok,
+        secret=b"not-the-provider-secret-00000000",
+        key_ids=[1, 2],
+    )
     assert wrong.p_value > 1e-3
 
 
 def _write_jsonl(path: Path, marked) -> None:
-    lines = [json.dumps({"text": marked["texts"][0], "prompt": marked["prompts"][0]}),
-             json.dumps({"text": ""}),
-             json.dumps({"answer": "no text field"}),
-             "{not json",
-             json.dumps({"text": 42}),
-             "",
-             json.dumps({"text": marked["plain"][0]})]
+    lines = [
+        json.dumps({"text": marked["texts"][0], "prompt": marked["prompts"][0]}),
+        json.dumps({"text": ""}),
+        json.dumps({"answer": "no text field"}),
+        "{not json",
+        json.dumps({"text": 42}),
+        "",
+        json.dumps({"text": marked["plain"][0]}),
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
 def test_cli_detect_prints_one_line_per_input_and_counts_skipped(
-        marked, tiny_model_dir, tmp_path, monkeypatch) -> None:
+    marked, tiny_model_dir, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("DISTILLGUARD_WATERMARK_SECRET", SECRET.decode())
     monkeypatch.setenv("DISTILLGUARD_WATERMARK_KEY_ID", "2")
     f = tmp_path / "in.jsonl"
     _write_jsonl(f, marked)
-    res = runner.invoke(app, ["watermark", "detect", str(f), "--tokenizer", str(tiny_model_dir),
-                              "--prompt-field", "prompt", "--accounts", ",".join(ACCOUNTS)])
+    res = runner.invoke(
+        app,
+        [
+            "watermark",
+            "detect",
+            str(f),
+            "--tokenizer",
+            str(tiny_model_dir),
+            "--prompt-field",
+            "prompt",
+            "--accounts",
+            ",".join(ACCOUNTS),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = [json.loads(line) for line in res.stdout.splitlines()]
     assert [o["line"] for o in out] == [1, 2, 3, 4, 5, 7]  # the blank line is not an input
     assert out[0]["p_value"] < 1e-3 and out[0]["accounts"][0]["account"] == ACCOUNTS[0]
-    assert [o.get("error") for o in out[1:5]] == ["InsufficientData", "InputError",
-                                                  "InputError", "InputError"]
+    assert [o.get("error") for o in out[1:5]] == [
+        "InsufficientData",
+        "InputError",
+        "InputError",
+        "InputError",
+    ]
     assert "no field 'text'" in out[2]["message"]
     assert out[5]["p_value"] > 1e-3
     assert "4 skipped" in res.stderr
     # plain text from stdin, one text per line, scheme chosen on the command line
-    res = runner.invoke(app, ["watermark", "detect", "-", "--format", "lines", "--scheme",
-                              "synthid", "--tokenizer", str(tiny_model_dir)],
-                        input="hello there, this is a line of text\n\n")
+    res = runner.invoke(
+        app,
+        [
+            "watermark",
+            "detect",
+            "-",
+            "--format",
+            "lines",
+            "--scheme",
+            "synthid",
+            "--tokenizer",
+            str(tiny_model_dir),
+        ],
+        input="hello there, this is a line of text\n\n",
+    )
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     assert lines[0]["scheme"] == "synthid" and lines[1]["error"] == "InsufficientData"
@@ -124,15 +167,18 @@ def test_cli_keys_lists_ids_never_the_secret(monkeypatch) -> None:
 
 def test_cli_errors_missing_file_and_secret(tmp_path, tiny_model_dir, monkeypatch) -> None:
     monkeypatch.setenv("DISTILLGUARD_WATERMARK_SECRET", SECRET.decode())
-    res = runner.invoke(app, ["watermark", "detect", str(tmp_path / "nope.jsonl"),
-                              "--tokenizer", str(tiny_model_dir)])
+    res = runner.invoke(
+        app,
+        ["watermark", "detect", str(tmp_path / "nope.jsonl"), "--tokenizer", str(tiny_model_dir)],
+    )
     assert isinstance(res.exception, NotFound)
     res = runner.invoke(app, ["watermark", "detect", "-", "--tokenizer", str(tmp_path)])
     assert isinstance(res.exception, NotFound)  # no tokenizer there
 
 
-def test_admin_router_detects_batches_with_per_text_errors(marked, tiny_model_dir,
-                                                           monkeypatch) -> None:
+def test_admin_router_detects_batches_with_per_text_errors(
+    marked, tiny_model_dir, monkeypatch
+) -> None:
     from distillguard.gateway.errors import install_handlers
     from distillguard.watermark.api import router
 
@@ -143,9 +189,10 @@ def test_admin_router_detects_batches_with_per_text_errors(marked, tiny_model_di
     install_handlers(api)
     api.include_router(router)
     client = TestClient(api)
-    r = client.post("/admin/watermark/detect",
-                    json={"texts": [marked["texts"][1], "", marked["plain"][1]],
-                          "accounts": ACCOUNTS})
+    r = client.post(
+        "/admin/watermark/detect",
+        json={"texts": [marked["texts"][1], "", marked["plain"][1]], "accounts": ACCOUNTS},
+    )
     assert r.status_code == 200, r.text
     body = r.json()["results"]
     assert body[0]["p_value"] < 1e-3 and body[0]["accounts"][0]["account"] == ACCOUNTS[1]
@@ -153,5 +200,7 @@ def test_admin_router_detects_batches_with_per_text_errors(marked, tiny_model_di
     assert client.post("/admin/watermark/detect", json={}).status_code == 400
     bad_key = client.post("/admin/watermark/detect", json={"text": "x", "key_ids": [9]})
     assert bad_key.status_code == 400 and "key id" in bad_key.json()["error"]["message"]
-    assert client.post("/admin/watermark/detect",
-                       json={"text": "x", "scheme": "nope"}).status_code == 400
+    assert (
+        client.post("/admin/watermark/detect", json={"text": "x", "scheme": "nope"}).status_code
+        == 400
+    )

@@ -17,8 +17,9 @@ from rich.console import Console
 
 from distillguard.errors import NotFound
 
-watermark_app = typer.Typer(help="Watermark: detect the provider's mark in text; key ids.",
-                            no_args_is_help=True)
+watermark_app = typer.Typer(
+    help="Watermark: detect the provider's mark in text; key ids.", no_args_is_help=True
+)
 err_console = Console(stderr=True)
 
 
@@ -31,25 +32,38 @@ def register(root: typer.Typer) -> None:
 def detect(
     file: Annotated[str, typer.Argument(help="Input file, or - for stdin.")],
     field: Annotated[str, typer.Option(help="JSONL field holding the text.")] = "text",
-    prompt_field: Annotated[str | None, typer.Option(
-        help="JSONL field holding the prompt (its copied tokens are not scored).")] = None,
-    scheme: Annotated[str | None, typer.Option(
-        help="kgw | gumbel | synthid (default: DISTILLGUARD_WATERMARK_SCHEME).")] = None,
-    tokenizer: Annotated[Path | None, typer.Option(
-        help="Tokenizer/model directory (default: the served model or the teacher).")] = None,
-    key_id: Annotated[list[int] | None, typer.Option(
-        "--key-id", help="Key id to try (repeatable; default: all up to the current).")] = None,
-    accounts: Annotated[str | None, typer.Option(
-        help="Comma-separated account ids to test for attribution.")] = None,
-    fmt: Annotated[str, typer.Option(
-        "--format", help="auto | jsonl | text (whole input is one text) | lines.")] = "auto",
+    prompt_field: Annotated[
+        str | None,
+        typer.Option(help="JSONL field holding the prompt (its copied tokens are not scored)."),
+    ] = None,
+    scheme: Annotated[
+        str | None,
+        typer.Option(help="kgw | gumbel | synthid (default: DISTILLGUARD_WATERMARK_SCHEME)."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="Tokenizer/model directory (default: the served model or the teacher)."),
+    ] = None,
+    key_id: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--key-id", help="Key id to try (repeatable; default: all up to the current)."
+        ),
+    ] = None,
+    accounts: Annotated[
+        str | None, typer.Option(help="Comma-separated account ids to test for attribution.")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto | jsonl | text (whole input is one text) | lines.")
+    ] = "auto",
     alpha: Annotated[float, typer.Option(help="Level at which a text counts as marked.")] = 1e-3,
 ) -> None:
     """Detect the watermark in texts: one JSON line per input on stdout."""
     from distillguard.watermark.detect import TextDetector, detect_stream, read_inputs
 
-    detector = TextDetector.from_settings(scheme=scheme, key_ids=key_id or None,
-                                          tokenizer_dir=tokenizer)
+    detector = TextDetector.from_settings(
+        scheme=scheme, key_ids=key_id or None, tokenizer_dir=tokenizer
+    )
     account_list = [a.strip() for a in (accounts or "").split(",") if a.strip()]
     if file == "-":
         stream = sys.stdin
@@ -70,8 +84,10 @@ def detect(
             typer.echo(json.dumps(rec))
             if total % 500 == 0:
                 status.update(f"detecting... {total} inputs")
-    err_console.print(f"{total} inputs: {marked} marked at alpha={alpha:g}, "
-                      f"{total - skipped - marked} not marked, {skipped} skipped (errors)")
+    err_console.print(
+        f"{total} inputs: {marked} marked at alpha={alpha:g}, "
+        f"{total - skipped - marked} not marked, {skipped} skipped (errors)"
+    )
 
 
 @watermark_app.command("keys")

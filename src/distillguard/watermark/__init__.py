@@ -28,13 +28,16 @@ SCHEMES: dict[str, tuple[type[WatermarkScheme], type]] = {
 }
 
 
-def build_scheme(name: str, *, secret: bytes, key_id: int, vocab_size: int,
-                 **params: Any) -> WatermarkScheme:
+def build_scheme(
+    name: str, *, secret: bytes, key_id: int, vocab_size: int, **params: Any
+) -> WatermarkScheme:
     """A watermark scheme by name; ``params`` are fields of the scheme's params dataclass
     (e.g. ``build_scheme("kgw", ..., gamma=0.25, delta=2.0)``)."""
     if name not in SCHEMES:
-        raise WatermarkError(f"unknown watermark scheme {name!r}; choose one of "
-                             f"{sorted(SCHEMES)} (or 'off' at the gateway)")
+        raise WatermarkError(
+            f"unknown watermark scheme {name!r}; choose one of "
+            f"{sorted(SCHEMES)} (or 'off' at the gateway)"
+        )
     cls, params_cls = SCHEMES[name]
     try:
         p = params_cls(**params)

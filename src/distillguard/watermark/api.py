@@ -56,8 +56,9 @@ def _detector(request: Request, scheme: str | None, key_ids: list[int] | None) -
     cache: dict = request.app.state.__dict__.setdefault("_watermark_detectors", {})
     key = (name, tuple(key_ids or ()))
     if key not in cache:
-        cache[key] = TextDetector.from_settings(settings, tokenizer=_tokenizer_of(request),
-                                                scheme=name, key_ids=key_ids)
+        cache[key] = TextDetector.from_settings(
+            settings, tokenizer=_tokenizer_of(request), scheme=name, key_ids=key_ids
+        )
     return cache[key]
 
 
@@ -70,7 +71,11 @@ async def detect(body: DetectRequest, request: Request) -> dict[str, Any]:
     if prompts is not None and len(prompts) != len(texts):
         raise InputError("'prompts' must have one entry per text", param="prompts")
     detector = await asyncio.to_thread(_detector, request, body.scheme, body.key_ids)
-    results = await asyncio.to_thread(detector.detect_batch, texts, prompts=prompts,
-                                      accounts=body.accounts)
-    return {"object": "watermark.detection", "scheme": detector.scheme,
-            "results": [_record(i, r) for i, r in enumerate(results)]}
+    results = await asyncio.to_thread(
+        detector.detect_batch, texts, prompts=prompts, accounts=body.accounts
+    )
+    return {
+        "object": "watermark.detection",
+        "scheme": detector.scheme,
+        "results": [_record(i, r) for i, r in enumerate(results)],
+    }

@@ -86,8 +86,9 @@ class _TokenTable:
 
     def get(self, size: int) -> np.ndarray:  # (size,) uint64
         if size > self._table.size:
-            self._table = splitmix64(np.arange(max(size, 2 * self._table.size), dtype=U64)
-                                     ^ _TOKEN_SALT)
+            self._table = splitmix64(
+                np.arange(max(size, 2 * self._table.size), dtype=U64) ^ _TOKEN_SALT
+            )
         return self._table[:size]
 
     def of(self, tokens: np.ndarray) -> np.ndarray:  # same shape as tokens, uint64
@@ -152,8 +153,9 @@ class ContextHash:
         Equal to ``pair_values`` of each (context, v), computed without a V x V table."""
         return self._candidates_hashed(key, contexts, TOKEN_HASH.get(vocab)[None, :])
 
-    def candidate_values(self, key: int, contexts: np.ndarray,
-                         candidates: np.ndarray) -> np.ndarray:
+    def candidate_values(
+        self, key: int, contexts: np.ndarray, candidates: np.ndarray
+    ) -> np.ndarray:
         """u for some candidates per row: contexts (B, h), candidates (B, K) -> (B, K)."""
         return self._candidates_hashed(key, contexts, TOKEN_HASH.of(candidates))
 
@@ -173,6 +175,7 @@ def fraction_threshold(fraction: float) -> U64:
 
 
 # ---------------------------------------------------------------- exact tails in log space
+
 
 def binom_log10_sf(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
     """log10 P(Binomial(n, p) >= k), elementwise (k, n int arrays); exact unless it underflows.
@@ -198,8 +201,13 @@ def _binom_log10_sf(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
         tiny = (sf < 1e-290) & (k > 0) & (k <= n)
         if tiny.any():
             kk, nn = k[tiny], n[tiny]
-            logpmf = (special.gammaln(nn + 1) - special.gammaln(kk + 1)
-                      - special.gammaln(nn - kk + 1) + kk * np.log(p) + (nn - kk) * np.log1p(-p))
+            logpmf = (
+                special.gammaln(nn + 1)
+                - special.gammaln(kk + 1)
+                - special.gammaln(nn - kk + 1)
+                + kk * np.log(p)
+                + (nn - kk) * np.log1p(-p)
+            )
             ratio = (nn - kk) / (kk + 1) * p / (1 - p)
             out[tiny] = (logpmf - np.log1p(-np.minimum(ratio, 1 - 1e-12))) / LOG10
     return np.minimum(out, 0.0)
@@ -238,6 +246,7 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- results
+
 
 @dataclass(frozen=True)
 class AccountMatch:
@@ -283,7 +292,7 @@ class BatchScores:
 
     @property
     def p_value(self) -> np.ndarray:
-        return 10.0 ** self.log10_p_value
+        return 10.0**self.log10_p_value
 
 
 @dataclass(frozen=True)
@@ -318,8 +327,9 @@ def _segments(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, offsets
 
 
-def flatten_tokens(seqs: Sequence[Sequence[int] | np.ndarray | None],
-                   vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+def flatten_tokens(
+    seqs: Sequence[Sequence[int] | np.ndarray | None], vocab_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate and concatenate token sequences: -> (flat (L,) int64, lengths (R,) int64)."""
     flat = lens = None
     if isinstance(seqs, np.ndarray) and seqs.ndim == 2:  # (R, T): already rectangular
@@ -345,8 +355,10 @@ def flatten_tokens(seqs: Sequence[Sequence[int] | np.ndarray | None],
     if int(flat.min()) < 0 or int(flat.max()) >= vocab_size:
         bad = int(np.flatnonzero((flat < 0) | (flat >= vocab_size))[0])
         row = int(np.searchsorted(np.cumsum(lens), bad, side="right"))
-        raise InputError(f"text {row}: token id {int(flat[bad])} out of range [0, {vocab_size}) "
-                         "(not this tokenizer's ids?)")
+        raise InputError(
+            f"text {row}: token id {int(flat[bad])} out of range [0, {vocab_size}) "
+            "(not this tokenizer's ids?)"
+        )
     return flat.astype(np.int64, copy=False), lens
 
 
@@ -365,8 +377,15 @@ def make_pairs(flat: np.ndarray, lens: np.ndarray, width: int) -> Pairs:
     return Pairs(ctx_h=ctx_h, tok_h=th[pos], rows=rows)
 
 
-def _row_stats(values: np.ndarray, rows: np.ndarray, pvalues: np.ndarray, prows: np.ndarray,
-               num_rows: int, scorer: Any, chunk_rows: int = 256) -> _RowStats:
+def _row_stats(
+    values: np.ndarray,
+    rows: np.ndarray,
+    pvalues: np.ndarray,
+    prows: np.ndarray,
+    num_rows: int,
+    scorer: Any,
+    chunk_rows: int = 256,
+) -> _RowStats:
     """Deduplicate and prompt-exclude keyed values per row, then sum their scores.
 
     values (N,) uint64 with rows (N,) nondecreasing; pvalues (M,) prompt values with prows (M,).
@@ -397,12 +416,13 @@ def _row_stats(values: np.ndarray, rows: np.ndarray, pvalues: np.ndarray, prows:
         mat[np.arange(values.size) + np.repeat(row_base - t_start, n_text)] = values & ~one
         if pvalues.size:
             mat[np.arange(pvalues.size) + np.repeat(row_base + n_text - p_start, n_prompt)] = (
-                pvalues | one)
+                pvalues | one
+            )
         score[:], scored[:], copied[:] = _sorted_group_stats(mat.reshape(num_rows, width), scorer)
         return _RowStats(score, scored, copied, n_text)
     order = np.argsort(total, kind="stable")  # rows of similar width share a chunk
     for c in range(0, num_rows, chunk_rows):
-        rows_c = order[c:c + chunk_rows]  # (r,)
+        rows_c = order[c : c + chunk_rows]  # (r,)
         tl, pl = n_text[rows_c], n_prompt[rows_c]
         r, w = rows_c.size, max(int(total[rows_c].max()), 1)
         mat = np.full(r * w, SENTINEL, dtype=U64)  # (r * W,)
@@ -412,9 +432,11 @@ def _row_stats(values: np.ndarray, rows: np.ndarray, pvalues: np.ndarray, prows:
         if pl.any():
             _, poff = _segments(pl)
             mat[np.repeat(base_lin + tl, pl) + poff] = (
-                pvalues[np.repeat(p_start[rows_c], pl) + poff] | one)
+                pvalues[np.repeat(p_start[rows_c], pl) + poff] | one
+            )
         score[rows_c], scored[rows_c], copied[rows_c] = _sorted_group_stats(
-            mat.reshape(r, w), scorer)
+            mat.reshape(r, w), scorer
+        )
     return _RowStats(score=score, num_scored=scored, num_prompt_copied=copied, num_pairs=n_text)
 
 
@@ -428,7 +450,7 @@ def _sorted_group_stats(mat: np.ndarray, scorer: Any) -> tuple[np.ndarray, ...]:
     end = np.empty(flat.size, dtype=bool)  # last element of its group
     np.not_equal(flat[1:] >> one, flat[:-1] >> one, out=end[:-1])
     end[-1] = True
-    end[width - 1::width] = True  # groups never span rows
+    end[width - 1 :: width] = True  # groups never span rows
     keep = end & ~from_prompt  # (F,) SENTINEL counts as prompt: never kept
     # a text value directly followed by a prompt copy of itself: a copied distinct pair
     cop = np.zeros(flat.size, dtype=bool)
@@ -442,6 +464,7 @@ def _sorted_group_stats(mat: np.ndarray, scorer: Any) -> tuple[np.ndarray, ...]:
 
 # ---------------------------------------------------------------------- the base class
 
+
 class WatermarkScheme(ABC):
     """A keyed watermark: ``sample`` at generation (TokenSampler), ``detect`` at detection.
 
@@ -451,8 +474,9 @@ class WatermarkScheme(ABC):
 
     name: str = "base"
 
-    def __init__(self, *, secret: bytes, key_id: int, vocab_size: int,
-                 context: ContextHash) -> None:
+    def __init__(
+        self, *, secret: bytes, key_id: int, vocab_size: int, context: ContextHash
+    ) -> None:
         if vocab_size < 2:
             raise InputError("vocab_size must be at least 2")
         self._secret = keymod.check_secret(secret)
@@ -503,8 +527,9 @@ class WatermarkScheme(ABC):
         return None
 
     # ---- primitives for forensics (radioactivity, Sander et al. 2024) ----
-    def score_pairs(self, contexts: np.ndarray, tokens: np.ndarray, *,
-                    account: str | None = None) -> np.ndarray:
+    def score_pairs(
+        self, contexts: np.ndarray, tokens: np.ndarray, *, account: str | None = None
+    ) -> np.ndarray:
         """Per-pair scores, contexts (N, h) int, tokens (N,) int -> (N,) float64.
 
         No deduplication here: callers that sum scores must deduplicate (context, token) pairs
@@ -516,10 +541,12 @@ class WatermarkScheme(ABC):
         if account is None:
             return self.pair_scores(self.context.pair_values(self._provider_key, contexts, tokens))
         return self.account_pair_scores(
-            self.context.pair_values(self.account_key(account), contexts, tokens))
+            self.context.pair_values(self.account_key(account), contexts, tokens)
+        )
 
-    def expected_pair_scores(self, contexts: np.ndarray, probs: np.ndarray, *,
-                             chunk: int = 64) -> np.ndarray:
+    def expected_pair_scores(
+        self, contexts: np.ndarray, probs: np.ndarray, *, chunk: int = 64
+    ) -> np.ndarray:
         """Expected provider score under a predicted next-token distribution.
 
         contexts (N, h) int, probs (N, V) float (rows sum to 1) -> (N,) float64; e.g. for KGW
@@ -530,48 +557,70 @@ class WatermarkScheme(ABC):
         probs = np.asarray(probs, dtype=np.float64)
         out = np.empty(len(contexts))
         for i in range(0, len(contexts), chunk):
-            u = self.context.vocab_values(self._provider_key, contexts[i:i + chunk],
-                                          probs.shape[1])  # (c, V)
+            u = self.context.vocab_values(
+                self._provider_key, contexts[i : i + chunk], probs.shape[1]
+            )  # (c, V)
             s = self.pair_scores(u.ravel()).reshape(u.shape)
-            out[i:i + chunk] = (probs[i:i + chunk] * s).sum(axis=1)
+            out[i : i + chunk] = (probs[i : i + chunk] * s).sum(axis=1)
         return out
 
     def pvalue(self, score: float, n: int) -> tuple[float, float]:
         """(p, log10 p) of a provider score sum over n deduplicated pairs."""
         lp = float(self.log10_pvalue(np.array([score]), np.array([n]))[0])
-        return 10.0 ** lp, lp
+        return 10.0**lp, lp
 
     # ---- detection ----
-    def detect(self, token_ids: Sequence[int] | np.ndarray, *,
-               prompt_ids: Sequence[int] | np.ndarray | None = None,
-               accounts: Sequence[str] = ()) -> DetectionResult:
+    def detect(
+        self,
+        token_ids: Sequence[int] | np.ndarray,
+        *,
+        prompt_ids: Sequence[int] | np.ndarray | None = None,
+        accounts: Sequence[str] = (),
+    ) -> DetectionResult:
         """Detect one text; raises ``InsufficientData`` when no pair could be scored."""
-        result = self.detect_many([token_ids], prompts=None if prompt_ids is None
-                                  else [prompt_ids], accounts=accounts)[0]
+        result = self.detect_many(
+            [token_ids], prompts=None if prompt_ids is None else [prompt_ids], accounts=accounts
+        )[0]
         if result.num_scored == 0:
             raise InsufficientData(
                 f"no scorable token: {result.num_tokens} tokens, context width "
                 f"{self.context.width}, {result.num_repeated} repeated, "
-                f"{result.num_prompt_copied} copied from the prompt")
+                f"{result.num_prompt_copied} copied from the prompt"
+            )
         return result
 
-    def detect_arrays(self, sequences: Sequence[Sequence[int] | np.ndarray] | np.ndarray, *,
-                      prompts: Sequence[Sequence[int] | np.ndarray | None] | None = None
-                      ) -> BatchScores:
+    def detect_arrays(
+        self,
+        sequences: Sequence[Sequence[int] | np.ndarray] | np.ndarray,
+        *,
+        prompts: Sequence[Sequence[int] | np.ndarray | None] | None = None,
+    ) -> BatchScores:
         """Provider test of a batch as arrays (no per-text objects): the fast path."""
         return self._score(sequences, prompts)[0]
 
-    def detect_many(self, sequences: Sequence[Sequence[int] | np.ndarray] | np.ndarray, *,
-                    prompts: Sequence[Sequence[int] | np.ndarray | None] | None = None,
-                    accounts: Sequence[str] = ()) -> list[DetectionResult]:
+    def detect_many(
+        self,
+        sequences: Sequence[Sequence[int] | np.ndarray] | np.ndarray,
+        *,
+        prompts: Sequence[Sequence[int] | np.ndarray | None] | None = None,
+        accounts: Sequence[str] = (),
+    ) -> list[DetectionResult]:
         """Detect a batch of texts at once (rows with 0 scored pairs get p = 1)."""
         b, all_pairs = self._score(sequences, prompts)
         R = b.score.size
-        acc = (self._detect_accounts(*all_pairs(), R, tuple(accounts)) if len(accounts)
-               else [()] * R)
-        cols = zip(b.score.tolist(), b.z_score.tolist(), b.num_tokens.tolist(),
-                   b.num_scored.tolist(), b.num_repeated.tolist(), b.num_prompt_copied.tolist(),
-                   (10.0 ** b.log10_p_value).tolist(), b.log10_p_value.tolist(), acc, strict=True)
+        acc = self._detect_accounts(*all_pairs(), R, tuple(accounts)) if len(accounts) else [()] * R
+        cols = zip(
+            b.score.tolist(),
+            b.z_score.tolist(),
+            b.num_tokens.tolist(),
+            b.num_scored.tolist(),
+            b.num_repeated.tolist(),
+            b.num_prompt_copied.tolist(),
+            (10.0**b.log10_p_value).tolist(),
+            b.log10_p_value.tolist(),
+            acc,
+            strict=True,
+        )
         return [DetectionResult(self.name, self.key_id, *c[:8], accounts=c[8]) for c in cols]
 
     def _score(self, sequences: Any, prompts: Any) -> tuple[BatchScores, Any]:
@@ -592,8 +641,11 @@ class WatermarkScheme(ABC):
         copied, repeated = np.zeros(R, dtype=np.int64), np.zeros(R, dtype=np.int64)
         ends, pends = np.cumsum(lens), np.cumsum(plens)
         # block boundaries: rows whose cumulative token count crosses multiples of BLOCK_TOKENS
-        cuts = np.unique(np.searchsorted(ends, np.arange(BLOCK_TOKENS, int(ends[-1]) if R else 0,
-                                                         BLOCK_TOKENS), side="right"))
+        cuts = np.unique(
+            np.searchsorted(
+                ends, np.arange(BLOCK_TOKENS, int(ends[-1]) if R else 0, BLOCK_TOKENS), side="right"
+            )
+        )
         bounds = [0, *[int(c) for c in cuts if 0 < c < R], R]
         for r0, r1 in itertools.pairwise(bounds):
             if r1 <= r0:
@@ -605,11 +657,16 @@ class WatermarkScheme(ABC):
             st = self._provider_stats(pairs, ppairs, r1 - r0)
             score[r0:r1], scored[r0:r1] = st.score, st.num_scored
             copied[r0:r1] = st.num_prompt_copied
-            repeated[r0:r1] = (np.maximum(lens[r0:r1] - h, 0) - st.num_scored
-                               - st.num_prompt_copied)
-        batch = BatchScores(score=score, z_score=self.z_score(score, scored), num_tokens=lens,
-                            num_scored=scored, num_repeated=repeated, num_prompt_copied=copied,
-                            log10_p_value=self.log10_pvalue(score, scored))
+            repeated[r0:r1] = np.maximum(lens[r0:r1] - h, 0) - st.num_scored - st.num_prompt_copied
+        batch = BatchScores(
+            score=score,
+            z_score=self.z_score(score, scored),
+            num_tokens=lens,
+            num_scored=scored,
+            num_repeated=repeated,
+            num_prompt_copied=copied,
+            log10_p_value=self.log10_pvalue(score, scored),
+        )
 
         def all_pairs() -> tuple[Pairs, Pairs]:
             return make_pairs(flat, lens, h), make_pairs(pflat, plens, h)
@@ -619,34 +676,54 @@ class WatermarkScheme(ABC):
     def _provider_stats(self, pairs: Pairs, ppairs: Pairs, rows: int) -> _RowStats:
         pk = self._provider_key
         mine = pairs.select(self.provider_pair_mask(pairs))
-        return _row_stats(self.context.pair_hashed(pk, mine.ctx_h, mine.tok_h), mine.rows,
-                          self.context.pair_hashed(pk, ppairs.ctx_h, ppairs.tok_h), ppairs.rows,
-                          rows, self.pair_scores)
+        return _row_stats(
+            self.context.pair_hashed(pk, mine.ctx_h, mine.tok_h),
+            mine.rows,
+            self.context.pair_hashed(pk, ppairs.ctx_h, ppairs.tok_h),
+            ppairs.rows,
+            rows,
+            self.pair_scores,
+        )
 
-    def _detect_accounts(self, pairs: Pairs, ppairs: Pairs, R: int,
-                         accounts: tuple[str, ...]) -> list[tuple[AccountMatch, ...]]:
+    def _detect_accounts(
+        self, pairs: Pairs, ppairs: Pairs, R: int, accounts: tuple[str, ...]
+    ) -> list[tuple[AccountMatch, ...]]:
         accounts = tuple(dict.fromkeys(str(a) for a in accounts))
         mine = pairs.select(self.account_pair_mask(pairs))
         A = len(accounts)
         score, n = np.zeros((R, A)), np.zeros((R, A), dtype=np.int64)
         for j, a in enumerate(accounts):
             key = self.account_key(a)
-            st = _row_stats(self.context.pair_hashed(key, mine.ctx_h, mine.tok_h), mine.rows,
-                            self.context.pair_hashed(key, ppairs.ctx_h, ppairs.tok_h),
-                            ppairs.rows, R, self.account_pair_scores)
+            st = _row_stats(
+                self.context.pair_hashed(key, mine.ctx_h, mine.tok_h),
+                mine.rows,
+                self.context.pair_hashed(key, ppairs.ctx_h, ppairs.tok_h),
+                ppairs.rows,
+                R,
+                self.account_pair_scores,
+            )
             score[:, j], n[:, j] = st.score, st.num_scored
         log10p = self.account_log10_pvalue(score.ravel(), n.ravel()).reshape(R, A)
         z = self.account_z_score(score.ravel(), n.ravel()).reshape(R, A)
-        p = 10.0 ** log10p
+        p = 10.0**log10p
         adj = holm(p)
         result = []
         for i in range(R):
             order = np.argsort(log10p[i], kind="stable")
-            result.append(tuple(AccountMatch(
-                account=accounts[j], score=float(score[i, j]), num_scored=int(n[i, j]),
-                z_score=float(z[i, j]), p_value=float(p[i, j]),
-                p_value_corrected=float(adj[i, j]), log10_p_value=float(log10p[i, j]))
-                for j in order))
+            result.append(
+                tuple(
+                    AccountMatch(
+                        account=accounts[j],
+                        score=float(score[i, j]),
+                        num_scored=int(n[i, j]),
+                        z_score=float(z[i, j]),
+                        p_value=float(p[i, j]),
+                        p_value_corrected=float(adj[i, j]),
+                        log10_p_value=float(log10p[i, j]),
+                    )
+                    for j in order
+                )
+            )
         return result
 
     # ---- generation (TokenSampler) ----
@@ -659,14 +736,23 @@ class WatermarkScheme(ABC):
         return ids
 
     @abstractmethod
-    def sample(self, logits: Any, input_ids: Any, *, temperature: float, top_p: float,
-               generators: Sequence[Any], tags: Sequence[str | None]) -> Any:
+    def sample(
+        self,
+        logits: Any,
+        input_ids: Any,
+        *,
+        temperature: float,
+        top_p: float,
+        generators: Sequence[Any],
+        tags: Sequence[str | None],
+    ) -> Any:
         """TokenSampler hook: logits (B, V), input_ids (B, T) -> SampleOutput."""
 
 
 # ---------------------------------------------------------------- sampling helpers (torch)
 # Thin wrappers over distillguard.models.sampling (imported lazily: detection needs no torch),
 # so a watermarked row draws with the same per-row seeded inverse-CDF rule as a plain one.
+
 
 def check_sampling(temperature: float, top_p: float) -> None:
     if temperature < 0:

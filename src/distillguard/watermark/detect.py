@@ -52,8 +52,10 @@ def load_tokenizer(tokenizer_dir: Path | None = None, settings: Any | None = Non
             tokenizer_dir = teacher_dir_path(settings)
     path = Path(tokenizer_dir)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        raise NotFound(f"no tokenizer in {path}: pass --tokenizer DIR (the teacher's model "
-                       "directory) or set DISTILLGUARD_MODEL_DIR")
+        raise NotFound(
+            f"no tokenizer in {path}: pass --tokenizer DIR (the teacher's model "
+            "directory) or set DISTILLGUARD_MODEL_DIR"
+        )
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
@@ -62,28 +64,48 @@ def load_tokenizer(tokenizer_dir: Path | None = None, settings: Any | None = Non
 class TextDetector:
     """Detect a scheme's watermark in texts under one or more key ids of a key ring."""
 
-    def __init__(self, *, tokenizer: Any, keyring: KeyRing, scheme: str = "kgw",
-                 key_ids: Sequence[int] | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        keyring: KeyRing,
+        scheme: str = "kgw",
+        key_ids: Sequence[int] | None = None,
+        **params: Any,
+    ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
         ids = keyring.check(tuple(key_ids) if key_ids else keyring.key_ids)
         self.schemes: list[WatermarkScheme] = [
-            build_scheme(scheme, secret=keyring.secret, key_id=k, vocab_size=self.vocab_size,
-                         **params) for k in ids]
+            build_scheme(
+                scheme, secret=keyring.secret, key_id=k, vocab_size=self.vocab_size, **params
+            )
+            for k in ids
+        ]
         self.scheme = scheme
 
     @classmethod
-    def from_settings(cls, settings: Any | None = None, *, tokenizer: Any | None = None,
-                      scheme: str | None = None, key_ids: Sequence[int] | None = None,
-                      tokenizer_dir: Path | None = None) -> TextDetector:
+    def from_settings(
+        cls,
+        settings: Any | None = None,
+        *,
+        tokenizer: Any | None = None,
+        scheme: str | None = None,
+        key_ids: Sequence[int] | None = None,
+        tokenizer_dir: Path | None = None,
+    ) -> TextDetector:
         from distillguard.config import get_settings
 
         settings = settings or get_settings()
         name = scheme or settings.watermark_scheme
         if name == "off":
             raise WatermarkError("the configured watermark scheme is 'off'; pass a scheme")
-        return cls(tokenizer=tokenizer or load_tokenizer(tokenizer_dir, settings),
-                   keyring=KeyRing.from_settings(settings), scheme=name, key_ids=key_ids)
+        return cls(
+            tokenizer=tokenizer or load_tokenizer(tokenizer_dir, settings),
+            keyring=KeyRing.from_settings(settings),
+            scheme=name,
+            key_ids=key_ids,
+        )
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens (the answer as the model wrote it)."""
@@ -91,9 +113,13 @@ class TextDetector:
             return []
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
-    def detect_ids(self, sequences: Sequence[Sequence[int]], *,
-                   prompts: Sequence[Sequence[int] | None] | None = None,
-                   accounts: Sequence[str] = ()) -> list[DetectionResult]:
+    def detect_ids(
+        self,
+        sequences: Sequence[Sequence[int]],
+        *,
+        prompts: Sequence[Sequence[int] | None] | None = None,
+        accounts: Sequence[str] = (),
+    ) -> list[DetectionResult]:
         """Batch detection over all key ids (Bonferroni over key ids, per text)."""
         per_key = [s.detect_many(sequences, prompts=prompts) for s in self.schemes]
         K = len(self.schemes)
@@ -102,20 +128,26 @@ class TextDetector:
         for i, k in enumerate(best.tolist()):
             r = per_key[k][i]
             lp = min(0.0, r.log10_p_value + math.log10(K))
-            out.append(replace(r, log10_p_value=lp, p_value=10.0 ** lp, keys_tried=K))
+            out.append(replace(r, log10_p_value=lp, p_value=10.0**lp, keys_tried=K))
         if accounts:
             for k in set(best.tolist()):
                 rows = [i for i, b in enumerate(best.tolist()) if b == k]
                 acc = self.schemes[k].detect_many(
                     [sequences[i] for i in rows],
                     prompts=None if prompts is None else [prompts[i] for i in rows],
-                    accounts=accounts)
+                    accounts=accounts,
+                )
                 for i, r in zip(rows, acc, strict=True):
                     out[i] = replace(out[i], accounts=r.accounts)
         return out
 
-    def detect_batch(self, texts: Sequence[str], *, prompts: Sequence[str | None] | None = None,
-                     accounts: Sequence[str] = ()) -> list[DetectionResult | DistillGuardError]:
+    def detect_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        prompts: Sequence[str | None] | None = None,
+        accounts: Sequence[str] = (),
+    ) -> list[DetectionResult | DistillGuardError]:
         """Detect many texts; each entry is a result or the error for that text."""
         ids = self.encode(texts)
         pids = None
@@ -123,16 +155,19 @@ class TextDetector:
             enc = self.encode([p or "" for p in prompts])
             pids = [e if p else None for e, p in zip(enc, prompts, strict=True)]
         results: list[DetectionResult | DistillGuardError] = list(
-            self.detect_ids(ids, prompts=pids, accounts=accounts))
+            self.detect_ids(ids, prompts=pids, accounts=accounts)
+        )
         for i, r in enumerate(results):
             if isinstance(r, DetectionResult) and r.num_scored == 0:
                 results[i] = _insufficient(r, self.schemes[0].context.width)
         return results
 
-    def detect_text(self, text: str, *, prompt: str | None = None,
-                    accounts: Sequence[str] = ()) -> DetectionResult:
-        r = self.detect_batch([text], prompts=None if prompt is None else [prompt],
-                              accounts=accounts)[0]
+    def detect_text(
+        self, text: str, *, prompt: str | None = None, accounts: Sequence[str] = ()
+    ) -> DetectionResult:
+        r = self.detect_batch(
+            [text], prompts=None if prompt is None else [prompt], accounts=accounts
+        )[0]
         if isinstance(r, DistillGuardError):
             raise r
         return r
@@ -142,16 +177,27 @@ def _insufficient(r: DetectionResult, width: int) -> InsufficientData:
     if r.num_tokens == 0:
         return InsufficientData("empty text: nothing to test")
     if r.num_tokens <= width:
-        return InsufficientData(f"text has {r.num_tokens} tokens; at least {width + 1} are "
-                                f"needed (context width {width})")
-    return InsufficientData(f"no scorable pair left: {r.num_repeated} repeated, "
-                            f"{r.num_prompt_copied} copied from the prompt")
+        return InsufficientData(
+            f"text has {r.num_tokens} tokens; at least {width + 1} are "
+            f"needed (context width {width})"
+        )
+    return InsufficientData(
+        f"no scorable pair left: {r.num_repeated} repeated, "
+        f"{r.num_prompt_copied} copied from the prompt"
+    )
 
 
-def detect_text(text: str, *, tokenizer: Any, settings: Any | None = None,
-                secret: bytes | None = None, scheme: str = "kgw",
-                key_ids: Sequence[int] | None = None, prompt: str | None = None,
-                accounts: Sequence[str] = ()) -> DetectionResult:
+def detect_text(
+    text: str,
+    *,
+    tokenizer: Any,
+    settings: Any | None = None,
+    secret: bytes | None = None,
+    scheme: str = "kgw",
+    key_ids: Sequence[int] | None = None,
+    prompt: str | None = None,
+    accounts: Sequence[str] = (),
+) -> DetectionResult:
     """Detect the watermark in one text (key ring from ``secret`` or the settings)."""
     if secret is not None:
         ring = KeyRing(secret=secret, current_key_id=max(key_ids) if key_ids else 1)
@@ -162,6 +208,7 @@ def detect_text(text: str, *, tokenizer: Any, settings: Any | None = None,
 
 
 # ------------------------------------------------------------------------ batch inputs
+
 
 @dataclass(frozen=True)
 class InputItem:
@@ -175,8 +222,9 @@ def _sniff(first: str) -> str:
     return "jsonl" if first.lstrip().startswith("{") else "text"
 
 
-def read_inputs(stream: IO[str], *, fmt: str = "auto", field: str = "text",
-                prompt_field: str | None = None) -> Iterator[InputItem]:
+def read_inputs(
+    stream: IO[str], *, fmt: str = "auto", field: str = "text", prompt_field: str | None = None
+) -> Iterator[InputItem]:
     """Inputs of a stream: JSONL records (``field`` / ``prompt_field``), one text per line
     (``lines``) or the whole stream as one text (``text``). Bad lines become error items."""
     if fmt not in INPUT_FORMATS:
@@ -219,17 +267,27 @@ def _parse_record(no: int, line: str, field: str, prompt_field: str | None) -> I
     return InputItem(no, text, prompt)
 
 
-def detect_stream(detector: TextDetector, items: Iterable[InputItem], *,
-                  accounts: Sequence[str] = (), batch: int = 512) -> Iterator[dict[str, Any]]:
+def detect_stream(
+    detector: TextDetector,
+    items: Iterable[InputItem],
+    *,
+    accounts: Sequence[str] = (),
+    batch: int = 512,
+) -> Iterator[dict[str, Any]]:
     """One output record per input item, in order: the result, or ``{"error": ...}``."""
     chunk: list[InputItem] = []
 
     def flush() -> Iterator[dict[str, Any]]:
         ok = [it for it in chunk if it.error is None]
-        res = detector.detect_batch(
-            [it.text or "" for it in ok],
-            prompts=[it.prompt for it in ok] if any(it.prompt for it in ok) else None,
-            accounts=accounts) if ok else []
+        res = (
+            detector.detect_batch(
+                [it.text or "" for it in ok],
+                prompts=[it.prompt for it in ok] if any(it.prompt for it in ok) else None,
+                accounts=accounts,
+            )
+            if ok
+            else []
+        )
         by_line = dict(zip((id(it) for it in ok), res, strict=True))
         for it in chunk:
             r = it.error if it.error is not None else by_line[id(it)]

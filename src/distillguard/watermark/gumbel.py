@@ -68,11 +68,16 @@ def uniforms(values: np.ndarray) -> np.ndarray:
 class GumbelScheme(WatermarkScheme):
     name = "gumbel"
 
-    def __init__(self, *, secret: bytes, key_id: int, vocab_size: int,
-                 params: GumbelParams | None = None) -> None:
+    def __init__(
+        self, *, secret: bytes, key_id: int, vocab_size: int, params: GumbelParams | None = None
+    ) -> None:
         self.params = params or GumbelParams()
-        super().__init__(secret=secret, key_id=key_id, vocab_size=vocab_size,
-                         context=ContextHash(self.params.context, self.params.context_width))
+        super().__init__(
+            secret=secret,
+            key_id=key_id,
+            vocab_size=vocab_size,
+            context=ContextHash(self.params.context, self.params.context_width),
+        )
         self._thr_account = fraction_threshold(self.params.account_fraction)
 
     # ---- statistics ----
@@ -108,17 +113,27 @@ class GumbelScheme(WatermarkScheme):
         return self._account_flags(pairs)
 
     # ---- generation ----
-    def keyed_uniforms(self, contexts: np.ndarray, vocab: int,
-                       tags: Sequence[str | None]) -> np.ndarray:
+    def keyed_uniforms(
+        self, contexts: np.ndarray, vocab: int, tags: Sequence[str | None]
+    ) -> np.ndarray:
         """r for every candidate: contexts (B, h) -> (B, V) float64 (account rows re-keyed)."""
         u = self.context.vocab_values(self._provider_key, contexts, vocab)  # (B, V)
         for i in np.flatnonzero(self.account_contexts(contexts)):
-            u[i] = self.context.vocab_values(self.account_key(tags[i]), contexts[i:i + 1],
-                                             vocab)[0]
+            u[i] = self.context.vocab_values(self.account_key(tags[i]), contexts[i : i + 1], vocab)[
+                0
+            ]
         return uniforms(u)
 
-    def sample(self, logits: Any, input_ids: Any, *, temperature: float, top_p: float,
-               generators: Sequence[Any], tags: Sequence[str | None]) -> Any:
+    def sample(
+        self,
+        logits: Any,
+        input_ids: Any,
+        *,
+        temperature: float,
+        top_p: float,
+        generators: Sequence[Any],
+        tags: Sequence[str | None],
+    ) -> Any:
         import torch
 
         check_sampling(temperature, top_p)
@@ -130,8 +145,11 @@ class GumbelScheme(WatermarkScheme):
         lp = nucleus(lp, top_p)  # (B, V)
         probs = lp.exp()
         r = torch.from_numpy(self.keyed_uniforms(self.contexts_of(input_ids), V, tags))
-        keyed = torch.where(probs > 0, torch.log(r) / probs.double(),
-                            torch.tensor(float("-inf"), dtype=torch.float64)).argmax(dim=-1)
+        keyed = torch.where(
+            probs > 0,
+            torch.log(r) / probs.double(),
+            torch.tensor(float("-inf"), dtype=torch.float64),
+        ).argmax(dim=-1)
         repeated = _context_repeated(input_ids, self.context.width)  # (B,) bool
         if bool(repeated.any()):
             plain = draw(probs, generators)

@@ -116,12 +116,14 @@ class KeyRing:
         out = tuple(check_key_id(k) for k in key_ids)
         bad = [k for k in out if k > self.current_key_id]
         if bad:
-            raise WatermarkError(f"unknown key id(s) {bad}; the current key id is "
-                                 f"{self.current_key_id}")
+            raise WatermarkError(
+                f"unknown key id(s) {bad}; the current key id is {self.current_key_id}"
+            )
         if not out:
             raise WatermarkError("no key id to try")
         return tuple(dict.fromkeys(out))
 
     def info(self) -> list[KeyInfo]:
-        return [KeyInfo(k, fingerprint(self.secret, k), k == self.current_key_id)
-                for k in self.key_ids]
+        return [
+            KeyInfo(k, fingerprint(self.secret, k), k == self.current_key_id) for k in self.key_ids
+        ]

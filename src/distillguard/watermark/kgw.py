@@ -72,11 +72,16 @@ class KGWParams:
 class KGWScheme(WatermarkScheme):
     name = "kgw"
 
-    def __init__(self, *, secret: bytes, key_id: int, vocab_size: int,
-                 params: KGWParams | None = None) -> None:
+    def __init__(
+        self, *, secret: bytes, key_id: int, vocab_size: int, params: KGWParams | None = None
+    ) -> None:
         self.params = params or KGWParams()
-        super().__init__(secret=secret, key_id=key_id, vocab_size=vocab_size,
-                         context=ContextHash(self.params.context, self.params.context_width))
+        super().__init__(
+            secret=secret,
+            key_id=key_id,
+            vocab_size=vocab_size,
+            context=ContextHash(self.params.context, self.params.context_width),
+        )
         self._thr = fraction_threshold(self.params.gamma)
         self._thr_account = fraction_threshold(self.params.account_gamma)
 
@@ -113,8 +118,12 @@ class KGWScheme(WatermarkScheme):
 
     def green_mask(self, contexts: np.ndarray, vocab: int | None = None) -> np.ndarray:
         """Provider green lists of contexts (B, h) -> (B, V) bool (generation and forensics)."""
-        return self.context.vocab_values(self._provider_key, np.asarray(contexts, np.int64),
-                                         vocab or self.vocab_size) < self._thr
+        return (
+            self.context.vocab_values(
+                self._provider_key, np.asarray(contexts, np.int64), vocab or self.vocab_size
+            )
+            < self._thr
+        )
 
     def bias(self, contexts: np.ndarray, vocab: int, tags: Sequence[str | None]) -> np.ndarray:
         """Logit bias for a batch: contexts (B, h) -> (B, V) float32."""
@@ -125,13 +134,20 @@ class KGWScheme(WatermarkScheme):
             for tag in dict.fromkeys(tags):
                 rows = np.array([i for i, t in enumerate(tags) if t == tag])
                 ua = self.context.vocab_values(self.account_key(tag), contexts[rows], vocab)
-                bias[rows] += (green[rows] & (ua < self._thr_account)) * np.float32(
-                    p.account_delta)
+                bias[rows] += (green[rows] & (ua < self._thr_account)) * np.float32(p.account_delta)
         return bias
 
     # ---- generation ----
-    def sample(self, logits: Any, input_ids: Any, *, temperature: float, top_p: float,
-               generators: Sequence[Any], tags: Sequence[str | None]) -> Any:
+    def sample(
+        self,
+        logits: Any,
+        input_ids: Any,
+        *,
+        temperature: float,
+        top_p: float,
+        generators: Sequence[Any],
+        tags: Sequence[str | None],
+    ) -> Any:
         import torch
 
         check_sampling(temperature, top_p)

@@ -100,11 +100,16 @@ def tournament(probs: np.ndarray, g: np.ndarray) -> np.ndarray:
 class SynthIDScheme(WatermarkScheme):
     name = "synthid"
 
-    def __init__(self, *, secret: bytes, key_id: int, vocab_size: int,
-                 params: SynthIDParams | None = None) -> None:
+    def __init__(
+        self, *, secret: bytes, key_id: int, vocab_size: int, params: SynthIDParams | None = None
+    ) -> None:
         self.params = params or SynthIDParams()
-        super().__init__(secret=secret, key_id=key_id, vocab_size=vocab_size,
-                         context=ContextHash(self.params.context, self.params.context_width))
+        super().__init__(
+            secret=secret,
+            key_id=key_id,
+            vocab_size=vocab_size,
+            context=ContextHash(self.params.context, self.params.context_width),
+        )
 
     # ---- statistics ----
     @property
@@ -138,8 +143,13 @@ class SynthIDScheme(WatermarkScheme):
             return np.nan_to_num((score - m / 2) / np.sqrt(m / 4))
 
     # ---- generation ----
-    def tournament_probs(self, probs: np.ndarray, contexts: np.ndarray, candidates: np.ndarray,
-                         tags: Sequence[str | None]) -> np.ndarray:
+    def tournament_probs(
+        self,
+        probs: np.ndarray,
+        contexts: np.ndarray,
+        candidates: np.ndarray,
+        tags: Sequence[str | None],
+    ) -> np.ndarray:
         """Tournament over given candidates: probs (B, K) summing to 1, candidates (B, K)."""
         p = self.params
         u = self.context.candidate_values(self._provider_key, contexts, candidates)
@@ -147,13 +157,22 @@ class SynthIDScheme(WatermarkScheme):
         if p.account_layers:
             for tag in dict.fromkeys(tags):
                 rows = np.array([i for i, t in enumerate(tags) if t == tag])
-                ua = self.context.candidate_values(self.account_key(tag), contexts[rows],
-                                                   candidates[rows])
+                ua = self.context.candidate_values(
+                    self.account_key(tag), contexts[rows], candidates[rows]
+                )
                 out[rows] = tournament(out[rows], top_bits(ua, p.account_layers))
         return np.maximum(out, 0.0)
 
-    def sample(self, logits: Any, input_ids: Any, *, temperature: float, top_p: float,
-               generators: Sequence[Any], tags: Sequence[str | None]) -> Any:
+    def sample(
+        self,
+        logits: Any,
+        input_ids: Any,
+        *,
+        temperature: float,
+        top_p: float,
+        generators: Sequence[Any],
+        tags: Sequence[str | None],
+    ) -> Any:
         import torch
 
         check_sampling(temperature, top_p)
@@ -166,8 +185,9 @@ class SynthIDScheme(WatermarkScheme):
         K = min(self.params.candidate_pool, V)
         head_p, head_idx = probs.topk(K, dim=-1)  # (B, K), most likely first
         head_mass = head_p.sum(dim=-1, keepdim=True)  # (B, 1)
-        marked = self.tournament_probs((head_p / head_mass).numpy(), self.contexts_of(input_ids),
-                                       head_idx.numpy(), tags)
+        marked = self.tournament_probs(
+            (head_p / head_mass).numpy(), self.contexts_of(input_ids), head_idx.numpy(), tags
+        )
         probs = probs.scatter(-1, head_idx, torch.from_numpy(marked) * head_mass)
         probs = probs / probs.sum(dim=-1, keepdim=True)
         return sample_output(draw(probs, generators), torch.log(probs))
