@@ -7,6 +7,7 @@ engine's batching statistics; everything else is the same code the server runs.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
@@ -147,3 +148,46 @@ def test_errors_and_watermark_logging(server: ThreadedServer, client: openai.Ope
     assert logged["watermark_scheme"] == "kgw" and logged["watermark_key_id"] == 1
     assert logged["response_text"] == raw.parse().choices[0].message.content
     assert {r["status"] for r in rows} >= {200, 400, 404}
+
+
+def test_client_leaving_a_local_stream_keeps_its_row(server: ThreadedServer, secret: str) -> None:
+    body = {
+        "model": "tiny",
+        "messages": CHAT,
+        "stream": True,
+        "max_tokens": 200,
+        "stop": ["\x00never"],
+    }
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/v1/chat/completions",
+        json=body,
+        timeout=60,
+        headers={"authorization": f"Bearer {secret}"},
+    ) as resp:
+        request_id = resp.headers["x-request-id"]
+        for n, _line in enumerate(resp.iter_lines()):
+            if n >= 6:
+                break
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    for _ in range(100):
+        rows = httpx.get(f"{server.base_url}/admin/exchanges?limit=20", headers=admin).json()
+        logged = next((r for r in rows["data"] if r["id"] == request_id), None)
+        if logged is not None:
+            break
+        time.sleep(0.05)
+    assert logged is not None and "disconnected" in logged["error"]
+    assert logged["status"] == 200
+
+
+def test_watermark_detection_is_mounted_for_admins(server: ThreadedServer) -> None:
+    url = f"{server.base_url}/admin/watermark/detect"
+    assert httpx.post(url, json={"text": "hello"}).status_code == 401
+    answer = httpx.post(
+        url,
+        json={"text": "some text to score for a watermark"},
+        headers={"authorization": f"Bearer {ADMIN}"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["scheme"] == "kgw"

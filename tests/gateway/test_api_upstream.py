@@ -385,3 +385,12 @@ def test_healthz_and_metrics(gw: GatewayProcess) -> None:
     assert 'distillguard_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
     assert "distillguard_request_latency_seconds_bucket" in text
     assert 'distillguard_tokens_total{kind="completion"}' in text
+
+
+def test_wrong_method_and_unknown_path_are_openai_errors(gw: GatewayProcess) -> None:
+    _, _, secret = gw.create_key()
+    auth = {"authorization": f"Bearer {secret}"}
+    wrong = httpx.get(f"{gw.api_url}/chat/completions", headers=auth)
+    assert assert_openai_error(wrong, 405, "invalid_request_error")["code"] == "method_not_allowed"
+    missing = httpx.post(f"{gw.api_url}/embeddings", json={"input": "x"}, headers=auth)
+    assert_openai_error(missing, 404, "not_found_error")

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from distillguard.errors import DistillGuardError, RateLimited
+from distillguard.errors import DistillGuardError, InputError, RateLimited
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -50,6 +50,15 @@ class RequestTimeout(DistillGuardError):
 
     status_code = 408
     error_type = "timeout_error"
+
+
+class MethodNotAllowed(InputError):
+    """A known path asked with the wrong HTTP method."""
+
+    status_code = 405
+
+    def __init__(self, message: str):
+        super().__init__(message, code="method_not_allowed")
 
 
 class ClientGone(Exception):

@@ -35,7 +35,12 @@ from distillguard.errors import (
     StoreError,
 )
 from distillguard.gateway.backend import SSE_DONE, Job, Outcome, UpstreamStatus
-from distillguard.gateway.errors import ClientGone, RequestTimeout, to_error_response
+from distillguard.gateway.errors import (
+    ClientGone,
+    MethodNotAllowed,
+    RequestTimeout,
+    to_error_response,
+)
 from distillguard.gateway.metrics import log_exchange
 from distillguard.gateway.schemas import parse_request
 from distillguard.store.exchanges import ExchangeRecord
@@ -158,9 +163,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
     state.metrics.in_flight.inc()
     try:
         if scope["method"] != "POST":
-            raise InputError(
-                f"{scope['method']} is not allowed here; use POST", code="method_not_allowed"
-            )
+            raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
         settings = state.settings
         raw = attempt.raw = await _read_body(
             scope, receive, settings.max_body_bytes, settings.request_timeout_s
@@ -421,9 +424,7 @@ async def handle_models(state: GatewayState, scope: dict, receive, send) -> None
     outcome = Outcome()
     try:
         if scope["method"] != "GET":
-            raise InputError(
-                f"{scope['method']} is not allowed here; use GET", code="method_not_allowed"
-            )
+            raise MethodNotAllowed(f"{scope['method']} is not allowed here; use GET")
         attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
         created = int(state.started_at)
         body = orjson.dumps(
