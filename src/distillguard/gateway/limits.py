@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from distillguard.errors import ConfigError, RateLimited
+from distillguard.errors import ConfigError, RateLimited, StoreError
 
 WINDOW_S = 60.0  # "per minute": the window of both limits
 
@@ -192,7 +192,10 @@ class RedisLimiter:
             from redis.asyncio import Redis
         except ImportError as exc:  # pragma: no cover - redis is a pinned dependency
             raise ConfigError("the redis package is needed for DISTILLGUARD_REDIS_URL") from exc
-        self._redis = Redis.from_url(url)
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError)
+        self._redis = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         self._prefix = prefix
         self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._settle = self._redis.register_script(_SETTLE_LUA)
@@ -207,10 +210,14 @@ class RedisLimiter:
     ) -> Reservation:
         if tokens > tpm:
             raise _too_large(tokens, tpm)
-        admitted, retry_ms, which = await self._acquire(
-            keys=self._keys(key_id),
-            args=[int(WINDOW_S * 1000), rpm, tpm, request_id, tokens],
-        )
+        try:
+            admitted, retry_ms, which = await self._acquire(
+                keys=self._keys(key_id),
+                args=[int(WINDOW_S * 1000), rpm, tpm, request_id, tokens],
+            )
+        except self._errors as exc:
+            # Fail closed: without the shared window no replica can keep the limit.
+            raise StoreError(f"rate limiter unavailable (Redis): {exc}") from exc
         if not admitted:
             retry = max(float(retry_ms) / 1000.0, 0.001)
             if which == b"tpm":

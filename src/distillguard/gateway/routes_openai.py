@@ -220,6 +220,8 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         headers = list(err.headers)
         if err.status in (408, 413):
             headers.append((b"connection", b"close"))  # the body may still be arriving
+            if attempt.raw is None:  # nothing (complete) to keep: say why the body is absent
+                attempt.logged_body = {"_omitted": err.message}
         await _write_log(state, attempt, outcome)
         await _respond(send, attempt, err.status, headers, err.body)
     finally:
@@ -312,16 +314,22 @@ async def _enforce(
     state: GatewayState, attempt: Attempt, job: Job, identity: KeyIdentity, body: dict[str, Any]
 ) -> None:
     """Ask the online monitor; act on its decision and record any action taken."""
-    decision = state.monitor.check(
-        account_id=identity.account_id,
-        key_id=identity.key_id,
-        payment_fingerprint=identity.payment_fingerprint,
-        ip=attempt.ip,
-        user_agent=attempt.user_agent,
-        endpoint=attempt.endpoint,
-        request=body,
-        ts=attempt.ts,
-    )
+    try:
+        decision = state.monitor.check(
+            account_id=identity.account_id,
+            key_id=identity.key_id,
+            payment_fingerprint=identity.payment_fingerprint,
+            ip=attempt.ip,
+            user_agent=attempt.user_agent,
+            endpoint=attempt.endpoint,
+            request=body,
+            ts=attempt.ts,
+        )
+    except Exception:
+        # A monitor bug must not take the API down: serve, and say so loudly.
+        log.exception("online monitor failed; serving without a decision")
+        state.metrics.actions.labels("monitor_error").inc()
+        return
     action = decision.action
     if action == "allow":
         return
