@@ -59,6 +59,7 @@ SINGLE_KEY = {
 }
 LENGTHS = (25, 50, 100, 200, 300, 400)
 ALPHA = 1e-3
+CALIBRATION_KEYS = 5
 console = Console()
 
 
@@ -222,20 +223,30 @@ def calibration(tok: Any, data: Path, teacher_answers: list[np.ndarray]) -> dict
     texts = list(dict.fromkeys(texts))  # identical texts are one sample, not several
     ids = [np.asarray(x, dtype=np.int64) for x in tok(texts, add_special_tokens=False)["input_ids"]]
     ids += teacher_answers
-    out: dict[str, Any] = {"texts": len(ids)}
+    out: dict[str, Any] = {"texts": len(ids), "keys": CALIBRATION_KEYS}
     for name in SCHEMES:
-        s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=len(tok))
-        b = s.detect_arrays(ids)
-        ok = b.num_scored > 0
-        p = b.p_value[ok]
-        row = {"scored_texts": int(ok.sum())}
+        # Several keys: the texts share phrases (13 models answering the same 805 prompts,
+        # GSM8K's formula lines), so under ONE key their p-values are correlated and the
+        # empirical FPR of one key varies more than a binomial; validity is over keys.
+        ps, ks = [], []
+        for k in range(CALIBRATION_KEYS):
+            secret = SECRET if k == 0 else SECRET + bytes([k])
+            s = build_scheme(name, secret=secret, key_id=1, vocab_size=len(tok))
+            b = s.detect_arrays(ids)
+            p = b.p_value[b.num_scored > 0]
+            ps.append(p)
+            # KS only means something for a continuous statistic (Gumbel); binomial p-values
+            # are discrete (atoms at 1 for short texts) and conservative by construction
+            if name == "gumbel":
+                ks.append(float(stats.kstest(p, "uniform").pvalue))
+        p = np.concatenate(ps)
+        row: dict[str, Any] = {"scored_texts": int(ps[0].size), "tests": int(p.size)}
         for alpha in (1e-3, 1e-2):
             k = int((p < alpha).sum())
             row[f"fpr@{alpha:g}"] = k / p.size
             row[f"ci@{alpha:g}"] = clopper_pearson(k, p.size)
-        # KS only means something for a continuous statistic (Gumbel); binomial p-values are
-        # discrete (atoms at 1 for short texts) and conservative by construction
-        row["ks_p"] = float(stats.kstest(p, "uniform").pvalue) if name == "gumbel" else None
+            row[f"fpr@{alpha:g} per key"] = [float((q < alpha).mean()) for q in ps]
+        row["ks_p"] = ks or None
         out[name] = row
     return out
 
@@ -252,7 +263,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="slowdown rounds")
     ap.add_argument("--img", type=Path, default=Path("docs/img"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--calibration-only", action="store_true", help="only part 6 (fast)")
     args = ap.parse_args()
+    if args.calibration_only:
+        _, tok = load_model(default_teacher_dir(size="small"))
+        cal = calibration(tok, get_settings().data_dir, [])
+        report_calibration(cal)
+        if args.json:
+            args.json.write_text(json.dumps(cal, indent=1))
+        return
     torch.set_num_threads(1)
     t_start = time.time()
     console.print(f"load at start: {os.getloadavg()}")
@@ -420,29 +439,7 @@ def report(res: dict[str, Any], img: Path) -> None:
     for name, v in sp.items():
         t.add_row(name, f"{v:.0f}", f"{v / sp['off']:.2f}x")
     console.print(t)
-    cal = res["calibration"]
-    t = Table(
-        "scheme",
-        "texts",
-        "FPR@1e-3",
-        "95% CI",
-        "FPR@1e-2",
-        "95% CI",
-        "KS p",
-        title=f"calibration on {cal['texts']} unwatermarked texts",
-    )
-    for name in SCHEMES:
-        r = cal[name]
-        t.add_row(
-            name,
-            str(r["scored_texts"]),
-            f"{r['fpr@0.001']:.5f}",
-            "[{:.5f}, {:.5f}]".format(*r["ci@0.001"]),
-            f"{r['fpr@0.01']:.4f}",
-            "[{:.4f}, {:.4f}]".format(*r["ci@0.01"]),
-            "-" if r["ks_p"] is None else f"{r['ks_p']:.3g}",
-        )
-    console.print(t)
+    report_calibration(res["calibration"])
     console.print(f"took {res['seconds']:.0f} s; load at end {res['load_at_end']}")
 
     img.mkdir(parents=True, exist_ok=True)
@@ -472,6 +469,31 @@ def report(res: dict[str, Any], img: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(img / "watermark_robustness.png", dpi=120)
+
+
+def report_calibration(cal: dict[str, Any]) -> None:
+    t = Table(
+        "scheme",
+        "tests",
+        "FPR@1e-3",
+        "95% CI",
+        "FPR@1e-2",
+        "95% CI",
+        "KS p per key",
+        title=f"calibration: {cal['texts']} unwatermarked texts x {cal['keys']} keys",
+    )
+    for name in SCHEMES:
+        r = cal[name]
+        t.add_row(
+            name,
+            str(r["tests"]),
+            f"{r['fpr@0.001']:.5f}",
+            "[{:.5f}, {:.5f}]".format(*r["ci@0.001"]),
+            f"{r['fpr@0.01']:.4f}",
+            "[{:.4f}, {:.4f}]".format(*r["ci@0.01"]),
+            "-" if r["ks_p"] is None else " ".join(f"{x:.2g}" for x in r["ks_p"]),
+        )
+    console.print(t)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,15 @@ def build_scheme(
     return cls(secret=secret, key_id=key_id, vocab_size=vocab_size, params=p)
 
 
+def __getattr__(name: str) -> Any:
+    # detect.py imports build_scheme from here: expose its API lazily, without a cycle
+    if name in ("detect_text", "TextDetector"):
+        from distillguard.watermark import detect
+
+        return getattr(detect, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "SCHEMES",
     "AccountMatch",
@@ -53,6 +62,8 @@ __all__ = [
     "GumbelParams",
     "KGWParams",
     "SynthIDParams",
+    "TextDetector",
     "WatermarkScheme",
     "build_scheme",
+    "detect_text",
 ]
