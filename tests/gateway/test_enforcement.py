@@ -47,3 +47,17 @@ def test_degrade_then_block_with_actions_recorded(gateway_server, mock_upstream,
     assert actions == ["degrade", "block"]  # recorded once per change, in order
     statuses = sorted(r["status"] for r in gw.exchanges(account=account_id))
     assert statuses == [200] * 5 + [403]
+
+
+def test_unreachable_redis_fails_closed_with_503(gateway_server) -> None:
+    from distillguard.gateway.testing import free_port
+
+    gw = gateway_server(redis_url=f"redis://127.0.0.1:{free_port()}/0", online_monitor="false")
+    _, _, secret = gw.create_key()
+    client = openai.OpenAI(base_url=gw.api_url, api_key=secret, max_retries=0, timeout=20)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(
+            model="mock-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.status_code == 503 and "rate limiter" in caught.value.message
+    assert [r["status"] for r in gw.exchanges()] == [503]  # refused, and logged
