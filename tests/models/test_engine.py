@@ -4,6 +4,7 @@ cancellation, errors. All on the real tiny model; no timing assertions."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -247,3 +248,46 @@ def test_fast_llama_path_matches_hf_forward(engine, tiny_model_dir: Path, prompt
     assert [c.token_ids for c in fast_out] == [c.token_ids for c in hf_out]
     for f, h in zip(fast_out, hf_out, strict=True):
         assert f.token_logprobs == pytest.approx(h.token_logprobs, abs=1e-4)
+
+
+class _GateSampler:
+    """Plain sampling that holds the decode thread at its third step until released, so a
+    test can submit a request while another is certainly still running."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.rows: list[int] = []
+
+    def sample(self, logits, input_ids, *, temperature, top_p, generators, tags) -> SampleOutput:
+        self.rows.append(logits.shape[0])
+        if len(self.rows) == 3:
+            self.release.wait(timeout=20)
+        return sample_plain(logits, temperature=temperature, top_p=top_p, generators=generators)
+
+
+def test_request_joins_a_running_batch(tiny_model_dir: Path, prompts) -> None:
+    sampler = _GateSampler()
+    engine = GenerationEngine.from_dir(tiny_model_dir, num_threads=1, sampler=sampler)
+    long = GenerationParams(max_new_tokens=30, temperature=0, ignore_eos=True)
+    short = sampled(max_new_tokens=10, seed=4)
+
+    async def run() -> tuple[list, object]:
+        first = engine.stream(prompts[0], long)
+        events = [await first.__anext__()]
+        joiner = asyncio.create_task(engine.generate(prompts[1], short))
+        while engine.load[1] == 0 and engine.stats.requests < 2:  # queued or admitted
+            await asyncio.sleep(0.001)
+        sampler.release.set()
+        events += [e async for e in first]
+        return events, await joiner
+
+    try:
+        events, joined = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert engine.stats.prefills == 2  # the second request was prefilled on its own ...
+    assert engine.stats.rows_per_step[2] > 0  # ... and then decoded beside the first
+    assert len(events) == 30
+    alone = engine.generate_batch(prompts[:2], [long, short])
+    assert tuple(e.token_id for e in events) == alone[0].token_ids
+    assert joined.token_ids == alone[1].token_ids
