@@ -411,10 +411,42 @@ def _verdicts_section(verdicts: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _summary_section(evidence: Sequence[dict[str, Any]], alpha: float) -> str:
+    """One line per suspect and test: the strongest p-value and what it means."""
+    rows, hits = [], []
+    for ev in evidence:
+        if ev["test"] == "radioactivity":
+            for t in ev["tests"]:
+                hit = t["p_value"] < alpha
+                rows.append(
+                    [
+                        str(ev["suspect"]),
+                        f"radioactivity / {t['test']}",
+                        _p(t),
+                        "learned from our answers" if hit else "not flagged",
+                    ]
+                )
+                hits.append(hit)
+        elif ev["test"] == "attribution":
+            top = ev["candidates"][0]
+            rows.append(
+                [
+                    str(ev["suspect"]),
+                    "attribution",
+                    f"{top['p_model_holm']:.3g}",
+                    f"taught by {ev['verdict']}" if ev.get("verdict") else "none of these",
+                ]
+            )
+            hits.append(bool(ev.get("verdict")))
+    if not rows:
+        return ""
+    return "<h2>Summary</h2>" + _table(["suspect", "test", "p-value", "finding"], rows, hits)
+
+
 def render_html(report: ReportData) -> str:
     from distillguard import __version__
 
-    sections = []
+    sections = [_summary_section(report.evidence, report.alpha)]
     kinds = {
         "radioactivity": "Radioactivity tests",
         "attribution": "Watermark-free attribution",
