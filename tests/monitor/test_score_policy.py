@@ -79,10 +79,18 @@ def test_model_file_errors_are_config_errors(tmp_path: Path) -> None:
         ScoreModel.load(tmp_path / "missing.json")
 
 
-def test_merge_adds_volume_and_weights_shares_by_requests() -> None:
-    merged = merge_signals([_sig(requests=100, cot_share=1.0), _sig(requests=300, cot_share=0.0)])
+def test_merge_adds_volume_and_pools_shares() -> None:
+    merged = merge_signals(
+        [_sig(requests=100, cot_share=1.0), _sig(requests=300, cot_share=0.0)], prior_weight=0
+    )
     assert merged.requests == 400
     assert merged.cot_share == pytest.approx(0.25)
+    # 40 accounts of 5 requests, all chain-of-thought: each alone is shrunk to the prior
+    # (k = 8), the cluster pools 200 requests and is shrunk only a little.
+    k, prior = 8.0, 0.03
+    shrunk = (5 + prior * k) / (5 + k)
+    pooled = merge_signals([_sig(requests=5, cot_share=shrunk)] * 40, prior_weight=k)
+    assert shrunk < 0.45 and pooled.cot_share > 0.95
 
 
 def test_default_policy_and_first_match_wins() -> None:

@@ -16,8 +16,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from distillguard.errors import ConfigError
 
 KINDS = ("payment", "ip_prefix", "user_agent", "template", "timing")
@@ -36,7 +34,9 @@ class LinkConfig:
     max_key_accounts: int = 300  # a key shared by more accounts is too common to mean anything
     max_key_share: float = 0.05  # ... or by more than this share of all accounts (SDK agents)
     min_shared_shingles: int = 3  # shared frequent shingles that make a template in common
-    min_sync_bands: int = 6  # equal MinHash values (of 64) that make timing synchronized
+    # Bottom-64 bucket hashes two accounts share for timing to count as synchronized: a
+    # scheduler's waves give ~13, two busy but independent apps ~4.
+    min_sync_bands: int = 8
     min_sync_buckets: int = 8  # accounts active in fewer minutes have no timing signature
 
     def __post_init__(self) -> None:
@@ -59,7 +59,7 @@ class LinkKeys:
     prefixes: frozenset[str] = frozenset()
     user_agents: frozenset[str] = frozenset()
     shingles: frozenset[int] = frozenset()
-    minhash: tuple[int, ...] | None = None  # None: too few active minutes to compare
+    minhash: tuple[int, ...] | None = None  # bottom-k time-bucket hashes; None: too few
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ def _index(keys: Mapping[str, LinkKeys], cfg: LinkConfig) -> dict[str, dict[obje
         for s in lk.shingles:
             idx["template"][s].append(acct)
         if lk.minhash is not None:
-            for band, v in enumerate(lk.minhash):
-                idx["timing"][(band, v)].append(acct)
+            for v in lk.minhash:
+                idx["timing"][v].append(acct)
     return idx
 
 
@@ -171,8 +171,8 @@ def find_clusters(keys: Mapping[str, LinkKeys], cfg: LinkConfig | None = None) -
     return sorted(out, key=lambda c: (-len(c.members), c.cluster_id))
 
 
-def minhash_tuple(minhash: np.ndarray | None, buckets: int,
+def minhash_tuple(bottom_k: tuple[int, ...], buckets: int,
                   cfg: LinkConfig) -> tuple[int, ...] | None:  # fmt: skip
-    if minhash is None or buckets < cfg.min_sync_buckets:
+    if not bottom_k or buckets < cfg.min_sync_buckets:
         return None
-    return tuple(int(v) for v in minhash)
+    return bottom_k

@@ -71,7 +71,7 @@ def link_keys(sk: AccountSketch, cfg: LinkConfig) -> LinkKeys:
         prefixes=frozenset(sk.prefixes),
         user_agents=frozenset(sk.user_agents),
         shingles=sk.frequent_shingles(),
-        minhash=minhash_tuple(sk.minhash, sk.buckets, cfg),
+        minhash=minhash_tuple(sk.bottom_k(), sk.buckets, cfg),
     )
 
 

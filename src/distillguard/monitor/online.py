@@ -78,8 +78,8 @@ class OnlineMonitor:
     def __init__(self, policy: Policy, *, redis_url: str | None = None,
                  model: ScoreModel | None = None, signal_cfg: SignalConfig | None = None,
                  link_cfg: LinkConfig | None = None, rescore_every: int = 8,
-                 relink_every: int = 64,
-                 redis_prefix: str = "distillguard:monitor") -> None:  # fmt: skip
+                 relink_every: int = 64, redis_prefix: str = "distillguard:monitor",
+                 background_links: bool = False) -> None:  # fmt: skip
         self.policy = policy
         self.model = model or ScoreModel.load()
         self.signal_cfg = signal_cfg or SignalConfig()
@@ -89,6 +89,8 @@ class OnlineMonitor:
         self._hasher = MinHasher(self.signal_cfg.minhash_k, self.signal_cfg.seed)
         self._accounts: dict[str, _AccountState] = {}
         self._index: dict[str, dict[object, set[str]]] = {k: defaultdict(set) for k in KINDS}
+        self._common: dict[str, set[object]] = {k: set() for k in KINDS}  # keys past the cap
+        self._pairs: dict[tuple[str, str], dict[str, int]] = {}  # shared keys per kind
         self._uf = UnionFind()
         self._members: dict[str, set[str]] = {}  # cluster root -> members
         self._evidence: dict[str, set[str]] = defaultdict(set)  # cluster root -> kinds
@@ -96,6 +98,16 @@ class OnlineMonitor:
         # cluster id -> (requests, members, merged signals, score, features) when computed
         self._cluster_cache: dict[str, tuple[int, int, AccountSignals, float, Any]] = {}
         self._lock = threading.Lock()
+        # Cross-account linking touches other accounts' keys: with background_links it runs
+        # on a maintenance thread, off the request path (the gateway); inline otherwise
+        # (replays and tests, where results must not depend on thread timing).
+        self._relink_due: dict[str, None] = {}  # insertion-ordered set of account ids
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background_links:
+            self._thread = threading.Thread(target=self._link_loop, name="monitor-links",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
         self._redis = None
         self._redis_key = f"{redis_prefix}:enforced"  # hash: account id -> standing action
         if redis_url:
@@ -110,8 +122,11 @@ class OnlineMonitor:
 
     @classmethod
     def from_settings(cls, settings: Any) -> OnlineMonitor:
+        """The gateway's monitor: its policy file (or the built-in one), Redis when set, and
+        cross-account linking on a background thread."""
         return cls(load_policy(getattr(settings, "policy_file", None)),
-                   redis_url=getattr(settings, "redis_url", None))  # fmt: skip
+                   redis_url=getattr(settings, "redis_url", None),
+                   background_links=True)  # fmt: skip
 
     # ---- the request path -------------------------------------------------------------------
     def check(self, *, account_id: str, key_id: str, payment_fingerprint: str | None, ip: str,
@@ -127,8 +142,11 @@ class OnlineMonitor:
             sk.observe(ts=ts, ip=ip, user_agent=user_agent, payment=payment_fingerprint,
                        features=feats)  # fmt: skip
             n = sk.n
-            if n == 1 or n % self.relink_every == 0:
-                self._relink(account_id, st)
+            if n in (1, 8, 16, 32) or n % self.relink_every == 0:
+                if self._thread is not None:
+                    self._relink_due[account_id] = None
+                else:
+                    self._relink(account_id, st)
             if n <= 32 or n % self.rescore_every == 0:
                 self._rescore(account_id, st, ts)
             return self._decision(account_id, st, ts)
@@ -142,41 +160,100 @@ class OnlineMonitor:
                                            response_text=response_text,
                                            ok=response_text is not None)  # fmt: skip
 
+    def close(self) -> None:
+        """Stop the maintenance thread (if any); pending link updates are applied first."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5.0)
+            self._thread = None
+            self._drain_links(limit=None)
+
+    def _link_loop(self) -> None:
+        while not self._stop.wait(0.02):
+            self._drain_links(limit=512)
+
+    def _drain_links(self, limit: int | None) -> None:
+        done = 0
+        while limit is None or done < limit:
+            with self._lock:  # one account at a time: requests interleave with the work
+                if not self._relink_due:
+                    return
+                account_id = next(iter(self._relink_due))
+                del self._relink_due[account_id]
+                st = self._accounts.get(account_id)
+                if st is not None:
+                    self._relink(account_id, st)
+            done += 1
+
     # ---- internals --------------------------------------------------------------------------
     def _relink(self, account_id: str, st: _AccountState) -> None:
+        """Fold the change in one account's link keys into the pair counts, incrementally:
+        the work is proportional to the keys that changed since the last time (after an
+        account's first requests, few do), not to everything it shares."""
         old, new = st.keys, link_keys(st.sketch, self.link_cfg)
         st.keys = new
-        for kind, o, nw in self._key_sets(old, new):
-            for k in o - nw:
-                self._index[kind][k].discard(account_id)
-            for k in nw - o:
-                self._index[kind][k].add(account_id)
-        shared: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         cfg = self.link_cfg
         cap = min(cfg.max_key_accounts, max(60, int(cfg.max_key_share * len(self._accounts))))
-        for kind, _o, nw in self._key_sets(LinkKeys(), new):
-            for k in nw:
-                others = self._index[kind][k]
-                if len(others) > cap:
+        touched: set[str] = set()
+        for kind, o, nw in self._key_sets(old, new):
+            index, common = self._index[kind], self._common[kind]
+            for k in o - nw:
+                members = index.get(k)
+                if members is None:
                     continue
-                for b in others:
-                    if b != account_id:
-                        shared[b][kind] += 1
-        for b, kinds in shared.items():
-            w, which = link_weight(kinds, self.link_cfg)
-            if w >= self.link_cfg.link_threshold:
-                ra, rb = self._uf.find(account_id), self._uf.find(b)
-                members = self._members.pop(ra, {account_id}) | self._members.pop(rb, {b})
-                ev = self._evidence.pop(ra, set()) | self._evidence.pop(rb, set()) | set(which)
-                self._uf.union(account_id, b)
-                root = self._uf.find(account_id)
-                self._members[root] = members
-                self._evidence[root] = ev
+                members.discard(account_id)
+                if k not in common:
+                    for b in members:
+                        self._bump_pair(account_id, b, kind, -1)
+            for k in nw - o:
+                if k in common:
+                    continue
+                members = index[k]
+                if len(members) >= cap:  # too common to mean anything: forget its pairs
+                    common.add(k)
+                    ms = sorted(members)
+                    for i, a in enumerate(ms):
+                        for b in ms[i + 1 :]:
+                            self._bump_pair(a, b, kind, -1)
+                    members.clear()
+                    continue
+                for b in members:
+                    self._bump_pair(account_id, b, kind, 1)
+                    touched.add(b)
+                members.add(account_id)
+        for b in touched:
+            shared = self._pairs.get((account_id, b) if account_id < b else (b, account_id))
+            if not shared:
+                continue
+            w, which = link_weight(shared, cfg)
+            if w >= cfg.link_threshold:
+                self._union(account_id, b, which)
+
+    def _bump_pair(self, a: str, b: str, kind: str, delta: int) -> None:
+        key = (a, b) if a < b else (b, a)
+        counts = self._pairs.get(key)
+        if counts is None:
+            if delta < 0:
+                return
+            counts = self._pairs[key] = {}
+        counts[kind] = counts.get(kind, 0) + delta
+
+    def _union(self, a: str, b: str, kinds: tuple[str, ...]) -> None:
+        ra, rb = self._uf.find(a), self._uf.find(b)
+        if ra == rb:
+            self._evidence[ra].update(kinds)
+            return
+        members = self._members.pop(ra, {a}) | self._members.pop(rb, {b})
+        ev = self._evidence.pop(ra, set()) | self._evidence.pop(rb, set()) | set(kinds)
+        self._uf.union(a, b)
+        root = self._uf.find(a)
+        self._members[root] = members
+        self._evidence[root] = ev
 
     @staticmethod
     def _key_sets(old: LinkKeys, new: LinkKeys) -> list[tuple[str, set, set]]:
         def mh(k: LinkKeys) -> set:
-            return set(enumerate(k.minhash)) if k.minhash is not None else set()
+            return set(k.minhash) if k.minhash is not None else set()
 
         return [("payment", set(old.payments), set(new.payments)),
                 ("ip_prefix", set(old.prefixes), set(new.prefixes)),
@@ -321,12 +398,15 @@ class OnlineMonitor:
         """Forget every account (tests and benchmarks)."""
         with self._lock:
             self._accounts.clear()
+            self._relink_due.clear()
             self._enforced.clear()
             self._members.clear()
             self._evidence.clear()
             self._cluster_cache.clear()
             self._uf = UnionFind()
             self._index = {k: defaultdict(set) for k in KINDS}
+            self._common = {k: set() for k in KINDS}
+            self._pairs.clear()
 
 
 def now() -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from distillguard.errors import ConfigError, InputError
-from distillguard.monitor.signals import FEATURES, AccountSignals
+from distillguard.monitor.signals import FEATURES, PRIOR, AccountSignals, SignalConfig
 
 SCORE_FEATURES = (*FEATURES, "log_accounts")
 MODEL_FILE = "score_model.json"
@@ -86,28 +86,41 @@ def feature_vector(sig: AccountSignals, accounts: int = 1) -> np.ndarray:  # (F,
     return np.append(sig.vector(), math.log(max(1, accounts)))
 
 
-def merge_signals(members: Sequence[AccountSignals]) -> AccountSignals:
-    """One actor's signals from its accounts': volumes add, the rest is request-weighted."""
+def merge_signals(members: Sequence[AccountSignals], prior_weight: float | None = None,
+                  ) -> AccountSignals:  # fmt: skip
+    """One actor's signals from its accounts': volumes add, shares are pooled.
+
+    Each account's shares were shrunk toward the prior on its own (few requests each, for a
+    hydra's accounts); pooling undoes that shrinkage, adds the counts and shrinks once with
+    the cluster's total, so 40 accounts of 10 requests weigh like one account of 400.
+    """
     if not members:
         raise InputError("cannot merge an empty cluster")
-    w = np.array([max(1, m.requests) for m in members], dtype=np.float64)
-    w /= w.sum()
+    k = SignalConfig().prior_weight if prior_weight is None else prior_weight
+    n = np.array([max(1, m.requests) for m in members], dtype=np.float64)
+    total = float(n.sum())
+    w = n / total
+
+    def pooled(name: str, prior_key: str) -> float:
+        prior = PRIOR[prior_key]
+        raw = sum(getattr(m, name) * (ni + k) - prior * k for m, ni in zip(members, n, strict=True))
+        return float(min(1.0, max(0.0, (raw + prior * k) / (total + k))))
 
     def avg(name: str) -> float:
         return float(sum(wi * getattr(m, name) for wi, m in zip(w, members, strict=True)))
 
     return AccountSignals(
-        requests=sum(m.requests for m in members),
+        requests=int(total),
         rate_per_hour=sum(m.rate_per_hour for m in members),
         active_hours=max(m.active_hours for m in members),
-        templated_share=avg("templated_share"),
-        cot_share=avg("cot_share"),
-        greedy_share=avg("greedy_share"),
-        harvest_share=avg("harvest_share"),
-        stream_share=avg("stream_share"),
-        burst_share=avg("burst_share"),
+        templated_share=pooled("templated_share", "templated"),
+        cot_share=pooled("cot_share", "cot"),
+        greedy_share=pooled("greedy_share", "greedy"),
+        harvest_share=pooled("harvest_share", "harvest"),
+        stream_share=pooled("stream_share", "stream"),
+        burst_share=pooled("burst_share", "burst"),
         gap_cv=avg("gap_cv"),
-        quiet_share=avg("quiet_share"),
+        quiet_share=pooled("quiet_share", "quiet"),
         out_in_ratio=avg("out_in_ratio"),
         content_similarity=avg("content_similarity"),
         out_of_order=sum(m.out_of_order for m in members),
@@ -139,8 +152,8 @@ def _describe(name: str, high: bool, s: AccountSignals, accounts: int,
         "stream_share": f"responses {'streamed' if high else 'rarely streamed'} "
         f"({s.stream_share:.0%})",
         "burst_share": f"{s.burst_share:.0%} of gaps under a few seconds",
-        "log_gap_cv": f"{'irregular' if high else 'machine-regular'} timing "
-        f"(gap CV {s.gap_cv:.2f})",
+        "log_gap_cv": f"{'bursty' if high else 'more regular than a person'} timing "
+        f"(inter-arrival CV {s.gap_cv:.2f})",
         "quiet_share": f"active around the clock ({s.quiet_share:.0%} of requests in its "
         "quietest 6 hours)"
         if high

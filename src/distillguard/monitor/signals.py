@@ -13,6 +13,7 @@ toward an ordinary user's prior while evidence is thin (an account with one requ
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
 import random
@@ -36,7 +37,7 @@ COT_PATTERN = re.compile(
     r"|walk me through|break (?:it|this|the \w+) (?:down|into)|show (?:me )?how to (?:get|solve)"
     r"|each step|every step|lay out your reasoning|(?:talk|go) (?:me )?through"
 )  # matched against lower-cased text
-_PRIME = (1 << 31) - 1
+_M64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class SignalConfig:
             raise ConfigError("SignalConfig times must be positive, prior_weight >= 0")
 
 
+# A typical answer's length in tokens (the prior of the output/input ratio).
+PRIOR_ANSWER_TOKENS = 150.0
 # Prior shares of an ordinary account (what thin evidence is shrunk toward).
 PRIOR = {"cot": 0.03, "greedy": 0.2, "harvest": 0.01, "stream": 0.5, "templated": 0.05,
          "burst": 0.2, "quiet": 0.05}  # fmt: skip
@@ -93,9 +96,11 @@ def _stable_hash(s: str) -> int:
 
 
 def frame_shingles(text: str, cfg: SignalConfig) -> tuple[int, ...]:
-    """Hashes of word n-grams at the two ends of a prompt (bounded work for any length)."""
+    """Hashes of word n-grams at the two ends of a prompt (bounded work for any length).
+
+    Python's string hash is salted per process; shingles are only ever compared inside one
+    process (sketches are not shared between processes), so that is all they need."""
     span = cfg.frame_words * 16
-    k = cfg.shingle_words
     if len(text) <= 2 * span:
         words = text.lower().split()
         if len(words) > 2 * cfg.frame_words:
@@ -103,8 +108,8 @@ def frame_shingles(text: str, cfg: SignalConfig) -> tuple[int, ...]:
     else:
         words = text[:span].lower().split()[: cfg.frame_words]
         words += text[-span:].lower().split()[-cfg.frame_words :]
-    crc = zlib.crc32
-    return tuple({crc(" ".join(words[i : i + k]).encode()) for i in range(len(words) - k + 1)})
+    k = cfg.shingle_words
+    return tuple({hash(g) for g in zip(*(words[i:] for i in range(k)), strict=False)})
 
 
 # Cheap substrings one of which every chain-of-thought phrasing contains: most prompts skip
@@ -146,19 +151,19 @@ def ip_prefix(ip: str) -> str:
 
 
 class MinHasher:
-    """Universal hashes h_i(x) = (a_i x + b_i) mod p, p = 2^31 - 1, vectorized over i.
-
-    Keys are < 2^31 (minute buckets of Unix time), so every product fits in 64 bits exactly.
-    """
+    """Bottom-k MinHash of integer keys (time buckets): one 64-bit mix per key, and a sketch
+    keeps the k smallest values. Two accounts active in the same buckets share many of them.
+    Pure integer arithmetic: a fraction of a microsecond per new bucket."""
 
     def __init__(self, k: int, seed: int) -> None:
-        g = np.random.default_rng(seed)
-        self.a = g.integers(1, _PRIME, k, dtype=np.uint64)  # (k,)
-        self.b = g.integers(0, _PRIME, k, dtype=np.uint64)  # (k,)
         self.k = k
+        self.salt = (seed * 0x9E3779B97F4A7C15) & _M64
 
-    def hashes(self, x: int) -> np.ndarray:  # (k,) uint64
-        return (self.a * np.uint64(x % _PRIME) + self.b) % np.uint64(_PRIME)
+    def hash(self, x: int) -> int:
+        z = (x + self.salt) & _M64  # splitmix64 finalizer: every input bit moves every output bit
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        return z ^ (z >> 31)
 
 
 @dataclass
@@ -186,7 +191,7 @@ class AccountSketch:
     completion_tokens: int = 0
     responses: int = 0
     shingles: dict[int, int] = field(default_factory=dict)
-    minhash: np.ndarray | None = None
+    minhash: list[int] = field(default_factory=list)  # max-heap (negated) of k smallest
     buckets: int = 0
     last_bucket: int = -1
     reservoir: list[str] = field(default_factory=list)
@@ -254,8 +259,13 @@ class AccountSketch:
         if bucket != self.last_bucket:
             self.last_bucket = bucket
             self.buckets += 1
-            h = self.hasher.hashes(bucket)
-            self.minhash = h if self.minhash is None else np.minimum(self.minhash, h)
+            h = -self.hasher.hash(bucket)
+            heap = self.minhash
+            if len(heap) < cfg.minhash_k:
+                if h not in heap:
+                    heapq.heappush(heap, h)
+            elif h > heap[0] and h not in heap:
+                heapq.heapreplace(heap, h)
 
     def _template(self, shingles: tuple[int, ...]) -> bool:
         cfg = self.cfg
@@ -275,6 +285,10 @@ class AccountSketch:
         return hits >= cfg.templated_hits
 
     # ---- read-out ---------------------------------------------------------------------------
+    def bottom_k(self) -> tuple[int, ...]:
+        """The k smallest bucket hashes, ascending (the timing signature for linking)."""
+        return tuple(sorted(-h for h in self.minhash))
+
     def frequent_shingles(self) -> frozenset[int]:
         floor = max(self.cfg.frequent_min, self.cfg.frequent_share * self.n)
         return frozenset(s for s, c in self.shingles.items() if c >= floor)
@@ -301,7 +315,9 @@ class AccountSketch:
             self._similarity_n = n
         span_h = max(1.0, (self.last_ts - self.first_ts) / 3600.0) if n > 1 else 1.0
         mean_in = self.prompt_chars / max(1, n) / 4.0
-        mean_out = self.completion_tokens / self.responses if self.responses else 0.0
+        # Shrunk toward a typical answer length: an account whose few requests failed (no
+        # output yet) must not look like one that asks for nothing back.
+        mean_out = (self.completion_tokens + PRIOR_ANSWER_TOKENS * k) / (self.responses + k)
         return AccountSignals(
             requests=n,
             rate_per_hour=n / span_h,

@@ -1,0 +1,239 @@
+"""Detection benchmark: tune on the train split, report on the held-out test split.
+
+    .venv/bin/python benchmarks/detection.py --fit          # refit score_model.json on train
+    .venv/bin/python benchmarks/detection.py                # report with the shipped model
+
+1. (--fit) Simulate the *train* population (train prompts and frames), score it, fit the
+   logistic weights and the operating point (no honest account flagged at FPR 1e-3), and write
+   ``src/distillguard/monitor/score_model.json``.
+2. Simulate the *test* population (held-out prompts, frames and seed), score it offline
+   (timed, in a fresh process so its peak memory is the scorer's own), evaluate per persona:
+   AUROC, TPR at FPR 1e-3 / 1e-2, legitimate apps flagged, cluster ARI, misses.
+3. Replay the test log in time order through ``OnlineMonitor``: requests until each campaign
+   is first acted on, and the per-request update latency (wall and thread CPU time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+MODEL_PATH = ROOT / "src" / "distillguard" / "monitor" / "score_model.json"
+
+
+def simulate(out_dir: Path, *, accounts: int, campaigns: int, seed: int, split: str):
+    from distillguard.sim.simulate import SimConfig, simulate
+
+    t0 = time.perf_counter()
+    res = simulate(SimConfig(accounts=accounts, campaigns=campaigns, seed=seed, split=split),
+                   data_dir=DATA, out=out_dir / f"{split}.jsonl",
+                   labels=out_dir / f"{split}.labels.jsonl")  # fmt: skip
+    dt = time.perf_counter() - t0
+    print(f"[{split}] simulated {res.exchanges:,} exchanges, {res.accounts:,} accounts "
+          f"({res.campaign_accounts:,} campaign) in {dt:.0f} s ({res.exchanges / dt:,.0f}/s)")
+    return res
+
+
+def fit(out_dir: Path, args: argparse.Namespace) -> None:
+    from distillguard.monitor.offline import account_views, collect_file, feature_matrix
+    from distillguard.monitor.score import SCORE_FEATURES, fit_model
+    from distillguard.traffic import read_labels
+
+    simulate(out_dir, accounts=args.train_accounts, campaigns=args.train_campaigns, seed=1,
+             split="train")  # fmt: skip
+    res = collect_file(out_dir / "train.jsonl", workers=2)
+    views = account_views(res.signals, res.keys)
+    labels = {lab.account_id: lab for lab in read_labels(out_dir / "train.labels.jsonl")}
+    xs, ids, cids = feature_matrix(views)
+    members = {v.cluster.cluster_id: v.cluster.members for v in views if v.cluster}
+    ys = []
+    for a, c in zip(ids, cids, strict=True):
+        if c is None:
+            ys.append(labels[a].label == "campaign")
+        else:  # a cluster row: the majority of its members
+            m = [labels[x].label == "campaign" for x in members[c]]
+            ys.append(sum(m) * 2 > len(m))
+    model = fit_model(xs, np.array(ys, dtype=int), target_fpr=1e-3,
+                      fitted_on=f"train split, seed 1, {len(views)} accounts, "
+                      f"{res.exchanges} exchanges, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+    model.save(MODEL_PATH)
+    print(f"[fit] wrote {MODEL_PATH.relative_to(ROOT)}; threshold {model.threshold:.4f}")
+    for name, w in zip(SCORE_FEATURES, model.weights, strict=True):
+        print(f"    {name:20s} {w:+.2f}")
+
+
+def score_only(path: str, workers: int) -> None:
+    """Child process: score one log, print timing and this process tree's peak memory."""
+    from distillguard.monitor.offline import score_traffic
+
+    rep = score_traffic(Path(path), Path(path).with_suffix(f".verdicts{workers}.jsonl"),
+                        workers=workers)  # fmt: skip
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"exchanges": rep.exchanges, "seconds": rep.seconds,
+                      "accounts": len(rep.verdicts), "parent_rss_mb": me / 1024,
+                      "worker_rss_mb": kids / 1024}))  # fmt: skip
+
+
+def timed_score(path: Path, workers: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--score-only", str(path), "--workers",
+                          str(workers)], check=True, capture_output=True, text=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(out_dir: Path, args: argparse.Namespace) -> dict:
+    from distillguard.monitor.evaluate import evaluate, time_to_flag, with_time_to_flag
+    from distillguard.monitor.online import OnlineMonitor
+    from distillguard.monitor.policy import load_policy
+    from distillguard.traffic import read_labels, read_traffic, read_verdicts
+
+    sim = simulate(out_dir, accounts=args.test_accounts, campaigns=args.test_campaigns, seed=2,
+                   split="test")  # fmt: skip
+    log = out_dir / "test.jsonl"
+    size_mb = log.stat().st_size / 2**20
+    speed = {w: timed_score(log, w) for w in (2, 1)}
+    for w, s in speed.items():
+        print(f"[offline] {w} worker(s): {s['exchanges']:,} exchanges ({size_mb:,.0f} MB) in "
+              f"{s['seconds']:.1f} s = {s['exchanges'] / s['seconds']:,.0f}/s; peak RSS parent "
+              f"{s['parent_rss_mb']:.0f} MB, largest worker {s['worker_rss_mb']:.0f} MB")
+    labels = list(read_labels(out_dir / "test.labels.jsonl"))
+    verdicts = list(read_verdicts(log.with_suffix(".verdicts2.jsonl")))
+    rep = evaluate(labels, verdicts)
+
+    monitor = OnlineMonitor(load_policy())
+    lat_wall, lat_cpu = [], []
+    check, record = monitor.check, monitor.record
+    pc, tt = time.perf_counter, time.thread_time
+
+    class Timed:  # wraps the monitor so that time_to_flag's replay is what gets timed
+        def check(self, **kw):
+            w, c = pc(), tt()
+            d = check(**kw)
+            lat_wall.append(pc() - w)
+            lat_cpu.append(tt() - c)
+            return d
+
+        def record(self, **kw):
+            w, c = pc(), tt()
+            record(**kw)
+            lat_wall[-1] += pc() - w
+            lat_cpu[-1] += tt() - c
+
+    t0 = time.perf_counter()
+    ttf = time_to_flag(read_traffic(log), labels, Timed())
+    replay_s = time.perf_counter() - t0
+    rep = with_time_to_flag(rep, ttf)
+    wall, cpu = np.array(lat_wall) * 1e3, np.array(lat_cpu) * 1e3
+    print(f"[online, inline linking] replayed {len(wall):,} requests in {replay_s:.0f} s; "
+          f"per request (check + record): wall p50 {np.percentile(wall, 50):.3f} ms, p99 "
+          f"{np.percentile(wall, 99):.3f} ms; thread CPU p50 {np.percentile(cpu, 50):.3f} ms, "
+          f"p99 {np.percentile(cpu, 99):.3f} ms; {monitor.account_count():,} accounts held")
+
+    # The gateway's configuration: cross-account linking on the monitor's maintenance thread.
+    bg = OnlineMonitor(load_policy(), background_links=True)
+    bg_wall, bg_cpu = [], []
+    for n, rec in enumerate(read_traffic(log)):
+        if n >= args.latency_requests:
+            break
+        w, c = pc(), tt()
+        bg.check(account_id=rec.account_id, key_id=rec.key_id,
+                 payment_fingerprint=rec.payment_fingerprint, ip=rec.ip,
+                 user_agent=rec.user_agent, endpoint=rec.endpoint, request=rec.request,
+                 ts=rec.ts)  # fmt: skip
+        bg.record(account_id=rec.account_id, response_text=rec.response_text,
+                  completion_tokens=rec.completion_tokens, ts=rec.ts)  # fmt: skip
+        bg_wall.append(pc() - w)
+        bg_cpu.append(tt() - c)
+    bg.close()
+    bw, bc = np.array(bg_wall) * 1e3, np.array(bg_cpu) * 1e3
+    print(f"[online, background linking] {len(bw):,} requests: wall p50 "
+          f"{np.percentile(bw, 50):.3f} ms, p99 {np.percentile(bw, 99):.3f} ms; thread CPU "
+          f"p50 {np.percentile(bc, 50):.3f} ms, p99 {np.percentile(bc, 99):.3f} ms")
+
+    print(f"\n[test split] {rep.accounts:,} accounts, {rep.campaign_accounts:,} campaign, "
+          f"{sim.exchanges:,} exchanges")
+    print(f"AUROC {rep.auroc:.5f}   TPR@FPR1e-3 {rep.tpr_at_fpr_1e3:.4f}   "
+          f"TPR@FPR1e-2 {rep.tpr_at_fpr_1e2:.4f}")
+    print(f"operating point: TPR {rep.flagged_tpr:.4f}, FPR {rep.flagged_fpr:.5f}; "
+          f"legit apps flagged {rep.legit_apps_flagged}/{rep.legit_apps}")
+    print(f"ARI all accounts {rep.ari_all:.4f}; multi-account campaigns {rep.ari_hydra:.4f}")
+    print(f"requests until flagged: median {rep.ttf_median}, p90 {rep.ttf_p90}, "
+          f"never {rep.ttf_missed}")
+    print("\npersona               label     accounts flagged  score min / median / max")
+    for p in rep.personas:
+        print(f"{p.persona:21s} {p.label:9s} {p.accounts:8d} {p.flagged:7d}  "
+              f"{p.score_min:.3f} / {p.score_median:.3f} / {p.score_max:.3f}")
+    by_persona: dict[str, list] = {}
+    for t in ttf:
+        by_persona.setdefault(t.persona, []).append(t.requests_until_flagged)
+    print("\nrequests until flagged per campaign persona (None = never):")
+    for p, v in sorted(by_persona.items()):
+        print(f"  {p:21s} {v}")
+    lab = {x.account_id: x for x in labels}
+    ver = {v.account_id: v for v in verdicts}
+    misses = [(lab[a].persona, ver[a].score, ver[a].reasons) for a in lab
+              if lab[a].label == "campaign" and not ver[a].flagged]  # fmt: skip
+    fps = [(lab[a].persona, ver[a].score, ver[a].reasons) for a in lab
+           if lab[a].label == "honest" and ver[a].flagged]  # fmt: skip
+    print(f"\nmissed campaign accounts: {len(misses)} {Counter(m[0] for m in misses)}")
+    for m in misses[:5]:
+        print(f"  {m[0]} score {m[1]:.3f} {m[2]}")
+    print(f"flagged honest accounts: {len(fps)}")
+    for m in fps[:5]:
+        print(f"  {m[0]} score {m[1]:.3f} {m[2]}")
+    top_honest = sorted(((ver[a].score, lab[a].persona) for a in lab
+                         if lab[a].label == "honest"), reverse=True)[:3]  # fmt: skip
+    print(f"highest honest scores: {top_honest}")
+    result = {"report": dataclasses.asdict(rep), "offline": speed,
+              "online_ms": {"wall_p50": float(np.percentile(wall, 50)),
+                            "wall_p99": float(np.percentile(wall, 99)),
+                            "cpu_p50": float(np.percentile(cpu, 50)),
+                            "cpu_p99": float(np.percentile(cpu, 99)),
+                            "background_wall_p99": float(np.percentile(bw, 99)),
+                            "background_cpu_p99": float(np.percentile(bc, 99))}}  # fmt: skip
+    (out_dir / "detection.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def main() -> None:
+    global DATA
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fit", action="store_true", help="refit the score model on train first")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/distillguard-detection"))
+    ap.add_argument("--train-accounts", type=int, default=2000)
+    ap.add_argument("--train-campaigns", type=int, default=30)
+    ap.add_argument("--test-accounts", type=int, default=3000)
+    ap.add_argument("--test-campaigns", type=int, default=40)
+    ap.add_argument("--latency-requests", type=int, default=300_000,
+                    help="requests replayed with background linking (latency only)")
+    ap.add_argument("--data", type=Path, default=DATA, help="shared/data (real prompt sets)")
+    ap.add_argument("--score-only", help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.score_only:
+        score_only(args.score_only, args.workers)
+        return
+    DATA = args.data
+    if not (DATA / "prompts" / "honest.jsonl").exists():
+        sys.exit(f"real prompt sets not found under {DATA}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"load: {Path('/proc/loadavg').read_text().strip()}")
+    if args.fit:
+        fit(args.out, args)
+    report(args.out, args)
+    print(f"load: {Path('/proc/loadavg').read_text().strip()}")
+
+
+if __name__ == "__main__":
+    main()
