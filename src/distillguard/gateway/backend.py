@@ -71,6 +71,7 @@ class UpstreamStatus(Exception):
 class Backend(Protocol):
     watermark_scheme: str | None
     watermark_key_id: int | None
+    default_output_tokens: int  # reserved against TPM when a request gives no max_tokens
 
     async def start(self) -> None: ...
 

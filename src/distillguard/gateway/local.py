@@ -50,6 +50,8 @@ class _Prepared:
 class LocalBackend:
     """A ``GenerationEngine`` behind OpenAI's API."""
 
+    default_output_tokens = DEFAULT_MAX_TOKENS  # what a request without max_tokens may use
+
     def __init__(
         self,
         engine: Any,

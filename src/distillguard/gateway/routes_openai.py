@@ -177,7 +177,9 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         job = Job(attempt.endpoint, body, raw, request, attempt.request_id, identity.account_id)
 
         prompt_tokens = state.backend.count_prompt_tokens(job)
-        reserved = prompt_tokens + (request.output_limit() or 0) * request.n
+        # Reserve the output the request may produce; settled to the real usage afterwards.
+        output = request.output_limit() or state.backend.default_output_tokens
+        reserved = prompt_tokens + output * request.n
         reservation = await state.limiter.acquire(
             identity.key_id,
             request_id=attempt.request_id,

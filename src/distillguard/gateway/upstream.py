@@ -42,6 +42,9 @@ def _estimate_tokens(text: str) -> int:
 class UpstreamBackend:
     watermark_scheme: str | None = None  # the upstream owns its sampling
     watermark_key_id: int | None = None
+    # Without max_tokens the upstream decides the length: only the prompt is reserved, and the
+    # real usage is charged when the answer is complete.
+    default_output_tokens = 0
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 600.0) -> None:
         self.base_url = _base_url(url)
