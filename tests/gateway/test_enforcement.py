@@ -1,7 +1,10 @@
-"""The online monitor's decisions at the gateway: degrade, then block, recorded as actions.
+"""Refusals that do not come from the request itself: the online monitor's decisions
+(degrade, then block, recorded as actions), and the parts the gateway depends on failing
+(Redis for limits, the upstream).
 
-A real ``OnlineMonitor`` with a policy file that acts after a few requests whatever the score
-(``score_at_least: 0.0``), so the gateway's handling of each action is what is tested.
+The monitor is a real ``OnlineMonitor`` with a policy file that acts after a few requests
+whatever the score (``score_at_least: 0.0``), so the gateway's handling of each action is what
+is tested.
 """
 
 from __future__ import annotations
@@ -61,3 +64,20 @@ def test_unreachable_redis_fails_closed_with_503(gateway_server) -> None:
         )
     assert caught.value.status_code == 503 and "rate limiter" in caught.value.message
     assert [r["status"] for r in gw.exchanges()] == [503]  # refused, and logged
+
+
+def test_unreachable_upstream_is_502_and_logged(gateway_server) -> None:
+    from distillguard.gateway.testing import free_port
+
+    gw = gateway_server(upstream=f"http://127.0.0.1:{free_port()}", online_monitor="false")
+    _, _, secret = gw.create_key()
+    client = openai.OpenAI(base_url=gw.api_url, api_key=secret, max_retries=0, timeout=20)
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError) as caught:
+            answer = client.chat.completions.create(
+                model="any", messages=[{"role": "user", "content": "hi"}], stream=stream
+            )
+            if stream:
+                list(answer)  # the error arrives with the first chunk
+        assert caught.value.status_code == 502
+    assert [r["status"] for r in gw.exchanges()] == [502, 502]
