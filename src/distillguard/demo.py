@@ -38,7 +38,8 @@ class DemoState:
     gateway: object | None = None
     model: str = ""  # the model id the gateway serves
     keys: dict[str, str] = field(default_factory=dict)  # account name -> API key secret
-    answers: list[str] = field(default_factory=list)  # the teacher's (watermarked) answers
+    account_ids: dict[str, str] = field(default_factory=dict)  # account name -> account id
+    answers: list[tuple[str, str]] = field(default_factory=list)  # (account name, answer)
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -78,8 +79,9 @@ def serve(state: DemoState) -> None:
     console.print(f"gateway on {gateway.base_url} serving {state.teacher_dir.name} (KGW watermark)")
 
     for name in ("alice", "bob"):
-        _, key_id, secret = gateway.create_key(name)
+        account_id, key_id, secret = gateway.create_key(name)
         state.keys[name] = secret
+        state.account_ids[name] = account_id
         console.print(f"account [bold]{name}[/bold]: key {key_id}")
 
     questions = {
@@ -103,22 +105,23 @@ def serve(state: DemoState) -> None:
                         pieces.append(chunk.choices[0].delta.content)
                         console.print(chunk.choices[0].delta.content, end="", style="green")
                 console.print()
-                state.answers.append("".join(pieces))
+                state.answers.append((name, "".join(pieces)))
             else:
                 reply = client.chat.completions.create(
                     model=model, messages=messages, max_tokens=96
                 )
                 text = reply.choices[0].message.content or ""
                 console.print(f"[cyan]{name}[/cyan] asks: {prompt}\n[green]{text}[/green]")
-                state.answers.append(text)
+                state.answers.append((name, text))
 
     rows = gateway.exchanges(limit=10)
+    names = {account_id: name for name, account_id in state.account_ids.items()}
     table = Table(title="the exchange log (newest first)")
     for column in ("account", "endpoint", "status", "prompt tok", "compl tok", "ms", "watermark"):
         table.add_column(column)
     for row in rows:
         table.add_row(
-            str(row.get("account_name") or row.get("account_id")),
+            names.get(row.get("account_id"), "-"),
             str(row.get("endpoint")),
             str(row.get("status")),
             str(row.get("prompt_tokens")),
@@ -129,9 +132,53 @@ def serve(state: DemoState) -> None:
     console.print(table)
 
 
+# --- act 2: watermark ------------------------------------------------------------------------
+
+
+@act("2. Every answer carries the provider's watermark; real LLM answers do not")
+def watermark(state: DemoState) -> None:
+    import orjson
+    from transformers import AutoTokenizer
+
+    from distillguard.errors import DistillGuardError
+    from distillguard.watermark.detect import TextDetector
+
+    detector = TextDetector.from_settings(
+        tokenizer=AutoTokenizer.from_pretrained(str(state.teacher_dir)), scheme="kgw"
+    )
+    real = []
+    for path in sorted((get_settings().data_dir / "outputs").glob("*.jsonl"))[:4]:
+        with path.open() as lines:
+            record = orjson.loads(next(lines))
+        real.append((path.stem, record["output"]))
+    texts = [(f"demo answer to {who}", text) for who, text in state.answers] + real
+    accounts = list(state.account_ids.values())
+    names = {account_id: name for name, account_id in state.account_ids.items()}
+    results = detector.detect_batch([text for _, text in texts], accounts=accounts)
+    table = Table(title="watermark detection (KGW, exact binomial test, deduplicated pairs)")
+    for column in ("text", "tokens scored", "p-value", "verdict", "best account (Holm p)"):
+        table.add_column(column)
+    for (label, _), result in zip(texts, results, strict=True):
+        if isinstance(result, DistillGuardError):
+            table.add_row(label, "-", "-", f"[yellow]{result.message}[/yellow]", "-")
+            continue
+        marked = result.p_value < 1e-3
+        best = result.accounts[0] if result.accounts else None
+        table.add_row(
+            label,
+            str(result.num_scored),
+            f"{result.p_value:.1e}",
+            "[green]watermarked[/green]" if marked else "not watermarked",
+            f"{names.get(best.account, best.account)} ({best.p_value_corrected:.1e})"
+            if best and marked
+            else "-",
+        )
+    console.print(table)
+
+
 # --- the driver -----------------------------------------------------------------------------
 
-ACTS: list[Callable[[DemoState], None]] = [serve]
+ACTS: list[Callable[[DemoState], None]] = [serve, watermark]
 
 
 def main(argv: list[str] | None = None) -> int:
