@@ -133,7 +133,7 @@ class FastLlama:
         return KVCache(len(self.layers))
 
     def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight
+        return F.rms_norm(x, weight.shape, weight, self.eps)  # one fused op, HF's formula
 
     @staticmethod
     def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
