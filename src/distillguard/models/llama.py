@@ -143,8 +143,12 @@ def _token_streams(tokenizer: Any, docs: list[str], config: TrainConfig) -> tupl
     train_docs = [docs[i] for i in order[n_held:]] or held_docs
 
     def stream(part: list[str]) -> Any:
-        encs = tokenizer.backend_tokenizer.encode_batch(part, add_special_tokens=False)
-        flat = [i for e in encs for i in e.ids]
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # Rust batch encoding: ~10x faster than the Python wrapper
+            rows = [e.ids for e in backend.encode_batch(part, add_special_tokens=False)]
+        else:
+            rows = tokenizer(part, add_special_tokens=False)["input_ids"]
+        flat = [i for row in rows for i in row]
         return torch.tensor(flat, dtype=torch.long)  # (N,)
 
     train, held = stream(train_docs), stream(held_docs or train_docs)
