@@ -129,12 +129,19 @@ class KGWScheme(WatermarkScheme):
         """Logit bias for a batch: contexts (B, h) -> (B, V) float32."""
         p = self.params
         green = self.green_mask(contexts, vocab)  # (B, V)
-        bias = green.astype(np.float32) * np.float32(p.delta)
-        if p.account_delta > 0:
-            for tag in dict.fromkeys(tags):
-                rows = np.array([i for i, t in enumerate(tags) if t == tag])
-                ua = self.context.vocab_values(self.account_key(tag), contexts[rows], vocab)
-                bias[rows] += (green[rows] & (ua < self._thr_account)) * np.float32(p.account_delta)
+        zero, d = np.float32(0.0), np.float32(p.delta)
+        if p.account_delta == 0:
+            return np.where(green, d, zero)
+        both = np.float32(p.delta + p.account_delta)
+        distinct = list(dict.fromkeys(tags))
+        if len(distinct) == 1:  # the usual batch: one account, no row gathering
+            acc = self.context.vocab_values(self.account_key(distinct[0]), contexts, vocab)
+            return np.where(green, np.where(acc < self._thr_account, both, d), zero)
+        bias = np.where(green, d, zero)
+        for tag in distinct:
+            rows = np.array([i for i, t in enumerate(tags) if t == tag])
+            ua = self.context.vocab_values(self.account_key(tag), contexts[rows], vocab)
+            bias[rows] = np.where(green[rows], np.where(ua < self._thr_account, both, d), zero)
         return bias
 
     # ---- generation ----
