@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -35,15 +34,28 @@ def register(root: typer.Typer) -> None:
     root.add_typer(prove_app, name="prove")
 
 
-def _command_line() -> str:
-    return "distillguard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command_line(ctx: typer.Context) -> str:
+    """The command with every option spelled out (defaults included): reproduces the run."""
+    parts = ["distillguard", "prove", str(ctx.info_name)]
+    for name, value in ctx.params.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or name == "api_key":  # never write a secret into evidence
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list | tuple):
+            for item in value:
+                parts += [flag, shlex.quote(str(item))]
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
-def _write_json(out: Path | None, data: dict) -> None:
+def _write_json(ctx: typer.Context, out: Path | None, data: dict) -> None:
     if out is None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = {**data, "command": _command_line()}
+    data = {**data, "command": _command_line(ctx)}
     out.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
     console.print(f"evidence written to [bold]{out}[/bold]")
 
@@ -54,10 +66,17 @@ def _fmt_p(p: float) -> str:
 
 @prove_app.command("attribute")
 def attribute_cmd(
-    suspect: Annotated[Path, typer.Option(help="JSONL of the suspect's answers "
-                                          "({instruction, output} per line).")],
-    candidates: Annotated[Path, typer.Option(help="Directory of candidate teachers' answer "
-                                             "files, one *.jsonl each (named by file stem).")],
+    ctx: typer.Context,
+    suspect: Annotated[
+        Path, typer.Option(help="JSONL of the suspect's answers ({instruction, output} per line).")
+    ],
+    candidates: Annotated[
+        Path,
+        typer.Option(
+            help="Directory of candidate teachers' answer "
+            "files, one *.jsonl each (named by file stem)."
+        ),
+    ],
     out: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
     alpha: Annotated[float, typer.Option(help="Family-wise level across candidates.")] = 0.05,
     permutations: Annotated[int, typer.Option(help="Monte-Carlo permutations.")] = 9_999,
@@ -72,27 +91,39 @@ def attribute_cmd(
         read_candidates,
     )
 
-    config = AttributionConfig(alpha=alpha, permutations=permutations,
-                               min_matched_prompts=min_prompts, seed=seed)
+    config = AttributionConfig(
+        alpha=alpha, permutations=permutations, min_matched_prompts=min_prompts, seed=seed
+    )
     suspect_set = read_answers(suspect)
     cands = read_candidates(candidates, exclude=(suspect.stem,))
     skipped = suspect_set.skipped_lines + sum(c.skipped_lines for c in cands)
     with console.status(f"comparing {suspect_set.name} with {len(cands)} candidates..."):
         result = attribute(suspect_set, cands, config)
-    table = Table(title=f"attribution of {result.suspect} "
-                        f"({result.matched_prompts} of {result.suspect_prompts} prompts matched)")
+    table = Table(
+        title=f"attribution of {result.suspect} "
+        f"({result.matched_prompts} of {result.suspect_prompts} prompts matched)"
+    )
     for col in ("rank", "candidate", "effect", "z", "p (Holm)", "p (prompt perm.)", "attributed"):
         table.add_column(col)
     for c in result.candidates:
-        table.add_row(str(c.rank), c.name, f"{c.effect:.4f}", f"{c.z:.2f}",
-                      _fmt_p(c.p_model_holm), _fmt_p(c.p_prompt), "YES" if c.attributed else "")
+        table.add_row(
+            str(c.rank),
+            c.name,
+            f"{c.effect:.4f}",
+            f"{c.z:.2f}",
+            _fmt_p(c.p_model_holm),
+            _fmt_p(c.p_prompt),
+            "YES" if c.attributed else "",
+        )
     console.print(table)
     if skipped:
         console.print(f"[yellow]{skipped} malformed input lines skipped[/yellow]")
     verdict = result.verdict or "none of these"
-    console.print(f"verdict: [bold]{verdict}[/bold] (alpha={alpha:g}, Holm over "
-                  f"{len(result.candidates)} candidates)")
-    _write_json(out, result.to_dict() | {"skipped_lines": skipped})
+    console.print(
+        f"verdict: [bold]{verdict}[/bold] (alpha={alpha:g}, Holm over "
+        f"{len(result.candidates)} candidates)"
+    )
+    _write_json(ctx, out, result.to_dict() | {"skipped_lines": skipped})
 
 
 def _check_exclusive(**named: object) -> None:
@@ -111,8 +142,9 @@ def _read_rows(harvest: Path | None, text: Path | None) -> list[tuple[str, str]]
     if text is not None:
         if not text.is_file():
             raise InputError(f"text file not found: {text}")
-        rows += [("", line) for line in text.read_text(encoding="utf-8").split("\n\n")
-                 if line.strip()]
+        rows += [
+            ("", line) for line in text.read_text(encoding="utf-8").split("\n\n") if line.strip()
+        ]
     return rows
 
 
@@ -132,39 +164,57 @@ def _accounts(accounts: str | None, verdicts: Path | None) -> tuple[list[str], d
 
 @prove_app.command("radioactivity")
 def radioactivity_cmd(
-    suspect: Annotated[Path | None, typer.Option(help="Suspect model directory (open weights).")
-                       ] = None,
-    suspect_url: Annotated[str | None, typer.Option(
-        help="OpenAI-compatible base URL of the suspect (API-only mode), e.g. http://h/v1.")
-                           ] = None,
-    api_key: Annotated[str, typer.Option(envvar="DISTILLGUARD_SUSPECT_API_KEY",
-                                         help="API key for --suspect-url.")] = "none",
+    ctx: typer.Context,
+    suspect: Annotated[
+        Path | None, typer.Option(help="Suspect model directory (open weights).")
+    ] = None,
+    suspect_url: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible base URL of the suspect (API-only mode), e.g. http://h/v1."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str, typer.Option(envvar="DISTILLGUARD_SUSPECT_API_KEY", help="API key for --suspect-url.")
+    ] = "none",
     model: Annotated[str | None, typer.Option(help="Model name at --suspect-url.")] = None,
-    harvest: Annotated[Path | None, typer.Option(
-        help="Harvested dataset (JSONL prompt/answer): the text the suspect reads, the served "
-             "contexts, and prompts for API mode.")] = None,
+    harvest: Annotated[
+        Path | None,
+        typer.Option(
+            help="Harvested dataset (JSONL prompt/answer): the text the suspect reads, the served "
+            "contexts, and prompts for API mode."
+        ),
+    ] = None,
     prompts: Annotated[Path | None, typer.Option(help="Prompts to ask the suspect.")] = None,
-    text: Annotated[Path | None, typer.Option(
-        help="Any text for the suspect to read (paragraphs separated by blank lines).")] = None,
-    served_filter: Annotated[bool, typer.Option(
-        help="Score only contexts that occur in the harvested (served) answers.")] = True,
-    accounts: Annotated[str | None, typer.Option(help="Comma-separated account ids to test.")
-                        ] = None,
-    verdicts: Annotated[Path | None, typer.Option(
-        help="Monitor verdicts JSONL: its flagged accounts are tested, with their clusters.")
-                        ] = None,
-    tokenizer: Annotated[Path | None, typer.Option(help="Our model/tokenizer directory.")
-                         ] = None,
-    scheme: Annotated[str | None, typer.Option(help="Watermark scheme (default: settings).")
-                      ] = None,
-    key_id: Annotated[int | None, typer.Option(help="Watermark key id (default: current).")
-                      ] = None,
+    text: Annotated[
+        Path | None,
+        typer.Option(
+            help="Any text for the suspect to read (paragraphs separated by blank lines)."
+        ),
+    ] = None,
+    served_filter: Annotated[
+        bool, typer.Option(help="Score only contexts that occur in the harvested (served) answers.")
+    ] = True,
+    accounts: Annotated[
+        str | None, typer.Option(help="Comma-separated account ids to test.")
+    ] = None,
+    verdicts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Monitor verdicts JSONL: its flagged accounts are tested, with their clusters."
+        ),
+    ] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="Our model/tokenizer directory.")] = None,
+    scheme: Annotated[
+        str | None, typer.Option(help="Watermark scheme (default: settings).")
+    ] = None,
+    key_id: Annotated[int | None, typer.Option(help="Watermark key id (default: current).")] = None,
     random_keys: Annotated[int, typer.Option(help="Random keys for the calibration run.")] = 20,
-    max_queries: Annotated[int, typer.Option(help="API mode: at most this many prompts.")
-                           ] = 1000,
+    max_queries: Annotated[int, typer.Option(help="API mode: at most this many prompts.")] = 1000,
     max_tokens: Annotated[int, typer.Option(help="API/generation: tokens per answer.")] = 128,
-    cache: Annotated[Path | None, typer.Option(
-        help="API mode: answers checkpoint (a rerun resumes from it).")] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="API mode: answers checkpoint (a rerun resumes from it).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the evidence JSON here.")] = None,
 ) -> None:
     """Did the suspect learn from our watermarked answers? (Sander et al. 2024)"""
@@ -177,8 +227,9 @@ def radioactivity_cmd(
     _check_exclusive(suspect=suspect, suspect_url=suspect_url)
     settings = get_settings()
     ours = load_tokenizer(tokenizer, settings)
-    wm = rad.scheme_from_settings(vocab_size=len(ours), scheme=scheme, key_id=key_id,
-                                  settings=settings)
+    wm = rad.scheme_from_settings(
+        vocab_size=len(ours), scheme=scheme, key_id=key_id, settings=settings
+    )
     config = rad.RadioactivityConfig(random_keys=random_keys)
     rows = _read_rows(harvest, text)
     served = [a for p, a in rows if p] if (served_filter and harvest is not None) else []
@@ -201,19 +252,38 @@ def radioactivity_cmd(
             report = _with_progress(
                 "suspect reads the text",
                 lambda progress: rad.prove_open_weights(
-                    suspect, rows, tokenizer=ours, scheme=wm, served_answers=served,
-                    accounts=names, config=config, progress=progress))
+                    suspect,
+                    rows,
+                    tokenizer=ours,
+                    scheme=wm,
+                    served_answers=served,
+                    accounts=names,
+                    config=config,
+                    progress=progress,
+                ),
+            )
         else:
             if not prompt_list:
-                raise ModelError(f"{suspect} has another tokenizer: it must answer prompts "
-                                 "(--prompts or --harvest) to be tested on its text")
-            console.print("[yellow]suspect uses another tokenizer: testing its generated "
-                          "answers, re-tokenised with ours[/yellow]")
+                raise ModelError(
+                    f"{suspect} has another tokenizer: it must answer prompts "
+                    "(--prompts or --harvest) to be tested on its text"
+                )
+            console.print(
+                "[yellow]suspect uses another tokenizer: testing its generated "
+                "answers, re-tokenised with ours[/yellow]"
+            )
             with console.status(f"suspect answers {len(prompt_list)} prompts..."):
                 answers = rad.generate_local(suspect, prompt_list, max_new_tokens=max_tokens)
-            report = rad.prove_texts(answers, suspect=str(suspect), mode="local-generation",
-                                     tokenizer=ours, scheme=wm, served_answers=served,
-                                     accounts=names, config=config)
+            report = rad.prove_texts(
+                answers,
+                suspect=str(suspect),
+                mode="local-generation",
+                tokenizer=ours,
+                scheme=wm,
+                served_answers=served,
+                accounts=names,
+                config=config,
+            )
     else:
         if not prompt_list:
             raise InputError("API mode needs prompts: --prompts or --harvest")
@@ -222,28 +292,53 @@ def radioactivity_cmd(
         answers, result = _with_progress(
             f"querying the suspect ({len(prompt_list)} prompts, resumable: {cache})",
             lambda progress: rad.query_suspect_api(
-                prompt_list, base_url=str(suspect_url), api_key=api_key, cache=cache,
-                model=model, max_tokens=max_tokens, progress=progress))
+                prompt_list,
+                base_url=str(suspect_url),
+                api_key=api_key,
+                cache=cache,
+                model=model,
+                max_tokens=max_tokens,
+                progress=progress,
+            ),
+        )
         if not result.complete:
-            console.print(f"[yellow]{result.failed} prompts failed; rerun to resume "
-                          f"({result.retries} retries so far)[/yellow]")
-        report = rad.prove_texts(answers, suspect=str(suspect_url), mode="api", tokenizer=ours,
-                                 scheme=wm, served_answers=served, accounts=names,
-                                 config=config)
+            console.print(
+                f"[yellow]{result.failed} prompts failed; rerun to resume "
+                f"({result.retries} retries so far)[/yellow]"
+            )
+        report = rad.prove_texts(
+            answers,
+            suspect=str(suspect_url),
+            mode="api",
+            tokenizer=ours,
+            scheme=wm,
+            served_answers=served,
+            accounts=names,
+            config=config,
+        )
     if clusters:
         from dataclasses import replace
 
-        report = replace(report, accounts=tuple(
-            replace(a, cluster_id=clusters.get(a.account) or None) for a in report.accounts))
+        report = replace(
+            report,
+            accounts=tuple(
+                replace(a, cluster_id=clusters.get(a.account) or None) for a in report.accounts
+            ),
+        )
     _print_radioactivity(report)
-    _write_json(out, report.to_dict())
+    _write_json(ctx, out, report.to_dict())
 
 
 def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task(label, total=None)
 
         def progress(done: int, total: int) -> None:
@@ -253,24 +348,34 @@ def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]
 
 
 def _print_radioactivity(report: RadioactivityReport) -> None:
-    table = Table(title=f"radioactivity of {report.suspect} ({report.mode}, "
-                        f"{report.tokens:,} tokens)")
+    table = Table(
+        title=f"radioactivity of {report.suspect} ({report.mode}, {report.tokens:,} tokens)"
+    )
     for col in ("test", "units", "z", "p-value", "random keys: KS p / FPR@1e-3"):
         table.add_column(col)
     for t in report.tests:
         cal = t.calibration
         cal_s = f"{cal['ks_p']:.2f} / {cal['fpr_0.001']:.3f}" if cal else "-"
-        table.add_row(t.test, f"{t.num_scored:,}", f"{t.z_score:.2f}",
-                      f"10^{t.log10_p_value:.1f}" if t.log10_p_value < -3 else _fmt_p(t.p_value),
-                      cal_s)
+        table.add_row(
+            t.test,
+            f"{t.num_scored:,}",
+            f"{t.z_score:.2f}",
+            f"10^{t.log10_p_value:.1f}" if t.log10_p_value < -3 else _fmt_p(t.p_value),
+            cal_s,
+        )
     console.print(table)
     if report.accounts:
         acc = Table(title="accounts (Holm over accounts tested)")
         for col in ("account", "cluster", "z", "p", "p Holm"):
             acc.add_column(col)
         for a in report.accounts:
-            acc.add_row(a.account, a.cluster_id or "", f"{a.z_score:.2f}", _fmt_p(a.p_value),
-                        _fmt_p(a.p_holm))
+            acc.add_row(
+                a.account,
+                a.cluster_id or "",
+                f"{a.z_score:.2f}",
+                _fmt_p(a.p_value),
+                _fmt_p(a.p_holm),
+            )
         console.print(acc)
 
 
@@ -292,8 +397,9 @@ def report_cmd(
 
     items = load_evidence(evidence)
     involved = sorted({a["account"] for ev in items for a in ev.get("accounts") or []})
-    report = build_report(items, verdicts=load_verdicts(verdicts, involved), title=title,
-                          alpha=alpha)
+    report = build_report(
+        items, verdicts=load_verdicts(verdicts, involved), title=title, alpha=alpha
+    )
     with console.status("rendering plots..."):
         html_path, json_path = write_report(report, out)
     console.print(f"{report.verdict}\nreport: [bold]{html_path}[/bold] (data: {json_path})")

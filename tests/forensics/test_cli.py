@@ -1,0 +1,194 @@
+"""The prove CLI: attribute, radioactivity and report end to end, and their bad-input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from distillguard.cli import app
+from distillguard.config import get_settings
+from distillguard.errors import InputError, ModelError
+
+runner = CliRunner()
+
+
+def _write(path: Path, answers: dict[str, str]) -> None:
+    path.write_text(
+        "".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in answers.items())
+    )
+
+
+def _candidates(tmp_path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
+    rng = np.random.default_rng(0)
+    cdir = tmp_path / "cands"
+    cdir.mkdir()
+    models = {}
+    for c in range(6):
+        style = [f"habit{c}x{j}" for j in range(20)]
+        models[f"model{c}"] = {
+            f"question {i}": " ".join(
+                [*rng.choice([f"t{i}w{j}" for j in range(12)], 10), *rng.choice(style, 8)]
+            )
+            for i in range(60)
+        }
+        _write(cdir / f"model{c}.jsonl", models[f"model{c}"])
+    return cdir, models
+
+
+def test_attribute_cli_names_the_teacher_and_writes_json(tmp_path: Path) -> None:
+    cdir, models = _candidates(tmp_path)
+    rng = np.random.default_rng(1)
+    student = {
+        q: " ".join(w if rng.random() > 0.4 else "noise" for w in a.split())
+        for q, a in models["model3"].items()
+    }
+    _write(tmp_path / "student.jsonl", student)
+    out = tmp_path / "attr.json"
+    result = runner.invoke(
+        app,
+        [
+            "prove",
+            "attribute",
+            "--suspect",
+            str(tmp_path / "student.jsonl"),
+            "--candidates",
+            str(cdir),
+            "--out",
+            str(out),
+            "--permutations",
+            "199",
+            "--min-prompts",
+            "40",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "verdict: model3" in result.output
+    data = json.loads(out.read_text())
+    assert data["test"] == "attribution" and data["verdict"] == "model3"
+    assert data["command"].startswith("distillguard prove attribute")
+
+
+def test_attribute_cli_refuses_mismatched_prompts(tmp_path: Path) -> None:
+    cdir, _ = _candidates(tmp_path)
+    _write(tmp_path / "s.jsonl", {f"another prompt {i}": "x" for i in range(60)})
+    result = runner.invoke(
+        app,
+        ["prove", "attribute", "--suspect", str(tmp_path / "s.jsonl"), "--candidates", str(cdir)],
+    )
+    assert isinstance(result.exception, InputError)
+    assert "0 of the suspect's 60 prompts" in result.exception.message
+
+
+@pytest.fixture
+def secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTILLGUARD_WATERMARK_SECRET", "cli-test-secret-0123456789abcdef")
+    get_settings.cache_clear()
+
+
+def _harvest(path: Path, data: Path, count: int = 120) -> Path:
+    """Real answers (gpt4's alpaca_eval outputs) in the harvest format."""
+    lines = (data / "outputs" / "gpt4.jsonl").read_text().splitlines()[:count]
+    with path.open("w") as fh:
+        for i, line in enumerate(lines):
+            row = json.loads(line)
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"p{i}",
+                        "prompt": row["instruction"][:200],
+                        "answer": row["output"][:600],
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+def test_radioactivity_cli_clean_model_not_flagged_then_report(
+    tmp_path: Path, tiny_model_dir: Path, secret: None, shared_data: Path
+) -> None:
+    harvest = _harvest(tmp_path / "harvest.jsonl", shared_data)
+    out = tmp_path / "rad.json"
+    result = runner.invoke(
+        app,
+        [
+            "prove",
+            "radioactivity",
+            "--suspect",
+            str(tiny_model_dir),
+            "--harvest",
+            str(harvest),
+            "--tokenizer",
+            str(tiny_model_dir),
+            "--random-keys",
+            "10",
+            "--out",
+            str(out),
+        ],
+    )
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    data = json.loads(out.read_text())
+    assert data["test"] == "radioactivity" and data["mode"] == "open-weights"
+    assert all(t["log10_p_value"] > -3 for t in data["tests"])  # never trained on our answers
+    assert all(len(t["null_log10_p"]) == 10 for t in data["tests"])
+
+    report = tmp_path / "report" / "evidence.html"
+    result = runner.invoke(app, ["prove", "report", "--evidence", str(out), "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    page = report.read_text()
+    assert "data:image/png;base64," in page and "No test reached" in page
+    assert "<link" not in page and "<script src" not in page  # self-contained
+    assert json.loads(report.with_suffix(".json").read_text())["evidence"][0]["test"] == (
+        "radioactivity"
+    )
+
+
+def test_radioactivity_cli_bad_inputs(
+    tmp_path: Path, tiny_model_dir: Path, secret: None, shared_data: Path
+) -> None:
+    harvest = _harvest(tmp_path / "harvest.jsonl", shared_data, count=5)
+    not_model = tmp_path / "not-a-model"
+    not_model.mkdir()
+    result = runner.invoke(
+        app,
+        [
+            "prove",
+            "radioactivity",
+            "--suspect",
+            str(not_model),
+            "--harvest",
+            str(harvest),
+            "--tokenizer",
+            str(tiny_model_dir),
+        ],
+    )
+    assert isinstance(result.exception, ModelError)
+    result = runner.invoke(
+        app,
+        [
+            "prove",
+            "radioactivity",
+            "--suspect",
+            str(tiny_model_dir),
+            "--suspect-url",
+            "http://127.0.0.1:9/v1",
+            "--tokenizer",
+            str(tiny_model_dir),
+        ],
+    )
+    assert isinstance(result.exception, InputError)
+
+
+def test_report_refuses_non_evidence(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.json"
+    bogus.write_text(json.dumps({"hello": 1}))
+    result = runner.invoke(
+        app, ["prove", "report", "--evidence", str(bogus), "--out", str(tmp_path / "r.html")]
+    )
+    assert isinstance(result.exception, InputError)
+    assert not (tmp_path / "r.html").exists()
