@@ -264,7 +264,20 @@ def main() -> None:
     ap.add_argument("--img", type=Path, default=Path("docs/img"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--calibration-only", action="store_true", help="only part 6 (fast)")
+    ap.add_argument("--slowdown-only", action="store_true", help="only part 5")
     args = ap.parse_args()
+    if args.slowdown_only:
+        torch.set_num_threads(1)
+        model, tok = load_model(default_teacher_dir(size="small"))
+        vocab = int(model.get_input_embeddings().weight.shape[0])
+        probe = GenerationEngine(model, tok, num_threads=1)
+        prompts = prompts_for(probe, get_settings().data_dir, 16, 400)
+        console.print(f"load: {os.getloadavg()}")
+        sp = slowdown(model, tok, vocab, prompts, args.repeats)
+        for name, v in sp.items():
+            console.print(f"{name}: {v:.0f} tokens/s, {v / sp['off']:.2f}x plain")
+        console.print(f"load: {os.getloadavg()}")
+        return
     if args.calibration_only:
         _, tok = load_model(default_teacher_dir(size="small"))
         cal = calibration(tok, get_settings().data_dir, [])

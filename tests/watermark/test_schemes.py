@@ -151,6 +151,10 @@ def test_too_short_empty_and_foreign_ids_are_clear_errors() -> None:
         s.detect([1, 2, 3, 4, VOCAB + 5])
     with pytest.raises(InputError):
         s.detect([[1, 2], [3, 4]])
+    with pytest.raises(InputError):
+        s.detect_many([[1, 2, 3, 4, 5.5]])  # floats are not token ids
+    with pytest.raises(InputError):
+        s.detect_many([[1, 2, [3]]])  # nested garbage
     r = s.detect_many([[], [1, 2, 3, 4, 5, 6]])
     assert r[0].num_scored == 0 and r[0].p_value == 1.0 and r[1].num_scored == 2
 

@@ -342,7 +342,10 @@ def flatten_tokens(
     if flat is None:
         arrays = []
         for x in seqs:
-            a = _EMPTY if x is None else np.asarray(x)
+            try:
+                a = _EMPTY if x is None else np.asarray(x)
+            except (ValueError, TypeError):  # ragged or nested input
+                raise InputError("token ids must be flat sequences of integers") from None
             if a.ndim != 1:
                 raise InputError("token ids must be flat sequences of integers")
             arrays.append(a if a.size else _EMPTY)
@@ -421,8 +424,7 @@ def _row_stats(
         score[:], scored[:], copied[:] = _sorted_group_stats(mat.reshape(num_rows, width), scorer)
         return _RowStats(score, scored, copied, n_text)
     order = np.argsort(total, kind="stable")  # rows of similar width share a chunk
-    for c in range(0, num_rows, chunk_rows):
-        rows_c = order[c : c + chunk_rows]  # (r,)
+    for rows_c in _width_chunks(order, total[order], chunk_rows):  # (r,) each
         tl, pl = n_text[rows_c], n_prompt[rows_c]
         r, w = rows_c.size, max(int(total[rows_c].max()), 1)
         mat = np.full(r * w, SENTINEL, dtype=U64)  # (r * W,)
@@ -438,6 +440,20 @@ def _row_stats(
             mat.reshape(r, w), scorer
         )
     return _RowStats(score=score, num_scored=scored, num_prompt_copied=copied, num_pairs=n_text)
+
+
+def _width_chunks(order: np.ndarray, widths: np.ndarray, max_rows: int) -> list[np.ndarray]:
+    """Split rows sorted by width into chunks whose padded size stays within 1.5x of their
+    content (a Python loop over rows, not tokens)."""
+    chunks, start, content = [], 0, 0
+    for i, w in enumerate(widths.tolist()):
+        count = i - start + 1
+        if count > 1 and (count > max_rows or count * w > 1.5 * (content + w) + 1024):
+            chunks.append(order[start:i])
+            start, content = i, 0
+        content += w
+    chunks.append(order[start:])
+    return chunks
 
 
 def _sorted_group_stats(mat: np.ndarray, scorer: Any) -> tuple[np.ndarray, ...]:
