@@ -9,7 +9,13 @@ suspect with the 12 others as candidates.
 - Metrics: documented students attributed to their teacher (Holm-corrected p < 0.05), and the
   false attribution rate: suspects with taught_by = null (10 models) given any verdict.
 
+Own students (``--own-students``): a ``tiny`` student is distilled (distill's sft) from one
+model's answers to 600 prompts and answers the other 205 itself; attribution then runs on those
+205 prompts with the 13 real models as candidates. A control student learns from all 13
+models' answers mixed; it should get "none of these".
+
 Run: .venv/bin/python benchmarks/attribution.py [--data ../shared/data/outputs] [--perm 999]
+     [--own-students claude-2,gpt4] [--steps 300]
 """
 
 from __future__ import annotations
@@ -110,11 +116,87 @@ def print_rows(title: str, rows: list[dict]) -> None:
     )
 
 
+def own_students(
+    sets: list, prompts: list[str], teachers: list[str], steps: int, perm: int
+) -> list[dict]:
+    """Distil tiny students from one model's answers; attribute their own answers."""
+    import tempfile
+
+    import torch
+
+    from distillguard.distill.harvest import LocalHarvestParams, harvest_local
+    from distillguard.distill.trainers import DistillConfig, train_student
+    from distillguard.forensics.attribution import AnswerSet, attribute
+    from distillguard.models.engine import GenerationEngine
+
+    torch.set_num_threads(1)
+    # the tiny student's window is 256 tokens: it answers only the shorter held-out prompts
+    train_p, test_p = prompts[:600], [p for p in prompts[600:] if len(p) < 400]
+    by_name = {s.name: s for s in sets}
+    work = Path(tempfile.mkdtemp(prefix="dg-attr-"))
+    rows_out = []
+    for teacher in [*teachers, "mixed-control"]:
+        if teacher == "mixed-control":  # each training prompt answered by a rotating model
+            rows = [
+                {"prompt": p, "answer": sets[i % len(sets)].answers[p]}
+                for i, p in enumerate(train_p)
+            ]
+        else:
+            rows = [{"prompt": p, "answer": by_name[teacher].answers[p]} for p in train_p]
+        t0 = time.time()
+        out = work / teacher
+        train_student(
+            rows,
+            mode="sft",
+            out_dir=out,
+            student_size="tiny",
+            config=DistillConfig(max_steps=steps, checkpoint_every=0),
+            progress=False,
+        )
+        engine = GenerationEngine.from_dir(out, num_threads=1)
+        records = harvest_local(
+            engine,
+            test_p,
+            LocalHarvestParams(max_new_tokens=96, temperature=0.8, seed=0, batch_size=32),
+        )
+        suspect = AnswerSet(f"student-of-{teacher}", {r.prompt: r.answer for r in records})
+        config = AttributionConfig(char_weight=0.0, permutations=perm, min_matched_prompts=100)
+        result = attribute(suspect, sets, config, prompts=test_p)
+        top = result.candidates[0]
+        truth = next((c for c in result.candidates if c.name == teacher), None)
+        rows_out.append(
+            {
+                "suspect": suspect.name,
+                "teacher": teacher if truth else None,
+                "verdict": result.verdict,
+                "top": top.name,
+                "top_z": top.z,
+                "top_p_holm": top.p_model_holm,
+                "teacher_rank": truth.rank if truth else None,
+                "teacher_p_holm": truth.p_model_holm if truth else None,
+            }
+        )
+        print(
+            f"{suspect.name}: verdict {result.verdict or 'none of these'}; closest {top.name} "
+            f"z={top.z:.2f} Holm p={top.p_model_holm:.2e}; teacher rank "
+            f"{truth.rank if truth else '-'} ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
+    return rows_out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/outputs"))
     parser.add_argument("--perm", type=int, default=999)
     parser.add_argument("--out", type=Path, default=None, help="write all rows as JSON")
+    parser.add_argument(
+        "--own-students",
+        default="",
+        help="teachers to distil tiny students "
+        "from (comma-separated model names); skips the real-pairs tables",
+    )
+    parser.add_argument("--steps", type=int, default=300, help="own students' training steps")
     args = parser.parse_args()
     files = sorted(args.data.glob("*.jsonl"))
     if not files:
@@ -123,6 +205,11 @@ def main() -> int:
     sets = [read_answers(p) for p in files]
     names = [s.name for s in sets]
     prompts = sorted(set.intersection(*(set(s.answers) for s in sets)))
+    if args.own_students:
+        rows = own_students(sets, prompts, args.own_students.split(","), args.steps, args.perm)
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
+        return 0
     texts = [[s.answers[p] for p in prompts] for s in sets]
     tune = np.arange(0, len(prompts), 2)
     held = np.arange(1, len(prompts), 2)

@@ -86,9 +86,17 @@ def load_prompts(data_dir: Path, count: int, tokenizer, max_prompt_tokens: int) 
     return prompts[:count]
 
 
-def answer(teacher_dir: Path, prompts: list[str], *, scheme, max_new_tokens: int, seed: int):
-    """Teacher answers (with top-20 logprobs), watermarked per account when ``scheme``."""
-    from distillguard.distill.harvest import LocalHarvestParams, harvest_local
+def answer(
+    teacher_dir: Path, prompts: list[str], *, scheme, max_new_tokens: int, seed: int, cache: Path
+) -> list:
+    """Teacher answers (with top-20 logprobs), watermarked per account when ``scheme``;
+    appended to ``cache`` (JSONL) so that a rerun reuses them."""
+    from distillguard.distill.harvest import (
+        LocalHarvestParams,
+        harvest_local,
+        prompt_id,
+        read_dataset,
+    )
     from distillguard.models.engine import GenerationEngine
     from distillguard.models.llama import load_model
 
@@ -97,15 +105,16 @@ def answer(teacher_dir: Path, prompts: list[str], *, scheme, max_new_tokens: int
         max_new_tokens=max_new_tokens, top_logprobs=20, seed=seed, batch_size=32
     )
     if scheme is None:
-        return harvest_local(GenerationEngine(model, tok, name="teacher"), prompts, params)
-    rows = []
-    chunks = np.array_split(np.arange(len(prompts)), len(ACCOUNTS))
-    for account, idx in zip(ACCOUNTS, chunks, strict=True):
-        engine = GenerationEngine(
-            model, tok, sampler=AccountSampler(scheme, account), name="teacher"
-        )
-        rows += harvest_local(engine, [prompts[i] for i in idx], params)
-    return rows
+        harvest_local(GenerationEngine(model, tok, name="teacher"), prompts, params, out=cache)
+    else:
+        chunks = np.array_split(np.arange(len(prompts)), len(ACCOUNTS))
+        for account, idx in zip(ACCOUNTS, chunks, strict=True):
+            engine = GenerationEngine(
+                model, tok, sampler=AccountSampler(scheme, account), name="teacher"
+            )
+            harvest_local(engine, [prompts[i] for i in idx], params, out=cache)
+    by_id = {r.id: r for r in read_dataset(cache)}
+    return [by_id[prompt_id(p)] for p in prompts]
 
 
 def mix(marked: list, clean: list, share: float) -> list:
@@ -153,14 +162,15 @@ def test_student(
     """The student reads all our watermarked answers; only the contexts of ``served`` (the
     watermarked rows this harvest got from us) are scored."""
     from distillguard.forensics import radioactivity as rad
+    from distillguard.forensics import suspects
     from distillguard.models.llama import load_model
 
     config = rad.RadioactivityConfig(random_keys=keys, min_effect_size=0.5)
     served_answers = [r.answer for r in served]
     out: dict = {}
     _, student_tok = load_model(student)
-    if rad.same_tokenizer(tok, student_tok):
-        report = rad.prove_open_weights(
+    if suspects.same_tokenizer(tok, student_tok):
+        report = suspects.prove_open_weights(
             student,
             [(r.prompt, r.answer) for r in marked_rows],
             tokenizer=tok,
@@ -172,8 +182,8 @@ def test_student(
         for t in report.tests:
             out[t.test] = t
         out["accounts"] = report.accounts
-    answers = rad.generate_local(student, api_prompts, max_new_tokens=max_new_tokens)
-    text = rad.prove_texts(
+    answers = suspects.generate_local(student, api_prompts, max_new_tokens=max_new_tokens)
+    text = suspects.prove_texts(
         answers, suspect=str(student), mode="api", tokenizer=tok, scheme=scheme, config=config
     )
     out["text-binomial"] = text.tests[0]
@@ -207,12 +217,13 @@ def api_cost(
     """Queries and tokens the API-only test needs to reach log10 p < target."""
     from distillguard.errors import InsufficientData
     from distillguard.forensics import radioactivity as rad
+    from distillguard.forensics import suspects
 
-    answers = rad.generate_local(student, prompts, max_new_tokens=max_new_tokens)
+    answers = suspects.generate_local(student, prompts, max_new_tokens=max_new_tokens)
     config = rad.RadioactivityConfig(min_effect_size=1.0)
     for n in range(10, len(answers) + 1, 10):
         try:
-            report = rad.prove_texts(
+            report = suspects.prove_texts(
                 answers[:n], suspect="cost", mode="api", tokenizer=tok, scheme=scheme, config=config
             )
         except InsufficientData:
@@ -235,6 +246,12 @@ def main() -> int:
     parser.add_argument("--img", type=Path, default=REPO / "docs" / "img")
     parser.add_argument("--evidence", type=Path, default=None)
     parser.add_argument("--skip-residual", action="store_true")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "dg-radio",
+        help="teacher and its answers, reused by reruns with the same sizes",
+    )
     args = parser.parse_args()
 
     import torch
@@ -248,19 +265,34 @@ def main() -> int:
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="dg-radio-"))
     data_dir = get_settings().data_dir
+    cache = args.cache / f"a{args.answers}-t{args.max_new_tokens}"
+    cache.mkdir(parents=True, exist_ok=True)
     if args.teacher is None:
         from distillguard.models.teacher import build_tiny_model
 
-        args.teacher = build_tiny_model(work / "teacher", data_dir=data_dir, max_steps=300)
+        args.teacher = cache / "teacher"
+        if not (args.teacher / "config.json").is_file():
+            build_tiny_model(args.teacher, data_dir=data_dir, max_steps=300)
     _, tok = load_model(args.teacher)
     scheme = build_scheme("kgw", secret=SECRET, key_id=1, vocab_size=len(tok))
     prompts = load_prompts(data_dir, args.answers + 400, tok, 256 - args.max_new_tokens - 8)
     train_prompts, fresh = prompts[: args.answers], prompts[args.answers :]
+    new_tokens = args.max_new_tokens
     marked = answer(
-        args.teacher, train_prompts, scheme=scheme, max_new_tokens=args.max_new_tokens, seed=0
+        args.teacher,
+        train_prompts,
+        scheme=scheme,
+        max_new_tokens=new_tokens,
+        seed=0,
+        cache=cache / "marked.jsonl",
     )
     clean = answer(
-        args.teacher, train_prompts, scheme=None, max_new_tokens=args.max_new_tokens, seed=1
+        args.teacher,
+        train_prompts,
+        scheme=None,
+        max_new_tokens=new_tokens,
+        seed=1,
+        cache=cache / "clean.jsonl",
     )
     print(
         f"teacher answers: {len(marked)} + {len(clean)} ({time.time() - t0:.0f} s); "

@@ -20,12 +20,10 @@ from distillguard.forensics.radioactivity import (
     collect_predictions,
     full_distribution_z,
     open_weights_tests,
-    prove_open_weights,
-    prove_texts,
-    query_suspect_api,
     random_schemes,
     text_pairs,
 )
+from distillguard.forensics.suspects import prove_open_weights, prove_texts, query_suspect_api
 from distillguard.watermark import build_scheme
 
 SECRET = b"forensics-test-secret-0123456789"

@@ -222,12 +222,13 @@ def radioactivity_cmd(
 
     from distillguard.config import get_settings
     from distillguard.forensics import radioactivity as rad
+    from distillguard.forensics import suspects
     from distillguard.watermark.detect import load_tokenizer
 
     _check_exclusive(suspect=suspect, suspect_url=suspect_url)
     settings = get_settings()
     ours = load_tokenizer(tokenizer, settings)
-    wm = rad.scheme_from_settings(
+    wm = suspects.scheme_from_settings(
         vocab_size=len(ours), scheme=scheme, key_id=key_id, settings=settings
     )
     config = rad.RadioactivityConfig(random_keys=random_keys)
@@ -246,12 +247,12 @@ def radioactivity_cmd(
         from distillguard.models.llama import load_model
 
         _, suspect_tok = load_model(suspect)  # ModelError when not a model
-        if rad.same_tokenizer(ours, suspect_tok):
+        if suspects.same_tokenizer(ours, suspect_tok):
             if not rows:
                 raise InputError("open-weights mode needs text: --harvest or --text")
             report = _with_progress(
                 "suspect reads the text",
-                lambda progress: rad.prove_open_weights(
+                lambda progress: suspects.prove_open_weights(
                     suspect,
                     rows,
                     tokenizer=ours,
@@ -273,8 +274,8 @@ def radioactivity_cmd(
                 "answers, re-tokenised with ours[/yellow]"
             )
             with console.status(f"suspect answers {len(prompt_list)} prompts..."):
-                answers = rad.generate_local(suspect, prompt_list, max_new_tokens=max_tokens)
-            report = rad.prove_texts(
+                answers = suspects.generate_local(suspect, prompt_list, max_new_tokens=max_tokens)
+            report = suspects.prove_texts(
                 answers,
                 suspect=str(suspect),
                 mode="local-generation",
@@ -291,7 +292,7 @@ def radioactivity_cmd(
         cache = cache or settings.home / "forensics" / f"suspect-{digest}.jsonl"
         answers, result = _with_progress(
             f"querying the suspect ({len(prompt_list)} prompts, resumable: {cache})",
-            lambda progress: rad.query_suspect_api(
+            lambda progress: suspects.query_suspect_api(
                 prompt_list,
                 base_url=str(suspect_url),
                 api_key=api_key,
@@ -306,7 +307,7 @@ def radioactivity_cmd(
                 f"[yellow]{result.failed} prompts failed; rerun to resume "
                 f"({result.retries} retries so far)[/yellow]"
             )
-        report = rad.prove_texts(
+        report = suspects.prove_texts(
             answers,
             suspect=str(suspect_url),
             mode="api",
