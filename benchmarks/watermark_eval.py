@@ -111,12 +111,13 @@ def generate(
     max_new: int,
     accounts: list[str],
     batch: int,
+    temperature: float = 1.0,
 ) -> tuple[list[np.ndarray], float]:
     engine = GenerationEngine(model, tok, sampler=sampler, num_threads=1, max_batch_size=batch)
     params = [
         GenerationParams(
             max_new_tokens=max_new,
-            temperature=1.0,
+            temperature=temperature,
             seed=i,
             tag=accounts[i % len(accounts)],
             ignore_eos=True,
@@ -208,6 +209,11 @@ def tpr(scheme: Any, seqs: list[np.ndarray], prompts: list[list[int]] | None = N
     return float(np.mean(b.log10_p_value < np.log10(ALPHA)))
 
 
+def median_log10p(name: str, vocab: int, seqs: list[np.ndarray]) -> float:
+    s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
+    return float(np.median(s.detect_arrays(seqs).log10_p_value))
+
+
 def clopper_pearson(k: int, n: int) -> tuple[float, float]:
     lo = stats.beta.ppf(0.025, k, n - k + 1) if k else 0.0
     hi = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
@@ -261,6 +267,7 @@ def main() -> None:
     ap.add_argument("--accounts", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="slowdown rounds")
+    ap.add_argument("--low-temperature", type=float, default=0.5)
     ap.add_argument("--img", type=Path, default=Path("docs/img"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--calibration-only", action="store_true", help="only part 6 (fast)")
@@ -316,6 +323,24 @@ def main() -> None:
             L: tpr(s, [a[:L] for a in answers["off"]], prompts) for L in LENGTHS
         }
     res["tpr_vs_tokens"] = curve
+    res["median_log10p_vs_tokens"] = {
+        name: {L: median_log10p(name, vocab, [a[:L] for a in answers[name]]) for L in LENGTHS}
+        for name in SCHEMES
+    }
+    # a lower temperature: less entropy per token, so weaker marks (more informative curve)
+    low: dict[str, dict[int, float]] = {}
+    low_med: dict[str, dict[int, float]] = {}
+    n_low = max(len(prompts) // 2, 8)
+    for name in SCHEMES:
+        s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
+        ids, _ = generate(
+            model, tok, s, prompts[:n_low], args.max_new, accounts, args.batch, args.low_temperature
+        )
+        low[name] = {L: tpr(s, [a[:L] for a in ids], prompts[:n_low]) for L in LENGTHS}
+        low_med[name] = {L: median_log10p(name, vocab, [a[:L] for a in ids]) for L in LENGTHS}
+    res[f"tpr_vs_tokens_T{args.low_temperature:g}"] = low
+    res[f"median_log10p_vs_tokens_T{args.low_temperature:g}"] = low_med
+    res["low_temperature"] = args.low_temperature
     via_text = {}
     for name in SCHEMES:
         s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
@@ -434,6 +459,16 @@ def report(res: dict[str, Any], img: Path) -> None:
             f"{res['tpr_200_via_text'].get(name, float('nan')):.2f}",
         )
     console.print(t)
+    lt = res["low_temperature"]
+    t = Table("scheme", *[str(L) for L in LENGTHS], title=f"TPR at FPR 1e-3, temperature {lt:g}")
+    for name, row in res[f"tpr_vs_tokens_T{lt:g}"].items():
+        t.add_row(name, *[f"{row[L]:.2f}" for L in LENGTHS])
+    console.print(t)
+    t = Table("scheme", "T", *[str(L) for L in LENGTHS], title="median log10 p")
+    for key, T in (("median_log10p_vs_tokens", 1.0), (f"median_log10p_vs_tokens_T{lt:g}", lt)):
+        for name, row in res[key].items():
+            t.add_row(name, f"{T:g}", *[f"{row[L]:.1f}" for L in LENGTHS])
+    console.print(t)
     attacks = list(next(iter(res["robustness_tpr_200"].values())))
     t = Table("attack (200 tokens)", *SCHEMES, title="TPR at FPR 1e-3 under attacks")
     for a in attacks:
@@ -456,15 +491,38 @@ def report(res: dict[str, Any], img: Path) -> None:
     console.print(f"took {res['seconds']:.0f} s; load at end {res['load_at_end']}")
 
     img.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in SCHEMES:
-        row = res["tpr_vs_tokens"][name]
-        ax.plot(LENGTHS, [row[L] for L in LENGTHS], marker="o", label=name)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, name in enumerate(SCHEMES):
+        color = f"C{i}"
+        for key, style, T in (("", "-", 1.0), (f"_T{lt:g}", "--", lt)):
+            row = res["tpr_vs_tokens" + key][name]
+            ax.plot(
+                LENGTHS,
+                [row[L] for L in LENGTHS],
+                style,
+                color=color,
+                marker="o",
+                label=f"{name} T={T:g}",
+            )
+            med = res["median_log10p_vs_tokens" + key][name]
+            bx.plot(
+                LENGTHS,
+                [-med[L] for L in LENGTHS],
+                style,
+                color=color,
+                marker="o",
+                label=f"{name} T={T:g}",
+            )
     ax.axhline(0.99, color="grey", lw=0.5, ls="--")
     ax.set_xlabel("generated tokens")
     ax.set_ylabel("TPR at FPR 1e-3")
-    ax.set_title("Watermark strength vs length (small teacher)")
-    ax.legend()
+    ax.set_title("strength vs length (small teacher)")
+    ax.legend(fontsize=7)
+    bx.set_yscale("log")
+    bx.axhline(3, color="grey", lw=0.5, ls="--")
+    bx.set_xlabel("generated tokens")
+    bx.set_ylabel("median -log10 p")
+    bx.set_title("median evidence vs length")
     fig.tight_layout()
     fig.savefig(img / "watermark_tpr_vs_tokens.png", dpi=120)
     fig, ax = plt.subplots(figsize=(8, 4))

@@ -119,8 +119,8 @@ def main() -> None:
         tok = AutoTokenizer.from_pretrained(str(tok_dir))
         texts = real_answers(data)
         t0 = time.perf_counter()
-        ids = tok(texts, add_special_tokens=False)["input_ids"]
-        t_tok = time.perf_counter() - t0
+        ids = [np.asarray(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
+        t_tok = time.perf_counter() - t0  # tokenization, ids as numpy arrays
         n = sum(len(x) for x in ids)
         rows.append((f"tokenization of {len(texts)} real answers", "-", n / t_tok))
         for name in ("kgw", "gumbel", "synthid"):

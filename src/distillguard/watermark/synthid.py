@@ -49,7 +49,7 @@ from distillguard.watermark.base import (
     binom_log10_sf,
     check_generators,
     check_sampling,
-    draw,
+    draw_logprobs,
     nucleus,
     sample_output,
     tempered_logprobs,
@@ -181,13 +181,16 @@ class SynthIDScheme(WatermarkScheme):
         lp = tempered_logprobs(logits, temperature)
         if temperature == 0:
             return sample_output(lp.argmax(dim=-1), lp)
-        probs = nucleus(lp, top_p).exp().double()  # (B, V)
+        lp = nucleus(lp, top_p)  # (B, V) float32
         K = min(self.params.candidate_pool, V)
-        head_p, head_idx = probs.topk(K, dim=-1)  # (B, K), most likely first
+        head_lp, head_idx = lp.topk(K, dim=-1)  # (B, K), most likely first
+        head_p = head_lp.double().exp()
         head_mass = head_p.sum(dim=-1, keepdim=True)  # (B, 1)
         marked = self.tournament_probs(
             (head_p / head_mass).numpy(), self.contexts_of(input_ids), head_idx.numpy(), tags
-        )
-        probs = probs.scatter(-1, head_idx, torch.from_numpy(marked) * head_mass)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-        return sample_output(draw(probs, generators), torch.log(probs))
+        )  # (B, K), sums to 1
+        with np.errstate(divide="ignore"):
+            marked_lp = torch.from_numpy(np.log(marked)) + head_mass.log()
+        # the tail keeps its plain log-probs; head mass is unchanged, so no renormalization
+        lp = lp.scatter(-1, head_idx, marked_lp.float())
+        return sample_output(draw_logprobs(lp, generators), lp)
