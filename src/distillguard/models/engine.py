@@ -143,6 +143,10 @@ class _Request:
         self.finished = False
         self.cancelled = False
         self.max_stop = max((len(s) for s in params.stop), default=0)
+        # Async callers: token events go straight into `queue` on `loop`, one wake-up per loop
+        # per step for all its rows (errors still go through `sink`).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queue: asyncio.Queue | None = None
 
     def _release(self, final: bool) -> tuple[str, bool]:
         """New text that is safe to send, and whether a stop string ended the output."""
@@ -370,6 +374,7 @@ class GenerationEngine:
                 row.cancelled = True
 
         row = _Request(list(prompt_ids), params, sink, self._decoder())
+        row.loop, row.queue = loop, queue
         self._submit(row)
         try:
             while True:
@@ -467,12 +472,18 @@ class GenerationEngine:
         token_list = tokens.tolist()
         chosen, tops = self._report_logprobs(rows, tokens, logprobs)
         keep: list[int] = []
+        outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Request, TokenEvent]]] = {}
         for i, (row, tok) in enumerate(zip(rows, token_list, strict=True)):
             is_eos = tok in self.eos_ids and not row.params.ignore_eos
             event = row.accept(tok, is_eos, chosen[i], tops[i])
-            row.sink(event)
+            if row.loop is None:
+                row.sink(event)
+            else:
+                outbox.setdefault(row.loop, []).append((row, event))
             if not row.finished:
                 keep.append(i)
+        for loop, items in outbox.items():
+            _post(loop, items)
         self.stats.tokens_generated += len(rows)
         del logits
         if len(keep) < len(rows):
@@ -579,6 +590,21 @@ def _select(batch: _Batch, keep: list[int]) -> _Batch | None:
         for layer in batch.cache.layers:
             layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
     return batch
+
+
+def _post(loop: asyncio.AbstractEventLoop, items: list[tuple[_Request, TokenEvent]]) -> None:
+    """Hand one step's events to an event loop in a single thread-safe call."""
+    try:
+        loop.call_soon_threadsafe(_deliver, [(row.queue, event) for row, event in items])
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        for row, _ in items:
+            row.cancelled = True
+
+
+def _deliver(items: list[tuple[asyncio.Queue | None, TokenEvent]]) -> None:
+    for queue, event in items:
+        if queue is not None:
+            queue.put_nowait(event)
 
 
 def _take(queue: deque[_Request], n: int) -> list[_Request]:
