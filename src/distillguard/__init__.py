@@ -1,3 +1,3 @@
-"""distillguard: detect, prevent and prove unauthorized knowledge distillation through an LLM API."""
+"""distillguard: detect, prevent and prove unauthorized distillation through an LLM API."""
 
 __version__ = "0.1.0"
