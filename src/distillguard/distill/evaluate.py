@@ -241,7 +241,10 @@ def plot_curves(curves: dict[str, Sequence[CurvePoint]], path: Path) -> Path:
         left.plot(xs, [p.top1_agreement for p in points], marker="o", label=label)
         right.plot(xs, [p.kl_teacher_student for p in points], marker="o", label=label)
     for axis, title in ((left, "top-1 agreement with teacher"), (right, "KL(teacher || student)")):
-        axis.set_xscale("log")
+        axis.set_xscale("log", base=2)
+        ticks = sorted({p.samples for points in curves.values() for p in points})
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
         axis.set_xlabel("harvested samples")
         axis.set_title(title)
         axis.grid(alpha=0.3)
