@@ -303,7 +303,7 @@ def main() -> int:
     shares = [float(s) for s in args.shares.split(",")]
     modes = args.modes.split(",")
     results: dict = {}
-    null_p: list[float] = []
+    null_p: dict[str, list[float]] = {}
     for mode in modes:
         for share in shares:
             t1 = time.time()
@@ -323,7 +323,7 @@ def main() -> int:
             results[(mode, share)] = got
             for name in ("top1-binomial", "full-distribution", "text-binomial"):
                 if name in got:
-                    null_p += [10.0**x for x in got[name].null_log10_p]
+                    null_p.setdefault(name, []).extend(10.0**x for x in got[name].null_log10_p)
             line = "  ".join(
                 f"{n}={got[n].log10_p_value:7.1f}"
                 for n in ("top1-binomial", "full-distribution", "text-binomial")
@@ -337,15 +337,20 @@ def main() -> int:
                 flush=True,
             )
 
-    null = np.asarray(null_p)
     from scipy import stats
 
-    calibration = {
-        "null_pvalues": int(null.size),
-        "fpr_1e-3": float((null < 1e-3).mean()),
-        "fpr_0.01": float((null < 0.01).mean()),
-        "ks_p": float(stats.kstest(null, "uniform").pvalue),
-    }
+    # Per test: the binomial tests have discrete (conservative) p-values, so only the
+    # full-distribution z-test is expected to pass a KS test of uniformity.
+    calibration = {}
+    for name, values in null_p.items():
+        null = np.asarray(values)
+        calibration[name] = {
+            "null_pvalues": int(null.size),
+            "fpr_1e-3": float((null < 1e-3).mean()),
+            "fpr_0.01": float((null < 0.01).mean()),
+            "fpr_0.05": float((null < 0.05).mean()),
+            "ks_p": float(stats.kstest(null, "uniform").pvalue),
+        }
     print(f"null calibration over random keys: {calibration}")
 
     residual = {}
