@@ -213,7 +213,9 @@ def plot_dose_response(ev: dict[str, Any]) -> str:
         xs = [max(s, 0.2) for s in series["shares"]]
         ax.plot(xs, [-v for v in series["log10_p"]], "o-", label=series["label"])
     ax.set_xscale("log")
-    ax.set_xlabel("watermarked share of the training data (%)")
+    ax.set_yscale("symlog", linthresh=10)  # linear where decisions happen, log above
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("watermarked share of the training data (%; 0 % drawn at 0.2)")
     ax.set_ylabel("-log10 p")
     ax.axhline(3, color="grey", ls="--", lw=1)
     ax.axhline(6, color="grey", ls=":", lw=1)
