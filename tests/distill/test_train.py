@@ -293,3 +293,23 @@ def test_sft_resumes_from_its_last_checkpoint(
     )  # fmt: skip
     assert more.resumed_from_step == 3 and more.steps == 6
     assert not list((out / "checkpoints").glob(".staging*"))
+
+
+def test_learning_curve_trains_per_count_and_plots(
+    tiny_model_dir: Path, teacher_rows: list[HarvestRecord], tmp_path: Path
+) -> None:
+    from distillguard.distill.evaluate import learning_curve
+
+    plot = tmp_path / "curve.png"
+    points = learning_curve(
+        teacher_rows, teacher_dir=tiny_model_dir, mode="logit-kd", sample_counts=[8, 24],
+        config=replace(FAST, max_steps=12), eval_config=EvalConfig(samples=8), plot_path=plot,
+    )  # fmt: skip
+    assert [p.samples for p in points] == [8, 24]
+    assert all(0.0 <= p.top1_agreement <= 1.0 and p.kl_teacher_student > 0 for p in points)
+    assert plot.stat().st_size > 1000
+    with pytest.raises(InputError, match="held out"):
+        learning_curve(
+            teacher_rows, teacher_dir=tiny_model_dir, mode="sft", sample_counts=[40],
+            eval_config=EvalConfig(samples=8),
+        )  # fmt: skip
