@@ -154,14 +154,19 @@ def own_students(
             progress=False,
         )
         engine = GenerationEngine.from_dir(out, num_threads=1)
+        fits = [
+            p
+            for p in test_p
+            if len(engine.encode_chat([{"role": "user", "content": p}])) <= 256 - 96
+        ]
         records = harvest_local(
             engine,
-            test_p,
+            fits,
             LocalHarvestParams(max_new_tokens=96, temperature=0.8, seed=0, batch_size=32),
         )
         suspect = AnswerSet(f"student-of-{teacher}", {r.prompt: r.answer for r in records})
         config = AttributionConfig(char_weight=0.0, permutations=perm, min_matched_prompts=100)
-        result = attribute(suspect, sets, config, prompts=test_p)
+        result = attribute(suspect, sets, config, prompts=fits)
         top = result.candidates[0]
         truth = next((c for c in result.candidates if c.name == teacher), None)
         rows_out.append(

@@ -211,6 +211,62 @@ def clean_finetune(student: Path, out: Path, clean_rows, steps: int) -> Path:
     return out
 
 
+def calibrate(
+    student: Path, *, tok, scheme, marked_rows, api_prompts, keys: int, max_new_tokens: int
+) -> dict:
+    """Null calibration on a student never trained on marked text: ``keys`` random keys,
+    predictions and answers computed once; FPR at 1e-3 / 1e-2 / 0.05 and KS per test."""
+    from scipy import stats
+
+    from distillguard.forensics import radioactivity as rad
+    from distillguard.forensics import suspects
+    from distillguard.models.llama import load_model
+
+    config = rad.RadioactivityConfig(min_effect_size=0.5)
+    model, _ = load_model(student)
+    served = rad.served_context_keys(
+        [tok.encode(r.answer, add_special_tokens=False) for r in marked_rows], 1, len(tok)
+    )
+    preds = rad.collect_predictions(
+        model,
+        suspects.encode_rows(tok, [(r.prompt, r.answer) for r in marked_rows]),
+        width=1,
+        vocab=len(tok),
+        config=config,
+        served=served,
+    )
+    answers = suspects.generate_local(student, api_prompts, max_new_tokens=max_new_tokens)
+    ids = [tok.encode(a, add_special_tokens=False) for a in answers]
+    ctx, tk, _ = rad.text_pairs(ids, 1, len(tok))
+    logp: dict[str, list[float]] = {
+        "top1-binomial": [],
+        "full-distribution": [],
+        "text-binomial": [],
+    }
+    for other in rad.random_schemes(scheme, keys, seed=2024):
+        top1 = rad.binomial_test(other, preds.top1_contexts, preds.top1_tokens, "t")
+        logp["top1-binomial"].append(top1.log10_p_value)
+        z = rad.full_distribution_z(other, preds, config.weighting)
+        logp["full-distribution"].append(float(stats.norm.logsf(z) / np.log(10)))
+        logp["text-binomial"].append(rad.binomial_test(other, ctx, tk, "t").log10_p_value)
+    out = {}
+    for name, values in logp.items():
+        p = 10.0 ** np.asarray(values)
+        out[name] = {
+            "keys": keys,
+            "fpr_1e-3": float((p < 1e-3).mean()),
+            "fpr_0.01": float((p < 0.01).mean()),
+            "fpr_0.05": float((p < 0.05).mean()),
+            "ks_p": float(stats.kstest(p, "uniform").pvalue),
+        }
+    out["units"] = {
+        "contexts": len(preds.contexts),
+        "top1_pairs": len(preds.top1_tokens),
+        "text_pairs": len(tk),
+    }
+    return out
+
+
 def api_cost(
     student: Path, prompts: list[str], *, tok, scheme, max_new_tokens: int, target: float = -6.0
 ) -> dict:
@@ -246,6 +302,12 @@ def main() -> int:
     parser.add_argument("--img", type=Path, default=REPO / "docs" / "img")
     parser.add_argument("--evidence", type=Path, default=None)
     parser.add_argument("--skip-residual", action="store_true")
+    parser.add_argument(
+        "--calibration-keys",
+        type=int,
+        default=0,
+        help="only run the null calibration: a 0 %% sft student, N random keys",
+    )
     parser.add_argument(
         "--cache",
         type=Path,
@@ -299,6 +361,22 @@ def main() -> int:
         f"load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+
+    if args.calibration_keys:
+        out = work / "sft-clean"
+        train(clean, "sft", out, args.teacher, args.steps)
+        result = calibrate(
+            out,
+            tok=tok,
+            scheme=scheme,
+            marked_rows=marked,
+            api_prompts=fresh[: args.api_prompts],
+            keys=args.calibration_keys,
+            max_new_tokens=args.max_new_tokens,
+        )
+        print(json.dumps(result, indent=1))
+        print(f"total {time.time() - t0:.0f} s; load {os.getloadavg()}")
+        return 0
 
     shares = [float(s) for s in args.shares.split(",")]
     modes = args.modes.split(",")
