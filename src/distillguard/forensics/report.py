@@ -393,10 +393,26 @@ def _dose_section(ev: dict[str, Any]) -> str:
         rows.append([series["label"], *[by.get(s, float("nan")) for s in shares]])
     parts.append("<p class='muted'>log10 p per watermarked share (%)</p>")
     parts.append(_table(["student / test", *[f"{s:g} %" for s in shares]], rows))
-    if ev.get("calibration"):
+    calibration = ev.get("calibration") or {}
+    if calibration and all(isinstance(v, dict) for v in calibration.values()):
+        parts.append("<p class='muted'>Null calibration: the same tests under random keys</p>")
         parts.append(
-            f"<p class='muted'>Null calibration: {html.escape(str(ev['calibration']))}</p>"
+            _table(
+                ["test", "null p-values", "FPR at 1e-3", "FPR at 0.01", "KS p (uniform)"],
+                [
+                    [
+                        k,
+                        v.get("null_pvalues", 0),
+                        v.get("fpr_1e-3", float("nan")),
+                        v.get("fpr_0.01", float("nan")),
+                        v.get("ks_p", float("nan")),
+                    ]
+                    for k, v in calibration.items()
+                ],
+            )
         )
+    elif calibration:
+        parts.append(f"<p class='muted'>Null calibration: {html.escape(str(calibration))}</p>")
     parts.append(_command(ev))
     return f"<div class='card'>{''.join(parts)}</div>"
 
