@@ -123,10 +123,13 @@ _CHECKPOINT = object()
 _CHECKPOINT_EVERY = 256  # inline commits (~0.5-1 MB of WAL) between checkpoints
 # The inline path measures itself: when its commits average (EWMA, weight 1/10) more than
 # this, the database is slow (disk, contention) and every record goes to the writer thread
-# for _INLINE_BACKOFF_S. Two ms is 10x the measured commit: single preemptions on this
-# loaded machine (a few ms) do not trip it, a sustained stall does.
+# for _INLINE_BACKOFF_S. Two ms is 10x the measured commit. Each sample is capped at
+# _INLINE_SAMPLE_CAP_S first: on this loaded machine a lone commit is sometimes preempted
+# for 10-30 ms, which uncapped tripped the pause by itself (measured: 149 of 1,600 writes
+# inline); capped, it takes four or more slow commits in a row - a real stall.
 _INLINE_SLOW_S = 0.002
-_INLINE_BACKOFF_S = 1.0
+_INLINE_SAMPLE_CAP_S = 0.005
+_INLINE_BACKOFF_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,8 @@ class ExchangeLog:
             self._written += 1
             self._inline += 1
             self._since_checkpoint += 1
-            self._inline_ewma_s += (elapsed - self._inline_ewma_s) / 10
+            sample = min(elapsed, _INLINE_SAMPLE_CAP_S)
+            self._inline_ewma_s += (sample - self._inline_ewma_s) / 10
             if self._inline_ewma_s > _INLINE_SLOW_S:
                 self._inline_paused_until = time.monotonic() + _INLINE_BACKOFF_S
                 self._inline_ewma_s = 0.0  # after the pause, judge afresh
