@@ -32,11 +32,13 @@ DATA = ROOT.parent / "shared" / "data"
 MODEL_PATH = ROOT / "src" / "distillguard" / "monitor" / "score_model.json"
 
 
-def simulate(out_dir: Path, *, accounts: int, campaigns: int, seed: int, split: str):
+def simulate(out_dir: Path, *, accounts: int, campaigns: int, seed: int, split: str,
+             mimic: int = 0):  # fmt: skip
     from distillguard.sim.simulate import SimConfig, simulate
 
     t0 = time.perf_counter()
-    res = simulate(SimConfig(accounts=accounts, campaigns=campaigns, seed=seed, split=split),
+    res = simulate(SimConfig(accounts=accounts, campaigns=campaigns, seed=seed, split=split,
+                             mimic_campaigns=mimic),
                    data_dir=DATA, out=out_dir / f"{split}.jsonl",
                    labels=out_dir / f"{split}.labels.jsonl")  # fmt: skip
     dt = time.perf_counter() - t0
@@ -99,7 +101,7 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
     from distillguard.traffic import read_labels, read_traffic, read_verdicts
 
     sim = simulate(out_dir, accounts=args.test_accounts, campaigns=args.test_campaigns, seed=2,
-                   split="test")  # fmt: skip
+                   split="test", mimic=args.mimic)  # fmt: skip
     log = out_dir / "test.jsonl"
     size_mb = log.stat().st_size / 2**20
     speed = {w: timed_score(log, w) for w in (2, 1)}
@@ -156,7 +158,7 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
         bg_wall.append(pc() - w)
         bg_cpu.append(tt() - c)
     bg.close()
-    bw, bc = np.array(bg_wall) * 1e3, np.array(bg_cpu) * 1e3
+    bw, bc = np.array(bg_wall or [0.0]) * 1e3, np.array(bg_cpu or [0.0]) * 1e3
     print(f"[online, background linking] {len(bw):,} requests: wall p50 "
           f"{np.percentile(bw, 50):.3f} ms, p99 {np.percentile(bw, 99):.3f} ms; thread CPU "
           f"p50 {np.percentile(bc, 50):.3f} ms, p99 {np.percentile(bc, 99):.3f} ms")
@@ -255,6 +257,8 @@ def main() -> None:
     ap.add_argument("--test-campaigns", type=int, default=40)
     ap.add_argument("--latency-requests", type=int, default=300_000,
                     help="requests replayed with background linking (latency only)")
+    ap.add_argument("--mimic", type=int, default=0,
+                    help="stress: add N campaigns that copy people's timing and parameters")
     ap.add_argument("--embeddings", type=int, default=0,
                     help="also compare MiniLM with word overlap on N accounts per persona")
     ap.add_argument("--data", type=Path, default=DATA, help="shared/data (real prompt sets)")

@@ -133,3 +133,18 @@ def test_bad_config_is_refused(shared_data: Path, tmp_path: Path) -> None:
         SimConfig(split="dev")
     with pytest.raises(InputError):
         SimConfig(days=0)
+
+
+def test_mimic_stress_campaigns_are_added_without_changing_the_rest(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    base = SimConfig(accounts=10, campaigns=2, seed=9, days=1)
+    stress = SimConfig(accounts=10, campaigns=2, seed=9, days=1, mimic_campaigns=2)
+    simulate(base, data_dir=shared_data, out=tmp_path / "a.jsonl", labels=tmp_path / "a.l")
+    simulate(stress, data_dir=shared_data, out=tmp_path / "b.jsonl", labels=tmp_path / "b.l")
+    a = {x.account_id: x for x in read_labels(tmp_path / "a.l")}
+    b = {x.account_id: x for x in read_labels(tmp_path / "b.l")}
+    assert set(a) < set(b)
+    extra = [b[k] for k in set(b) - set(a)]
+    assert len(extra) == 2 and all(x.persona == "campaign_mimic" for x in extra)
+    assert all(x.label == "campaign" and x.campaign_id for x in extra)

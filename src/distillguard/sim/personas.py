@@ -478,6 +478,35 @@ class Paraphrase(CampaignBase):
         return body, self.answer(q)
 
 
+class Mimic(CampaignBase):
+    """Stress case, off by default: a campaign that copies a person. Sessions on a diurnal
+    rhythm, no chain-of-thought frames, default sampling parameters, ordinary prompts mixed
+    in, a residential address and a common SDK agent. What it keeps of a campaign is its
+    payload: a sweep of GSM8K questions."""
+
+    persona = "campaign_mimic"
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        r = self.r
+        self.n = r.randint(300, 1200)
+        self.account(payment=self.payment(0.05), ips=[self.net.residential()],
+                     ua=r.choice(COMMON_UAS))  # fmt: skip
+
+    def plan(self) -> tuple[np.ndarray, np.ndarray]:
+        t = session_times(self.g, self.n, self.start, self.days, self.tz, 8.0)
+        return t, np.zeros(len(t), dtype=np.int32)
+
+    def request(self, acct: int) -> tuple[dict[str, Any], str]:
+        r = self.r
+        if r.random() < 0.3:
+            p = r.choice(self.sets.honest)
+            return _chat([{"role": "user", "content": p}], stream=True), self.answer(p)
+        q = r.choice(self.sets.gsm8k)
+        return _chat([{"role": "user", "content": q}], stream=r.random() < 0.5 or None), \
+            self.answer(q)
+
+
 HONEST_ACTORS: dict[str, type[Actor]] = {
     "casual": Casual, "power_user": PowerUser, "app_support_bot": SupportBot,
     "app_summarizer": Summarizer,

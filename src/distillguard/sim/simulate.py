@@ -23,6 +23,7 @@ from distillguard.sim.personas import (
     CAMPAIGN_ACTORS,
     HONEST_ACTORS,
     Actor,
+    Mimic,
     Network,
     SimAccount,
 )
@@ -48,12 +49,17 @@ class SimConfig:
     org_share: float = 0.04  # honest accounts sharing one payment method with colleagues
     error_rate: float = 0.005  # share of exchanges that failed upstream (status 500)
     response_chars: int = 1200  # answers are cut here to keep million-exchange logs small
+    # Stress case, off by default: campaigns that copy people's timing and parameters (see
+    # personas.Mimic). Added after everything else, so the rest of the population is unchanged.
+    mimic_campaigns: int = 0
 
     def __post_init__(self) -> None:
         if self.accounts < 0 or self.campaigns < 0 or self.accounts + self.campaigns == 0:
             raise InputError("need at least one honest account or one campaign")
         if self.split not in SPLITS:
             raise InputError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.mimic_campaigns < 0:
+            raise InputError("mimic_campaigns must be >= 0")
         if self.days < 1:
             raise InputError("days must be at least 1")
         for name in ("power_share", "app_share", "org_share", "error_rate"):
@@ -94,6 +100,10 @@ def build_population(config: SimConfig, sets: PromptSets) -> list[Actor]:
         cls = CAMPAIGN_ACTORS[names[i % len(names)]]
         cid = f"campaign-{config.split}-{config.seed}-{i:03d}"
         actors.append(cls(random.Random(r.getrandbits(64)), sets, net, EPOCH, config.days, cid))
+    rm = random.Random(config.seed ^ 0x4D1C)  # own stream: the population above is unchanged
+    for i in range(config.mimic_campaigns):
+        cid = f"campaign-{config.split}-{config.seed}-mimic{i:03d}"
+        actors.append(Mimic(random.Random(rm.getrandbits(64)), sets, net, EPOCH, config.days, cid))
     return actors
 
 
