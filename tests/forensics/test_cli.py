@@ -192,3 +192,53 @@ def test_report_refuses_non_evidence(tmp_path: Path) -> None:
     )
     assert isinstance(result.exception, InputError)
     assert not (tmp_path / "r.html").exists()
+
+
+def test_radioactivity_cli_api_mode_resumes(
+    tmp_path: Path, tiny_model_dir: Path, secret: None, shared_data: Path
+) -> None:
+    """API-only mode through the CLI: the server dies midway, the rerun resumes from the
+    answers checkpoint and the test runs on all of them."""
+    from .test_radioactivity import _FlakyServer
+
+    answers = [
+        json.loads(line)["output"][:500]
+        for line in (shared_data / "outputs" / "gpt4.jsonl").read_text().splitlines()[:60]
+    ]
+    server = _FlakyServer(answers, die_after=20)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"question number {i}\n" for i in range(60)))
+    args = [
+        "prove",
+        "radioactivity",
+        "--suspect-url",
+        server.url,
+        "--api-key",
+        "k",
+        "--model",
+        "suspect",
+        "--prompts",
+        str(prompts),
+        "--tokenizer",
+        str(tiny_model_dir),
+        "--cache",
+        str(tmp_path / "cache.jsonl"),
+        "--random-keys",
+        "5",
+        "--max-retries",
+        "1",
+        "--out",
+        str(tmp_path / "api.json"),
+    ]
+    first = runner.invoke(app, args)
+    assert first.exception is not None and "resume" in str(first.exception)
+    assert 15 <= (tmp_path / "cache.jsonl").read_text().count("\n") < 60
+    server.revive()
+    second = runner.invoke(app, args)
+    if second.exception is not None and not isinstance(second.exception, SystemExit):
+        raise second.exception
+    data = json.loads((tmp_path / "api.json").read_text())
+    assert data["mode"] == "api" and data["texts"] == 60
+    assert data["tests"][0]["test"] == "text-binomial"
+    assert data["tests"][0]["log10_p_value"] > -3  # gpt4 never saw our key
+    assert "k" not in data["command"].split("--api-key")[-1][:3]  # the key is not recorded

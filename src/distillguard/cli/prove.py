@@ -212,6 +212,9 @@ def radioactivity_cmd(
     random_keys: Annotated[int, typer.Option(help="Random keys for the calibration run.")] = 20,
     max_queries: Annotated[int, typer.Option(help="API mode: at most this many prompts.")] = 1000,
     max_tokens: Annotated[int, typer.Option(help="API/generation: tokens per answer.")] = 128,
+    max_retries: Annotated[
+        int, typer.Option(help="API mode: retries per prompt on 429/5xx, then stop (resumable).")
+    ] = 6,
     cache: Annotated[
         Path | None, typer.Option(help="API mode: answers checkpoint (a rerun resumes from it).")
     ] = None,
@@ -299,6 +302,7 @@ def radioactivity_cmd(
                 cache=cache,
                 model=model,
                 max_tokens=max_tokens,
+                max_retries=max_retries,
                 progress=progress,
             ),
         )
