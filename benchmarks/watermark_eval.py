@@ -537,7 +537,7 @@ def report(res: dict[str, Any], img: Path) -> None:
         )
     ax.set_xticks(x, attacks, rotation=30, ha="right")
     ax.set_ylabel("TPR at FPR 1e-3 (200 tokens)")
-    ax.legend()
+    ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(img / "watermark_robustness.png", dpi=120)
 
