@@ -1,21 +1,7 @@
 """Shared machinery of the watermark schemes: keyed hashing, sampling helpers, the detector.
 
-Hashing
--------
-Every scheme needs a keyed pseudo-random value ``u(key, context, token)`` (64 bits): KGW's
-green test is ``u < gamma * 2^64``, Gumbel's uniform is the top 53 bits of ``u``, SynthID's
-g-values are its top bits. It is computed with splitmix64's finalizer on ``uint64`` numpy
-arrays, so both sides vectorize and agree bit for bit:
-
-* generation: ``vocab_values(key, contexts)`` -> ``(B, V)``: one mix per vocabulary entry
-  and row, no ``V x V`` table, so a 128k vocabulary costs 128k mixes per row per step;
-* detection: ``pair_values(key, contexts, tokens)`` -> ``(N,)``: one value per scored pair.
-
-The context seed comes in three variants (Kirchenbauer et al. 2023b, "On the reliability"):
-``lefthash`` (chain hash of the previous h tokens; h=1 is the original KGW), ``minhash``
-(minimum of the per-token hashes of the previous h tokens: one edit changes it only if it hits
-the minimum) and ``selfhash`` (anchored min-hash whose window also contains the candidate token
-itself, plus the previous token as anchor).
+Keyed hashing lives in ``hashing.py`` (the same values at generation and detection), exact
+tails in ``stats.py``.
 
 Detection
 ---------
@@ -49,200 +35,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from distillguard.errors import InputError, InsufficientData, WatermarkError
 from distillguard.watermark import keys as keymod
+from distillguard.watermark.hashing import (  # noqa: F401  (re-exported for the schemes)
+    CONTEXT_MODES,
+    TOKEN_HASH,
+    U64,
+    ContextHash,
+    fraction_threshold,
+    splitmix64,
+)
+from distillguard.watermark.stats import binom_log10_sf, gamma_log10_sf, holm  # noqa: F401
 
-U64 = np.uint64
 SENTINEL = U64(0xFFFFFFFFFFFFFFFF)  # padding in the row-sorted matrix (sorts last)
-_TOKEN_SALT = U64(0x243F6A8885A308D3)  # digits of pi: separates token and key domains
-_ANCHOR_SALT = U64(0x13198A2E03707344)
-_CONTEXT_SALT = U64(0xA4093822299F31D0)
-CONTEXT_MODES = ("lefthash", "minhash", "selfhash")
-LOG10 = np.log(10.0)
 BLOCK_TOKENS = 1 << 15  # detection works on blocks of whole texts of about this many tokens
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer, elementwise on uint64 (wrapping arithmetic); same shape out."""
-    z = x + U64(0x9E3779B97F4A7C15)
-    t = z >> U64(30)  # one scratch array, everything else in place (fewer allocations)
-    z ^= t
-    z *= U64(0xBF58476D1CE4E5B9)
-    np.right_shift(z, U64(27), out=t)
-    z ^= t
-    z *= U64(0x94D049BB133111EB)
-    np.right_shift(z, U64(31), out=t)
-    z ^= t
-    return z
-
-
-class _TokenTable:
-    """Unkeyed per-token hashes ``mix(v ^ salt)`` for v < size, grown on demand."""
-
-    def __init__(self) -> None:
-        self._table = splitmix64(np.arange(1024, dtype=U64) ^ _TOKEN_SALT)
-
-    def get(self, size: int) -> np.ndarray:  # (size,) uint64
-        if size > self._table.size:
-            self._table = splitmix64(
-                np.arange(max(size, 2 * self._table.size), dtype=U64) ^ _TOKEN_SALT
-            )
-        return self._table[:size]
-
-    def of(self, tokens: np.ndarray) -> np.ndarray:  # same shape as tokens, uint64
-        top = int(tokens.max()) + 1 if tokens.size else 0
-        return self.get(max(top, 1))[tokens]
-
-
-TOKEN_HASH = _TokenTable()
-
-
-@dataclass(frozen=True)
-class ContextHash:
-    """How the keyed seed of a position is computed from its context (and maybe the token)."""
-
-    mode: str = "lefthash"  # lefthash | minhash | selfhash (see module docstring)
-    width: int = 1  # h previous tokens; larger h = more distinct seeds, less robust to edits
-
-    def __post_init__(self) -> None:
-        if self.mode not in CONTEXT_MODES:
-            raise InputError(f"unknown context mode {self.mode!r}; choose {CONTEXT_MODES}")
-        if not 1 <= self.width <= 16:
-            raise InputError(f"context width must be in 1..16, got {self.width}")
-
-    # The *_hashed methods take token hashes (TOKEN_HASH.of(ids)): detection hashes every
-    # token of a batch once and reuses it for all h context slots, keys and accounts.
-    def seed_hashed(self, key: int, ctx_h: np.ndarray) -> np.ndarray:
-        """Keyed seed of hashed contexts (N, h) -> (N,) uint64, independent of the token."""
-        k = U64(key)
-        if self.mode == "lefthash":
-            seed = splitmix64(ctx_h[:, 0] ^ k)
-            for j in range(1, self.width):
-                seed = splitmix64(seed ^ ctx_h[:, j])
-            return seed
-        return splitmix64(ctx_h ^ k).min(axis=1)  # minhash / selfhash window minimum, (N,)
-
-    def pair_hashed(self, key: int, ctx_h: np.ndarray, tok_h: np.ndarray) -> np.ndarray:
-        """u(key, context, token) from hashed contexts (N, h) and tokens (N,) -> (N,) uint64."""
-        seed = self.seed_hashed(key, ctx_h)
-        if self.mode == "selfhash":
-            k = U64(key)
-            seed = np.minimum(seed, splitmix64(tok_h ^ k))
-            seed = splitmix64(seed ^ splitmix64(ctx_h[:, -1] ^ k ^ _ANCHOR_SALT))
-        return splitmix64(seed ^ tok_h)
-
-    def flag_hashed(self, key: int, ctx_h: np.ndarray) -> np.ndarray:
-        """A keyed value of the context alone (N,) uint64 (e.g. to pick account contexts)."""
-        seed = splitmix64(ctx_h[:, 0] ^ U64(key) ^ _CONTEXT_SALT)
-        for j in range(1, ctx_h.shape[1]):
-            seed = splitmix64(seed ^ ctx_h[:, j])
-        return seed
-
-    def pair_values(self, key: int, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """u(key, context, token) for pairs: contexts (N, h) int64, tokens (N,) -> (N,) uint64."""
-        return self.pair_hashed(key, TOKEN_HASH.of(contexts), TOKEN_HASH.of(tokens))
-
-    def context_flag_values(self, key: int, contexts: np.ndarray) -> np.ndarray:
-        """``flag_hashed`` of token-id contexts (N, h) -> (N,) uint64."""
-        return self.flag_hashed(key, TOKEN_HASH.of(contexts))
-
-    def vocab_values(self, key: int, contexts: np.ndarray, vocab: int) -> np.ndarray:
-        """u for every candidate token: contexts (B, h) -> (B, V) uint64 (generation side).
-        Equal to ``pair_values`` of each (context, v), computed without a V x V table."""
-        return self._candidates_hashed(key, contexts, TOKEN_HASH.get(vocab)[None, :])
-
-    def candidate_values(
-        self, key: int, contexts: np.ndarray, candidates: np.ndarray
-    ) -> np.ndarray:
-        """u for some candidates per row: contexts (B, h), candidates (B, K) -> (B, K)."""
-        return self._candidates_hashed(key, contexts, TOKEN_HASH.of(candidates))
-
-    def _candidates_hashed(self, key: int, contexts: np.ndarray, tv: np.ndarray) -> np.ndarray:
-        ctx_h = TOKEN_HASH.of(contexts)  # (B, h)
-        seed = self.seed_hashed(key, ctx_h)[:, None]  # (B, 1)
-        if self.mode == "selfhash":
-            k = U64(key)
-            seed = np.minimum(seed, splitmix64(tv ^ k))  # (B, K)
-            seed = splitmix64(seed ^ splitmix64(ctx_h[:, -1:] ^ k ^ _ANCHOR_SALT))
-        return splitmix64(seed ^ tv)
-
-
-def fraction_threshold(fraction: float) -> U64:
-    """uint64 threshold t with P(u < t) = fraction for uniform u; even, so bit 0 never matters."""
-    return U64(int(fraction * 2.0**64) & ~1 & 0xFFFFFFFFFFFFFFFF)
-
-
-# ---------------------------------------------------------------- exact tails in log space
-
-
-def binom_log10_sf(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
-    """log10 P(Binomial(n, p) >= k), elementwise (k, n int arrays); exact unless it underflows.
-
-    Where the double-precision tail underflows (< 1e-290) the value is the upper bound
-    pmf(k) / (1 - r), r = (n-k)/(k+1) * p/(1-p) the ratio of consecutive terms: a conservative
-    (never smaller) p-value, within a factor 1/(1-r) of the truth.
-    """
-    k = np.asarray(k, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    if k.size > 64:  # texts of a batch share few (k, n) pairs: evaluate each pair once
-        stride = float(n.max()) + 1.0
-        uniq, inverse = np.unique(k.ravel() * stride + n.ravel(), return_inverse=True)
-        uk, un = np.divmod(uniq, stride)
-        return _binom_log10_sf(uk, un, p)[inverse.ravel()].reshape(k.shape)
-    return _binom_log10_sf(k, n, p)
-
-
-def _binom_log10_sf(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sf = np.where(k <= 0, 1.0, special.bdtrc(np.maximum(k - 1, 0), n, p))
-        out = np.log10(np.clip(sf, 1e-300, 1.0))
-        tiny = (sf < 1e-290) & (k > 0) & (k <= n)
-        if tiny.any():
-            kk, nn = k[tiny], n[tiny]
-            logpmf = (
-                special.gammaln(nn + 1)
-                - special.gammaln(kk + 1)
-                - special.gammaln(nn - kk + 1)
-                + kk * np.log(p)
-                + (nn - kk) * np.log1p(-p)
-            )
-            ratio = (nn - kk) / (kk + 1) * p / (1 - p)
-            out[tiny] = (logpmf - np.log1p(-np.minimum(ratio, 1 - 1e-12))) / LOG10
-    return np.minimum(out, 0.0)
-
-
-def gamma_log10_sf(x: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """log10 P(Gamma(n, 1) >= x), elementwise (n integer >= 0); exact unless it underflows.
-
-    The underflow fallback is the bound Q(n, x) <= t_{n-1} / (1 - (n-1)/x) with
-    t_{n-1} = e^{-x} x^{n-1} / (n-1)! the largest term of the Poisson sum (valid for x > n-1).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sf = np.where(n <= 0, 1.0, special.gammaincc(np.maximum(n, 1), x))
-        out = np.log10(np.clip(sf, 1e-300, 1.0))
-        tiny = (sf < 1e-290) & (n > 0) & (x > n)
-        if tiny.any():
-            xx, nn = x[tiny], n[tiny]
-            log_t = (nn - 1) * np.log(xx) - xx - special.gammaln(nn)
-            out[tiny] = (log_t - np.log1p(-(nn - 1) / xx)) / LOG10
-    return np.minimum(out, 0.0)
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values along the last axis: (..., A) -> (..., A)."""
-    a = p.shape[-1]
-    if a == 0:
-        return p.copy()
-    order = np.argsort(p, axis=-1)
-    ps = np.take_along_axis(p, order, axis=-1)
-    adj = np.minimum(1.0, np.maximum.accumulate(ps * (a - np.arange(a)), axis=-1))
-    out = np.empty_like(adj)
-    np.put_along_axis(out, order, adj, axis=-1)
-    return out
 
 
 # ---------------------------------------------------------------------------- results
