@@ -69,6 +69,9 @@ class KGWParams:
         ContextHash(self.context, self.context_width)  # validates both
 
 
+CACHE_ROWS = 65_536  # packed green rows kept for generation (V/8 bytes each: 32 MB at 4k)
+
+
 class KGWScheme(WatermarkScheme):
     name = "kgw"
 
@@ -84,6 +87,10 @@ class KGWScheme(WatermarkScheme):
         )
         self._thr = fraction_threshold(self.params.gamma)
         self._thr_account = fraction_threshold(self.params.account_gamma)
+        # Generation cache: packed green rows per (key, threshold, vocab, context). A decode
+        # step would otherwise hash every candidate of every row twice; contexts repeat a lot
+        # (h = 1: at most V of them), so most steps only unpack bits. Detection never uses it.
+        self._rows: dict[tuple, np.ndarray] = {}
 
     # ---- statistics ----
     @property
@@ -125,24 +132,42 @@ class KGWScheme(WatermarkScheme):
             < self._thr
         )
 
+    def _cached_rows(self, key: int, thr: Any, contexts: np.ndarray, vocab: int) -> np.ndarray:
+        """``vocab_values(key, contexts, vocab) < thr`` through the packed-row cache: (B, V)."""
+        cache = self._rows
+        names = [(key, int(thr), vocab, *row) for row in contexts.tolist()]
+        missing = [i for i, n in enumerate(names) if n not in cache]
+        if missing:
+            fresh = self.context.vocab_values(key, contexts[missing], vocab) < thr  # (m, V)
+            if len(cache) + len(missing) > CACHE_ROWS:
+                cache.clear()  # simple bound: rows are cheap to recompute
+            for i, packed in zip(missing, np.packbits(fresh, axis=1), strict=True):
+                cache[names[i]] = packed
+        return np.unpackbits(np.stack([cache[n] for n in names]), axis=1, count=vocab).view(bool)
+
     def bias(self, contexts: np.ndarray, vocab: int, tags: Sequence[str | None]) -> np.ndarray:
         """Logit bias for a batch: contexts (B, h) -> (B, V) float32."""
         p = self.params
-        green = self.green_mask(contexts, vocab)  # (B, V)
+        green = self._cached_rows(self._provider_key, self._thr, contexts, vocab)  # (B, V)
         zero, d = np.float32(0.0), np.float32(p.delta)
         if p.account_delta == 0:
             return np.where(green, d, zero)
-        both = np.float32(p.delta + p.account_delta)
         distinct = list(dict.fromkeys(tags))
         if len(distinct) == 1:  # the usual batch: one account, no row gathering
-            acc = self.context.vocab_values(self.account_key(distinct[0]), contexts, vocab)
-            return np.where(green, np.where(acc < self._thr_account, both, d), zero)
-        bias = np.where(green, d, zero)
-        for tag in distinct:
-            rows = np.array([i for i, t in enumerate(tags) if t == tag])
-            ua = self.context.vocab_values(self.account_key(tag), contexts[rows], vocab)
-            bias[rows] = np.where(green[rows], np.where(ua < self._thr_account, both, d), zero)
-        return bias
+            acc = self._cached_rows(
+                self.account_key(distinct[0]), self._thr_account, contexts, vocab
+            )
+        else:
+            acc = np.empty_like(green)
+            for tag in distinct:
+                rows = [i for i, t in enumerate(tags) if t == tag]
+                key = self.account_key(tag)
+                acc[rows] = self._cached_rows(key, self._thr_account, contexts[rows], vocab)
+        # bias = table[2 * green + account-green]: one small-int gather, no float temporaries
+        table = np.array([0.0, 0.0, p.delta, p.delta + p.account_delta], dtype=np.float32)
+        code = green.view(np.uint8) << 1
+        code |= acc.view(np.uint8)
+        return table[code]
 
     # ---- generation ----
     def sample(
