@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -193,11 +194,15 @@ def distill(state: DemoState) -> None:
         "(gray-box), then trains a tiny student on them; a same-size baseline is trained on "
         "another model's answers to the same prompts, never seeing the teacher"
     )
+    # Kept after the demo (the evidence report's commands point here); fresh for every run,
+    # since the accounts it harvested through are new each time.
+    work_dir = get_settings().home / "demo" / "campaign"
+    shutil.rmtree(work_dir, ignore_errors=True)
     result = run_campaign(
         api_url=gateway.api_url,
         api_key=secret,
         teacher_dir=state.teacher_dir,
-        work_dir=state.workdir / "campaign",
+        work_dir=work_dir,
         data_dir=get_settings().data_dir,
         samples=samples,
         mode="topk-kd",
@@ -225,9 +230,121 @@ def distill(state: DemoState) -> None:
     )
 
 
+# --- act 4: detect and enforce ----------------------------------------------------------------
+
+
+@act("4. Simulated users and campaigns hit the gateway: campaigns are caught live")
+def monitor(state: DemoState) -> None:
+    from collections import Counter
+
+    from distillguard.sim.live import LiveConfig, run_live
+    from distillguard.sim.simulate import SimConfig
+    from distillguard.traffic import read_labels, read_traffic
+
+    gateway = state.gateway
+    traffic, labels = state.workdir / "live-traffic.jsonl", state.workdir / "live-labels.jsonl"
+    population = SimConfig(accounts=12 if state.quick else 24, campaigns=2, seed=7, split="test")
+    live = LiveConfig(
+        base_url=gateway.base_url,
+        admin_token=gateway.admin_token,
+        max_requests=240 if state.quick else 480,
+        concurrency=4,
+        max_tokens=8,
+    )
+    console.print(
+        f"{population.accounts} honest accounts (people, power users, templated apps) and "
+        f"{population.campaigns} campaigns (test split of the real prompt sets) send "
+        f"{live.max_requests} requests through the openai SDK; the online monitor scores "
+        "every request and applies the default policy"
+    )
+    result = run_live(
+        population, live, data_dir=get_settings().data_dir, out=traffic, labels=labels
+    )
+    persona = {label.account_id: label.persona for label in read_labels(labels)}
+    served: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    for record in read_traffic(traffic):
+        kind = persona.get(record.account_id, "?")
+        (served if record.status == 200 else refused)[kind] += 1
+    table = Table(title=f"{result.sent} live requests by persona")
+    for column in ("persona", "served", "refused (429/403)"):
+        table.add_column(column)
+    for kind in sorted(set(served) | set(refused)):
+        table.add_row(kind, str(served[kind]), str(refused[kind]))
+    console.print(table)
+    flags = gateway.admin_get("/flags")["data"]
+    console.print(f"GET /admin/flags lists {len(flags)} flagged accounts or clusters:")
+    for flag in flags[:6]:
+        reasons = "; ".join(flag.get("reasons", [])[:3])
+        console.print(
+            f"  {persona.get(flag.get('account_id'), flag.get('account_id'))}: "
+            f"{flag.get('action')} (score {flag.get('score', 0):.2f}) - {reasons}"
+        )
+
+
+# --- act 5: prove ----------------------------------------------------------------------------
+
+
+@act("5. Prove it: the student is radioactive, the control is not; the evidence report")
+def prove(state: DemoState) -> None:
+    import json
+    import subprocess
+
+    out_dir = get_settings().home / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accounts = ",".join(state.account_ids.values())
+    names = {account_id: name for name, account_id in state.account_ids.items()}
+    evidence = []
+    suspects = (("student", state.files["student"]), ("control", state.files["baseline"]))
+    for label, suspect in suspects:
+        path = out_dir / f"evidence-{label}.json"
+        command = [
+            sys.executable, "-m", "distillguard", "prove", "radioactivity",
+            "--suspect", str(suspect), "--harvest", str(state.files["harvest"]),
+            "--tokenizer", str(state.teacher_dir), "--accounts", accounts,
+            "--out", str(path),
+        ]  # fmt: skip
+        console.print(f"[dim]$ distillguard {' '.join(command[3:])}[/dim]")
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        evidence.append(path)
+        report = json.loads(path.read_text())
+        for test in report["tests"]:
+            verdict = "[red]radioactive[/red]" if test["p_value"] < 1e-3 else "not flagged"
+            console.print(
+                f"  {label}: {test['test']:<18} log10 p = {test['log10_p_value']:8.1f} "
+                f"over {test['num_scored']} scored units -> {verdict}"
+            )
+        for match in report.get("accounts", [])[:2]:
+            if match["p_holm"] < 1e-3:
+                console.print(
+                    f"  {label}: learned from account [bold]"
+                    f"{names.get(match['account'], match['account'])}[/bold] "
+                    f"(Holm p = {match['p_holm']:.1e})"
+                )
+    html = out_dir / "report.html"
+    command = [sys.executable, "-m", "distillguard", "prove", "report", "--out", str(html)]
+    for path in evidence:
+        command += ["--evidence", str(path)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    console.print(f"evidence report: [bold]{html}[/bold] (and {html.with_suffix('.json').name})")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser:
+        shot = out_dir / "report.png"
+        subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={state.workdir / 'chromium'}", "--window-size=1200,2400",
+             f"--screenshot={shot}", html.as_uri()],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        console.print(f"opened in headless Chromium; screenshot: {shot}")
+    else:
+        console.print(f"open it in a browser: {html.as_uri()}")
+
+
 # --- the driver -----------------------------------------------------------------------------
 
-ACTS: list[Callable[[DemoState], None]] = [serve, watermark, distill]
+ACTS: list[Callable[[DemoState], None]] = [serve, watermark, monitor, distill, prove]
 
 
 def main(argv: list[str] | None = None) -> int:
