@@ -7,8 +7,15 @@ given API keys are shared out round-robin and the labels name the key's index (t
 alone knows the account behind a key).
 
 Requests go out in the population's (simulated) time order, as fast as ``concurrency`` allows;
-each simulated account keeps its user agent. Refusals (429 throttled, 403 blocked) are counted:
-they are the enforcement the demo is there to show.
+each simulated account keeps its user agent and its own IP addresses, which reach the gateway
+as ``X-Forwarded-For`` (the gateway's server trusts that header from localhost only, as behind
+a local load balancer); without it every simulated account would share 127.0.0.1, and the
+cross-account linking would see one address where the population has hundreds. Prompts longer
+than ``max_prompt_chars`` are cut in the middle (the head and tail of a template stay, which is
+what template mining reads), so that a small local model's context does not answer a real
+application's long documents with 400s. Refusals (429 throttled, 403 blocked) are counted
+apart from failures (any other status, e.g. 400): only refusals are the enforcement the demo
+is there to show.
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ class LiveConfig:
     max_tokens: int = 32  # caps every request's max_tokens: a small local model stays quick
     timeout_s: float = 60.0  # per request
     seed: int = 0  # which arrivals are sampled
+    # Longest message content sent, in characters (head + tail kept): ~4 characters a token
+    # keeps a prompt well inside the 512-token context of the local teacher. None: no cut.
+    max_prompt_chars: int | None = 1200
+    forward_ip: bool = True  # send each simulated account's IP as X-Forwarded-For
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -47,6 +58,8 @@ class LiveConfig:
             raise InputError("--live needs --admin-token (to create accounts) or --api-key")
         if self.max_requests < 1 or self.concurrency < 1 or self.max_tokens < 1:
             raise InputError("max_requests, concurrency and max_tokens must be at least 1")
+        if self.max_prompt_chars is not None and self.max_prompt_chars < 64:
+            raise InputError("max_prompt_chars must be at least 64 (or None: no cut)")
 
 
 @dataclass(frozen=True)
@@ -103,11 +116,36 @@ def _plan(actors: list, live: LiveConfig) -> list[tuple[float, int, int]]:
     return rows
 
 
-async def _send(client: Any, body: dict[str, Any]) -> tuple[int, str | None, int | None]:
+def _cut(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters: its head and tail with the middle left out."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 5) * 2 // 3
+    return f"{text[:head]}\n...\n{text[len(text) - (limit - 5 - head):]}"
+
+
+def fit_prompt(body: dict[str, Any], limit: int | None) -> dict[str, Any]:
+    """The request with every message content (or the prompt) cut to ``limit`` characters."""
+    if limit is None:
+        return body
+    if isinstance(body.get("prompt"), str):
+        return {**body, "prompt": _cut(body["prompt"], limit)}
+    msgs = body.get("messages")
+    if not isinstance(msgs, list):
+        return body
+    out = [{**m, "content": _cut(m["content"], limit)}
+           if isinstance(m, dict) and isinstance(m.get("content"), str) else m for m in msgs]
+    return {**body, "messages": out}
+
+
+async def _send(client: Any, body: dict[str, Any],
+                headers: dict[str, str]) -> tuple[int, str | None, int | None]:  # fmt: skip
     """One request through the SDK: (HTTP status, first choice's text, completion tokens)."""
     import openai
 
     params = {k: v for k, v in body.items() if k not in ("messages", "prompt", "model")}
+    if headers:
+        params["extra_headers"] = headers
     try:
         if "messages" in body:
             if params.get("stream"):
@@ -137,14 +175,20 @@ async def _drive(rows, actors, keys, live: LiveConfig, writer: JsonlWriter) -> L
     clients: dict[str, Any] = {}
     sem = asyncio.Semaphore(live.concurrency)
     counts = {"ok": 0, "refused": 0, "failed": 0}
-    model = await _model_name(live, next(iter(keys.values()))[1])
+    first = next(a for actor in actors for a in actor.accounts)
+    model = await _model_name(live, keys[first.account_id][1],
+                              {"X-Forwarded-For": first.ips[0]} if live.forward_ip else {})
+    rng = random.Random(live.seed)  # which of an account's addresses each request comes from
 
     async def one(seq: int, i: int, acct_idx: int) -> None:
         actor = actors[i]
         acct = actor.accounts[acct_idx]
         body, _answer = actor.request(acct_idx)
-        body = {**body, "model": model, "max_tokens": min(body.get("max_tokens") or live.max_tokens,
-                                                          live.max_tokens)}  # fmt: skip
+        body = {**fit_prompt(body, live.max_prompt_chars), "model": model,
+                "max_tokens": min(body.get("max_tokens") or live.max_tokens,
+                                  live.max_tokens)}  # fmt: skip
+        ip = acct.ips[0] if len(acct.ips) == 1 else rng.choice(acct.ips)
+        headers = {"X-Forwarded-For": ip} if live.forward_ip else {}
         real_id, secret = keys[acct.account_id]
         client = clients.get(acct.account_id)
         if client is None:
@@ -154,14 +198,15 @@ async def _drive(rows, actors, keys, live: LiveConfig, writer: JsonlWriter) -> L
         async with sem:
             ts = time.time()
             t0 = time.perf_counter()
-            status, text, completion = await _send(client, body)
+            status, text, completion = await _send(client, body, headers)
             latency = (time.perf_counter() - t0) * 1000.0
         kind = "ok" if status == 200 else "refused" if status in (403, 429) else "failed"
         counts[kind] += 1
         writer.write(TrafficRecord(
             id=f"live-{live.seed}-{seq:07d}", ts=ts, account_id=real_id, key_id="-",
-            ip="127.0.0.1", endpoint="/v1/chat/completions" if "messages" in body
-            else "/v1/completions", request=body, status=status, user_agent=acct.user_agent,
+            ip=ip if live.forward_ip else "127.0.0.1",
+            endpoint="/v1/chat/completions" if "messages" in body else "/v1/completions",
+            request=body, status=status, user_agent=acct.user_agent,
             payment_fingerprint=acct.payment, response_text=text,
             prompt_tokens=max(1, len(prompt_text(body)) // 4), completion_tokens=completion,
             latency_ms=round(latency, 1)))  # fmt: skip
@@ -174,11 +219,12 @@ async def _drive(rows, actors, keys, live: LiveConfig, writer: JsonlWriter) -> L
     return LiveResult(len(rows), counts["ok"], counts["refused"], counts["failed"], len(keys))
 
 
-async def _model_name(live: LiveConfig, secret: str) -> str:
+async def _model_name(live: LiveConfig, secret: str, headers: dict[str, str]) -> str:
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{live.base_url.rstrip('/')}/v1", api_key=secret,
-                                max_retries=0, timeout=live.timeout_s)  # fmt: skip
+                                max_retries=0, timeout=live.timeout_s,
+                                default_headers=headers)  # fmt: skip
     try:
         models = await client.models.list()
     except openai.APIError as exc:
