@@ -165,22 +165,26 @@ def watermark(state: DemoState) -> None:
             continue
         marked = result.p_value < 1e-3
         best = result.accounts[0] if result.accounts else None
+        account = "-"
+        if marked and best is not None:
+            # A short answer may carry too little of the account's secondary signal to name it.
+            named = best.p_value_corrected < 1e-2
+            account = f"{names.get(best.account, best.account)} ({best.p_value_corrected:.1e})"
+            account = account if named else f"[dim]none significant; best {account}[/dim]"
         table.add_row(
             label,
             str(result.num_scored),
             f"{result.p_value:.1e}",
             "[green]watermarked[/green]" if marked else "not watermarked",
-            f"{names.get(best.account, best.account)} ({best.p_value_corrected:.1e})"
-            if best and marked
-            else "-",
+            account,
         )
     console.print(table)
 
 
-# --- act 3: distil ---------------------------------------------------------------------------
+# --- act 4: distil ---------------------------------------------------------------------------
 
 
-@act("3. A campaign harvests the teacher through the API and distils a student")
+@act("4. A campaign harvests the teacher through the API and distils a student")
 def distill(state: DemoState) -> None:
     from distillguard.distill.campaign import run_campaign
     from distillguard.distill.trainers import DistillConfig
@@ -230,10 +234,10 @@ def distill(state: DemoState) -> None:
     )
 
 
-# --- act 4: detect and enforce ----------------------------------------------------------------
+# --- act 3: detect and enforce ----------------------------------------------------------------
 
 
-@act("4. Simulated users and campaigns hit the gateway: campaigns are caught live")
+@act("3. Simulated users and campaigns hit the gateway: campaigns are caught live")
 def monitor(state: DemoState) -> None:
     from collections import Counter
 
