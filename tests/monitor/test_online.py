@@ -132,3 +132,66 @@ def test_background_linking_forms_the_same_clusters(small_traffic: tuple[Path, P
         m.close()  # applies every pending link update
     cluster_ids = {m._cluster(a)[0] for a in hydra}
     assert len(cluster_ids) == 1 and None not in cluster_ids
+
+
+def _linked_group(m: OnlineMonitor, prefix: str, texts: list[str], body: dict, *,
+                  accounts: int = 6, per_account: int = 5,
+                  t0: float = 0.0) -> list[str]:  # fmt: skip
+    """``accounts`` accounts on one card and one /24, each sending ``per_account`` requests
+    over a simulated day (well under the policy's 20-request minimum each)."""
+    ids = [f"{prefix}-{i}" for i in range(accounts)]
+    k = 0
+    for j in range(per_account):
+        for i, acct in enumerate(ids):
+            ts = t0 + 3600.0 * j * 4 + 97.0 * i
+            _check(m, acct, ts, texts[k % len(texts)], pay=f"pm_{prefix}",
+                   ip=f"10.9.{len(prefix)}.{i + 1}", body=body)  # fmt: skip
+            m._drain_links(limit=None)  # a link thread that keeps up (no-op when inline)
+            k += 1
+    return ids
+
+
+def test_flags_list_a_harvesting_cluster_with_its_evidence() -> None:
+    """A hydra that asks for step-by-step reasoning with logprobs through accounts linked by a
+    shared card and proxy range is flagged as a cluster (each account alone is too small to act
+    on) and GET /admin/flags' listing names the cluster and the kinds of links behind it;
+    colleagues sharing a card and an office range with ordinary questions are not flagged."""
+    m = OnlineMonitor(load_policy())
+    cot = [f"Solve step by step and show your reasoning: what is {a} times {a + 7}?"
+           for a in range(40)]  # fmt: skip
+    hydra = _linked_group(m, "hydra", cot, {"logprobs": True, "top_logprobs": 5,
+                                            "temperature": 0})  # fmt: skip
+    people = ["what should I cook tonight with leeks", "fix my bash loop please",
+              "summarize the plot of Hamlet", "best way to learn Spanish",
+              "is it going to rain in Lyon", "write a birthday note for my aunt"]  # fmt: skip
+    office = _linked_group(m, "office", people, {}, t0=50.0)
+    flags = m.flags()
+    flagged = {f["account_id"]: f for f in flags}
+    assert set(hydra) <= set(flagged) and not set(office) & set(flagged)
+    ids = {flagged[a]["cluster_id"] for a in hydra}
+    assert len(ids) == 1 and None not in ids
+    for a in hydra:
+        f = flagged[a]
+        assert f["action"] == "flag" and f["cluster_size"] == len(hydra)
+        assert {"payment", "ip_prefix"} <= set(f["evidence"]) and f["reasons"]
+
+
+def test_an_account_joining_an_acted_on_cluster_takes_its_action_at_once() -> None:
+    """As in the gateway, links are formed off the request path: a hydra account's request
+    is decided before its links are, and it may never send another; joining the cluster must
+    give it the cluster's action (and a line under /admin/flags) by itself."""
+    m = OnlineMonitor(load_policy(), background_links=True)
+    m._stop.set()  # the link thread's work is done by hand below: deterministic order
+    m._thread.join()
+    cot = [f"Explain step by step, showing your reasoning, why {a} is or is not prime."
+           for a in range(40)]  # fmt: skip
+    body = {"logprobs": True, "top_logprobs": 5, "temperature": 0}
+    hydra = _linked_group(m, "hydra", cot, body)
+    assert all(f["action"] == "flag" for f in m.flags() if f["account_id"] in hydra)
+    # a fresh account on the same card and proxy range: one request, and it is listed
+    late = _check(m, "hydra-late", 90_000.0, cot[0], pay="pm_hydra", ip="10.9.5.77", body=body)
+    assert late.action == "allow"  # decided before the link thread saw it
+    m._drain_links(limit=None)
+    listed = {f["account_id"]: f for f in m.flags()}
+    assert listed["hydra-late"]["action"] == "flag"
+    assert listed["hydra-late"]["cluster_size"] == len(hydra) + 1

@@ -249,6 +249,22 @@ class OnlineMonitor:
         root = self._uf.find(a)
         self._members[root] = members
         self._evidence[root] = ev
+        self._inherit(members)
+
+    def _inherit(self, members: set[str]) -> None:
+        """An account that joins an acted-on cluster takes the cluster's standing action at
+        once (not at its own next request: a hydra account may never send another), so that
+        the action and GET /admin/flags cover the whole cluster as it now stands."""
+        standing = [e for m in members if (e := self._enforced.get(m)) is not None]
+        if not standing:
+            return
+        top = max(standing, key=lambda e: (SEVERITY[e.action], e.score))
+        cid = cluster_id_of(members)
+        for m in members:
+            cur = self._enforced.get(m)
+            if cur is None or SEVERITY[top.action] > SEVERITY[cur.action]:
+                self._enforced[m] = top
+                self._publish(m, top, cid)
 
     @staticmethod
     def _key_sets(old: LinkKeys, new: LinkKeys) -> list[tuple[str, set, set]]:
