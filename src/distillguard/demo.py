@@ -181,6 +181,71 @@ def watermark(state: DemoState) -> None:
     console.print(table)
 
 
+# --- act 3: detect and enforce ----------------------------------------------------------------
+
+
+@act("3. Simulated users and campaigns hit the gateway: campaigns are caught live")
+def monitor(state: DemoState) -> None:
+    from collections import Counter
+
+    from distillguard.sim.live import LiveConfig, run_live
+    from distillguard.sim.simulate import SimConfig
+    from distillguard.traffic import read_labels, read_traffic
+
+    gateway = state.gateway
+    traffic, labels = state.workdir / "live-traffic.jsonl", state.workdir / "live-labels.jsonl"
+    population = SimConfig(accounts=12 if state.quick else 24, campaigns=2, seed=7, split="test")
+    live = LiveConfig(
+        base_url=gateway.base_url,
+        admin_token=gateway.admin_token,
+        max_requests=240 if state.quick else 480,
+        concurrency=4,
+        max_tokens=8,
+    )
+    console.print(
+        f"{population.accounts} honest accounts (people, power users, templated apps) and "
+        f"{population.campaigns} campaigns (test split of the real prompt sets) send "
+        f"{live.max_requests} requests through the openai SDK; the online monitor scores "
+        "every request and applies the default policy"
+    )
+    result = run_live(
+        population, live, data_dir=get_settings().data_dir, out=traffic, labels=labels
+    )
+    persona = {label.account_id: label.persona for label in read_labels(labels)}
+    accounts: dict[str, set[str]] = {}
+    status: dict[str, Counter[str]] = {}
+    for record in read_traffic(traffic):
+        kind = persona.get(record.account_id, "?")
+        accounts.setdefault(kind, set()).add(record.account_id)
+        outcome = {200: "served", 403: "refused", 429: "refused"}.get(record.status, "failed")
+        status.setdefault(kind, Counter())[outcome] += 1
+    flags = gateway.admin_get("/flags")["data"]
+    flagged = Counter(persona.get(flag["account_id"], "?") for flag in flags)
+    table = Table(title=f"{result.sent} live requests by persona")
+    for column in ("persona", "accounts", "flagged", "served", "refused (429/403)", "failed"):
+        table.add_column(column)
+    for kind in sorted(accounts):
+        style = "red" if kind.startswith("campaign") and flagged[kind] else None
+        table.add_row(
+            kind,
+            str(len(accounts[kind])),
+            str(flagged[kind]),
+            str(status[kind]["served"]),
+            str(status[kind]["refused"]),
+            str(status[kind]["failed"]),
+            style=style,
+        )
+    console.print(table)
+    console.print(f"GET /admin/flags lists {len(flags)} flagged accounts; the first ones:")
+    for flag in flags[:4]:
+        reasons = "; ".join(flag.get("reasons", [])[:2])
+        cluster = f", cluster of {flag['cluster_size']}" if flag.get("cluster_size", 1) > 1 else ""
+        console.print(
+            f"  {persona.get(flag['account_id'], flag['account_id'])}: {flag['action']}"
+            f"{cluster} (score {flag.get('score', 0):.2f}) - {reasons}"
+        )
+
+
 # --- act 4: distil ---------------------------------------------------------------------------
 
 
@@ -232,58 +297,6 @@ def distill(state: DemoState) -> None:
         "its size that never saw it. Its top-1 agreement is measured against the *unmarked* "
         "teacher: the watermark bias it learned from the API's answers shows up there."
     )
-
-
-# --- act 3: detect and enforce ----------------------------------------------------------------
-
-
-@act("3. Simulated users and campaigns hit the gateway: campaigns are caught live")
-def monitor(state: DemoState) -> None:
-    from collections import Counter
-
-    from distillguard.sim.live import LiveConfig, run_live
-    from distillguard.sim.simulate import SimConfig
-    from distillguard.traffic import read_labels, read_traffic
-
-    gateway = state.gateway
-    traffic, labels = state.workdir / "live-traffic.jsonl", state.workdir / "live-labels.jsonl"
-    population = SimConfig(accounts=12 if state.quick else 24, campaigns=2, seed=7, split="test")
-    live = LiveConfig(
-        base_url=gateway.base_url,
-        admin_token=gateway.admin_token,
-        max_requests=240 if state.quick else 480,
-        concurrency=4,
-        max_tokens=8,
-    )
-    console.print(
-        f"{population.accounts} honest accounts (people, power users, templated apps) and "
-        f"{population.campaigns} campaigns (test split of the real prompt sets) send "
-        f"{live.max_requests} requests through the openai SDK; the online monitor scores "
-        "every request and applies the default policy"
-    )
-    result = run_live(
-        population, live, data_dir=get_settings().data_dir, out=traffic, labels=labels
-    )
-    persona = {label.account_id: label.persona for label in read_labels(labels)}
-    served: Counter[str] = Counter()
-    refused: Counter[str] = Counter()
-    for record in read_traffic(traffic):
-        kind = persona.get(record.account_id, "?")
-        (served if record.status == 200 else refused)[kind] += 1
-    table = Table(title=f"{result.sent} live requests by persona")
-    for column in ("persona", "served", "refused (429/403)"):
-        table.add_column(column)
-    for kind in sorted(set(served) | set(refused)):
-        table.add_row(kind, str(served[kind]), str(refused[kind]))
-    console.print(table)
-    flags = gateway.admin_get("/flags")["data"]
-    console.print(f"GET /admin/flags lists {len(flags)} flagged accounts or clusters:")
-    for flag in flags[:6]:
-        reasons = "; ".join(flag.get("reasons", [])[:3])
-        console.print(
-            f"  {persona.get(flag.get('account_id'), flag.get('account_id'))}: "
-            f"{flag.get('action')} (score {flag.get('score', 0):.2f}) - {reasons}"
-        )
 
 
 # --- act 5: prove ----------------------------------------------------------------------------
