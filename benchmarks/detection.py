@@ -42,8 +42,10 @@ def simulate(out_dir: Path, *, accounts: int, campaigns: int, seed: int, split: 
                    data_dir=DATA, out=out_dir / f"{split}.jsonl",
                    labels=out_dir / f"{split}.labels.jsonl")  # fmt: skip
     dt = time.perf_counter() - t0
-    print(f"[{split}] simulated {res.exchanges:,} exchanges, {res.accounts:,} accounts "
-          f"({res.campaign_accounts:,} campaign) in {dt:.0f} s ({res.exchanges / dt:,.0f}/s)")
+    print(
+        f"[{split}] simulated {res.exchanges:,} exchanges, {res.accounts:,} accounts "
+        f"({res.campaign_accounts:,} campaign) in {dt:.0f} s ({res.exchanges / dt:,.0f}/s)"
+    )
     return res
 
 
@@ -106,9 +108,11 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
     size_mb = log.stat().st_size / 2**20
     speed = {w: timed_score(log, w) for w in (2, 1)}
     for w, s in speed.items():
-        print(f"[offline] {w} worker(s): {s['exchanges']:,} exchanges ({size_mb:,.0f} MB) in "
-              f"{s['seconds']:.1f} s = {s['exchanges'] / s['seconds']:,.0f}/s; peak RSS parent "
-              f"{s['parent_rss_mb']:.0f} MB, largest worker {s['worker_rss_mb']:.0f} MB")
+        print(
+            f"[offline] {w} worker(s): {s['exchanges']:,} exchanges ({size_mb:,.0f} MB) in "
+            f"{s['seconds']:.1f} s = {s['exchanges'] / s['seconds']:,.0f}/s; peak RSS parent "
+            f"{s['parent_rss_mb']:.0f} MB, largest worker {s['worker_rss_mb']:.0f} MB"
+        )
     labels = list(read_labels(out_dir / "test.labels.jsonl"))
     verdicts = list(read_verdicts(log.with_suffix(".verdicts2.jsonl")))
     rep = evaluate(labels, verdicts)
@@ -137,10 +141,12 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
     replay_s = time.perf_counter() - t0
     rep = with_time_to_flag(rep, ttf)
     wall, cpu = np.array(lat_wall) * 1e3, np.array(lat_cpu) * 1e3
-    print(f"[online, inline linking] replayed {len(wall):,} requests in {replay_s:.0f} s; "
-          f"per request (check + record): wall p50 {np.percentile(wall, 50):.3f} ms, p99 "
-          f"{np.percentile(wall, 99):.3f} ms; thread CPU p50 {np.percentile(cpu, 50):.3f} ms, "
-          f"p99 {np.percentile(cpu, 99):.3f} ms; {monitor.account_count():,} accounts held")
+    print(
+        f"[online, inline linking] replayed {len(wall):,} requests in {replay_s:.0f} s; "
+        f"per request (check + record): wall p50 {np.percentile(wall, 50):.3f} ms, p99 "
+        f"{np.percentile(wall, 99):.3f} ms; thread CPU p50 {np.percentile(cpu, 50):.3f} ms, "
+        f"p99 {np.percentile(cpu, 99):.3f} ms; {monitor.account_count():,} accounts held"
+    )
 
     # The gateway's configuration: cross-account linking on the monitor's maintenance thread.
     bg = OnlineMonitor(load_policy(), background_links=True)
@@ -159,23 +165,35 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
         bg_cpu.append(tt() - c)
     bg.close()
     bw, bc = np.array(bg_wall or [0.0]) * 1e3, np.array(bg_cpu or [0.0]) * 1e3
-    print(f"[online, background linking] {len(bw):,} requests: wall p50 "
-          f"{np.percentile(bw, 50):.3f} ms, p99 {np.percentile(bw, 99):.3f} ms; thread CPU "
-          f"p50 {np.percentile(bc, 50):.3f} ms, p99 {np.percentile(bc, 99):.3f} ms")
+    print(
+        f"[online, background linking] {len(bw):,} requests: wall p50 "
+        f"{np.percentile(bw, 50):.3f} ms, p99 {np.percentile(bw, 99):.3f} ms; thread CPU "
+        f"p50 {np.percentile(bc, 50):.3f} ms, p99 {np.percentile(bc, 99):.3f} ms"
+    )
 
-    print(f"\n[test split] {rep.accounts:,} accounts, {rep.campaign_accounts:,} campaign, "
-          f"{sim.exchanges:,} exchanges")
-    print(f"AUROC {rep.auroc:.5f}   TPR@FPR1e-3 {rep.tpr_at_fpr_1e3:.4f}   "
-          f"TPR@FPR1e-2 {rep.tpr_at_fpr_1e2:.4f}")
-    print(f"operating point: TPR {rep.flagged_tpr:.4f}, FPR {rep.flagged_fpr:.5f}; "
-          f"legit apps flagged {rep.legit_apps_flagged}/{rep.legit_apps}")
+    print(
+        f"\n[test split] {rep.accounts:,} accounts, {rep.campaign_accounts:,} campaign, "
+        f"{sim.exchanges:,} exchanges"
+    )
+    print(
+        f"AUROC {rep.auroc:.5f}   TPR@FPR1e-3 {rep.tpr_at_fpr_1e3:.4f}   "
+        f"TPR@FPR1e-2 {rep.tpr_at_fpr_1e2:.4f}"
+    )
+    print(
+        f"operating point: TPR {rep.flagged_tpr:.4f}, FPR {rep.flagged_fpr:.5f}; "
+        f"legit apps flagged {rep.legit_apps_flagged}/{rep.legit_apps}"
+    )
     print(f"ARI all accounts {rep.ari_all:.4f}; multi-account campaigns {rep.ari_hydra:.4f}")
-    print(f"requests until flagged: median {rep.ttf_median}, p90 {rep.ttf_p90}, "
-          f"never {rep.ttf_missed}")
+    print(
+        f"requests until flagged: median {rep.ttf_median}, p90 {rep.ttf_p90}, "
+        f"never {rep.ttf_missed}"
+    )
     print("\npersona               label     accounts flagged  score min / median / max")
     for p in rep.personas:
-        print(f"{p.persona:21s} {p.label:9s} {p.accounts:8d} {p.flagged:7d}  "
-              f"{p.score_min:.3f} / {p.score_median:.3f} / {p.score_max:.3f}")
+        print(
+            f"{p.persona:21s} {p.label:9s} {p.accounts:8d} {p.flagged:7d}  "
+            f"{p.score_min:.3f} / {p.score_median:.3f} / {p.score_max:.3f}"
+        )
     by_persona: dict[str, list] = {}
     for t in ttf:
         by_persona.setdefault(t.persona, []).append(t.requests_until_flagged)
@@ -241,8 +259,10 @@ def embedding_check(out_dir: Path, per_persona: int) -> None:
             emb.append(float((e @ e.T)[iu].mean()))
             lex.append(content_similarity(sketches[a].reservoir, sketches[a].cfg))
             n += len(samples)
-        print(f"  {p:21s} MiniLM cosine {np.mean(emb):.3f} [{min(emb):.3f}, {max(emb):.3f}]   "
-              f"frame-stripped word overlap {np.mean(lex):.3f} [{min(lex):.3f}, {max(lex):.3f}]")
+        print(
+            f"  {p:21s} MiniLM cosine {np.mean(emb):.3f} [{min(emb):.3f}, {max(emb):.3f}]   "
+            f"frame-stripped word overlap {np.mean(lex):.3f} [{min(lex):.3f}, {max(lex):.3f}]"
+        )
     print(f"  ({n} prompts embedded in {time.perf_counter() - t0:.0f} s)")
 
 
@@ -255,12 +275,24 @@ def main() -> None:
     ap.add_argument("--train-campaigns", type=int, default=30)
     ap.add_argument("--test-accounts", type=int, default=3000)
     ap.add_argument("--test-campaigns", type=int, default=40)
-    ap.add_argument("--latency-requests", type=int, default=300_000,
-                    help="requests replayed with background linking (latency only)")
-    ap.add_argument("--mimic", type=int, default=0,
-                    help="stress: add N campaigns that copy people's timing and parameters")
-    ap.add_argument("--embeddings", type=int, default=0,
-                    help="also compare MiniLM with word overlap on N accounts per persona")
+    ap.add_argument(
+        "--latency-requests",
+        type=int,
+        default=300_000,
+        help="requests replayed with background linking (latency only)",
+    )
+    ap.add_argument(
+        "--mimic",
+        type=int,
+        default=0,
+        help="stress: add N campaigns that copy people's timing and parameters",
+    )
+    ap.add_argument(
+        "--embeddings",
+        type=int,
+        default=0,
+        help="also compare MiniLM with word overlap on N accounts per persona",
+    )
     ap.add_argument("--data", type=Path, default=DATA, help="shared/data (real prompt sets)")
     ap.add_argument("--score-only", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)

@@ -152,15 +152,25 @@ def gateway_server(tmp_path: Path, mock_upstream):
 
     started: list[GatewayProcess] = []
 
-    def start(*, upstream: str | None = None, model_dir: Path | None = None,
-              database_url: str | None = None, watermark: str = "off",
-              **settings: object) -> GatewayProcess:
+    def start(
+        *,
+        upstream: str | None = None,
+        model_dir: Path | None = None,
+        database_url: str | None = None,
+        watermark: str = "off",
+        **settings: object,
+    ) -> GatewayProcess:
         env = {f"DISTILLGUARD_{name.upper()}": str(value) for name, value in settings.items()}
         if upstream is None and model_dir is None:
             upstream = mock_upstream.url
-        server = GatewayProcess(home=tmp_path / f"gateway{len(started)}", upstream=upstream,
-                                model_dir=model_dir, database_url=database_url,
-                                watermark=watermark, env=env)
+        server = GatewayProcess(
+            home=tmp_path / f"gateway{len(started)}",
+            upstream=upstream,
+            model_dir=model_dir,
+            database_url=database_url,
+            watermark=watermark,
+            env=env,
+        )
         started.append(server)
         return server.start()
 

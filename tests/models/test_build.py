@@ -33,8 +33,9 @@ def test_tiny_model_loads_with_auto_classes(tiny_model_dir: Path) -> None:
     assert model.config.tie_word_embeddings
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     assert tokenizer.eos_token == END and model.config.eos_token_id == tokenizer.eos_token_id
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|user|>\nhi<|end|>\n<|assistant|>\n"
     info = read_build_info(tiny_model_dir)
     assert info["size"] == "tiny" and info["held_out_loss"] > 0
@@ -57,8 +58,13 @@ def test_build_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     texts = FALLBACK_TEXT.split("\n\n") * 4
     config = TrainConfig(size="tiny", max_steps=5, seq_len=32, seed=7)
     a = build_model(out_dir=tmp_path / "a", config=config, texts=texts, progress=False)
-    b = build_model(out_dir=tmp_path / "b", config=config, texts=texts, progress=False,
-                    tokenizer_dir=tmp_path / "a")
+    b = build_model(
+        out_dir=tmp_path / "b",
+        config=config,
+        texts=texts,
+        progress=False,
+        tokenizer_dir=tmp_path / "a",
+    )
     assert a.held_out_loss == b.held_out_loss
     wa, _ = load_model(a.out_dir)
     wb, _ = load_model(b.out_dir)
@@ -91,8 +97,17 @@ def test_train_config_is_validated() -> None:
 def test_read_corpus_counts_bad_lines(tmp_path: Path) -> None:
     jsonl = tmp_path / "pairs.jsonl"
     good = {"instruction": "Say hi", "output": "Hi!"}
-    jsonl.write_text("\n".join([json.dumps(good), "{broken", json.dumps({"output": "no prompt"}),
-                                json.dumps({"question": "2+2?", "answer": "4"}), "[1, 2]"]))
+    jsonl.write_text(
+        "\n".join(
+            [
+                json.dumps(good),
+                "{broken",
+                json.dumps({"output": "no prompt"}),
+                json.dumps({"question": "2+2?", "answer": "4"}),
+                "[1, 2]",
+            ]
+        )
+    )
     text = tmp_path / "book.txt"
     text.write_text("First paragraph.\n\nSecond paragraph.\n\n\n")
     corpus = read_corpus([jsonl, text])
@@ -111,8 +126,21 @@ def test_cli_build_and_info(tmp_path: Path) -> None:
     corpus.write_text(FALLBACK_TEXT)
     out = tmp_path / "model"
     runner = CliRunner()
-    result = runner.invoke(app, ["model", "build", "--corpus", str(corpus), "--out", str(out),
-                                 "--size", "tiny", "--max-steps", "3"])
+    result = runner.invoke(
+        app,
+        [
+            "model",
+            "build",
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(out),
+            "--size",
+            "tiny",
+            "--max-steps",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "held-out loss" in result.output
     result = runner.invoke(app, ["model", "info", str(out)])
@@ -121,15 +149,17 @@ def test_cli_build_and_info(tmp_path: Path) -> None:
     assert isinstance(result.exception, ModelError)
 
 
-def test_default_teacher_is_built_once_and_cached(tmp_path: Path, dg_home: Path,
-                                                  shared_data: Path) -> None:
+def test_default_teacher_is_built_once_and_cached(
+    tmp_path: Path, dg_home: Path, shared_data: Path
+) -> None:
     from distillguard.config import Settings
     from distillguard.models.teacher import default_teacher_dir
 
     data = tmp_path / "data"
     (data / "outputs").mkdir(parents=True)
-    lines = [json.dumps({"instruction": q, "output": a}) for q, a in
-             read_chat_pairs(shared_data)[:60]]
+    lines = [
+        json.dumps({"instruction": q, "output": a}) for q, a in read_chat_pairs(shared_data)[:60]
+    ]
     (data / "outputs" / "some-model.jsonl").write_text("\n".join(lines))
     settings = Settings(home=dg_home, data_dir=data)
     target = default_teacher_dir(settings, size="tiny", progress=False)
@@ -139,5 +169,8 @@ def test_default_teacher_is_built_once_and_cached(tmp_path: Path, dg_home: Path,
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
     load_model(target)
     with pytest.raises(NotFound, match="outputs"):
-        default_teacher_dir(Settings(home=tmp_path / "other", data_dir=tmp_path / "none"),
-                            size="tiny", progress=False)
+        default_teacher_dir(
+            Settings(home=tmp_path / "other", data_dir=tmp_path / "none"),
+            size="tiny",
+            progress=False,
+        )

@@ -16,8 +16,12 @@ from distillguard.errors import ContextTooLong, InputError, ModelError
 from distillguard.models.engine import GenerationEngine, GenerationParams
 from distillguard.models.sampling import SampleOutput, sample_plain
 
-QUESTIONS = ["What is the capital of France?", "Write a short poem about the sea.", "Hi",
-             "Explain, step by step, how a bicycle works and why it stays upright."]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Hi",
+    "Explain, step by step, how a bicycle works and why it stays upright.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +50,9 @@ def test_same_seed_same_output_different_seed_differs(engine, prompts) -> None:
 def test_batching_does_not_change_results(engine, prompts, max_batch_size: int) -> None:
     """Greedy and seeded outputs of a left-padded batch equal each prompt generated alone; with
     max_batch_size 3 the fourth prompt joins the running batch when the short first row ends."""
-    for base in (GenerationParams(max_new_tokens=24, temperature=0.0),
-                 sampled(seed=3, top_p=0.9)):
+    for base in (GenerationParams(max_new_tokens=24, temperature=0.0), sampled(seed=3, top_p=0.9)):
         params = [replace(base, max_new_tokens=n, ignore_eos=True) for n in (6, 24, 24, 24)]
-        alone = [engine.generate_batch([p], prm)[0] for p, prm in zip(prompts, params,
-                                                                      strict=True)]
+        alone = [engine.generate_batch([p], prm)[0] for p, prm in zip(prompts, params, strict=True)]
         engine.max_batch_size = max_batch_size
         before = engine.stats.prefills
         try:
@@ -183,9 +185,13 @@ def test_context_too_long_and_bad_requests(engine, prompts) -> None:
         engine.generate_batch([[]], GenerationParams(max_new_tokens=4))
     with pytest.raises(InputError, match="vocabulary"):
         engine.generate_batch([[10**6]], GenerationParams(max_new_tokens=4))
-    for bad in ({"max_new_tokens": 0}, {"max_new_tokens": 4, "temperature": -1},
-                {"max_new_tokens": 4, "top_p": 0}, {"max_new_tokens": 4, "stop": ("",)},
-                {"max_new_tokens": 4, "top_logprobs": 21}):
+    for bad in (
+        {"max_new_tokens": 0},
+        {"max_new_tokens": 4, "temperature": -1},
+        {"max_new_tokens": 4, "top_p": 0},
+        {"max_new_tokens": 4, "stop": ("",)},
+        {"max_new_tokens": 4, "top_logprobs": 21},
+    ):
         with pytest.raises(InputError):
             GenerationParams(**bad)
 
@@ -211,8 +217,8 @@ def test_sampler_hook_gets_context_and_tags(tiny_model_dir: Path, prompts) -> No
     assert [c.token_ids for c in out] == [(token,) * 3] * 2
     shape, ids, tags = sampler.calls[0]
     assert shape == (2, engine.vocab_size) and tags == ("acct-0", "acct-1")
-    assert ids[0, -len(prompts[0]):].tolist() == prompts[0]  # left padded context
-    assert ids[1, -len(prompts[1]):].tolist() == prompts[1]
+    assert ids[0, -len(prompts[0]) :].tolist() == prompts[0]  # left padded context
+    assert ids[1, -len(prompts[1]) :].tolist() == prompts[1]
     assert sampler.calls[-1][1][0, -2:].tolist() == [token, token]
 
 
@@ -224,8 +230,9 @@ def test_sampler_errors_reach_the_caller(tiny_model_dir: Path, prompts) -> None:
     engine = GenerationEngine.from_dir(tiny_model_dir, num_threads=1, sampler=Broken())
 
     async def run() -> None:
-        await asyncio.gather(*(engine.generate(p, GenerationParams(max_new_tokens=4))
-                               for p in prompts[:2]))
+        await asyncio.gather(
+            *(engine.generate(p, GenerationParams(max_new_tokens=4)) for p in prompts[:2])
+        )
 
     try:
         with pytest.raises(ModelError, match="boom"):

@@ -30,10 +30,17 @@ def tokenizer():
     return train_tokenizer(CORPUS, vocab_size=300)
 
 
-@pytest.mark.parametrize("text", [
-    "hello world", "  leading and trailing  ", "tabs\tand\nnewlines\r\n",
-    "unicode: café, naïve, 日本語, emoji 🦙🔥, math ∑∫", "", "<|user|> typed by a user",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hello world",
+        "  leading and trailing  ",
+        "tabs\tand\nnewlines\r\n",
+        "unicode: café, naïve, 日本語, emoji 🦙🔥, math ∑∫",
+        "",
+        "<|user|> typed by a user",
+    ],
+)
 def test_round_trip_is_exact_for_any_text(tokenizer, text: str) -> None:
     assert tokenizer.decode(encode_text(tokenizer, text)) == text
 
@@ -49,14 +56,14 @@ def test_special_tokens_are_single_ids_and_eos_is_end(tokenizer) -> None:
 
 
 def test_chat_template_renders_roles_and_generation_prompt(tokenizer) -> None:
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "Hi there"}]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
     ids = encode_chat(tokenizer, messages)
     assert tokenizer.decode(ids) == (
-        "<|system|>\nBe brief.<|end|>\n<|user|>\nHi there<|end|>\n<|assistant|>\n")
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nHi there<|end|>\n<|assistant|>\n"
+    )
     without = encode_chat(tokenizer, messages, add_generation_prompt=False)
     assert ids[: len(without)] == without
-    assert tokenizer.decode(ids[len(without):]) == "<|assistant|>\n"
+    assert tokenizer.decode(ids[len(without) :]) == "<|assistant|>\n"
 
 
 def test_saved_tokenizer_reloads_with_autotokenizer(tokenizer, tmp_path: Path) -> None:

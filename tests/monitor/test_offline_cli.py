@@ -205,8 +205,9 @@ def test_score_over_the_gateway_database(tmp_path: Path, monkeypatch: pytest.Mon
     assert _exit_code(monkeypatch, "monitor", "score", "--out", str(out)) == 2
 
 
-def test_two_workers_give_the_same_verdicts_and_counts(small_traffic: tuple[Path, Path],
-                                                       tmp_path: Path) -> None:
+def test_two_workers_give_the_same_verdicts_and_counts(
+    small_traffic: tuple[Path, Path], tmp_path: Path
+) -> None:
     traffic, _ = small_traffic
     noisy = tmp_path / "noisy.jsonl"
     noisy.write_bytes(b"garbage\n" + traffic.read_bytes() + b'{"account_id": "x"}\n')
@@ -214,5 +215,8 @@ def test_two_workers_give_the_same_verdicts_and_counts(small_traffic: tuple[Path
     two = score_traffic(noisy, None, workers=2)
     assert one.verdicts == two.verdicts
     assert (one.read.records, one.read.skipped, one.read.lines) == (
-        two.read.records, two.read.skipped, two.read.lines)
+        two.read.records,
+        two.read.skipped,
+        two.read.lines,
+    )
     assert [e.line_no for e in two.read.examples] == [1, one.read.lines]

@@ -119,15 +119,20 @@ def test_decisions_are_shared_between_replicas_through_redis() -> None:
 
 def test_background_linking_forms_the_same_clusters(small_traffic: tuple[Path, Path]) -> None:
     traffic, labels_path = small_traffic
-    hydra = {lab.account_id for lab in read_labels(labels_path)
-             if lab.persona == "campaign_hydra"}
+    hydra = {lab.account_id for lab in read_labels(labels_path) if lab.persona == "campaign_hydra"}
     m = OnlineMonitor(load_policy(), background_links=True)
     try:
         for rec in read_traffic(traffic):
-            m.check(account_id=rec.account_id, key_id=rec.key_id,
-                    payment_fingerprint=rec.payment_fingerprint, ip=rec.ip,
-                    user_agent=rec.user_agent, endpoint=rec.endpoint, request=rec.request,
-                    ts=rec.ts)
+            m.check(
+                account_id=rec.account_id,
+                key_id=rec.key_id,
+                payment_fingerprint=rec.payment_fingerprint,
+                ip=rec.ip,
+                user_agent=rec.user_agent,
+                endpoint=rec.endpoint,
+                request=rec.request,
+                ts=rec.ts,
+            )
     finally:
         m.close()  # applies every pending link update
     cluster_ids = {m._cluster(a)[0] for a in hydra}

@@ -26,15 +26,25 @@ def register(root: typer.Typer) -> None:
 
 @model_app.command("build")
 def build(
-    corpus: Annotated[list[Path], typer.Option(
-        "--corpus", help="Training file (repeatable): .jsonl (instruction, output) pairs or "
-        "plain text.")],
+    corpus: Annotated[
+        list[Path],
+        typer.Option(
+            "--corpus",
+            help="Training file (repeatable): .jsonl (instruction, output) pairs or plain text.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Directory to write the model to.")],
     size: SizeOption = "tiny",
-    max_steps: Annotated[int | None, typer.Option(
-        "--max-steps", help="Optimizer steps (default: per size; reproducible).")] = None,
-    max_seconds: Annotated[float | None, typer.Option(
-        "--max-seconds", help="Wall-clock budget; the run then depends on the machine.")] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", help="Optimizer steps (default: per size; reproducible)."),
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--max-seconds", help="Wall-clock budget; the run then depends on the machine."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, split and order.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per step.")] = 8,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 3e-3,
@@ -46,17 +56,29 @@ def build(
 
     data = read_corpus(corpus)
     if data.skipped_lines:
-        console.print(f"[yellow]skipped {data.skipped_lines} unusable JSONL lines "
-                      f"(first: {', '.join(data.first_skipped)})")
+        console.print(
+            f"[yellow]skipped {data.skipped_lines} unusable JSONL lines "
+            f"(first: {', '.join(data.first_skipped)})"
+        )
     steps = max_steps or (1_000_000 if max_seconds else TEACHER_STEPS.get(size, 500))
-    config = TrainConfig(size=size, max_steps=steps, max_seconds=max_seconds, seed=seed,
-                         batch_size=batch_size, lr=lr, num_threads=threads)
+    config = TrainConfig(
+        size=size,
+        max_steps=steps,
+        max_seconds=max_seconds,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        num_threads=threads,
+    )
     console.print(f"corpus: {len(data.texts)} text paragraphs, {len(data.chat_pairs)} chat pairs")
-    result = build_model(out_dir=out, config=config, texts=data.texts,
-                         chat_pairs=data.chat_pairs, progress=True)
-    console.print(f"[green]saved[/green] {result.out_dir}: {result.parameters:,} parameters, "
-                  f"held-out loss {result.held_out_loss:.3f}, {result.tokens_seen:,} tokens "
-                  f"in {result.train_seconds:.0f} s")
+    result = build_model(
+        out_dir=out, config=config, texts=data.texts, chat_pairs=data.chat_pairs, progress=True
+    )
+    console.print(
+        f"[green]saved[/green] {result.out_dir}: {result.parameters:,} parameters, "
+        f"held-out loss {result.held_out_loss:.3f}, {result.tokens_seen:,} tokens "
+        f"in {result.train_seconds:.0f} s"
+    )
 
 
 @model_app.command("teacher")
@@ -74,8 +96,9 @@ def teacher(
 
 
 @model_app.command("info")
-def info(model_dir: Annotated[Path, typer.Argument(help="A Hugging Face model directory.")]
-         ) -> None:
+def info(
+    model_dir: Annotated[Path, typer.Argument(help="A Hugging Face model directory.")],
+) -> None:
     """Architecture, size and build record of a model directory."""
     _show(model_dir)
 
@@ -93,13 +116,15 @@ def generate(
     from distillguard.models.engine import GenerationEngine, GenerationParams
 
     engine = GenerationEngine.from_dir(model_dir)
-    params = GenerationParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                              seed=seed)
+    params = GenerationParams(
+        max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
     prompt_ids = engine.encode_chat([{"role": "user", "content": prompt}])
     completion = engine.generate_batch([prompt_ids], params)[0]
     console.print(completion.text, markup=False, highlight=False)
-    console.print(f"[dim]{completion.completion_tokens} tokens, "
-                  f"finish_reason={completion.finish_reason}")
+    console.print(
+        f"[dim]{completion.completion_tokens} tokens, finish_reason={completion.finish_reason}"
+    )
 
 
 def _show(model_dir: Path) -> None:
@@ -111,18 +136,22 @@ def _show(model_dir: Path) -> None:
     rows = [
         ("architecture", type(model).__name__),
         ("parameters", f"{count_parameters(model):,}"),
-        ("hidden / layers / heads", f"{cfg.hidden_size} / {cfg.num_hidden_layers} / "
-                                    f"{cfg.num_attention_heads}"),
+        (
+            "hidden / layers / heads",
+            f"{cfg.hidden_size} / {cfg.num_hidden_layers} / {cfg.num_attention_heads}",
+        ),
         ("vocabulary", f"{len(tokenizer):,}"),
         ("context length", str(getattr(cfg, "max_position_embeddings", "?"))),
         ("chat template", "yes" if getattr(tokenizer, "chat_template", None) else "no"),
     ]
     build_info = read_build_info(model_dir)
     if build_info:
-        rows += [("size", str(build_info.get("size"))),
-                 ("held-out loss", f"{build_info.get('held_out_loss', float('nan')):.3f}"),
-                 ("tokens seen", f"{build_info.get('tokens_seen', 0):,}"),
-                 ("train seconds", f"{build_info.get('train_seconds', 0):.0f}")]
+        rows += [
+            ("size", str(build_info.get("size"))),
+            ("held-out loss", f"{build_info.get('held_out_loss', float('nan')):.3f}"),
+            ("tokens seen", f"{build_info.get('tokens_seen', 0):,}"),
+            ("train seconds", f"{build_info.get('train_seconds', 0):.0f}"),
+        ]
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

@@ -1,8 +1,8 @@
 """CLI for traffic simulation, detection and its evaluation.
 
-    distillguard simulate --accounts N --campaigns K --seed S --out TRAFFIC --labels LABELS
-    distillguard monitor score TRAFFIC --out VERDICTS      (or --db URL: the gateway's log)
-    distillguard eval detection TRAFFIC LABELS VERDICTS
+distillguard simulate --accounts N --campaigns K --seed S --out TRAFFIC --labels LABELS
+distillguard monitor score TRAFFIC --out VERDICTS      (or --db URL: the gateway's log)
+distillguard eval detection TRAFFIC LABELS VERDICTS
 """
 
 from __future__ import annotations
@@ -125,8 +125,9 @@ def eval_detection_cmd(
     traffic: Path = typer.Argument(..., help="Traffic log (in time order for the replay)."),
     labels: Path = typer.Argument(..., help="Ground-truth labels."),
     verdicts: Path = typer.Argument(..., help="Verdicts of a detector."),
-    replay: bool = typer.Option(True, "--replay/--no-replay",
-                                help="Replay through the online monitor for time-to-flag."),
+    replay: bool = typer.Option(
+        True, "--replay/--no-replay", help="Replay through the online monitor for time-to-flag."
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON."),
 ) -> None:
     """AUROC, TPR at low FPR, legit-app false positives, ARI, requests until flagged."""
@@ -168,8 +169,10 @@ def eval_detection_cmd(
     console.print(f"accounts {report.accounts:,} ({report.campaign_accounts:,} campaign); "
                   f"AUROC {report.auroc:.4f}; TPR@FPR1e-3 {report.tpr_at_fpr_1e3:.3f}; "
                   f"TPR@FPR1e-2 {report.tpr_at_fpr_1e2:.3f}")  # fmt: skip
-    console.print(f"operating point: TPR {report.flagged_tpr:.3f}, FPR {report.flagged_fpr:.4f}; "
-                  f"legitimate apps flagged {report.legit_apps_flagged}/{report.legit_apps}")
+    console.print(
+        f"operating point: TPR {report.flagged_tpr:.3f}, FPR {report.flagged_fpr:.4f}; "
+        f"legitimate apps flagged {report.legit_apps_flagged}/{report.legit_apps}"
+    )
     hydra = "n/a" if report.ari_hydra is None else f"{report.ari_hydra:.3f}"
     console.print(f"cluster recovery ARI: all accounts {report.ari_all:.3f}, "
                   f"multi-account campaigns {hydra}")  # fmt: skip

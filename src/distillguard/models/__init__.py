@@ -11,15 +11,30 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ModelSize": "llama", "SIZES": "llama", "TrainConfig": "llama", "BuildResult": "llama",
-    "build_model": "llama", "load_model": "llama", "train_causal_lm": "llama",
-    "held_out_loss": "llama", "read_build_info": "llama",
-    "train_tokenizer": "tokenizer", "encode_chat": "tokenizer", "encode_text": "tokenizer",
-    "read_chat_pairs": "teacher", "read_corpus": "teacher", "default_teacher_dir": "teacher",
-    "TokenSampler": "sampling", "SampleOutput": "sampling", "sample_plain": "sampling",
+    "ModelSize": "llama",
+    "SIZES": "llama",
+    "TrainConfig": "llama",
+    "BuildResult": "llama",
+    "build_model": "llama",
+    "load_model": "llama",
+    "train_causal_lm": "llama",
+    "held_out_loss": "llama",
+    "read_build_info": "llama",
+    "train_tokenizer": "tokenizer",
+    "encode_chat": "tokenizer",
+    "encode_text": "tokenizer",
+    "read_chat_pairs": "teacher",
+    "read_corpus": "teacher",
+    "default_teacher_dir": "teacher",
+    "TokenSampler": "sampling",
+    "SampleOutput": "sampling",
+    "sample_plain": "sampling",
     "PlainSampler": "sampling",
-    "GenerationEngine": "engine", "GenerationParams": "engine", "TokenEvent": "engine",
-    "Completion": "engine", "EngineStats": "engine",
+    "GenerationEngine": "engine",
+    "GenerationParams": "engine",
+    "TokenEvent": "engine",
+    "Completion": "engine",
+    "EngineStats": "engine",
 }
 
 __all__ = sorted(_EXPORTS)

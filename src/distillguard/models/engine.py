@@ -32,8 +32,16 @@ from distillguard.models.fast_llama import FastLlama
 from distillguard.models.sampling import PlainSampler, SampleOutput, TokenSampler, sample_plain
 from distillguard.models.tokenizer import encode_chat, encode_text, eos_token_ids
 
-__all__ = ["Completion", "EngineStats", "GenerationEngine", "GenerationParams", "SampleOutput",
-           "TokenEvent", "TokenSampler", "sample_plain"]
+__all__ = [
+    "Completion",
+    "EngineStats",
+    "GenerationEngine",
+    "GenerationParams",
+    "SampleOutput",
+    "TokenEvent",
+    "TokenSampler",
+    "sample_plain",
+]
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
@@ -59,13 +67,16 @@ class GenerationParams:
             raise InputError("temperature must be in [0, 2]", param="temperature")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError("top_p must be in (0, 1]", param="top_p")
-        if len(self.stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s
-                                                       for s in self.stop):
-            raise InputError(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings",
-                             param="stop")
+        if len(self.stop) > MAX_STOP_STRINGS or not all(
+            isinstance(s, str) and s for s in self.stop
+        ):
+            raise InputError(
+                f"stop must be at most {MAX_STOP_STRINGS} non-empty strings", param="stop"
+            )
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise InputError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]",
-                             param="top_logprobs")
+            raise InputError(
+                f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", param="top_logprobs"
+            )
 
 
 @dataclass(frozen=True)
@@ -113,30 +124,37 @@ class _TextDecoder:
 
     def push(self, token: int) -> str:
         if self.token_bytes is not None:
-            return self.utf8.decode(self.token_bytes[token]) if token < len(
-                self.token_bytes) else ""
+            return (
+                self.utf8.decode(self.token_bytes[token]) if token < len(self.token_bytes) else ""
+            )
         self.ids.append(token)
         new = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if new.endswith("\ufffd") or not new.startswith(self.decoded):
             return ""
-        delta, self.decoded = new[len(self.decoded):], new
+        delta, self.decoded = new[len(self.decoded) :], new
         return delta
 
     def flush(self) -> str:
         if self.token_bytes is not None:
             return self.utf8.decode(b"", final=True)
         new = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        return new[len(self.decoded):] if new.startswith(self.decoded) else ""
+        return new[len(self.decoded) :] if new.startswith(self.decoded) else ""
 
 
 class _Request:
     """One row's state: its parameters, output so far and where its events go."""
 
-    def __init__(self, prompt_ids: list[int], params: GenerationParams,
-                 sink: Callable[[TokenEvent | BaseException], None], decoder: _TextDecoder):
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        sink: Callable[[TokenEvent | BaseException], None],
+        decoder: _TextDecoder,
+    ):
         self.prompt_ids, self.params, self.sink, self.decoder = prompt_ids, params, sink, decoder
-        self.generator = (torch.Generator().manual_seed(params.seed)
-                          if params.seed is not None else None)
+        self.generator = (
+            torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        )
         self.token_ids: list[int] = []
         self.text = ""  # full decoded text (including the not yet released tail)
         self.sent = 0  # chars of `text` already released
@@ -155,7 +173,7 @@ class _Request:
             hits = [i for i in (self.text.find(s, self.sent) for s in stops) if i >= 0]
             if hits:
                 cut = min(hits)
-                delta, self.text, self.sent = self.text[self.sent:cut], self.text[:cut], cut
+                delta, self.text, self.sent = self.text[self.sent : cut], self.text[:cut], cut
                 return delta, True
             if not final:  # hold back a tail that could still become a stop string
                 hold = 0
@@ -165,13 +183,18 @@ class _Request:
                             hold = k
                             break
                 end = len(self.text) - hold
-                delta, self.sent = self.text[self.sent:end], end
+                delta, self.sent = self.text[self.sent : end], end
                 return delta, False
-        delta, self.sent = self.text[self.sent:], len(self.text)
+        delta, self.sent = self.text[self.sent :], len(self.text)
         return delta, False
 
-    def accept(self, token: int, is_eos: bool, logprob: float | None,
-               top: tuple[tuple[str, float], ...] | None) -> TokenEvent:
+    def accept(
+        self,
+        token: int,
+        is_eos: bool,
+        logprob: float | None,
+        top: tuple[tuple[str, float], ...] | None,
+    ) -> TokenEvent:
         if is_eos:
             self.text += self.decoder.flush()
             delta, _ = self._release(final=True)
@@ -192,8 +215,15 @@ class _Batch:
     """Live rows decoded together: left-padded context, attention mask, KV cache, and the
     next-token logits waiting to be sampled."""
 
-    def __init__(self, rows: list[_Request], ids: Tensor, mask: Tensor, next_pos: Tensor,
-                 cache: Any, logits: Tensor):
+    def __init__(
+        self,
+        rows: list[_Request],
+        ids: Tensor,
+        mask: Tensor,
+        next_pos: Tensor,
+        cache: Any,
+        logits: Tensor,
+    ):
         self.rows = rows
         self.ids = ids  # (B, L) long, left padded: prompt + generated
         self.mask = mask  # (B, L) long, 1 on real tokens
@@ -214,9 +244,18 @@ def _pad_left(t: Tensor, length: int, value: float, dim: int) -> Tensor:
 class GenerationEngine:
     """Serves one causal LM to many concurrent callers (see the module docstring)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, sampler: TokenSampler | None = None,
-                 max_batch_size: int = 8, batch_wait_ms: float = 2.0, name: str | None = None,
-                 num_threads: int | None = None, fast: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        sampler: TokenSampler | None = None,
+        max_batch_size: int = 8,
+        batch_wait_ms: float = 2.0,
+        name: str | None = None,
+        num_threads: int | None = None,
+        fast: bool = True,
+    ):
         if max_batch_size < 1 or batch_wait_ms < 0:
             raise InputError("max_batch_size must be >= 1 and batch_wait_ms >= 0")
         self.model = model.eval()
@@ -225,8 +264,9 @@ class GenerationEngine:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.name = name or getattr(model.config, "name_or_path", None) or "model"
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 0)
-                                  or tokenizer.model_max_length)
+        self.context_length = int(
+            getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length
+        )
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
         self.eos_ids = eos_token_ids(tokenizer, model.config)
         pad = tokenizer.pad_token_id
@@ -250,8 +290,9 @@ class GenerationEngine:
     def reload_weights(self) -> None:
         """Re-read the model's weights into the fast path (call after training the model)."""
         with self._model_lock:
-            self._fast = (FastLlama(self.model) if self._use_fast
-                          and FastLlama.supports(self.model) else None)
+            self._fast = (
+                FastLlama(self.model) if self._use_fast and FastLlama.supports(self.model) else None
+            )
 
     @property
     def uses_fast_path(self) -> bool:
@@ -282,7 +323,9 @@ class GenerationEngine:
             raise ContextTooLong(
                 f"this model's maximum context length is {self.context_length} tokens; the "
                 f"prompt has {len(prompt_ids)} and max_tokens is {params.max_new_tokens}",
-                code="context_length_exceeded", param="messages")
+                code="context_length_exceeded",
+                param="messages",
+            )
 
     @property
     def load(self) -> tuple[int, int]:
@@ -295,8 +338,9 @@ class GenerationEngine:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stopping = False
-            self._thread = threading.Thread(target=self._serve, name=f"engine-{self.name}",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._serve, name=f"engine-{self.name}", daemon=True
+            )
             self._thread.start()
 
     def stop(self) -> None:
@@ -317,8 +361,11 @@ class GenerationEngine:
                     while not self._pending and not self._stopping:
                         self._cond.wait()
                     deadline = time.monotonic() + self.batch_wait_s
-                    while (len(self._pending) < self.max_batch_size and not self._stopping
-                           and (left := deadline - time.monotonic()) > 0):
+                    while (
+                        len(self._pending) < self.max_batch_size
+                        and not self._stopping
+                        and (left := deadline - time.monotonic()) > 0
+                    ):
                         self._cond.wait(left)
                 if self._stopping:
                     break
@@ -334,8 +381,11 @@ class GenerationEngine:
                     self._running = len(batch.rows) if batch is not None else 0
             except Exception as exc:  # reaches every caller of the failed step
                 rows = (batch.rows if batch else []) + new
-                error = exc if isinstance(exc, ModelError) else ModelError(
-                    f"generation failed: {type(exc).__name__}: {exc}")
+                error = (
+                    exc
+                    if isinstance(exc, ModelError)
+                    else ModelError(f"generation failed: {type(exc).__name__}: {exc}")
+                )
                 for row in rows:
                     if not row.finished:
                         row.finished = True
@@ -359,8 +409,9 @@ class GenerationEngine:
             self.start()
 
     # ---- async API -------------------------------------------------------------------------
-    async def stream(self, prompt_ids: list[int], params: GenerationParams
-                     ) -> AsyncIterator[TokenEvent]:
+    async def stream(
+        self, prompt_ids: list[int], params: GenerationParams
+    ) -> AsyncIterator[TokenEvent]:
         """Token events of one request; closing the iterator (or cancelling the task that
         awaits it) cancels the row and frees its batch slot."""
         self.check(prompt_ids, params)
@@ -392,9 +443,9 @@ class GenerationEngine:
         return _completion(len(prompt_ids), events, params, self.eos_ids)
 
     # ---- synchronous API -------------------------------------------------------------------
-    def generate_batch(self, prompts: list[list[int]],
-                       params: GenerationParams | Sequence[GenerationParams]
-                       ) -> list[Completion]:
+    def generate_batch(
+        self, prompts: list[list[int]], params: GenerationParams | Sequence[GenerationParams]
+    ) -> list[Completion]:
         """Generate for every prompt in this thread (no background thread needed), up to
         ``max_batch_size`` rows at once with finished rows replaced as they end."""
         if torch.get_num_threads() != self.num_threads:
@@ -408,11 +459,14 @@ class GenerationEngine:
         errors: list[BaseException] = []
 
         def sink_for(i: int) -> Callable[[TokenEvent | BaseException], None]:
-            return lambda e: errors.append(e) if isinstance(e, BaseException) else events[
-                i].append(e)
+            return lambda e: (
+                errors.append(e) if isinstance(e, BaseException) else events[i].append(e)
+            )
 
-        waiting = deque(_Request(list(p), prm, sink_for(i), self._decoder())
-                        for i, (p, prm) in enumerate(zip(prompts, per_row, strict=True)))
+        waiting = deque(
+            _Request(list(p), prm, sink_for(i), self._decoder())
+            for i, (p, prm) in enumerate(zip(prompts, per_row, strict=True))
+        )
         batch: _Batch | None = None
         with self._model_lock, torch.inference_mode():
             while waiting or batch is not None:
@@ -424,8 +478,10 @@ class GenerationEngine:
                     batch = self._step(batch)
         if errors:
             raise errors[0]
-        return [_completion(len(p), ev, prm, self.eos_ids)
-                for p, ev, prm in zip(prompts, events, per_row, strict=True)]
+        return [
+            _completion(len(p), ev, prm, self.eos_ids)
+            for p, ev, prm in zip(prompts, events, per_row, strict=True)
+        ]
 
     # ---- the decode loop -------------------------------------------------------------------
     def _decoder(self) -> _TextDecoder:
@@ -434,8 +490,14 @@ class GenerationEngine:
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache: Any) -> Tensor:
         if self._fast is not None:
             return self._fast.forward(ids, mask, pos, cache)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return out.logits[:, -1, :].float()  # (B, V)
 
     def _admit(self, batch: _Batch | None, rows: list[_Request]) -> _Batch | None:
@@ -445,13 +507,20 @@ class GenerationEngine:
         from transformers import DynamicCache
 
         length = max(len(r.prompt_ids) for r in rows)
-        ids = torch.tensor([[self.pad_id] * (length - len(r.prompt_ids)) + r.prompt_ids
-                            for r in rows], dtype=torch.long)  # (b, P)
-        mask = torch.tensor([[0] * (length - len(r.prompt_ids)) + [1] * len(r.prompt_ids)
-                             for r in rows], dtype=torch.long)  # (b, P)
+        ids = torch.tensor(
+            [[self.pad_id] * (length - len(r.prompt_ids)) + r.prompt_ids for r in rows],
+            dtype=torch.long,
+        )  # (b, P)
+        mask = torch.tensor(
+            [[0] * (length - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
+            dtype=torch.long,
+        )  # (b, P)
         pos = (mask.cumsum(-1) - 1).clamp_(min=0)  # (b, P)
-        cache = (self._fast.new_cache() if self._fast is not None
-                 else DynamicCache(config=self.model.config))
+        cache = (
+            self._fast.new_cache()
+            if self._fast is not None
+            else DynamicCache(config=self.model.config)
+        )
         logits = self._forward(ids, mask, pos, cache)
         self.stats.prefills += 1
         self.stats.requests += len(rows)
@@ -508,23 +577,34 @@ class GenerationEngine:
         if len(groups) == 1:
             (temperature, top_p), _ = next(iter(groups.items()))
             out = self.sampler.sample(
-                batch.logits, batch.ids, temperature=temperature, top_p=top_p,
-                generators=[r.generator for r in rows], tags=[r.params.tag for r in rows])
+                batch.logits,
+                batch.ids,
+                temperature=temperature,
+                top_p=top_p,
+                generators=[r.generator for r in rows],
+                tags=[r.params.tag for r in rows],
+            )
             return out.tokens.long(), (out.logprobs if want_lp else None)
         tokens = torch.empty(len(rows), dtype=torch.long)
         logprobs = torch.empty_like(batch.logits) if want_lp else None
         for (temperature, top_p), idx in groups.items():
             index = torch.tensor(idx)
             out = self.sampler.sample(
-                batch.logits[index], batch.ids[index], temperature=temperature, top_p=top_p,
-                generators=[rows[i].generator for i in idx], tags=[rows[i].params.tag for i in idx])
+                batch.logits[index],
+                batch.ids[index],
+                temperature=temperature,
+                top_p=top_p,
+                generators=[rows[i].generator for i in idx],
+                tags=[rows[i].params.tag for i in idx],
+            )
             tokens[index] = out.tokens.long()
             if logprobs is not None:
                 logprobs[index] = out.logprobs.float()
         return tokens, logprobs
 
-    def _report_logprobs(self, rows: list[_Request], tokens: Tensor, logprobs: Tensor | None
-                         ) -> tuple[list[float | None], list[Any]]:
+    def _report_logprobs(
+        self, rows: list[_Request], tokens: Tensor, logprobs: Tensor | None
+    ) -> tuple[list[float | None], list[Any]]:
         chosen: list[float | None] = [None] * len(rows)
         tops: list[Any] = [None] * len(rows)
         if logprobs is None:
@@ -541,8 +621,10 @@ class GenerationEngine:
                 chosen[i] = picked_list[i]
             if r.params.top_logprobs and top_vals is not None and top_ids is not None:
                 n = r.params.top_logprobs
-                tops[i] = tuple((self._piece(t), v)
-                                for t, v in zip(top_ids[i][:n], top_vals[i][:n], strict=True))
+                tops[i] = tuple(
+                    (self._piece(t), v)
+                    for t, v in zip(top_ids[i][:n], top_vals[i][:n], strict=True)
+                )
         return chosen, tops
 
     def _piece(self, token: int) -> str:
@@ -555,24 +637,30 @@ class GenerationEngine:
 # ---- batch surgery: merge, select, trim ---------------------------------------------------
 def _mergeable(cache: Any) -> bool:
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer).__name__ in ("DynamicLayer", "KVLayer")
-                                for layer in layers)
+    return bool(layers) and all(
+        type(layer).__name__ in ("DynamicLayer", "KVLayer") for layer in layers
+    )
 
 
 def _merge(a: _Batch, b: _Batch, pad_id: int) -> _Batch:
     """One batch from two: the shorter side is left-padded (masked) to the longer length."""
     length = max(a.ids.shape[1], b.ids.shape[1])
     for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
-        keys = torch.cat([_pad_left(la.keys, length, 0.0, -2),
-                          _pad_left(lb.keys, length, 0.0, -2)])  # (B, H, L, D)
-        values = torch.cat([_pad_left(la.values, length, 0.0, -2),
-                            _pad_left(lb.values, length, 0.0, -2)])
+        keys = torch.cat(
+            [_pad_left(la.keys, length, 0.0, -2), _pad_left(lb.keys, length, 0.0, -2)]
+        )  # (B, H, L, D)
+        values = torch.cat(
+            [_pad_left(la.values, length, 0.0, -2), _pad_left(lb.values, length, 0.0, -2)]
+        )
         la.keys, la.values = keys, values  # both read before either is replaced
     return _Batch(
         a.rows + b.rows,
         torch.cat([_pad_left(a.ids, length, pad_id, 1), _pad_left(b.ids, length, pad_id, 1)]),
         torch.cat([_pad_left(a.mask, length, 0, 1), _pad_left(b.mask, length, 0, 1)]),
-        torch.cat([a.next_pos, b.next_pos]), a.cache, torch.cat([a.logits, b.logits]))
+        torch.cat([a.next_pos, b.next_pos]),
+        a.cache,
+        torch.cat([a.logits, b.logits]),
+    )
 
 
 def _select(batch: _Batch, keep: list[int]) -> _Batch | None:
@@ -611,11 +699,15 @@ def _take(queue: deque[_Request], n: int) -> list[_Request]:
     return [queue.popleft() for _ in range(min(n, len(queue)))]
 
 
-def _completion(prompt_tokens: int, events: list[TokenEvent], params: GenerationParams,
-                eos_ids: frozenset[int]) -> Completion:
+def _completion(
+    prompt_tokens: int, events: list[TokenEvent], params: GenerationParams, eos_ids: frozenset[int]
+) -> Completion:
     """Assemble a Completion from a request's events (the eos event carries no token)."""
-    ended_by_eos = bool(events) and events[-1].finish_reason == "stop" and (
-        events[-1].token_id in eos_ids and events[-1].logprob is None)
+    ended_by_eos = (
+        bool(events)
+        and events[-1].finish_reason == "stop"
+        and (events[-1].token_id in eos_ids and events[-1].logprob is None)
+    )
     body = events[:-1] if ended_by_eos else events
     ids = tuple(e.token_id for e in body)
     want = params.logprobs or params.top_logprobs > 0
@@ -626,7 +718,8 @@ def _completion(prompt_tokens: int, events: list[TokenEvent], params: Generation
         prompt_tokens=prompt_tokens,
         completion_tokens=len(ids),
         token_logprobs=tuple(e.logprob if e.logprob is not None else 0.0 for e in body)
-        if want else None,
+        if want
+        else None,
         top_logprobs=tuple(e.top_logprobs or () for e in body) if params.top_logprobs else None,
     )
 
@@ -646,8 +739,11 @@ def _byte_table(tokenizer: Any) -> list[bytes] | None:
             table.append(b"")
             continue
         if token_id in added:
-            table.append(b"" if tokenizer.added_tokens_decoder[token_id].special
-                         else added[token_id].encode())
+            table.append(
+                b""
+                if tokenizer.added_tokens_decoder[token_id].special
+                else added[token_id].encode()
+            )
             continue
         piece = tokenizer.convert_ids_to_tokens(token_id)
         if piece is None or any(ch not in byte_of for ch in piece):
@@ -658,8 +754,11 @@ def _byte_table(tokenizer: Any) -> list[bytes] | None:
 
 def _byte_level_alphabet() -> dict[int, str]:
     """GPT-2's byte-level map: printable bytes stand for themselves, the rest shift to 256+."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     mapping = {b: chr(b) for b in printable}
     shifted = (b for b in range(256) if b not in mapping)
     for n, b in enumerate(shifted):

@@ -96,14 +96,16 @@ class FastLlama:
         with torch.no_grad():
             for block in inner.layers:
                 att, mlp = block.self_attn, block.mlp
-                self.layers.append((
-                    block.input_layernorm.weight,
-                    torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]),
-                    att.o_proj.weight,
-                    block.post_attention_layernorm.weight,
-                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                    mlp.down_proj.weight,
-                ))
+                self.layers.append(
+                    (
+                        block.input_layernorm.weight,
+                        torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]),
+                        att.o_proj.weight,
+                        block.post_attention_layernorm.weight,
+                        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                        mlp.down_proj.weight,
+                    )
+                )
             positions = torch.arange(cfg.max_position_embeddings).unsqueeze(0)  # (1, P)
             probe = torch.zeros(1, dtype=self.embed.dtype)
             cos, sin = inner.rotary_emb(probe, positions)  # (1, P, D) each
@@ -159,15 +161,17 @@ class FastLlama:
         sin = self.sin[pos].unsqueeze(1)
         x = F.embedding(ids, self.embed)  # (B, T, H)
         for layer, (ln1, w_qkv, w_o, ln2, w_gate_up, w_down) in zip(
-                cache.layers, self.layers, strict=True):
+            cache.layers, self.layers, strict=True
+        ):
             qkv = F.linear(self._norm(x, ln1), w_qkv)  # (B, T, q + 2 kv)
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = self._rope(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
             k = self._rope(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, h, T, D)
             keys, values = layer.append(k, v)  # (B, h, L, D)
-            att = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed,
-                                                 enable_gqa=self.kv_heads != self.heads)
+            att = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=allowed, enable_gqa=self.kv_heads != self.heads
+            )
             x = x + F.linear(att.transpose(1, 2).reshape(b, t, self.q_size), w_o)
             gate, up = F.linear(self._norm(x, ln2), w_gate_up).split(self.ffn, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w_down)

@@ -40,11 +40,9 @@ SIZES: dict[str, ModelSize] = {
     # ~0.15M params: trains in seconds, for tests of every room.
     "tiny": ModelSize(hidden=64, layers=2, heads=2, ffn=128, vocab_size=1024, context_length=256),
     # ~1.2M params: the best held-out loss a few CPU minutes buy here (machine-facts).
-    "small": ModelSize(hidden=128, layers=4, heads=4, ffn=256, vocab_size=4096,
-                       context_length=512),
+    "small": ModelSize(hidden=128, layers=4, heads=4, ffn=256, vocab_size=4096, context_length=512),
     # ~5M params: overtakes `small` only after 30-60 minutes of training.
-    "base": ModelSize(hidden=256, layers=6, heads=8, ffn=512, vocab_size=4096,
-                      context_length=512),
+    "base": ModelSize(hidden=256, layers=6, heads=8, ffn=512, vocab_size=4096, context_length=512),
 }
 
 
@@ -178,7 +176,8 @@ def held_out_loss(model: Any, windows: Any, *, batch_size: int = 8) -> float:
         for chunk in windows.split(batch_size):
             logits = model(input_ids=chunk[:, :-1]).logits  # (b, T, V)
             loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), chunk[:, 1:].reshape(-1),
+                logits.reshape(-1, logits.shape[-1]).float(),
+                chunk[:, 1:].reshape(-1),
                 reduction="sum",
             )
             total += float(loss)
@@ -196,18 +195,31 @@ def _lr_at(progress: float, config: TrainConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cos)
 
 
-def train_causal_lm(model: Any, tokenizer: Any, *, texts: Sequence[str] = (),
-                    chat_pairs: Sequence[tuple[str, str]] = (), config: TrainConfig,
-                    progress: bool = True) -> float:
+def train_causal_lm(
+    model: Any,
+    tokenizer: Any,
+    *,
+    texts: Sequence[str] = (),
+    chat_pairs: Sequence[tuple[str, str]] = (),
+    config: TrainConfig,
+    progress: bool = True,
+) -> float:
     """Train ``model`` in place on packed windows of ``texts`` + ``chat_pairs`` (whole sequences,
     prompt included) and return its held-out loss. Reused by distill for SFT baselines."""
-    return _train(model, tokenizer, texts=texts, chat_pairs=chat_pairs, config=config,
-                  progress=progress)[0]
+    return _train(
+        model, tokenizer, texts=texts, chat_pairs=chat_pairs, config=config, progress=progress
+    )[0]
 
 
-def _train(model: Any, tokenizer: Any, *, texts: Sequence[str],
-           chat_pairs: Sequence[tuple[str, str]], config: TrainConfig, progress: bool
-           ) -> tuple[float, int, float]:
+def _train(
+    model: Any,
+    tokenizer: Any,
+    *,
+    texts: Sequence[str],
+    chat_pairs: Sequence[tuple[str, str]],
+    config: TrainConfig,
+    progress: bool,
+) -> tuple[float, int, float]:
     import torch
     import torch.nn.functional as F
 
@@ -219,9 +231,12 @@ def _train(model: Any, tokenizer: Any, *, texts: Sequence[str],
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.95),
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.95),
     )
     offsets = torch.arange(window + 1)  # (T+1,)
     model.train()
@@ -266,9 +281,14 @@ def _progress_bar(enabled: bool) -> Any:
     )
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not enabled, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
     )
 
 
@@ -281,9 +301,15 @@ def new_model(size: ModelSize, tokenizer: Any, *, seed: int = 0) -> Any:
     return LlamaForCausalLM(llama_config(size, tokenizer))
 
 
-def build_model(*, out_dir: Path, config: TrainConfig, texts: Sequence[str] = (),
-                chat_pairs: Sequence[tuple[str, str]] = (), tokenizer_dir: Path | None = None,
-                progress: bool = True) -> BuildResult:
+def build_model(
+    *,
+    out_dir: Path,
+    config: TrainConfig,
+    texts: Sequence[str] = (),
+    chat_pairs: Sequence[tuple[str, str]] = (),
+    tokenizer_dir: Path | None = None,
+    progress: bool = True,
+) -> BuildResult:
     """Train a tokenizer (unless ``tokenizer_dir`` is given) and a Llama LM from scratch, and
     save both as one HF model directory at ``out_dir``. The directory appears atomically (built
     beside it, then renamed), so a cache check never sees half a model."""
@@ -297,8 +323,9 @@ def build_model(*, out_dir: Path, config: TrainConfig, texts: Sequence[str] = ()
     else:
         tokenizer = train_tokenizer(docs, vocab_size=size.vocab_size)
     model = new_model(size, tokenizer, seed=config.seed)
-    loss, tokens_seen, seconds = _train(model, tokenizer, texts=texts, chat_pairs=chat_pairs,
-                                        config=config, progress=progress)
+    loss, tokens_seen, seconds = _train(
+        model, tokenizer, texts=texts, chat_pairs=chat_pairs, config=config, progress=progress
+    )
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -307,11 +334,22 @@ def build_model(*, out_dir: Path, config: TrainConfig, texts: Sequence[str] = ()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    result = BuildResult(out_dir=out_dir, parameters=count_parameters(model),
-                         held_out_loss=loss, train_seconds=seconds, tokens_seen=tokens_seen)
-    info = {"size": config.size, "config": asdict(config), "parameters": result.parameters,
-            "held_out_loss": loss, "train_seconds": seconds, "tokens_seen": tokens_seen,
-            "documents": len(docs)}
+    result = BuildResult(
+        out_dir=out_dir,
+        parameters=count_parameters(model),
+        held_out_loss=loss,
+        train_seconds=seconds,
+        tokens_seen=tokens_seen,
+    )
+    info = {
+        "size": config.size,
+        "config": asdict(config),
+        "parameters": result.parameters,
+        "held_out_loss": loss,
+        "train_seconds": seconds,
+        "tokens_seen": tokens_seen,
+        "documents": len(docs),
+    }
     (tmp / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2))
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -349,8 +387,10 @@ def load_model(model_dir: Path) -> tuple[Any, Any]:
     tokenizer.padding_side = "left"
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
-        raise ModelError(f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model's "
-                         f"embedding has only {vocab} rows")
+        raise ModelError(
+            f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model's "
+            f"embedding has only {vocab} rows"
+        )
     return model, tokenizer
 
 

@@ -24,9 +24,16 @@ class SampleOutput:
 
 @runtime_checkable
 class TokenSampler(Protocol):
-    def sample(self, logits: Tensor, input_ids: Tensor, *, temperature: float, top_p: float,
-               generators: Sequence[torch.Generator | None], tags: Sequence[str | None],
-               ) -> SampleOutput:
+    def sample(
+        self,
+        logits: Tensor,
+        input_ids: Tensor,
+        *,
+        temperature: float,
+        top_p: float,
+        generators: Sequence[torch.Generator | None],
+        tags: Sequence[str | None],
+    ) -> SampleOutput:
         """logits (B, V) raw next-token logits; input_ids (B, T) left-padded context so far;
         generators / tags one per row (request seed / requesting account id)."""
         ...
@@ -58,8 +65,13 @@ def sample_from_logprobs(logprobs: Tensor, uniforms: Tensor) -> Tensor:
     return tokens.clamp_(max=logprobs.shape[-1] - 1)
 
 
-def sample_plain(logits: Tensor, *, temperature: float, top_p: float,
-                 generators: Sequence[torch.Generator | None]) -> SampleOutput:
+def sample_plain(
+    logits: Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    generators: Sequence[torch.Generator | None],
+) -> SampleOutput:
     """The default sampler. temperature 0 is greedy and reports the untempered distribution;
     otherwise logits / temperature, nucleus ``top_p``, one seeded inverse-CDF draw per row."""
     logits = logits.float()  # (B, V)
@@ -67,14 +79,22 @@ def sample_plain(logits: Tensor, *, temperature: float, top_p: float,
         return SampleOutput(tokens=logits.argmax(dim=-1), logprobs=logits.log_softmax(dim=-1))
     scaled = nucleus_logits(logits / temperature, top_p)
     logprobs = scaled.log_softmax(dim=-1)  # (B, V)
-    return SampleOutput(tokens=sample_from_logprobs(logprobs, uniform_per_row(generators)),
-                        logprobs=logprobs)
+    return SampleOutput(
+        tokens=sample_from_logprobs(logprobs, uniform_per_row(generators)), logprobs=logprobs
+    )
 
 
 class PlainSampler:
     """``TokenSampler`` that ignores context and tags: ordinary, unwatermarked sampling."""
 
-    def sample(self, logits: Tensor, input_ids: Tensor, *, temperature: float, top_p: float,
-               generators: Sequence[torch.Generator | None], tags: Sequence[str | None],
-               ) -> SampleOutput:
+    def sample(
+        self,
+        logits: Tensor,
+        input_ids: Tensor,
+        *,
+        temperature: float,
+        top_p: float,
+        generators: Sequence[torch.Generator | None],
+        tags: Sequence[str | None],
+    ) -> SampleOutput:
         return sample_plain(logits, temperature=temperature, top_p=top_p, generators=generators)

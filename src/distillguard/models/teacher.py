@@ -73,8 +73,10 @@ def read_corpus(paths: Sequence[Path]) -> Corpus:
         else:
             corpus.texts += [p.strip() for p in raw.split("\n\n") if p.strip()]
     if not corpus.texts and not corpus.chat_pairs:
-        raise InputError(f"no usable text in {', '.join(map(str, paths))} "
-                         f"({corpus.skipped_lines} unusable lines)")
+        raise InputError(
+            f"no usable text in {', '.join(map(str, paths))} "
+            f"({corpus.skipped_lines} unusable lines)"
+        )
     return corpus
 
 
@@ -82,8 +84,10 @@ def read_chat_pairs(data_dir: Path) -> list[tuple[str, str]]:
     """All (instruction, output) pairs of ``{data_dir}/outputs/*.jsonl``, files in name order."""
     files = sorted((Path(data_dir) / "outputs").glob("*.jsonl"))
     if not files:
-        raise NotFound(f"no outputs/*.jsonl under {data_dir}: the teacher's training data is "
-                       "missing (set DISTILLGUARD_DATA_DIR)")
+        raise NotFound(
+            f"no outputs/*.jsonl under {data_dir}: the teacher's training data is "
+            "missing (set DISTILLGUARD_DATA_DIR)"
+        )
     return read_corpus(files).chat_pairs
 
 
@@ -92,8 +96,9 @@ def teacher_dir_path(settings: Settings | None = None, *, size: str = "small") -
     return settings.home / "models" / f"teacher-{size}"
 
 
-def default_teacher_dir(settings: Settings | None = None, *, size: str = "small",
-                        progress: bool = True, seed: int = 0) -> Path:
+def default_teacher_dir(
+    settings: Settings | None = None, *, size: str = "small", progress: bool = True, seed: int = 0
+) -> Path:
     """Directory of the default teacher, building it first when it is missing.
 
     A lock file keeps two processes (gateway replicas, a demo and a test) from training it
@@ -110,8 +115,9 @@ def default_teacher_dir(settings: Settings | None = None, *, size: str = "small"
         if (target / "config.json").is_file():  # built by another process meanwhile
             return target
         pairs = read_chat_pairs(settings.data_dir)
-        config = TrainConfig(size=size, max_steps=TEACHER_STEPS.get(size, 600),
-                             batch_size=TEACHER_BATCH, seed=seed)
+        config = TrainConfig(
+            size=size, max_steps=TEACHER_STEPS.get(size, 600), batch_size=TEACHER_BATCH, seed=seed
+        )
         build_model(out_dir=target, config=config, chat_pairs=pairs, progress=progress)
     return target
 
@@ -153,8 +159,14 @@ Students trained on a teacher's answers inherit some of the teacher's habits. Ca
 can find those habits again in the student's own answers."""
 
 
-def build_tiny_model(out_dir: Path, *, data_dir: Path | None = None, seed: int = 0,
-                     max_steps: int = 150, progress: bool = False) -> Path:
+def build_tiny_model(
+    out_dir: Path,
+    *,
+    data_dir: Path | None = None,
+    seed: int = 0,
+    max_steps: int = 150,
+    progress: bool = False,
+) -> Path:
     """A real `tiny` chat model for tests, built in seconds: 600 real (instruction, answer)
     pairs spread over every ``outputs/*.jsonl`` file, or ``FALLBACK_TEXT`` without the data."""
     from distillguard.models.llama import TrainConfig, build_model
@@ -164,6 +176,7 @@ def build_tiny_model(out_dir: Path, *, data_dir: Path | None = None, seed: int =
         pairs = read_chat_pairs(Path(data_dir))[::16][:600]
     texts = [] if pairs else FALLBACK_TEXT.split("\n\n") * 20
     config = TrainConfig(size="tiny", max_steps=max_steps, seq_len=128, seed=seed)
-    build_model(out_dir=Path(out_dir), config=config, texts=texts, chat_pairs=pairs,
-                progress=progress)
+    build_model(
+        out_dir=Path(out_dir), config=config, texts=texts, chat_pairs=pairs, progress=progress
+    )
     return Path(out_dir)

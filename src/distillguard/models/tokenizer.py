@@ -94,8 +94,9 @@ def validate_messages(messages: Sequence[dict]) -> None:
             raise InputError(f"messages[{i}].content must be a string", param="messages")
 
 
-def encode_chat(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool = True
-                ) -> list[int]:
+def encode_chat(
+    tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool = True
+) -> list[int]:
     """Token ids of ``messages`` under the tokenizer's chat template (with the assistant header
     appended when ``add_generation_prompt``). Tokenizers without a template fall back to ours
     rendered as text, so every HF model directory can serve chat requests."""
@@ -103,7 +104,9 @@ def encode_chat(tokenizer: Any, messages: list[dict], *, add_generation_prompt: 
     if getattr(tokenizer, "chat_template", None):
         try:
             ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                messages,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=True,
                 return_dict=False,
             )
         except Exception as exc:  # a template may reject roles it does not know

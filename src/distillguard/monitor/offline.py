@@ -146,8 +146,13 @@ def _collect_part(path: str, part: int, parts: int, cfg: SignalConfig,
     reader = read_traffic(path, line_filter=_partition_filter(part, parts) if parts > 1 else None)
     sketches = collect(reader, cfg)
     signals, keys = read_out(sketches, link_cfg)
-    return _PartResult(signals, keys, sum(sk.n for sk in sketches.values()),
-                       sum(sk.out_of_order for sk in sketches.values()), reader.summary())
+    return _PartResult(
+        signals,
+        keys,
+        sum(sk.n for sk in sketches.values()),
+        sum(sk.out_of_order for sk in sketches.values()),
+        reader.summary(),
+    )
 
 
 def collect_file(path: Path, *, workers: int = 1, cfg: SignalConfig | None = None,

@@ -137,7 +137,8 @@ class OnlineMonitor:
             st = self._accounts.get(account_id)
             if st is None:
                 st = self._accounts[account_id] = _AccountState(
-                    new_sketch(self.signal_cfg, self._hasher, account_id))
+                    new_sketch(self.signal_cfg, self._hasher, account_id)
+                )
             sk = st.sketch
             sk.observe(ts=ts, ip=ip, user_agent=user_agent, payment=payment_fingerprint,
                        features=feats)  # fmt: skip

@@ -124,8 +124,10 @@ def request_features(request: dict[str, Any], cfg: SignalConfig) -> RequestFeatu
     window = text.lower() if len(text) <= 1200 else f"{text[:600]} {text[-600:]}".lower()
     temp = request.get("temperature")
     n = request.get("n")
-    harvest = bool(request.get("logprobs")) or bool(request.get("top_logprobs")) or (
-        isinstance(n, int) and not isinstance(n, bool) and n > 1
+    harvest = (
+        bool(request.get("logprobs"))
+        or bool(request.get("top_logprobs"))
+        or (isinstance(n, int) and not isinstance(n, bool) and n > 1)
     )
     return RequestFeatures(
         text=text,

@@ -121,7 +121,7 @@ def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = (limit - 5) * 2 // 3
-    return f"{text[:head]}\n...\n{text[len(text) - (limit - 5 - head):]}"
+    return f"{text[:head]}\n...\n{text[len(text) - (limit - 5 - head) :]}"
 
 
 def fit_prompt(body: dict[str, Any], limit: int | None) -> dict[str, Any]:
@@ -133,8 +133,12 @@ def fit_prompt(body: dict[str, Any], limit: int | None) -> dict[str, Any]:
     msgs = body.get("messages")
     if not isinstance(msgs, list):
         return body
-    out = [{**m, "content": _cut(m["content"], limit)}
-           if isinstance(m, dict) and isinstance(m.get("content"), str) else m for m in msgs]
+    out = [
+        {**m, "content": _cut(m["content"], limit)}
+        if isinstance(m, dict) and isinstance(m.get("content"), str)
+        else m
+        for m in msgs
+    ]
     return {**body, "messages": out}
 
 
@@ -149,15 +153,17 @@ async def _send(client: Any, body: dict[str, Any],
     try:
         if "messages" in body:
             if params.get("stream"):
-                stream = await client.chat.completions.create(model=body["model"],
-                                                              messages=body["messages"], **params)
+                stream = await client.chat.completions.create(
+                    model=body["model"], messages=body["messages"], **params
+                )
                 parts = []
                 async for chunk in stream:
                     if chunk.choices and chunk.choices[0].delta.content:
                         parts.append(chunk.choices[0].delta.content)
                 return 200, "".join(parts), None
-            resp = await client.chat.completions.create(model=body["model"],
-                                                        messages=body["messages"], **params)
+            resp = await client.chat.completions.create(
+                model=body["model"], messages=body["messages"], **params
+            )
             usage = resp.usage.completion_tokens if resp.usage else None
             return 200, resp.choices[0].message.content, usage
         resp = await client.completions.create(model=body["model"], prompt=body["prompt"],
@@ -176,8 +182,11 @@ async def _drive(rows, actors, keys, live: LiveConfig, writer: JsonlWriter) -> L
     sem = asyncio.Semaphore(live.concurrency)
     counts = {"ok": 0, "refused": 0, "failed": 0}
     first = next(a for actor in actors for a in actor.accounts)
-    model = await _model_name(live, keys[first.account_id][1],
-                              {"X-Forwarded-For": first.ips[0]} if live.forward_ip else {})
+    model = await _model_name(
+        live,
+        keys[first.account_id][1],
+        {"X-Forwarded-For": first.ips[0]} if live.forward_ip else {},
+    )
     rng = random.Random(live.seed)  # which of an account's addresses each request comes from
 
     async def one(seq: int, i: int, acct_idx: int) -> None:
@@ -193,8 +202,12 @@ async def _drive(rows, actors, keys, live: LiveConfig, writer: JsonlWriter) -> L
         client = clients.get(acct.account_id)
         if client is None:
             client = clients[acct.account_id] = openai.AsyncOpenAI(
-                base_url=f"{live.base_url.rstrip('/')}/v1", api_key=secret, max_retries=0,
-                timeout=live.timeout_s, default_headers={"User-Agent": acct.user_agent})
+                base_url=f"{live.base_url.rstrip('/')}/v1",
+                api_key=secret,
+                max_retries=0,
+                timeout=live.timeout_s,
+                default_headers={"User-Agent": acct.user_agent},
+            )
         async with sem:
             ts = time.time()
             t0 = time.perf_counter()

@@ -503,8 +503,9 @@ class Mimic(CampaignBase):
             p = r.choice(self.sets.honest)
             return _chat([{"role": "user", "content": p}], stream=True), self.answer(p)
         q = r.choice(self.sets.gsm8k)
-        return _chat([{"role": "user", "content": q}], stream=r.random() < 0.5 or None), \
-            self.answer(q)
+        return _chat(
+            [{"role": "user", "content": q}], stream=r.random() < 0.5 or None
+        ), self.answer(q)
 
 
 HONEST_ACTORS: dict[str, type[Actor]] = {

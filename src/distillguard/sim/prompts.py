@@ -59,19 +59,38 @@ HARVEST_SYSTEMS = (
 
 # Pieces a paraphrasing campaign recombines per request to dodge exact template matching.
 PARAPHRASE_OPENERS = (
-    "", "", "Hi!", "Hello,", "Quick question.", "Can you help me with this?", "Please help:",
-    "I'm stuck on this one.", "Homework help:", "Hey there.", "Need a hand here.",
-    "Here's a problem:", "Got a question for you.", "Help me out?",
+    "",
+    "",
+    "Hi!",
+    "Hello,",
+    "Quick question.",
+    "Can you help me with this?",
+    "Please help:",
+    "I'm stuck on this one.",
+    "Homework help:",
+    "Hey there.",
+    "Need a hand here.",
+    "Here's a problem:",
+    "Got a question for you.",
+    "Help me out?",
 )
 PARAPHRASE_ASKS = (
-    "Work through this problem carefully", "Figure out the answer, showing each step",
-    "Walk me through solving this", "Solve this and explain how you got there",
-    "Can you solve it and show the working", "Go through it one step at a time",
-    "Explain the solution in detail", "Reason it out and give me the final number",
-    "Show me how to get the answer", "Break it down for me step by step",
-    "Talk me through the math", "Lay out your reasoning and then answer",
-    "Please show all calculations", "Explain every step of the solution",
-    "Detail the steps you take to solve it", "How would you solve this? Show the steps",
+    "Work through this problem carefully",
+    "Figure out the answer, showing each step",
+    "Walk me through solving this",
+    "Solve this and explain how you got there",
+    "Can you solve it and show the working",
+    "Go through it one step at a time",
+    "Explain the solution in detail",
+    "Reason it out and give me the final number",
+    "Show me how to get the answer",
+    "Break it down for me step by step",
+    "Talk me through the math",
+    "Lay out your reasoning and then answer",
+    "Please show all calculations",
+    "Explain every step of the solution",
+    "Detail the steps you take to solve it",
+    "How would you solve this? Show the steps",
 )
 
 # Legitimate applications: a support bot (system prompt + customer message) ...
@@ -102,8 +121,18 @@ SUMMARY_FRAMES = (
     "Condense the text below into three short bullet points for {team}.\n\nText: {x}",
 )
 COMPANIES = (
-    "Acme", "Globex", "Initech", "Umbrella Outfitters", "Hooli", "Vandelay", "Stark Goods",
-    "Wonka", "Cyberdyne Books", "Soylent Kitchen", "Tyrell Garden", "Oscorp Pets",
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella Outfitters",
+    "Hooli",
+    "Vandelay",
+    "Stark Goods",
+    "Wonka",
+    "Cyberdyne Books",
+    "Soylent Kitchen",
+    "Tyrell Garden",
+    "Oscorp Pets",
 )
 PRODUCTS = ("electronics", "furniture", "book", "garden", "pet supply", "kitchenware", "fashion")
 TEAMS = ("billing", "product", "success", "quality", "operations", "support")
