@@ -128,6 +128,14 @@ def uniform_times(g: np.random.Generator, n: int, start: float, days: int) -> np
     return np.sort(start + g.random(n) * days * DAY)
 
 
+def merge_account_times(times: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """One time-ordered plan from each account's arrival times: (ts, owning account index)."""
+    t = np.concatenate(times)
+    owners = np.concatenate([np.full(len(x), i, dtype=np.int32) for i, x in enumerate(times)])
+    order = np.argsort(t, kind="stable")
+    return t[order], owners[order]
+
+
 def batch_job_times(g: np.random.Generator, n: int, start: float, days: int,
                     tz_h: int) -> np.ndarray:  # fmt: skip
     """A pipeline: jobs triggered during business hours, each a run of back-to-back calls."""
@@ -411,11 +419,9 @@ class LowSlow(CampaignBase):
         self.per_account = [r.randint(120, 400) for _ in self.accounts]
 
     def plan(self) -> tuple[np.ndarray, np.ndarray]:
-        ts = [uniform_times(self.g, n, self.start, self.days) for n in self.per_account]
-        t = np.concatenate(ts)
-        owners = np.concatenate([np.full(len(x), i, dtype=np.int32) for i, x in enumerate(ts)])
-        order = np.argsort(t, kind="stable")
-        return t[order], owners[order]
+        return merge_account_times(
+            [uniform_times(self.g, n, self.start, self.days) for n in self.per_account]
+        )
 
 
 class Cover(CampaignBase):
@@ -458,11 +464,9 @@ class Paraphrase(CampaignBase):
         self.per_account = [r.randint(800, 2500) for _ in self.accounts]
 
     def plan(self) -> tuple[np.ndarray, np.ndarray]:
-        ts = [uniform_times(self.g, n, self.start, self.days) for n in self.per_account]
-        t = np.concatenate(ts)
-        owners = np.concatenate([np.full(len(x), i, dtype=np.int32) for i, x in enumerate(ts)])
-        order = np.argsort(t, kind="stable")
-        return t[order], owners[order]
+        return merge_account_times(
+            [uniform_times(self.g, n, self.start, self.days) for n in self.per_account]
+        )
 
     def request(self, acct: int) -> tuple[dict[str, Any], str]:
         r = self.r
