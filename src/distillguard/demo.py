@@ -74,7 +74,10 @@ def serve(state: DemoState) -> None:
         model_dir=state.teacher_dir,
         admin_token=secrets.token_urlsafe(16),
         watermark="kgw",
-        env={"DISTILLGUARD_WATERMARK_SECRET": os.environ["DISTILLGUARD_WATERMARK_SECRET"]},
+        env={
+            "DISTILLGUARD_WATERMARK_SECRET": os.environ["DISTILLGUARD_WATERMARK_SECRET"],
+            "DISTILLGUARD_POLICY_FILE": str(write_demo_policy(state.workdir)),
+        },
     ).start(timeout=180)
     state.gateway = gateway
     console.print(f"gateway on {gateway.base_url} serving {state.teacher_dir.name} (KGW watermark)")
@@ -131,6 +134,25 @@ def serve(state: DemoState) -> None:
             f"{row.get('watermark_scheme')}/{row.get('watermark_key_id')}",
         )
     console.print(table)
+
+
+def write_demo_policy(workdir: Path) -> Path:
+    """The built-in policy, except that linked clusters pooling chain-of-thought requests and
+    harvesting parameters are throttled at once instead of only flagged for review: a
+    provider's stricter choice, and one the demo's few hundred requests can show."""
+    from importlib import resources
+
+    import yaml
+
+    policy = yaml.safe_load(
+        resources.files("distillguard.monitor").joinpath("default_policy.yaml").read_text()
+    )
+    for rule in policy["rules"]:
+        if "cluster_size_at_least" in rule["when"]:
+            rule.update(action="throttle", retry_after=30)
+    path = workdir / "demo-policy.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
 
 
 # --- act 2: watermark ------------------------------------------------------------------------
@@ -206,7 +228,8 @@ def monitor(state: DemoState) -> None:
         f"{population.accounts} honest accounts (people, power users, templated apps) and "
         f"{population.campaigns} campaigns (test split of the real prompt sets) send "
         f"{live.max_requests} requests through the openai SDK; the online monitor scores "
-        "every request and applies the default policy"
+        "every request and applies the policy (the built-in one, but linked clusters that "
+        "pool chain-of-thought and harvesting are throttled, not just flagged)"
     )
     result = run_live(
         population, live, data_dir=get_settings().data_dir, out=traffic, labels=labels
@@ -222,7 +245,7 @@ def monitor(state: DemoState) -> None:
     flags = gateway.admin_get("/flags")["data"]
     flagged = Counter(persona.get(flag["account_id"], "?") for flag in flags)
     table = Table(title=f"{result.sent} live requests by persona")
-    for column in ("persona", "accounts", "flagged", "served", "refused (429/403)", "failed"):
+    for column in ("persona", "accounts", "acted on", "served", "refused (429/403)", "failed"):
         table.add_column(column)
     for kind in sorted(accounts):
         style = "red" if kind.startswith("campaign") and flagged[kind] else None
@@ -236,7 +259,7 @@ def monitor(state: DemoState) -> None:
             style=style,
         )
     console.print(table)
-    console.print(f"GET /admin/flags lists {len(flags)} flagged accounts; the first ones:")
+    console.print(f"GET /admin/flags lists {len(flags)} accounts acted on; the first ones:")
     for flag in flags[:4]:
         reasons = "; ".join(flag.get("reasons", [])[:2])
         cluster = f", cluster of {flag['cluster_size']}" if flag.get("cluster_size", 1) > 1 else ""
