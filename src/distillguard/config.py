@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     default_tpm: int = 200_000  # per-key tokens per minute unless the key says otherwise
     policy_file: Path | None = None  # YAML policy for online enforcement (None: built-in)
     online_monitor: bool = True  # gateway asks monitor.online before serving (False: no policy)
+    log_level: str = "info"  # the gateway's JSON log: debug | info | warning | error
 
     # --- secrets (no defaults) ----------------------------------------------------------
     admin_token: SecretStr | None = None

@@ -48,6 +48,7 @@ def serve(
         "DISTILLGUARD_PORT": str(port) if port is not None else None,
         "DISTILLGUARD_WATERMARK_SCHEME": watermark,
         "DISTILLGUARD_MODEL_DIR": str(model.resolve()) if model is not None else None,
+        "DISTILLGUARD_LOG_LEVEL": log_level,
     }
     for name, value in chosen.items():
         if value is not None:

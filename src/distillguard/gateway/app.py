@@ -218,5 +218,5 @@ def app_factory() -> FastAPI:
     from distillguard.gateway.metrics import configure_json_logging
 
     settings = get_settings()
-    configure_json_logging(getattr(settings, "log_level", "info"))
+    configure_json_logging(settings.log_level)
     return create_app(settings)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillguard.errors import StoreError
 from distillguard.monitor.links import (
@@ -40,6 +40,9 @@ from distillguard.monitor.signals import (
     new_sketch,
     request_features,
 )
+
+if TYPE_CHECKING:
+    from distillguard.config import Settings
 
 
 @dataclass(frozen=True)
@@ -121,11 +124,10 @@ class OnlineMonitor:
                 raise StoreError(msg) from exc
 
     @classmethod
-    def from_settings(cls, settings: Any) -> OnlineMonitor:
+    def from_settings(cls, settings: Settings) -> OnlineMonitor:
         """The gateway's monitor: its policy file (or the built-in one), Redis when set, and
         cross-account linking on a background thread."""
-        return cls(load_policy(getattr(settings, "policy_file", None)),
-                   redis_url=getattr(settings, "redis_url", None),
+        return cls(load_policy(settings.policy_file), redis_url=settings.redis_url,
                    background_links=True)  # fmt: skip
 
     # ---- the request path -------------------------------------------------------------------
