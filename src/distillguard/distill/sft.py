@@ -26,9 +26,9 @@ from distillguard.distill.trainers import (
     CHECKPOINTS,
     DistillConfig,
     LoopOutcome,
-    _progress_bar,
 )
 from distillguard.errors import ModelError
+from distillguard.models.llama import training_progress
 
 
 def _dataset(rows: Sequence[HarvestRecord]) -> Any:
@@ -86,7 +86,7 @@ def _progress_callback(enabled: bool, total: int) -> Any:
 
     class RichProgress(TrainerCallback):
         def __init__(self) -> None:
-            self.bar = _progress_bar(enabled)
+            self.bar = training_progress(enabled)
             self.task: Any = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from distillguard.distill.losses import DIVERGENCES
 from distillguard.distill.records import HarvestRecord
 from distillguard.errors import ConfigError, InputError, ModelError
+from distillguard.models.llama import training_progress
 
 Mode = Literal["sft", "logit-kd", "topk-kd", "gkd"]
 MODES: tuple[str, ...] = ("sft", "logit-kd", "topk-kd", "gkd")
@@ -263,7 +264,7 @@ def run_loop(
         seconds_before = float(state.get("seconds", 0.0))
         model.tie_weights()
     model.train()
-    bar = _progress_bar(progress)
+    bar = training_progress(progress)
     started = time.perf_counter()
     smoothed = float("nan")
     with bar:
@@ -292,27 +293,6 @@ def run_loop(
     model.eval()
     seconds = seconds_before + time.perf_counter() - started
     return config.max_steps, tokens_seen, seconds, start_step
-
-
-def _progress_bar(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 # --- the entry point -----------------------------------------------------------------------

@@ -78,6 +78,21 @@ class Attempt:
     status: int = 200
     error: str | None = None
 
+    @classmethod
+    def arriving(cls, scope: dict, **fields: Any) -> Attempt:
+        """The attempt for a request that just arrived: id, clock, path, client, user agent."""
+        client = scope.get("client")
+        ua = _header(scope, b"user-agent")
+        return cls(
+            request_id=new_request_id(),
+            ts=time.time(),
+            started=time.perf_counter(),
+            endpoint=scope["path"],
+            ip=client[0] if client else "",
+            user_agent=ua.decode("latin-1") if ua is not None else None,
+            **fields,
+        )
+
 
 _ID_PREFIX = secrets.token_hex(4)  # per process: ids from several replicas never collide
 _ID_COUNTER = itertools.count()
@@ -148,16 +163,7 @@ def _decode(raw: bytes, attempt: Attempt) -> dict[str, Any]:
 
 async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None:
     """The ASGI handler for both completion endpoints (see the module docstring)."""
-    client = scope.get("client")
-    ua = _header(scope, b"user-agent")
-    attempt = Attempt(
-        request_id=new_request_id(),
-        ts=time.time(),
-        started=time.perf_counter(),
-        endpoint=scope["path"],
-        ip=client[0] if client else "",
-        user_agent=ua.decode("latin-1") if ua is not None else None,
-    )
+    attempt = Attempt.arriving(scope)
     outcome = Outcome()
     reservation = None
     state.metrics.in_flight.inc()
@@ -420,17 +426,7 @@ async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) ->
 
 async def handle_models(state: GatewayState, scope: dict, receive, send) -> None:
     """``GET /v1/models``: the served models, for an authenticated key (logged like the rest)."""
-    client = scope.get("client")
-    ua = _header(scope, b"user-agent")
-    attempt = Attempt(
-        request_id=new_request_id(),
-        ts=time.time(),
-        started=time.perf_counter(),
-        endpoint=scope["path"],
-        ip=client[0] if client else "",
-        user_agent=ua.decode("latin-1") if ua is not None else None,
-        logged_body={},
-    )
+    attempt = Attempt.arriving(scope, logged_body={})
     outcome = Outcome()
     try:
         if scope["method"] != "GET":

@@ -241,7 +241,7 @@ def _train(
     offsets = torch.arange(window + 1)  # (T+1,)
     model.train()
     start, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
-    bar = _progress_bar(progress)
+    bar = training_progress(progress)
     with bar:
         task = bar.add_task("training", total=config.max_steps, loss=float("nan"))
         for step in range(config.max_steps):
@@ -270,7 +270,8 @@ def _train(
     return held_out_loss(model, eval_set), tokens_seen, seconds
 
 
-def _progress_bar(enabled: bool) -> Any:
+def training_progress(enabled: bool) -> Any:
+    """The rich progress bar every training loop shows: description, steps, smoothed loss."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -288,7 +289,6 @@ def _progress_bar(enabled: bool) -> Any:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         disable=not enabled,
-        transient=False,
     )
 
 
