@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import tempfile
 import time
 from dataclasses import replace
@@ -163,10 +164,11 @@ def throughput(
 
 
 def harvest_speed(teacher_dir: Path, prompts: list[str], scratch: Path) -> list[dict]:
-    from distillguard.gateway.testing import GatewayProcess
+    from distillguard.gateway.process import GatewayProcess
 
     server = GatewayProcess(
         home=scratch / "gateway",
+        admin_token=secrets.token_urlsafe(16),
         model_dir=teacher_dir,
         env={"DISTILLGUARD_DEFAULT_RPM": "1000000", "DISTILLGUARD_DEFAULT_TPM": "100000000"},
     ).start()

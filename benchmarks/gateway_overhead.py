@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -31,7 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from distillguard.gateway.testing import GatewayProcess, free_port
+from distillguard.gateway.process import GatewayProcess, free_port
+
+# the mock upstream lives with the test scaffolding; run as a script, its own process
+MOCK_SERVER = Path(__file__).resolve().parents[1] / "tests" / "support" / "servers.py"
 
 BODY = '{"model":"mock-model","messages":[{"role":"user","content":"hello gateway"}]}'
 
@@ -178,18 +182,22 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="dg-bench-"))
     port = free_port()
-    mock = subprocess.Popen(
-        [sys.executable, "-m", "distillguard.gateway.testing", "--port", str(port)]
-    )
+    mock = subprocess.Popen([sys.executable, str(MOCK_SERVER), "--port", str(port)])
     upstream = f"http://127.0.0.1:{port}"
     gateways = {
         "gateway": GatewayProcess(
-            home=home / "plain", upstream=upstream, env={"DISTILLGUARD_ONLINE_MONITOR": "false"}
+            home=home / "plain",
+            admin_token=secrets.token_urlsafe(16),
+            upstream=upstream,
+            env={"DISTILLGUARD_ONLINE_MONITOR": "false"},
         )
     }
     if not args.no_monitor_run:
         gateways["gateway+monitor"] = GatewayProcess(
-            home=home / "monitor", upstream=upstream, env={"DISTILLGUARD_ONLINE_MONITOR": "true"}
+            home=home / "monitor",
+            admin_token=secrets.token_urlsafe(16),
+            upstream=upstream,
+            env={"DISTILLGUARD_ONLINE_MONITOR": "true"},
         )
     targets: dict[str, tuple[str, str | None]] = {"direct": (upstream, None)}
     pids: dict[str, int] = {"direct": mock.pid}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,7 @@ def tiny_engine(tiny_model_dir: Path):
 def mock_upstream():
     """A tiny OpenAI-compatible aiohttp server on 127.0.0.1 answering instantly, streaming too
     (models ``mock-model``, ``mock-slow``, ``mock-refuse``; ``.url``, ``.requests`` seen)."""
-    from distillguard.gateway.testing import MockUpstream
+    from support.servers import MockUpstream
 
     with MockUpstream() as upstream:
         yield upstream
@@ -148,7 +149,7 @@ def gateway_server(tmp_path: Path, mock_upstream):
     variables (``redis_url=...``, ``default_rpm=5``). The handle unpacks as
     ``(base_url, admin_token)`` and offers ``create_key(account=None, rpm=, tpm=)`` ->
     (account_id, key_id, secret), ``api_url``, ``exchanges()``, ``kill()``. Stopped at teardown."""
-    from distillguard.gateway.testing import GatewayProcess
+    from distillguard.gateway.process import GatewayProcess
 
     started: list[GatewayProcess] = []
 
@@ -165,6 +166,7 @@ def gateway_server(tmp_path: Path, mock_upstream):
             upstream = mock_upstream.url
         server = GatewayProcess(
             home=tmp_path / f"gateway{len(started)}",
+            admin_token=secrets.token_urlsafe(16),
             upstream=upstream,
             model_dir=model_dir,
             database_url=database_url,

@@ -67,7 +67,7 @@ def act(title: str) -> Callable[[Callable[[DemoState], None]], Callable[[DemoSta
 def serve(state: DemoState) -> None:
     from openai import OpenAI
 
-    from distillguard.gateway.testing import GatewayProcess
+    from distillguard.gateway.process import GatewayProcess
 
     gateway = GatewayProcess(
         home=state.workdir / "gateway",

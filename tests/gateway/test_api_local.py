@@ -15,7 +15,7 @@ import pytest
 
 from distillguard.config import Settings
 from distillguard.gateway.app import create_app
-from distillguard.gateway.testing import ThreadedServer
+from support.servers import ThreadedServer
 
 ADMIN = "local-admin-token"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]

@@ -7,6 +7,7 @@ whole module; every test creates its own account and key, so they do not share l
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import time
 
@@ -14,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from distillguard.gateway.testing import GatewayProcess
+from distillguard.gateway.process import GatewayProcess
 
 CHAT = [{"role": "user", "content": "hello gateway"}]
 
@@ -23,6 +24,7 @@ CHAT = [{"role": "user", "content": "hello gateway"}]
 def gw(tmp_path_factory: pytest.TempPathFactory, mock_upstream) -> GatewayProcess:
     server = GatewayProcess(
         home=tmp_path_factory.mktemp("gw"),
+        admin_token=secrets.token_urlsafe(16),
         upstream=mock_upstream.url,
         env={"DISTILLGUARD_REQUEST_TIMEOUT_S": "1.5", "DISTILLGUARD_ONLINE_MONITOR": "false"},
     )

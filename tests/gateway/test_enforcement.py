@@ -53,7 +53,7 @@ def test_degrade_then_block_with_actions_recorded(gateway_server, mock_upstream,
 
 
 def test_unreachable_redis_fails_closed_with_503(gateway_server) -> None:
-    from distillguard.gateway.testing import free_port
+    from distillguard.gateway.process import free_port
 
     gw = gateway_server(redis_url=f"redis://127.0.0.1:{free_port()}/0", online_monitor="false")
     _, _, secret = gw.create_key()
@@ -67,7 +67,7 @@ def test_unreachable_redis_fails_closed_with_503(gateway_server) -> None:
 
 
 def test_unreachable_upstream_is_502_and_logged(gateway_server) -> None:
-    from distillguard.gateway.testing import free_port
+    from distillguard.gateway.process import free_port
 
     gw = gateway_server(upstream=f"http://127.0.0.1:{free_port()}", online_monitor="false")
     _, _, secret = gw.create_key()

@@ -1,0 +1,1 @@
+"""Test scaffolding: mock servers and harnesses (never shipped in the package)."""
