@@ -298,7 +298,7 @@ def test_sft_resumes_from_its_last_checkpoint(
 def test_learning_curve_trains_per_count_and_plots(
     tiny_model_dir: Path, teacher_rows: list[HarvestRecord], tmp_path: Path
 ) -> None:
-    from distillguard.distill.evaluate import learning_curve
+    from distillguard.distill.campaign import learning_curve
 
     plot = tmp_path / "curve.png"
     points = learning_curve(

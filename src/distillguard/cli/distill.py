@@ -217,7 +217,8 @@ def curve_command(
     samples: int = typer.Option(48, help="held-out prompts per evaluation"),
 ) -> None:
     """Learning curve: agreement and KL against the number of harvested samples."""
-    from distillguard.distill.evaluate import EvalConfig, learning_curve
+    from distillguard.distill.campaign import learning_curve
+    from distillguard.distill.evaluate import EvalConfig
     from distillguard.distill.trainers import DistillConfig
 
     points = learning_curve(

@@ -6,7 +6,7 @@ Public API (heavy libraries load lazily inside the functions):
   ``harvest.harvest_local`` (straight from a ``GenerationEngine``, no HTTP)
 - ``trainers.train_student(data, *, mode, out_dir, teacher_dir, student_size, ...)``
   -> ``TrainResult``; modes ``sft`` | ``logit-kd`` | ``topk-kd`` | ``gkd``
-- ``evaluate.evaluate_students``, ``evaluate.compare_on_rows``, ``evaluate.learning_curve``
+- ``evaluate.evaluate_students``, ``evaluate.compare_on_rows``, ``campaign.learning_curve``
 - ``losses``: pure divergence functions
 """
 

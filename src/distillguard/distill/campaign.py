@@ -4,18 +4,29 @@ What an attacker does with an API key, in one call: harvest answers (with top-k 
 asked) through any OpenAI-compatible endpoint, train a ``tiny`` student on them, and, for the
 comparison the provider cares about, a same-size student trained *without* the teacher (SFT
 on another model's real answers to the same prompts, from ``shared/data/outputs``). Both are
-scored against the teacher on held-out prompts (agreement, KL, loss).
+scored against the teacher on held-out prompts (agreement, KL, loss). ``learning_curve``
+trains students on growing numbers of harvested samples and plots how close each gets.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from distillguard.distill.evaluate import EvalConfig, StudentReport, evaluate_students
+from distillguard.distill.data import load_rows
+from distillguard.distill.evaluate import (
+    CurvePoint,
+    EvalConfig,
+    StudentReport,
+    compare_on_rows,
+    evaluate_students,
+    plot_curves,
+)
 from distillguard.distill.harvest import HarvestConfig, HarvestResult, harvest
-from distillguard.distill.records import Prompt, prompt_id, read_dataset
+from distillguard.distill.records import HarvestRecord, Prompt, prompt_id, read_dataset
 from distillguard.distill.trainers import INFO_FILE, DistillConfig, train_student
 from distillguard.errors import InputError, NotFound
 
@@ -105,3 +116,48 @@ def run_campaign(
     return CampaignResult(
         harvested, dataset, student_dir, baseline_dir, student_report, baseline_report
     )
+
+
+def learning_curve(
+    data: Path | Sequence[HarvestRecord], *, teacher_dir: Path, mode: str,
+    sample_counts: Sequence[int], student_size: str = "tiny", config: DistillConfig | None = None,
+    eval_config: EvalConfig = EvalConfig(), plot_path: Path | None = None,
+    progress: bool = False,
+) -> list[CurvePoint]:  # fmt: skip
+    """Students trained on the first n harvested samples for each n, scored on the last
+    ``eval_config.samples`` rows (never trained on). Writes a PNG when ``plot_path`` is set."""
+    from distillguard.models.llama import load_model
+
+    rows = load_rows(data)
+    counts = sorted({int(n) for n in sample_counts})
+    if not counts or counts[0] < 2:
+        raise InputError("sample counts must be >= 2")
+    if counts[-1] + eval_config.samples > len(rows):
+        raise InputError(
+            f"the dataset has {len(rows)} rows; the curve needs {counts[-1]} for training "
+            f"plus {eval_config.samples} held out"
+        )
+    held = rows[-eval_config.samples :]
+    teacher, teacher_tok = load_model(Path(teacher_dir))
+    config = config or DistillConfig()
+    points = []
+    with tempfile.TemporaryDirectory(prefix="dg-curve-") as scratch:
+        for n in counts:
+            out = Path(scratch) / f"n{n}"
+            train_student(
+                rows[:n], mode=mode, out_dir=out, teacher_dir=teacher_dir,
+                student_size=student_size, config=config, progress=progress,
+            )  # fmt: skip
+            student, student_tok = load_model(out)
+            report = compare_on_rows(
+                student, student_tok, teacher, teacher_tok, held, student_dir=out,
+                config=eval_config,
+            )  # fmt: skip
+            points.append(
+                CurvePoint(
+                    n, report.top1_agreement, report.kl_teacher_student, report.held_out_loss
+                )
+            )
+    if plot_path is not None:
+        plot_curves({mode: points}, plot_path)
+    return points

@@ -9,14 +9,13 @@ On each held-out sequence (a prompt + the teacher's answer) and at every answer 
   (nats per token), the quantity SFT minimises.
 
 Agreement and KL need one shared vocabulary (a student with its own tokenizer gets NaN for
-both and still a loss). ``learning_curve`` trains students on growing numbers of harvested
-samples and plots both metrics against that number.
+both and still a loss). ``campaign.learning_curve`` trains students on growing numbers of
+harvested samples and plots both metrics against that number with ``plot_curves``.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,52 +179,6 @@ def evaluate_students(
             )
         )
     return reports
-
-
-def learning_curve(
-    data: Path | Sequence[HarvestRecord], *, teacher_dir: Path, mode: str,
-    sample_counts: Sequence[int], student_size: str = "tiny", config: Any = None,
-    eval_config: EvalConfig = EvalConfig(), plot_path: Path | None = None,
-    progress: bool = False,
-) -> list[CurvePoint]:  # fmt: skip
-    """Students trained on the first n harvested samples for each n, scored on the last
-    ``eval_config.samples`` rows (never trained on). Writes a PNG when ``plot_path`` is set."""
-    from distillguard.distill.trainers import DistillConfig, train_student
-    from distillguard.models.llama import load_model
-
-    rows = load_rows(data)
-    counts = sorted({int(n) for n in sample_counts})
-    if not counts or counts[0] < 2:
-        raise InputError("sample counts must be >= 2")
-    if counts[-1] + eval_config.samples > len(rows):
-        raise InputError(
-            f"the dataset has {len(rows)} rows; the curve needs {counts[-1]} for training "
-            f"plus {eval_config.samples} held out"
-        )
-    held = rows[-eval_config.samples :]
-    teacher, teacher_tok = load_model(Path(teacher_dir))
-    config = config or DistillConfig()
-    points = []
-    with tempfile.TemporaryDirectory(prefix="dg-curve-") as scratch:
-        for n in counts:
-            out = Path(scratch) / f"n{n}"
-            train_student(
-                rows[:n], mode=mode, out_dir=out, teacher_dir=teacher_dir,
-                student_size=student_size, config=config, progress=progress,
-            )  # fmt: skip
-            student, student_tok = load_model(out)
-            report = compare_on_rows(
-                student, student_tok, teacher, teacher_tok, held, student_dir=out,
-                config=eval_config,
-            )  # fmt: skip
-            points.append(
-                CurvePoint(
-                    n, report.top1_agreement, report.kl_teacher_student, report.held_out_loss
-                )
-            )
-    if plot_path is not None:
-        plot_curves({mode: points}, plot_path)
-    return points
 
 
 def plot_curves(curves: dict[str, Sequence[CurvePoint]], path: Path) -> Path:

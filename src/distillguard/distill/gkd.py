@@ -23,9 +23,9 @@ from typing import Any
 
 from distillguard.distill.data import Example, batch_indices, collate, prompt_ids
 from distillguard.distill.kd import encode_rows
+from distillguard.distill.loop import DistillConfig, LoopOutcome, run_loop
 from distillguard.distill.losses import distillation_loss, shift_for_next_token
 from distillguard.distill.records import HarvestRecord
-from distillguard.distill.trainers import DistillConfig, LoopOutcome, run_loop
 
 
 def sample_on_policy(

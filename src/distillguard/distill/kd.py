@@ -8,7 +8,7 @@
   is the top-k log-probs plus one "rest" bucket (``losses.token_topk_forward_kl``), mapped
   onto the student's vocabulary from the token strings the API returned.
 
-Both run :func:`distillguard.distill.trainers.run_loop` with seeded batches (resume replays
+Both run :func:`distillguard.distill.loop.run_loop` with seeded batches (resume replays
 them exactly) and count non-padding sequence tokens, as the SFT trainer does.
 """
 
@@ -26,13 +26,13 @@ from distillguard.distill.data import (
     encode_example,
     encode_topk_example,
 )
+from distillguard.distill.loop import DistillConfig, LoopOutcome, run_loop
 from distillguard.distill.losses import (
     distillation_loss,
     shift_for_next_token,
     topk_distillation_loss,
 )
 from distillguard.distill.records import HarvestRecord
-from distillguard.distill.trainers import DistillConfig, LoopOutcome, run_loop
 from distillguard.errors import InputError, ModelError
 
 

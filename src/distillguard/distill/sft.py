@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distillguard.distill.records import HarvestRecord
-from distillguard.distill.trainers import (
+from distillguard.distill.loop import (
     CHECKPOINTS,
     DistillConfig,
     LoopOutcome,
 )
+from distillguard.distill.records import HarvestRecord
 from distillguard.errors import ModelError
 from distillguard.models.llama import training_progress
 
