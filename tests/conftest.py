@@ -15,7 +15,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The real data sets: ../shared/data relative to the repository root (the layout of the README
+# and CI); DISTILLGUARD_DATA_DIR, when set, points elsewhere (a git worktree, another machine).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DISTILLGUARD_DATA_DIR") or REPO_ROOT / ".." / "shared" / "data")
 
 
 @pytest.fixture(autouse=True)

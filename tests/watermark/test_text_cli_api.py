@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -176,31 +175,34 @@ def test_cli_errors_missing_file_and_secret(tmp_path, tiny_model_dir, monkeypatc
     assert isinstance(res.exception, NotFound)  # no tokenizer there
 
 
-def test_admin_router_detects_batches_with_per_text_errors(
-    marked, tiny_model_dir, monkeypatch
-) -> None:
-    from distillguard.gateway.errors import install_handlers
-    from distillguard.watermark.api import router
+def test_admin_route_detects_batches_with_per_text_errors(marked, tiny_model_dir, dg_home) -> None:
+    """The gateway serving the tiny model answers /admin/watermark/detect with the served
+    model's tokenizer, per-text errors, 400 for request-level problems, and only to staff."""
+    from distillguard.config import Settings
+    from distillguard.gateway.app import create_app
 
-    monkeypatch.setenv("DISTILLGUARD_WATERMARK_SECRET", SECRET.decode())
-    monkeypatch.setenv("DISTILLGUARD_WATERMARK_KEY_ID", "2")
-    monkeypatch.setenv("DISTILLGUARD_MODEL_DIR", str(tiny_model_dir))
-    api = FastAPI()
-    install_handlers(api)
-    api.include_router(router)
-    client = TestClient(api)
-    r = client.post(
-        "/admin/watermark/detect",
-        json={"texts": [marked["texts"][1], "", marked["plain"][1]], "accounts": ACCOUNTS},
+    settings = Settings(
+        home=dg_home,
+        model_dir=tiny_model_dir,
+        watermark_secret=SECRET.decode(),
+        watermark_key_id=2,
+        admin_token="staff-token",
+        online_monitor=False,
     )
-    assert r.status_code == 200, r.text
-    body = r.json()["results"]
-    assert body[0]["p_value"] < 1e-3 and body[0]["accounts"][0]["account"] == ACCOUNTS[1]
-    assert body[1]["error"] == "InsufficientData" and body[2]["p_value"] > 1e-3
-    assert client.post("/admin/watermark/detect", json={}).status_code == 400
-    bad_key = client.post("/admin/watermark/detect", json={"text": "x", "key_ids": [9]})
-    assert bad_key.status_code == 400 and "key id" in bad_key.json()["error"]["message"]
-    assert (
-        client.post("/admin/watermark/detect", json={"text": "x", "scheme": "nope"}).status_code
-        == 400
-    )
+    with TestClient(create_app(settings)) as client:
+        staff = {"Authorization": "Bearer staff-token"}
+        url = "/admin/watermark/detect"
+        texts = [marked["texts"][1], "", marked["plain"][1]]
+        r = client.post(url, json={"texts": texts, "accounts": ACCOUNTS}, headers=staff)
+        assert r.status_code == 200, r.text
+        body = r.json()["results"]
+        assert body[0]["p_value"] < 1e-3 and body[0]["accounts"][0]["account"] == ACCOUNTS[1]
+        assert body[1]["error"] == "InsufficientData" and body[2]["p_value"] > 1e-3
+        assert client.post(url, json={}, headers=staff).status_code == 400
+        bad_key = client.post(url, json={"text": "x", "key_ids": [9]}, headers=staff)
+        assert bad_key.status_code == 400 and "key id" in bad_key.json()["error"]["message"]
+        bad_scheme = client.post(url, json={"text": "x", "scheme": "nope"}, headers=staff)
+        assert bad_scheme.status_code == 400
+        assert client.post(url, json={"text": "x"}).status_code == 401
+        wrong = {"Authorization": "Bearer not-the-token"}
+        assert client.post(url, json={"text": "x"}, headers=wrong).status_code == 403

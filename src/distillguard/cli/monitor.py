@@ -96,7 +96,7 @@ def score_cmd(
     else:
         with _progress() as prog:
             task = prog.add_task("scoring", total=None)
-            from distillguard.monitor.dbsource import read_exchanges_db
+            from distillguard.store.dbsource import read_exchanges_db
 
             source = read_exchanges_db(db)
             rep = score_records(source, model=m, progress=lambda k: prog.advance(task, k))

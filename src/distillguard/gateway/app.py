@@ -22,12 +22,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from distillguard.config import Settings, get_settings
 from distillguard.errors import ConfigError, DistillGuardError
-from distillguard.gateway.auth import KeyAuthenticator, _require_admin
+from distillguard.gateway.auth import KeyAuthenticator
 from distillguard.gateway.backend import Backend
 from distillguard.gateway.errors import install_handlers
 from distillguard.gateway.limits import RateLimiter, make_limiter
@@ -127,20 +127,6 @@ def _make_monitor(settings: Settings) -> Any | None:
         ) from exc
 
 
-def _mount_optional_routers(app: FastAPI) -> None:
-    """Routers other rooms contribute under /admin (admin token required)."""
-    try:
-        from distillguard.watermark.api import router as watermark_router
-    except ImportError:
-        return
-    prefixed = all(getattr(r, "path", "").startswith("/admin") for r in watermark_router.routes)
-    app.include_router(
-        watermark_router,
-        prefix="" if prefixed else "/admin",
-        dependencies=[Depends(_require_admin)],
-    )
-
-
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
     """The gateway for ``settings`` (default: the environment's). ``backend`` overrides the
     one the settings name (tests, embedding)."""
@@ -209,7 +195,6 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 
     app.include_router(ops_router)
     app.include_router(admin_router)
-    _mount_optional_routers(app)
     return app
 
 

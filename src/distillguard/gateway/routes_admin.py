@@ -13,11 +13,13 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from distillguard.gateway.auth import AdminAuth
+from distillguard.gateway.routes_watermark import router as watermark_router
 from distillguard.store import accounts as store_accounts
 from distillguard.store import exchanges as store_exchanges
 from distillguard.store.db import session_scope
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+router.include_router(watermark_router)  # /admin/watermark/detect, its own AdminAuth
 
 
 class NewAccount(BaseModel):

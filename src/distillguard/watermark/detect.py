@@ -30,9 +30,9 @@ from distillguard.errors import (
     NotFound,
     WatermarkError,
 )
-from distillguard.watermark import build_scheme
 from distillguard.watermark.base import DetectionResult, WatermarkScheme
 from distillguard.watermark.keys import KeyRing
+from distillguard.watermark.schemes import build_scheme
 
 INPUT_FORMATS = ("auto", "jsonl", "text", "lines")
 
@@ -291,7 +291,7 @@ def detect_stream(
         by_line = dict(zip((id(it) for it in ok), res, strict=True))
         for it in chunk:
             r = it.error if it.error is not None else by_line[id(it)]
-            yield _record(it.line, r)
+            yield detection_record(it.line, r)
 
     for item in items:
         chunk.append(item)
@@ -302,7 +302,7 @@ def detect_stream(
         yield from flush()
 
 
-def _record(line: int, r: DetectionResult | DistillGuardError) -> dict[str, Any]:
+def detection_record(line: int, r: DetectionResult | DistillGuardError) -> dict[str, Any]:
     if isinstance(r, DistillGuardError):
         return {"line": line, "error": type(r).__name__, "message": r.message}
     return {"line": line, **r.to_dict()}

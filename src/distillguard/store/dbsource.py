@@ -2,13 +2,16 @@
 
 Streams rows in time order through the store's reader and converts each with the same code
 that exports the traffic log, so ``monitor score --db`` and ``monitor score`` on an export
-see identical records. Rows that do not make a valid record are skipped and counted.
+see identical records. It lives in the store (the monitor reads records, not SQL). Rows that do not make a valid record are skipped and counted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from distillguard.store.db import make_engine
+from distillguard.store.exchanges import iter_exchanges
+from distillguard.store.export import traffic_line
 from distillguard.traffic import MAX_SKIP_EXAMPLES, SkippedLine, TrafficRecord
 
 
@@ -16,8 +19,6 @@ class DbTrafficSource:
     """Iterable of ``TrafficRecord`` over the attributed exchanges of one database."""
 
     def __init__(self, url: str) -> None:
-        from distillguard.store.db import make_engine
-
         self.url = url
         self.engine = make_engine(url)
         self.rows = 0
@@ -25,9 +26,6 @@ class DbTrafficSource:
         self.examples: list[SkippedLine] = []
 
     def __iter__(self) -> Iterator[TrafficRecord]:
-        from distillguard.store.exchanges import iter_exchanges
-        from distillguard.store.export import traffic_line
-
         self.rows = self.skipped = 0
         self.examples = []
         for row in iter_exchanges(self.engine, attributed_only=True):
