@@ -2,7 +2,8 @@
 
 Streams rows in time order through the store's reader and converts each with the same code
 that exports the traffic log, so ``monitor score --db`` and ``monitor score`` on an export
-see identical records. It lives in the store (the monitor reads records, not SQL). Rows that do not make a valid record are skipped and counted.
+see identical records. Rows that do not make a valid record are skipped and counted. It
+lives in the store: the monitor reads records, never SQL.
 """
 
 from __future__ import annotations
