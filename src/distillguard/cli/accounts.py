@@ -247,8 +247,7 @@ def log_export(
     db: DbOption = None,
 ) -> None:
     """Export the exchange log in the traffic-log format (shared/spec/traffic-log.md §1)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
+    from distillguard.progress import tracked
     from distillguard.store import count_exchanges, export_traffic_summary, session_scope
 
     start = parse_time(since) if since else None
@@ -258,12 +257,8 @@ def log_export(
     engine = _open(db)
     with session_scope(engine) as session:
         expected = count_exchanges(session, since=start, until=end, attributed=True)
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"exporting to {out}", total=expected)
-        summary = export_traffic_summary(
-            engine, out, since=start, until=end, progress=lambda n: bar.update(task, completed=n)
-        )
+    with tracked(f"exporting to {out}", total=expected, console=console, transient=True) as bar:
+        summary = export_traffic_summary(engine, out, since=start, until=end, progress=bar)
     console.print(f"wrote {summary.written:,} exchanges to {summary.path}", soft_wrap=True)
     if summary.unattributed:
         console.print(
@@ -279,20 +274,12 @@ def log_import(
 ) -> None:
     """Load a traffic log (spec §1) into the exchange log: malformed lines are skipped and
     reported, ids already present are left as they are."""
-    from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
-
+    from distillguard.progress import tracked
     from distillguard.store.export import import_traffic
 
     engine = _open(db)
-    columns = (
-        SpinnerColumn(),
-        "{task.description}",
-        "{task.completed:,} lines",
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"importing {path}", total=None)
-        summary = import_traffic(engine, path, progress=lambda n: bar.update(task, completed=n))
+    with tracked(f"importing {path} (lines)", console=console, transient=True) as bar:
+        summary = import_traffic(engine, path, progress=bar)
     console.print(summary.describe(), markup=False, highlight=False, soft_wrap=True)
 
 

@@ -5,11 +5,12 @@ Parses arguments and calls ``distillguard.distill``; heavy imports happen inside
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+
+from distillguard.progress import tracked
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -81,7 +82,7 @@ def harvest_command(
         seed=seed,
         max_retries=max_retries,
     )
-    with _progress(progress, "harvest") as update:
+    with tracked("harvest", console=_console(), enabled=progress) as update:
         result = harvest(list(items), out, config, on_progress=update)
     console.print(
         f"[green]{result.written} new[/], {result.already_done} already there, "
@@ -237,42 +238,6 @@ def curve_command(
             f"KL {point.kl_teacher_student:.3f}  loss {point.held_out_loss:.3f}"
         )
     _console().print(f"plot -> {out}")
-
-
-class _progress:
-    """A rich progress bar as a context manager yielding an ``update(done, total)`` callback."""
-
-    def __init__(self, enabled: bool, label: str):
-        self.enabled, self.label = enabled, label
-
-    def __enter__(self) -> Callable[[int, int], None] | None:
-        if not self.enabled:
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=_console(),
-        )
-        self.bar.start()
-        self.task = self.bar.add_task(self.label, total=None)
-
-        def update(done: int, total: int) -> None:
-            self.bar.update(self.task, completed=done, total=total)
-
-        return update
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def register(root: typer.Typer) -> None:

@@ -12,16 +12,10 @@ from pathlib import Path
 import typer
 
 from distillguard.errors import InputError
+from distillguard.progress import progress_bar
 
 monitor_app = typer.Typer(help="Score accounts for distillation campaigns.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate detectors against ground truth.", no_args_is_help=True)
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    return Progress("[progress.description]{task.description}", BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), transient=True)  # fmt: skip
 
 
 def simulate_cmd(
@@ -59,7 +53,7 @@ def simulate_cmd(
                       f"{res.refused:,} refused (429/403), {res.failed:,} failed; "
                       f"traffic -> {out}, labels -> {labels}")  # fmt: skip
         return
-    with _progress() as prog:
+    with progress_bar(console=console, transient=True) as prog:
         task = prog.add_task("simulating", total=None)
         res = simulate(config, data_dir=data, out=out, labels=labels,
                        progress=lambda k: prog.advance(task, k))  # fmt: skip
@@ -94,7 +88,7 @@ def score_cmd(
         assert rep.read is not None
         console.print(rep.read.describe())
     else:
-        with _progress() as prog:
+        with progress_bar(console=console, transient=True) as prog:
             task = prog.add_task("scoring", total=None)
             from distillguard.store.dbsource import read_exchanges_db
 
@@ -152,7 +146,7 @@ def eval_detection_cmd(
         from distillguard.monitor.policy import load_policy
 
         reader = read_traffic(traffic)
-        with _progress() as prog:
+        with progress_bar(console=console, transient=True) as prog:
             task = prog.add_task("replaying through the online monitor", total=None)
             ttf = time_to_flag(reader, labs, OnlineMonitor(load_policy()),
                                progress=lambda k: prog.advance(task, k))  # fmt: skip

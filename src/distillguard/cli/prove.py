@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from distillguard.errors import InputError
+from distillguard.progress import ProgressFn, progress_bar
 
 if TYPE_CHECKING:
     from distillguard.forensics.radioactivity import RadioactivityReport
@@ -132,36 +132,6 @@ def _check_exclusive(**named: object) -> None:
         raise InputError(f"give exactly one of {', '.join('--' + k for k in named)}")
 
 
-def _read_rows(harvest: Path | None, text: Path | None) -> list[tuple[str, str]]:
-    """(prompt, answer) rows from a harvested dataset, or ("", line) from a plain text file."""
-    rows: list[tuple[str, str]] = []
-    if harvest is not None:
-        from distillguard.distill.data import load_rows
-
-        rows += [(r.prompt, r.answer) for r in load_rows(harvest) if r.answer.strip()]
-    if text is not None:
-        if not text.is_file():
-            raise InputError(f"text file not found: {text}")
-        rows += [
-            ("", line) for line in text.read_text(encoding="utf-8").split("\n\n") if line.strip()
-        ]
-    return rows
-
-
-def _accounts(accounts: str | None, verdicts: Path | None) -> tuple[list[str], dict[str, str]]:
-    """Accounts to test: named ones, else the monitor's flagged accounts; with cluster ids."""
-    named = [a.strip() for a in (accounts or "").split(",") if a.strip()]
-    clusters: dict[str, str] = {}
-    if verdicts is not None:
-        from distillguard.forensics.report import load_verdicts
-
-        for v in load_verdicts(verdicts, named):
-            clusters[v["account_id"]] = v.get("cluster_id") or ""
-        if not named:
-            named = list(clusters)
-    return named, clusters
-
-
 @prove_app.command("radioactivity")
 def radioactivity_cmd(
     ctx: typer.Context,
@@ -221,135 +191,51 @@ def radioactivity_cmd(
     out: Annotated[Path | None, typer.Option(help="Write the evidence JSON here.")] = None,
 ) -> None:
     """Did the suspect learn from our watermarked answers? (Sander et al. 2024)"""
-    import hashlib
-
     from distillguard.config import get_settings
-    from distillguard.forensics import radioactivity as rad
-    from distillguard.forensics import suspects
+    from distillguard.forensics.proof import SuspectApi, gather_inputs, prove_radioactivity
+    from distillguard.forensics.radioactivity import RadioactivityConfig
+    from distillguard.forensics.suspects import scheme_from_settings
     from distillguard.watermark.detect import load_tokenizer
 
     _check_exclusive(suspect=suspect, suspect_url=suspect_url)
     settings = get_settings()
     ours = load_tokenizer(tokenizer, settings)
-    wm = suspects.scheme_from_settings(
-        vocab_size=len(ours), scheme=scheme, key_id=key_id, settings=settings
+    inputs = gather_inputs(
+        harvest=harvest,
+        text=text,
+        prompts=prompts,
+        served_filter=served_filter,
+        accounts=(accounts or "").split(","),
+        verdicts=verdicts,
+        max_queries=max_queries,
     )
-    config = rad.RadioactivityConfig(random_keys=random_keys)
-    rows = _read_rows(harvest, text)
-    served = [a for p, a in rows if p] if (served_filter and harvest is not None) else []
-    names, clusters = _accounts(accounts, verdicts)
-    prompt_list = [p for p, _ in rows if p]
-    if prompts is not None:
-        from distillguard.distill.harvest import read_prompts
+    api = None
+    if suspect_url is not None:
+        api = SuspectApi(suspect_url, api_key, model=model, max_retries=max_retries, cache=cache)
+    with progress_bar(console=console) as bar:
+        task = bar.add_task("loading the suspect", total=None)
 
-        prompt_list = [p.text for p in read_prompts(prompts).prompts]
-    prompt_list = list(dict.fromkeys(prompt_list))[:max_queries]
+        def stage(label: str) -> ProgressFn:
+            bar.update(task, description=label, completed=0, total=None)
+            return lambda done, total=None: bar.update(task, completed=done, total=total)
 
-    if suspect is not None:
-        from distillguard.errors import ModelError
-        from distillguard.models.llama import load_model
-
-        _, suspect_tok = load_model(suspect)  # ModelError when not a model
-        if suspects.same_tokenizer(ours, suspect_tok):
-            if not rows:
-                raise InputError("open-weights mode needs text: --harvest or --text")
-            report = _with_progress(
-                "suspect reads the text",
-                lambda progress: suspects.prove_open_weights(
-                    suspect,
-                    rows,
-                    tokenizer=ours,
-                    scheme=wm,
-                    served_answers=served,
-                    accounts=names,
-                    config=config,
-                    progress=progress,
-                ),
-            )
-        else:
-            if not prompt_list:
-                raise ModelError(
-                    f"{suspect} has another tokenizer: it must answer prompts "
-                    "(--prompts or --harvest) to be tested on its text"
-                )
-            console.print(
-                "[yellow]suspect uses another tokenizer: testing its generated "
-                "answers, re-tokenised with ours[/yellow]"
-            )
-            with console.status(f"suspect answers {len(prompt_list)} prompts..."):
-                answers = suspects.generate_local(suspect, prompt_list, max_new_tokens=max_tokens)
-            report = suspects.prove_texts(
-                answers,
-                suspect=str(suspect),
-                mode="local-generation",
-                tokenizer=ours,
-                scheme=wm,
-                served_answers=served,
-                accounts=names,
-                config=config,
-            )
-    else:
-        if not prompt_list:
-            raise InputError("API mode needs prompts: --prompts or --harvest")
-        digest = hashlib.sha256(f"{suspect_url}|{model}|{max_tokens}".encode()).hexdigest()[:12]
-        cache = cache or settings.home / "forensics" / f"suspect-{digest}.jsonl"
-        answers, result = _with_progress(
-            f"querying the suspect ({len(prompt_list)} prompts, resumable: {cache})",
-            lambda progress: suspects.query_suspect_api(
-                prompt_list,
-                base_url=str(suspect_url),
-                api_key=api_key,
-                cache=cache,
-                model=model,
-                max_tokens=max_tokens,
-                max_retries=max_retries,
-                progress=progress,
-            ),
-        )
-        if not result.complete:
-            console.print(
-                f"[yellow]{result.failed} prompts failed; rerun to resume "
-                f"({result.retries} retries so far)[/yellow]"
-            )
-        report = suspects.prove_texts(
-            answers,
-            suspect=str(suspect_url),
-            mode="api",
+        outcome = prove_radioactivity(
+            inputs=inputs,
             tokenizer=ours,
-            scheme=wm,
-            served_answers=served,
-            accounts=names,
-            config=config,
-        )
-    if clusters:
-        from dataclasses import replace
-
-        report = replace(
-            report,
-            accounts=tuple(
-                replace(a, cluster_id=clusters.get(a.account) or None) for a in report.accounts
+            scheme=scheme_from_settings(
+                settings, vocab_size=len(ours), scheme=scheme, key_id=key_id
             ),
+            home=settings.home,
+            suspect_dir=suspect,
+            api=api,
+            config=RadioactivityConfig(random_keys=random_keys),
+            max_tokens=max_tokens,
+            progress=stage,
         )
-    _print_radioactivity(report)
-    _write_json(ctx, out, report.to_dict())
-
-
-def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return work(progress)
+    for notice in outcome.notices:
+        console.print(f"[yellow]{notice}[/yellow]")
+    _print_radioactivity(outcome.report)
+    _write_json(ctx, out, outcome.report.to_dict())
 
 
 def _print_radioactivity(report: RadioactivityReport) -> None:

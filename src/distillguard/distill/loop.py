@@ -22,7 +22,7 @@ from typing import Any
 
 from distillguard.distill.losses import DIVERGENCES
 from distillguard.errors import ConfigError, ModelError
-from distillguard.models.llama import training_progress
+from distillguard.progress import progress_bar
 
 CHECKPOINTS = "checkpoints"  # sub-directory of the output holding the resumable state
 
@@ -160,7 +160,7 @@ def run_loop(
         seconds_before = float(state.get("seconds", 0.0))
         model.tie_weights()
     model.train()
-    bar = training_progress(progress)
+    bar = progress_bar(enabled=progress, loss=True)
     started = time.perf_counter()
     smoothed = float("nan")
     with bar:

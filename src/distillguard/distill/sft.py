@@ -28,7 +28,7 @@ from distillguard.distill.loop import (
 )
 from distillguard.distill.records import HarvestRecord
 from distillguard.errors import ModelError
-from distillguard.models.llama import training_progress
+from distillguard.progress import progress_bar
 
 
 def _dataset(rows: Sequence[HarvestRecord]) -> Any:
@@ -86,7 +86,7 @@ def _progress_callback(enabled: bool, total: int) -> Any:
 
     class RichProgress(TrainerCallback):
         def __init__(self) -> None:
-            self.bar = training_progress(enabled)
+            self.bar = progress_bar(enabled=enabled, loss=True)
             self.task: Any = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

@@ -10,10 +10,11 @@ live in ``radioactivity.py``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from distillguard.config import Settings
 from distillguard.errors import InputError, ModelError, WatermarkError
 from distillguard.forensics.radioactivity import (
     AccountEvidence,
@@ -26,22 +27,19 @@ from distillguard.forensics.radioactivity import (
     served_context_keys,
     text_tests,
 )
-from distillguard.watermark import build_scheme
 from distillguard.watermark.base import WatermarkScheme
+from distillguard.watermark.schemes import build_scheme
 
 
 def scheme_from_settings(
+    settings: Settings,
     *,
     vocab_size: int,
     scheme: str | None = None,
     key_id: int | None = None,
-    settings: Any = None,
     **params: Any,
 ) -> WatermarkScheme:
     """Our watermark scheme (the provider's secret from settings) for a tokenizer's vocab."""
-    from distillguard.config import get_settings
-
-    settings = settings or get_settings()
     name = scheme or settings.watermark_scheme
     if name == "off":
         raise WatermarkError("the configured watermark scheme is 'off': pass --scheme")
@@ -52,6 +50,27 @@ def scheme_from_settings(
         vocab_size=vocab_size,
         **params,
     )
+
+
+@dataclass(frozen=True)
+class LoadedSuspect:
+    """A suspect model loaded once, for every test and generation run on it."""
+
+    path: Path
+    model: Any
+    tokenizer: Any
+
+
+def load_suspect(suspect_dir: Path | str) -> LoadedSuspect:
+    """The model at ``suspect_dir`` (ModelError when it is not one)."""
+    from distillguard.models.llama import load_model
+
+    model, tokenizer = load_model(Path(suspect_dir))
+    return LoadedSuspect(Path(suspect_dir), model, tokenizer)
+
+
+def _loaded(suspect: LoadedSuspect | Path | str) -> LoadedSuspect:
+    return suspect if isinstance(suspect, LoadedSuspect) else load_suspect(suspect)
 
 
 def same_tokenizer(ours: Any, theirs: Any) -> bool:
@@ -79,7 +98,7 @@ def encode_rows(
 
 
 def prove_open_weights(
-    suspect_dir: Any,
+    suspect_dir: LoadedSuspect | Path | str,
     rows: Sequence[tuple[str, str]],
     *,
     tokenizer: Any,
@@ -95,13 +114,12 @@ def prove_open_weights(
     Raises ModelError when the directory is not a model or the suspect's tokenizer is not ours
     (then use :func:`prove_texts` on answers it generates).
     """
-    from distillguard.models.llama import load_model
-
     config = config or RadioactivityConfig()
-    model, suspect_tok = load_model(Path(suspect_dir))
+    suspect = _loaded(suspect_dir)
+    model, suspect_tok = suspect.model, suspect.tokenizer
     if not same_tokenizer(tokenizer, suspect_tok):
         raise ModelError(
-            f"{suspect_dir} uses another tokenizer than ours: its predictions "
+            f"{suspect.path} uses another tokenizer than ours: its predictions "
             "cannot be scored token by token; run the text test on its answers"
         )
     width, vocab = scheme.context.width, scheme.vocab_size
@@ -126,7 +144,7 @@ def prove_open_weights(
     if accounts:
         evidence = account_tests_distribution(scheme, preds, accounts, config)
     return RadioactivityReport(
-        suspect=str(suspect_dir),
+        suspect=str(suspect.path),
         mode="open-weights",
         scheme=scheme.name,
         key_id=scheme.key_id,
@@ -228,7 +246,7 @@ def query_suspect_api(
 
 
 def generate_local(
-    suspect_dir: Any,
+    suspect_dir: LoadedSuspect | Path | str,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 128,
@@ -239,6 +257,9 @@ def generate_local(
     from distillguard.distill.harvest import LocalHarvestParams, harvest_local
     from distillguard.models.engine import GenerationEngine
 
-    engine = GenerationEngine.from_dir(Path(suspect_dir), num_threads=num_threads)
+    suspect = _loaded(suspect_dir)
+    engine = GenerationEngine(
+        suspect.model, suspect.tokenizer, num_threads=num_threads, name=suspect.path.name
+    )
     params = LocalHarvestParams(max_new_tokens=max_new_tokens, seed=seed, batch_size=16)
     return [r.answer for r in harvest_local(engine, list(prompts), params)]

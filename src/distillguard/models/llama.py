@@ -22,6 +22,7 @@ from typing import Any
 
 from distillguard.errors import ConfigError, InputError, ModelError
 from distillguard.models.tokenizer import END, format_chat_pair, train_tokenizer
+from distillguard.progress import progress_bar
 
 BUILD_INFO_FILE = "distillguard.json"  # build metadata written next to the weights
 
@@ -241,7 +242,7 @@ def _train(
     offsets = torch.arange(window + 1)  # (T+1,)
     model.train()
     start, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
-    bar = training_progress(progress)
+    bar = progress_bar(enabled=progress, loss=True)
     with bar:
         task = bar.add_task("training", total=config.max_steps, loss=float("nan"))
         for step in range(config.max_steps):
@@ -268,28 +269,6 @@ def _train(
     seconds = time.perf_counter() - start
     model.eval()
     return held_out_loss(model, eval_set), tokens_seen, seconds
-
-
-def training_progress(enabled: bool) -> Any:
-    """The rich progress bar every training loop shows: description, steps, smoothed loss."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 def new_model(size: ModelSize, tokenizer: Any, *, seed: int = 0) -> Any:
