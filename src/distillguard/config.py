@@ -19,17 +19,15 @@ def _default_home() -> Path:
     return Path.home() / ".distillguard"
 
 
-def _default_data_dir() -> Path:
-    # The project's checkout sits beside `shared/` (see README); CI lays it out the same way.
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DISTILLGUARD_", extra="ignore")
 
     # --- where state lives --------------------------------------------------------------
     home: Path = Field(default_factory=_default_home)  # database, cached teacher, run outputs
-    data_dir: Path = Field(default_factory=_default_data_dir)  # read-only real data sets
+    # Read-only real data sets (prompts, outputs, corpora): no default, because nothing about
+    # where the package is installed says where they are; ``require_data_dir`` names the
+    # variable when a command needs them.
+    data_dir: Path | None = None
     database_url: str | None = None  # None -> SQLite (WAL) at {home}/distillguard.db
     redis_url: str | None = None  # set -> rate limits and online signals shared via Redis
 
@@ -64,6 +62,16 @@ class Settings(BaseSettings):
             return self.database_url
         self.home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.home / 'distillguard.db'}"
+
+    def require_data_dir(self) -> Path:
+        if self.data_dir is None:
+            raise ConfigError(
+                "DISTILLGUARD_DATA_DIR is not set: point it at the shared data sets (the folder "
+                "with prompts/, outputs/ and corpora/, e.g. ../shared/data beside a checkout)"
+            )
+        if not self.data_dir.is_dir():
+            raise ConfigError(f"DISTILLGUARD_DATA_DIR={self.data_dir} is not a directory")
+        return self.data_dir
 
     def require_admin_token(self) -> str:
         if self.admin_token is None or not self.admin_token.get_secret_value():

@@ -32,8 +32,8 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def version() -> None:
+@app.command("version")
+def show_version() -> None:
     """Print distillguard's version."""
     from distillguard import __version__
 

@@ -51,10 +51,17 @@ def register(root: typer.Typer) -> None:
     root.add_typer(db_app, name="db")
 
 
+def _url(db: str | None) -> str:
+    """--db, else the settings' database (DISTILLGUARD_DATABASE_URL or SQLite in home)."""
+    from distillguard.config import get_settings
+
+    return db or get_settings().resolved_database_url
+
+
 def _open(db: str | None) -> Engine:
     from distillguard.store import make_engine, migrate
 
-    engine = make_engine(db)
+    engine = make_engine(_url(db))
     migrate(engine=engine)
     return engine
 
@@ -320,7 +327,7 @@ def db_migrate(db: DbOption = None) -> None:
     """Create or upgrade the schema to the newest migration (safe to repeat)."""
     from distillguard.store.db import current_revision, describe, make_engine, migrate
 
-    engine = make_engine(db)
+    engine = make_engine(_url(db))
     migrate(engine=engine)
     console.print(f"{describe(engine)} is at schema revision {current_revision(engine)}")
 
@@ -339,7 +346,7 @@ def db_status(db: DbOption = None) -> None:
     )
     from distillguard.store.schema import Base
 
-    engine = make_engine(db)
+    engine = make_engine(_url(db))
     current, head = current_revision(engine), head_revision()
     state = "up to date" if current == head else f"needs `distillguard db migrate` (to {head})"
     console.print(f"{describe(engine)}: schema {current or 'none'}, {state}")

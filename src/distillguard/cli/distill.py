@@ -6,7 +6,7 @@ Parses arguments and calls ``distillguard.distill``; heavy imports happen inside
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,12 +15,21 @@ from distillguard.progress import tracked
 if TYPE_CHECKING:
     from rich.console import Console
 
-app = typer.Typer(
+distill_app = typer.Typer(
     help="Distil a student from a teacher: harvest through an API, train, evaluate.",
     no_args_is_help=True,
 )
 
 MODES = ("sft", "logit-kd", "topk-kd", "gkd")
+
+
+def _honest_prompts(prompts: Path | None, data: Path | None) -> Path | None:
+    """--prompts, else (when no dataset is given) the shared honest prompts of the data sets."""
+    if prompts is not None or data is not None:
+        return prompts
+    from distillguard.config import get_settings
+
+    return get_settings().require_data_dir() / "prompts" / "honest.jsonl"
 
 
 def _console() -> Console:
@@ -29,33 +38,41 @@ def _console() -> Console:
     return Console(stderr=True)
 
 
-@app.command("harvest")
-def harvest_command(
-    base_url: str = typer.Option(
-        ..., help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1"
-    ),
-    api_key: str = typer.Option(..., envvar="OPENAI_API_KEY", help="API key of the account"),
-    prompts: Path = typer.Option(
-        ..., help="prompts: JSONL (see --field) or plain text, one a line"
-    ),
-    out: Path = typer.Option(..., help="dataset JSONL; an existing file is resumed"),
-    field: str | None = typer.Option(
-        None,
-        help="JSONL field holding the prompt (default: prompt, instruction, question, text, input)",
-    ),
-    id_field: str | None = typer.Option(
-        None, help="JSONL field holding a stable prompt id (default: a hash of the text)"
-    ),
-    model: str | None = typer.Option(None, help="model name (default: the first /v1/models lists)"),
-    concurrency: int = typer.Option(4, help="requests in flight"),
-    logprobs: int = typer.Option(0, help="ask for the top-K logprobs per token (0: none)"),
-    cot: bool = typer.Option(False, "--cot", help="append a step-by-step instruction"),
-    max_tokens: int = typer.Option(128, help="answer length in tokens"),
-    temperature: float = typer.Option(1.0),
-    seed: int | None = typer.Option(None),
-    max_retries: int = typer.Option(6, help="retries per prompt on 429/5xx/time-outs"),
-    limit: int | None = typer.Option(None, help="only the first N prompts"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+@distill_app.command("harvest")
+def distill_harvest(
+    base_url: Annotated[
+        str, typer.Option(help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
+    ],
+    api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="API key of the account")],
+    prompts: Annotated[
+        Path, typer.Option(help="prompts: JSONL (see --field) or plain text, one a line")
+    ],
+    out: Annotated[Path, typer.Option(help="dataset JSONL; an existing file is resumed")],
+    field: Annotated[
+        str | None,
+        typer.Option(
+            help="JSONL field holding the prompt "
+            "(default: prompt, instruction, question, text, input)"
+        ),
+    ] = None,
+    id_field: Annotated[
+        str | None,
+        typer.Option(help="JSONL field holding a stable prompt id (default: a hash of the text)"),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model name (default: the first /v1/models lists)")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="requests in flight")] = 4,
+    logprobs: Annotated[
+        int, typer.Option(help="ask for the top-K logprobs per token (0: none)")
+    ] = 0,
+    cot: Annotated[bool, typer.Option("--cot", help="append a step-by-step instruction")] = False,
+    max_tokens: Annotated[int, typer.Option(help="answer length in tokens")] = 128,
+    temperature: Annotated[float, typer.Option()] = 1.0,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_retries: Annotated[int, typer.Option(help="retries per prompt on 429/5xx/time-outs")] = 6,
+    limit: Annotated[int | None, typer.Option(help="only the first N prompts")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Collect a teacher's answers through an API into a resumable JSONL dataset."""
     from distillguard.distill.harvest import HarvestConfig, harvest, read_prompts
@@ -98,36 +115,43 @@ def harvest_command(
         raise typer.Exit(1)
 
 
-@app.command("train")
-def train_command(
-    out: Path = typer.Option(..., help="output: a Hugging Face model directory"),
-    mode: str = typer.Option("sft", help="sft | logit-kd | topk-kd | gkd"),
-    data: Path | None = typer.Option(None, help="harvested dataset JSONL"),
-    teacher: Path | None = typer.Option(
-        None, help="teacher model dir (logit-kd, gkd; or to generate data)"
-    ),
-    prompts: Path | None = typer.Option(None, help="prompts the teacher answers when no --data"),
-    student_size: str = typer.Option("tiny", help="tiny | small | base"),
-    student_tokenizer: Path | None = typer.Option(
-        None,
-        help="tokenizer dir for the student (default: the teacher's, else trained on the data)",
-    ),
-    max_steps: int = typer.Option(200, help="optimizer steps"),
-    batch_size: int = typer.Option(8),
-    lr: float = typer.Option(2e-3),
-    divergence: str = typer.Option(
-        "forward_kl", help="forward_kl | reverse_kl | jsd (logit-kd, gkd)"
-    ),
-    beta: float = typer.Option(0.5, help="JSD interpolation"),
-    temperature: float = typer.Option(1.0, help="KD softmax temperature"),
-    lmbda: float = typer.Option(0.5, help="gkd: share of on-policy (student-generated) batches"),
-    limit: int | None = typer.Option(None, help="use only the first N samples"),
-    seed: int = typer.Option(0),
-    checkpoint_every: int = typer.Option(50, help="steps between checkpoints"),
-    resume: bool = typer.Option(
-        False, "--resume", help="continue from the last checkpoint in --out"
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+@distill_app.command("train")
+def distill_train(
+    out: Annotated[Path, typer.Option(help="output: a Hugging Face model directory")],
+    mode: Annotated[str, typer.Option(help="sft | logit-kd | topk-kd | gkd")] = "sft",
+    data: Annotated[Path | None, typer.Option(help="harvested dataset JSONL")] = None,
+    teacher: Annotated[
+        Path | None, typer.Option(help="teacher model dir (logit-kd, gkd; or to generate data)")
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="prompts the teacher answers when no --data (default: shared honest)"),
+    ] = None,
+    student_size: Annotated[str, typer.Option(help="tiny | small | base")] = "tiny",
+    student_tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="tokenizer dir for the student (default: the teacher's, else trained on the data)"
+        ),
+    ] = None,
+    max_steps: Annotated[int, typer.Option(help="optimizer steps")] = 200,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    lr: Annotated[float, typer.Option()] = 2e-3,
+    divergence: Annotated[
+        str, typer.Option(help="forward_kl | reverse_kl | jsd (logit-kd, gkd)")
+    ] = "forward_kl",
+    beta: Annotated[float, typer.Option(help="JSD interpolation")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="KD softmax temperature")] = 1.0,
+    lmbda: Annotated[
+        float, typer.Option(help="gkd: share of on-policy (student-generated) batches")
+    ] = 0.5,
+    limit: Annotated[int | None, typer.Option(help="use only the first N samples")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 50,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the last checkpoint in --out")
+    ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train a student by one of four distillation modes."""
     from distillguard.distill.trainers import DistillConfig, train_student
@@ -150,7 +174,7 @@ def train_command(
         data if data is not None else None,
         mode=mode,
         teacher_dir=teacher,
-        prompts_path=prompts,
+        prompts_path=_honest_prompts(prompts, data),
         student_size=student_size,
         student_tokenizer_dir=student_tokenizer,
         out_dir=out,
@@ -171,17 +195,21 @@ def train_command(
         console.print(f"[yellow]{result.skipped_samples} samples skipped[/] ({result.skip_reason})")
 
 
-@app.command("eval")
-def eval_command(
-    student: Path = typer.Option(..., help="student model dir"),
-    teacher: Path = typer.Option(..., help="teacher model dir"),
-    data: Path | None = typer.Option(None, help="held-out dataset JSONL (teacher's answers)"),
-    prompts: Path | None = typer.Option(
-        None, help="held-out prompts (default: shared honest prompts)"
-    ),
-    samples: int = typer.Option(64, help="held-out prompts to score"),
-    max_new_tokens: int = typer.Option(48, help="teacher answer length when no --data"),
-    baseline: list[Path] = typer.Option([], help="other student dirs for the same table"),
+@distill_app.command("eval")
+def distill_eval(
+    student: Annotated[Path, typer.Option(help="student model dir")],
+    teacher: Annotated[Path, typer.Option(help="teacher model dir")],
+    data: Annotated[
+        Path | None, typer.Option(help="held-out dataset JSONL (teacher's answers)")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="held-out prompts (default: shared honest prompts)")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="held-out prompts to score")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="teacher answer length when no --data")] = 48,
+    baseline: Annotated[
+        list[Path] | None, typer.Option(help="other student dirs for the same table")
+    ] = None,
 ) -> None:
     """Agreement and KL(teacher || student) on held-out prompts; loss on the teacher's answers."""
     from rich.table import Table
@@ -190,9 +218,12 @@ def eval_command(
 
     config = EvalConfig(samples=samples, max_new_tokens=max_new_tokens)
     reports = evaluate_students(
-        [student, *baseline], teacher_dir=teacher, data_path=data, prompts_path=prompts,
+        [student, *(baseline or [])],
+        teacher_dir=teacher,
+        data_path=data,
+        prompts_path=_honest_prompts(prompts, data),
         config=config,
-    )  # fmt: skip
+    )
     table = Table(title=f"vs teacher {teacher.name}")
     for column in ("student", "top-1 agreement", "KL(teacher||student)", "loss on teacher answers"):
         table.add_column(column)
@@ -206,16 +237,18 @@ def eval_command(
     _console().print(table)
 
 
-@app.command("curve")
-def curve_command(
-    data: Path = typer.Option(..., help="harvested dataset JSONL"),
-    teacher: Path = typer.Option(..., help="teacher model dir (for the evaluation)"),
-    out: Path = typer.Option(Path("docs/img/distill_learning_curve.png"), help="PNG plot"),
-    mode: str = typer.Option("sft"),
-    sizes: str = typer.Option("25,50,100,200", help="numbers of harvested samples"),
-    student_size: str = typer.Option("tiny"),
-    max_steps: int = typer.Option(100),
-    samples: int = typer.Option(48, help="held-out prompts per evaluation"),
+@distill_app.command("curve")
+def distill_curve(
+    data: Annotated[Path, typer.Option(help="harvested dataset JSONL")],
+    teacher: Annotated[Path, typer.Option(help="teacher model dir (for the evaluation)")],
+    out: Annotated[Path, typer.Option(help="PNG plot")] = Path(
+        "docs/img/distill_learning_curve.png"
+    ),
+    mode: Annotated[str, typer.Option()] = "sft",
+    sizes: Annotated[str, typer.Option(help="numbers of harvested samples")] = "25,50,100,200",
+    student_size: Annotated[str, typer.Option()] = "tiny",
+    max_steps: Annotated[int, typer.Option()] = 100,
+    samples: Annotated[int, typer.Option(help="held-out prompts per evaluation")] = 48,
 ) -> None:
     """Learning curve: agreement and KL against the number of harvested samples."""
     from distillguard.distill.campaign import learning_curve
@@ -242,4 +275,4 @@ def curve_command(
 
 def register(root: typer.Typer) -> None:
     """Attach this capability's commands to the root app."""
-    root.add_typer(app, name="distill")
+    root.add_typer(distill_app, name="distill")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,23 +13,34 @@ from distillguard.errors import ConfigError
 WATERMARKS = ("kgw", "gumbel", "synthid", "off")
 
 
-def serve(
-    model: Path | None = typer.Option(
-        None, "--model", help="Hugging Face model directory to serve (default: the teacher)"
-    ),
-    upstream: str | None = typer.Option(
-        None, "--upstream", help="proxy to this OpenAI-compatible server instead of a model"
-    ),
-    db: str | None = typer.Option(
-        None, "--db", help="database URL (default: SQLite in DISTILLGUARD_HOME)"
-    ),
-    host: str | None = typer.Option(None, "--host", help="address to listen on"),
-    port: int | None = typer.Option(None, "--port", help="TCP port"),
-    watermark: str | None = typer.Option(
-        None, "--watermark", help="watermark scheme for local models: kgw|gumbel|synthid|off"
-    ),
-    workers: int = typer.Option(1, "--workers", min=1, help="worker processes"),
-    log_level: str = typer.Option("info", "--log-level", help="debug|info|warning|error"),
+def gateway_serve(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", help="Hugging Face model directory to serve (default: the teacher)"
+        ),
+    ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream", help="proxy to this OpenAI-compatible server instead of a model"
+        ),
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="database URL (default: SQLite in DISTILLGUARD_HOME)")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port")] = None,
+    watermark: Annotated[
+        str | None,
+        typer.Option(
+            "--watermark", help="watermark scheme for local models: kgw|gumbel|synthid|off"
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes")] = 1,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug|info|warning|error")
+    ] = "info",
 ) -> None:
     """Serve OpenAI's API (chat, completions, models) with keys, limits and a full log."""
     import uvicorn
@@ -89,4 +101,4 @@ def serve(
 
 def register(root: typer.Typer) -> None:
     """Attach this capability's commands to the root app."""
-    root.command("serve")(serve)
+    root.command("serve")(gateway_serve)

@@ -25,7 +25,7 @@ def register(root: typer.Typer) -> None:
 
 
 @model_app.command("build")
-def build(
+def model_build(
     corpus: Annotated[
         list[Path],
         typer.Option(
@@ -82,21 +82,23 @@ def build(
 
 
 @model_app.command("teacher")
-def teacher(
+def model_teacher(
     size: SizeOption = "small",
     seed: Annotated[int, typer.Option("--seed", help="Seed of a fresh build.")] = 0,
 ) -> None:
     """Show the cached default teacher, building it first when missing (a few CPU minutes)."""
+    from distillguard.config import get_settings
     from distillguard.models.teacher import default_teacher_dir, teacher_dir_path
 
-    target = teacher_dir_path(size=size)
+    settings = get_settings()
+    target = teacher_dir_path(settings, size=size)
     if not (target / "config.json").is_file():
         console.print(f"building the default {size} teacher at {target} ...")
-    _show(default_teacher_dir(size=size, seed=seed, progress=True))
+    _show(default_teacher_dir(settings, size=size, seed=seed, progress=True))
 
 
 @model_app.command("info")
-def info(
+def model_info(
     model_dir: Annotated[Path, typer.Argument(help="A Hugging Face model directory.")],
 ) -> None:
     """Architecture, size and build record of a model directory."""
@@ -104,7 +106,7 @@ def info(
 
 
 @model_app.command("generate")
-def generate(
+def model_generate(
     model_dir: Annotated[Path, typer.Argument(help="A Hugging Face model directory.")],
     prompt: Annotated[str, typer.Argument(help="User message sent through the chat template.")],
     max_tokens: Annotated[int, typer.Option("--max-tokens")] = 64,

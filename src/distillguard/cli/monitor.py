@@ -8,6 +8,7 @@ distillguard eval detection TRAFFIC LABELS VERDICTS
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -18,20 +19,24 @@ monitor_app = typer.Typer(help="Score accounts for distillation campaigns.", no_
 eval_app = typer.Typer(help="Evaluate detectors against ground truth.", no_args_is_help=True)
 
 
-def simulate_cmd(
-    accounts: int = typer.Option(1000, "--accounts", help="Honest accounts (people and apps)."),
-    campaigns: int = typer.Option(20, "--campaigns", help="Distillation campaigns."),
-    seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(..., "--out", help="Traffic log to write (JSON Lines)."),
-    labels: Path = typer.Option(..., "--labels", help="Ground-truth labels to write."),
-    split: str = typer.Option("train", "--split", help="Prompt split: train or test."),
-    days: int = typer.Option(7, "--days", help="Simulated days."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="shared/data (default: settings)."),
-    live: str = typer.Option(None, "--live", help="Drive a real gateway at this URL."),
-    api_key: list[str] = typer.Option(None, "--api-key", help="Keys to use (live; repeatable)."),
-    admin_token: str = typer.Option(None, "--admin-token", help="Create accounts/keys (live)."),
-    max_requests: int = typer.Option(300, "--max-requests", help="Live: requests to send."),
-    concurrency: int = typer.Option(4, "--concurrency", help="Live: requests in flight."),
+def monitor_simulate(
+    out: Annotated[Path, typer.Option(help="Traffic log to write (JSON Lines).")],
+    labels: Annotated[Path, typer.Option(help="Ground-truth labels to write.")],
+    accounts: Annotated[int, typer.Option(help="Honest accounts (people and apps).")] = 1000,
+    campaigns: Annotated[int, typer.Option(help="Distillation campaigns.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the whole simulation.")] = 0,
+    split: Annotated[str, typer.Option(help="Prompt split: train or test.")] = "train",
+    days: Annotated[int, typer.Option(help="Simulated days.")] = 7,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="The shared data sets (default: DISTILLGUARD_DATA_DIR).")
+    ] = None,
+    live: Annotated[str | None, typer.Option(help="Drive a real gateway at this URL.")] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Keys to use (live; repeatable).")
+    ] = None,
+    admin_token: Annotated[str | None, typer.Option(help="Create accounts/keys (live).")] = None,
+    max_requests: Annotated[int, typer.Option(help="Live: requests to send.")] = 300,
+    concurrency: Annotated[int, typer.Option(help="Live: requests in flight.")] = 4,
 ) -> None:
     """Write simulated traffic (people, legitimate apps, campaigns) and its labels."""
     from rich.console import Console
@@ -40,36 +45,56 @@ def simulate_cmd(
     from distillguard.sim.simulate import SimConfig, simulate
 
     console = Console()
-    data = data_dir or get_settings().data_dir
+    data = data_dir or get_settings().require_data_dir()
     config = SimConfig(accounts=accounts, campaigns=campaigns, seed=seed, split=split, days=days)
     if live:
         from distillguard.sim.live import LiveConfig, run_live
 
-        res = run_live(config, LiveConfig(base_url=live, api_keys=tuple(api_key or ()),
-                                          admin_token=admin_token, max_requests=max_requests,
-                                          concurrency=concurrency),
-                       data_dir=data, out=out, labels=labels)  # fmt: skip
-        console.print(f"sent {res.sent:,} requests to {live}: {res.ok:,} served, "
-                      f"{res.refused:,} refused (429/403), {res.failed:,} failed; "
-                      f"traffic -> {out}, labels -> {labels}")  # fmt: skip
+        res = run_live(
+            config,
+            LiveConfig(
+                base_url=live,
+                api_keys=tuple(api_key or ()),
+                admin_token=admin_token,
+                max_requests=max_requests,
+                concurrency=concurrency,
+            ),
+            data_dir=data,
+            out=out,
+            labels=labels,
+        )
+        console.print(
+            f"sent {res.sent:,} requests to {live}: {res.ok:,} served, "
+            f"{res.refused:,} refused (429/403), {res.failed:,} failed; "
+            f"traffic -> {out}, labels -> {labels}"
+        )
         return
     with progress_bar(console=console, transient=True) as prog:
         task = prog.add_task("simulating", total=None)
-        res = simulate(config, data_dir=data, out=out, labels=labels,
-                       progress=lambda k: prog.advance(task, k))  # fmt: skip
-    console.print(f"wrote {res.exchanges:,} exchanges of {res.accounts:,} accounts "
-                  f"({res.campaign_accounts:,} in {campaigns} campaigns) to {out}; "
-                  f"labels -> {labels}")  # fmt: skip
+        res = simulate(
+            config, data_dir=data, out=out, labels=labels, progress=lambda k: prog.advance(task, k)
+        )
+    console.print(
+        f"wrote {res.exchanges:,} exchanges of {res.accounts:,} accounts "
+        f"({res.campaign_accounts:,} in {campaigns} campaigns) to {out}; "
+        f"labels -> {labels}"
+    )
     console.print("accounts per persona: " + ", ".join(f"{k} {v}" for k, v in res.personas.items()))
 
 
 @monitor_app.command("score")
-def score_cmd(
-    traffic: Path = typer.Argument(None, help="Traffic log (JSON Lines, plain or gzip)."),
-    out: Path = typer.Option(..., "--out", help="Verdicts to write (one per account)."),
-    db: str = typer.Option(None, "--db", help="Score the gateway's own log at this DB URL."),
-    model: Path = typer.Option(None, "--model", help="Score model JSON (default: built-in)."),
-    workers: int = typer.Option(0, "--workers", help="Processes (0: one per core for big logs)."),
+def monitor_score(
+    out: Annotated[Path, typer.Option(help="Verdicts to write (one per account).")],
+    traffic: Annotated[
+        Path | None, typer.Argument(help="Traffic log (JSON Lines, plain or gzip).")
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option(help="Score the gateway's own log at this DB URL.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Score model JSON (default: built-in).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes (0: one per core for big logs).")] = 0,
 ) -> None:
     """Score every account of a traffic log (or of the gateway's database)."""
     from rich.console import Console
@@ -102,27 +127,34 @@ def score_cmd(
                 w.write(v)
     flagged = [v for v in rep.verdicts if v.flagged]
     rate = rep.exchanges / rep.seconds if rep.seconds else 0.0
-    console.print(f"scored {len(rep.verdicts):,} accounts from {rep.exchanges:,} exchanges in "
-                  f"{rep.seconds:.1f} s ({rate:,.0f}/s); {len(flagged):,} flagged, "
-                  f"{len(rep.clusters):,} clusters of linked accounts -> {out}")  # fmt: skip
+    console.print(
+        f"scored {len(rep.verdicts):,} accounts from {rep.exchanges:,} exchanges in "
+        f"{rep.seconds:.1f} s ({rate:,.0f}/s); {len(flagged):,} flagged, "
+        f"{len(rep.clusters):,} clusters of linked accounts -> {out}"
+    )
     if rep.out_of_order:
-        console.print(f"[yellow]{rep.out_of_order:,} records arrived earlier than one already "
-                      "seen for their account: counted, but kept out of inter-arrival "
-                      "timing[/yellow]")  # fmt: skip
+        console.print(
+            f"[yellow]{rep.out_of_order:,} records arrived earlier than one already "
+            "seen for their account: counted, but kept out of inter-arrival "
+            "timing[/yellow]"
+        )
     for v in sorted(flagged, key=lambda v: -v.score)[:10]:
-        console.print(f"  {v.account_id}  {v.score:.3f}  {v.cluster_id or '-'}  "
-                      f"{'; '.join(v.reasons[:3])}")  # fmt: skip
+        console.print(
+            f"  {v.account_id}  {v.score:.3f}  {v.cluster_id or '-'}  {'; '.join(v.reasons[:3])}"
+        )
 
 
 @eval_app.command("detection")
-def eval_detection_cmd(
-    traffic: Path = typer.Argument(..., help="Traffic log (in time order for the replay)."),
-    labels: Path = typer.Argument(..., help="Ground-truth labels."),
-    verdicts: Path = typer.Argument(..., help="Verdicts of a detector."),
-    replay: bool = typer.Option(
-        True, "--replay/--no-replay", help="Replay through the online monitor for time-to-flag."
-    ),
-    json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON."),
+def eval_detection(
+    traffic: Annotated[Path, typer.Argument(help="Traffic log (in time order for the replay).")],
+    labels: Annotated[Path, typer.Argument(help="Ground-truth labels.")],
+    verdicts: Annotated[Path, typer.Argument(help="Verdicts of a detector.")],
+    replay: Annotated[
+        bool, typer.Option(help="Replay through the online monitor for time-to-flag.")
+    ] = True,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON.")
+    ] = None,
 ) -> None:
     """AUROC, TPR at low FPR, legit-app false positives, ARI, requests until flagged."""
     import dataclasses
@@ -148,8 +180,9 @@ def eval_detection_cmd(
         reader = read_traffic(traffic)
         with progress_bar(console=console, transient=True) as prog:
             task = prog.add_task("replaying through the online monitor", total=None)
-            ttf = time_to_flag(reader, labs, OnlineMonitor(load_policy()),
-                               progress=lambda k: prog.advance(task, k))  # fmt: skip
+            ttf = time_to_flag(
+                reader, labs, OnlineMonitor(load_policy()), progress=lambda k: prog.advance(task, k)
+            )
         if reader.skipped:
             console.print(f"[yellow]{reader.summary().describe()}[/yellow]")
         report = with_time_to_flag(report, ttf)
@@ -157,31 +190,45 @@ def eval_detection_cmd(
     for col in ("persona", "label", "accounts", "flagged", "score min", "median", "max"):
         t.add_column(col)
     for p in report.personas:
-        t.add_row(p.persona, p.label, str(p.accounts), str(p.flagged), f"{p.score_min:.3f}",
-                  f"{p.score_median:.3f}", f"{p.score_max:.3f}")  # fmt: skip
+        t.add_row(
+            p.persona,
+            p.label,
+            str(p.accounts),
+            str(p.flagged),
+            f"{p.score_min:.3f}",
+            f"{p.score_median:.3f}",
+            f"{p.score_max:.3f}",
+        )
     console.print(t)
-    console.print(f"accounts {report.accounts:,} ({report.campaign_accounts:,} campaign); "
-                  f"AUROC {report.auroc:.4f}; TPR@FPR1e-3 {report.tpr_at_fpr_1e3:.3f}; "
-                  f"TPR@FPR1e-2 {report.tpr_at_fpr_1e2:.3f}")  # fmt: skip
+    console.print(
+        f"accounts {report.accounts:,} ({report.campaign_accounts:,} campaign); "
+        f"AUROC {report.auroc:.4f}; TPR@FPR1e-3 {report.tpr_at_fpr_1e3:.3f}; "
+        f"TPR@FPR1e-2 {report.tpr_at_fpr_1e2:.3f}"
+    )
     console.print(
         f"operating point: TPR {report.flagged_tpr:.3f}, FPR {report.flagged_fpr:.4f}; "
         f"legitimate apps flagged {report.legit_apps_flagged}/{report.legit_apps}"
     )
     hydra = "n/a" if report.ari_hydra is None else f"{report.ari_hydra:.3f}"
-    console.print(f"cluster recovery ARI: all accounts {report.ari_all:.3f}, "
-                  f"multi-account campaigns {hydra}")  # fmt: skip
+    console.print(
+        f"cluster recovery ARI: all accounts {report.ari_all:.3f}, multi-account campaigns {hydra}"
+    )
     if report.time_to_flag:
-        console.print(f"requests until flagged (online replay): median {report.ttf_median}, "
-                      f"p90 {report.ttf_p90}, never flagged {report.ttf_missed}")  # fmt: skip
+        console.print(
+            f"requests until flagged (online replay): median {report.ttf_median}, "
+            f"p90 {report.ttf_p90}, never flagged {report.ttf_missed}"
+        )
     if report.missing_verdicts:
-        console.print(f"[yellow]{report.missing_verdicts} labelled accounts had no verdict "
-                      "(scored 0, not flagged)[/yellow]")  # fmt: skip
+        console.print(
+            f"[yellow]{report.missing_verdicts} labelled accounts had no verdict "
+            "(scored 0, not flagged)[/yellow]"
+        )
     if json_out is not None:
         json_out.write_text(json.dumps(dataclasses.asdict(report), indent=1, default=str))
 
 
 def register(root: typer.Typer) -> None:
     """Attach this capability's commands to the root app."""
-    root.command("simulate")(simulate_cmd)
+    root.command("simulate")(monitor_simulate)
     root.add_typer(monitor_app, name="monitor")
     root.add_typer(eval_app, name="eval")

@@ -65,7 +65,7 @@ def _fmt_p(p: float) -> str:
 
 
 @prove_app.command("attribute")
-def attribute_cmd(
+def prove_attribute(
     ctx: typer.Context,
     suspect: Annotated[
         Path, typer.Option(help="JSONL of the suspect's answers ({instruction, output} per line).")
@@ -133,7 +133,7 @@ def _check_exclusive(**named: object) -> None:
 
 
 @prove_app.command("radioactivity")
-def radioactivity_cmd(
+def prove_radioactivity(
     ctx: typer.Context,
     suspect: Annotated[
         Path | None, typer.Option(help="Suspect model directory (open weights).")
@@ -271,7 +271,7 @@ def _print_radioactivity(report: RadioactivityReport) -> None:
 
 
 @prove_app.command("report")
-def report_cmd(
+def prove_report(
     evidence: Annotated[list[Path], typer.Option(help="Evidence JSON (repeatable).")],
     out: Annotated[Path, typer.Option(help="HTML file to write (JSON beside it).")],
     verdicts: Annotated[Path | None, typer.Option(help="Monitor verdicts JSONL.")] = None,

@@ -29,7 +29,7 @@ def register(root: typer.Typer) -> None:
 
 
 @watermark_app.command("detect")
-def detect(
+def watermark_detect(
     file: Annotated[str, typer.Argument(help="Input file, or - for stdin.")],
     field: Annotated[str, typer.Option(help="JSONL field holding the text.")] = "text",
     prompt_field: Annotated[
@@ -59,10 +59,11 @@ def detect(
     alpha: Annotated[float, typer.Option(help="Level at which a text counts as marked.")] = 1e-3,
 ) -> None:
     """Detect the watermark in texts: one JSON line per input on stdout."""
+    from distillguard.config import get_settings
     from distillguard.watermark.detect import TextDetector, detect_stream, read_inputs
 
     detector = TextDetector.from_settings(
-        scheme=scheme, key_ids=key_id or None, tokenizer_dir=tokenizer
+        get_settings(), scheme=scheme, key_ids=key_id or None, tokenizer_dir=tokenizer
     )
     account_list = [a.strip() for a in (accounts or "").split(",") if a.strip()]
     if file == "-":
@@ -91,13 +92,14 @@ def detect(
 
 
 @watermark_app.command("keys")
-def keys() -> None:
+def watermark_keys() -> None:
     """List watermark key ids with public fingerprints (never the secret)."""
     from rich.table import Table
 
+    from distillguard.config import get_settings
     from distillguard.watermark.keys import KeyRing
 
-    ring = KeyRing.from_settings()
+    ring = KeyRing.from_settings(get_settings())
     table = Table("key id", "fingerprint", "current")
     for info in ring.info():
         table.add_row(str(info.key_id), info.fingerprint, "yes" if info.current else "")

@@ -137,17 +137,17 @@ def held_out_rows(
     teacher_dir: Path, *, data_path: Path | None, prompts_path: Path | None, config: EvalConfig
 ) -> list[HarvestRecord]:
     """Held-out sequences: the dataset's last ``samples`` rows, or the teacher's fresh answers
-    to the *last* ``samples`` prompts of ``prompts_path`` (default: the shared honest set,
-    whose first prompts are what ``train_student`` uses when it has no dataset)."""
+    to the *last* ``samples`` prompts of ``prompts_path`` (the CLI's default is the shared honest
+    set, whose first prompts are what ``train_student`` uses when it has no dataset)."""
     if data_path is not None:
         rows = load_rows(data_path)
         return rows[-config.samples :]
-    from distillguard.config import get_settings
     from distillguard.distill.harvest import LocalHarvestParams, harvest_local, read_prompts
     from distillguard.models.engine import GenerationEngine
 
-    path = prompts_path or get_settings().data_dir / "prompts" / "honest.jsonl"
-    prompts = list(read_prompts(Path(path)).prompts)[-config.samples :]
+    if prompts_path is None:
+        raise InputError("held-out answers need a dataset or prompts for the teacher: --prompts")
+    prompts = list(read_prompts(Path(prompts_path)).prompts)[-config.samples :]
     engine = GenerationEngine.from_dir(Path(teacher_dir), num_threads=config.num_threads)
     params = LocalHarvestParams(max_new_tokens=config.max_new_tokens, seed=config.seed)
     return harvest_local(engine, prompts, params)

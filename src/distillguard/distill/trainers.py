@@ -176,7 +176,7 @@ def train_student(
     """Train a student by ``mode`` and save it as a HF model directory at ``out_dir``.
 
     ``data`` is a harvested JSONL path or rows (dicts need ``prompt`` and ``answer``); with no
-    data the teacher answers ``prompts_path`` (default: the shared honest prompts) first.
+    data the teacher answers ``prompts_path`` first.
     sft needs only data; logit-kd and gkd need ``teacher_dir``; topk-kd needs rows harvested
     with logprobs and a student tokenizer that covers the teacher's tokens.
     """
@@ -264,12 +264,12 @@ def teacher_rows(
     teacher_dir: Path | None, prompts_path: Path | None, config: DistillConfig
 ) -> list[HarvestRecord]:
     """The teacher's own answers to prompts (white-box runs without a harvested dataset)."""
-    from distillguard.config import get_settings
     from distillguard.distill.harvest import LocalHarvestParams, harvest_local, read_prompts
     from distillguard.models.engine import GenerationEngine
 
-    path = prompts_path or get_settings().data_dir / "prompts" / "honest.jsonl"
-    prompts = list(read_prompts(Path(path)).prompts)[: config.teacher_answers]
+    if prompts_path is None:
+        raise InputError("without a dataset the teacher needs prompts to answer: --prompts FILE")
+    prompts = list(read_prompts(Path(prompts_path)).prompts)[: config.teacher_answers]
     engine = GenerationEngine.from_dir(Path(teacher_dir), num_threads=config.num_threads)
     params = LocalHarvestParams(
         max_new_tokens=config.teacher_max_new_tokens, seed=config.seed, temperature=1.0

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distillguard.config import Settings, get_settings
+from distillguard.config import Settings
 from distillguard.errors import InputError, NotFound
 
 # Keys of a JSONL record that hold a prompt and its answer, in order of preference.
@@ -91,13 +91,12 @@ def read_chat_pairs(data_dir: Path) -> list[tuple[str, str]]:
     return read_corpus(files).chat_pairs
 
 
-def teacher_dir_path(settings: Settings | None = None, *, size: str = "small") -> Path:
-    settings = settings or get_settings()
+def teacher_dir_path(settings: Settings, *, size: str = "small") -> Path:
     return settings.home / "models" / f"teacher-{size}"
 
 
 def default_teacher_dir(
-    settings: Settings | None = None, *, size: str = "small", progress: bool = True, seed: int = 0
+    settings: Settings, *, size: str = "small", progress: bool = True, seed: int = 0
 ) -> Path:
     """Directory of the default teacher, building it first when it is missing.
 
@@ -108,13 +107,12 @@ def default_teacher_dir(
     target = teacher_dir_path(settings, size=size)
     if (target / "config.json").is_file():
         return target
-    settings = settings or get_settings()
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.with_name(f".{target.name}.lock")
     with _FileLock(lock):
         if (target / "config.json").is_file():  # built by another process meanwhile
             return target
-        pairs = read_chat_pairs(settings.data_dir)
+        pairs = read_chat_pairs(settings.require_data_dir())
         config = TrainConfig(
             size=size, max_steps=TEACHER_STEPS.get(size, 600), batch_size=TEACHER_BATCH, seed=seed
         )

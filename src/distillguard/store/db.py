@@ -92,7 +92,9 @@ def loads_json(text: str | bytes) -> Any:
 
 
 def resolve_url(url: str | None = None) -> str:
-    """The given URL, or the settings' one (``DISTILLGUARD_DATABASE_URL`` or SQLite in home)."""
+    """The given URL, or the settings' one (``DISTILLGUARD_DATABASE_URL`` or SQLite in home).
+    Only for Alembic's own command line (``migrations/env.py``), an entry point; the package
+    passes URLs in."""
     if url:
         return url
     from distillguard.config import get_settings
@@ -111,9 +113,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """An engine for ``url`` (default: settings). StoreError for a URL that cannot work."""
-    raw = resolve_url(url)
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``. StoreError for a URL that cannot work."""
+    raw = url
     try:
         parsed = make_url(raw)
     except ArgumentError as exc:
@@ -203,8 +205,10 @@ def migrate(url: str | None = None, *, engine: Engine | None = None) -> None:
     to call from several processes at once."""
     from alembic import command
 
+    if engine is None and url is None:
+        raise StoreError("migrate needs a database URL or an engine")
     owned = engine is None
-    engine = engine if engine is not None else make_engine(url)
+    engine = engine if engine is not None else make_engine(str(url))
     try:
         with engine.connect() as connection, _migration_lock(engine, connection):
             command.upgrade(alembic_config(connection), "head")

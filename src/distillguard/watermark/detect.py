@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from distillguard.config import Settings
 from distillguard.errors import (
     DistillGuardError,
     InputError,
@@ -37,12 +38,9 @@ from distillguard.watermark.schemes import build_scheme
 INPUT_FORMATS = ("auto", "jsonl", "text", "lines")
 
 
-def load_tokenizer(tokenizer_dir: Path | None = None, settings: Any | None = None) -> Any:
+def load_tokenizer(tokenizer_dir: Path | None, settings: Settings) -> Any:
     """The teacher's tokenizer: ``tokenizer_dir``, else settings.model_dir, else the cached
     default teacher (never trained here: detection must not start a training run)."""
-    from distillguard.config import get_settings
-
-    settings = settings or get_settings()
     if tokenizer_dir is None:
         if settings.model_dir is not None:
             tokenizer_dir = Path(settings.model_dir)
@@ -87,16 +85,13 @@ class TextDetector:
     @classmethod
     def from_settings(
         cls,
-        settings: Any | None = None,
+        settings: Settings,
         *,
         tokenizer: Any | None = None,
         scheme: str | None = None,
         key_ids: Sequence[int] | None = None,
         tokenizer_dir: Path | None = None,
     ) -> TextDetector:
-        from distillguard.config import get_settings
-
-        settings = settings or get_settings()
         name = scheme or settings.watermark_scheme
         if name == "off":
             raise WatermarkError("the configured watermark scheme is 'off'; pass a scheme")
@@ -191,7 +186,7 @@ def detect_text(
     text: str,
     *,
     tokenizer: Any,
-    settings: Any | None = None,
+    settings: Settings | None = None,
     secret: bytes | None = None,
     scheme: str = "kgw",
     key_ids: Sequence[int] | None = None,
@@ -201,6 +196,8 @@ def detect_text(
     """Detect the watermark in one text (key ring from ``secret`` or the settings)."""
     if secret is not None:
         ring = KeyRing(secret=secret, current_key_id=max(key_ids) if key_ids else 1)
+    elif settings is None:
+        raise WatermarkError("detect_text needs the provider's secret or the settings holding it")
     else:
         ring = KeyRing.from_settings(settings)
     det = TextDetector(tokenizer=tokenizer, keyring=ring, scheme=scheme, key_ids=key_ids)

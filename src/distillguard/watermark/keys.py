@@ -28,6 +28,7 @@ import hmac
 from dataclasses import dataclass
 from functools import lru_cache
 
+from distillguard.config import Settings
 from distillguard.errors import ConfigError, WatermarkError
 
 DOMAIN = b"distillguard-watermark-v1"
@@ -101,11 +102,10 @@ class KeyRing:
         return f"KeyRing(current_key_id={self.current_key_id}, secret=<hidden>)"
 
     @classmethod
-    def from_settings(cls, settings: object | None = None) -> KeyRing:
-        from distillguard.config import get_settings
-
-        s = settings or get_settings()
-        return cls(secret=s.require_watermark_secret(), current_key_id=s.watermark_key_id)
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        return cls(
+            secret=settings.require_watermark_secret(), current_key_id=settings.watermark_key_id
+        )
 
     @property
     def key_ids(self) -> tuple[int, ...]:
