@@ -14,7 +14,6 @@ from distillguard.forensics.attribution import (
     AttributionConfig,
     attribute,
     double_center,
-    holm,
     read_answers,
     read_candidates,
 )
@@ -87,11 +86,6 @@ def test_double_center_removes_topic_and_hubness() -> None:
     hub[2, :, :] += 0.3  # model 2 is close to everyone
     hub[:, 2, :] += 0.3
     np.testing.assert_allclose(double_center(hub), double_center(sim), atol=1e-12)
-
-
-def test_holm_matches_definition() -> None:
-    adj = holm([0.01, 0.04, 0.03, 0.2])
-    np.testing.assert_allclose(adj, [0.04, 0.09, 0.09, 0.2])
 
 
 def test_mismatched_prompts_are_refused(tmp_path: Path) -> None:

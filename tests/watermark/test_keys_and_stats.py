@@ -99,3 +99,14 @@ def test_holm_matches_the_step_down_definition() -> None:
     p = np.array([[0.01, 0.04, 0.03, 0.5]])
     # sorted 0.01, 0.03, 0.04, 0.5 -> 0.04, 0.09, max(0.09, 0.08), 0.5
     assert np.allclose(holm(p), [[0.04, 0.09, 0.09, 0.5]])
+
+
+def test_splitmix64_array_and_int_forms_agree() -> None:
+    """One function in two forms: the watermark's uint64 arrays and the monitor's ints."""
+    from distillguard.mixing import splitmix64, splitmix64_int
+
+    xs = [0, 1, 2, 12345, 2**63 - 1, 2**64 - 1]
+    arrays = splitmix64(np.array(xs, dtype=np.uint64)).tolist()
+    assert arrays == [splitmix64_int(x) for x in xs]
+    assert len(set(arrays)) == len(xs)  # a bijection: distinct inputs stay distinct
+    assert splitmix64_int(0) == 0xE220A8397B1DCDAF  # splitmix64's first output from seed 0

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from distillguard.distill.records import HarvestRecord, prompt_id, read_dataset
 from distillguard.errors import InputError
+from distillguard.models.tokenizer import byte_level_alphabet
 
 
 # --- rows ----------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class TokenMapper:
         self.raw = dict(tokenizer.get_vocab())
         # Byte-level BPE spells each byte as one printable character (GPT-2's table): invert
         # it to know every token's exact bytes, which APIs return beside the text.
-        to_byte = {char: byte for byte, char in _bytes_to_unicode().items()}
+        to_byte = {char: byte for byte, char in byte_level_alphabet().items()}
         self.by_bytes: dict[bytes, int] = {}
         for token, index in self.raw.items():
             if token and all(char in to_byte for char in token):
@@ -141,19 +142,6 @@ class TokenMapper:
                 return found
         found = self.pieces.get(token)
         return found if found is not None else self.raw.get(token)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table used by byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    table = {byte: chr(byte) for byte in printable}
-    extra = 0
-    for byte in range(256):
-        if byte not in table:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def encode_topk_example(

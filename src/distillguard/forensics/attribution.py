@@ -38,6 +38,7 @@ import numpy as np
 from scipy import stats
 
 from distillguard.errors import InputError
+from distillguard.watermark.stats import holm
 
 
 @dataclass
@@ -279,18 +280,6 @@ def prompt_permutation_pvalue(
     return (1 + exceed) / (1 + permutations)
 
 
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm step-down adjusted p-values (monotone, capped at 1)."""
-    order = np.argsort(pvalues)
-    m = len(pvalues)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, idx in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[idx]))
-        adjusted[idx] = running
-    return adjusted.tolist()
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -362,7 +351,7 @@ def attribute_from_similarity(
             suspect_effects, k, permutations=config.permutations, rng=rng
         )
         rows.append((names[k], float(pair_effect[0, k + 1]), z, p_model, p_prompt))
-    adjusted = holm([r[3] for r in rows])
+    adjusted = holm(np.array([r[3] for r in rows])).tolist()  # (C,)
     order = np.argsort([-r[1] for r in rows])
     scores = []
     for rank, idx in enumerate(order, start=1):

@@ -44,7 +44,8 @@ from scipy import stats
 
 from distillguard.errors import InputError, InsufficientData, ModelError, WatermarkError
 from distillguard.watermark import build_scheme
-from distillguard.watermark.base import WatermarkScheme, holm
+from distillguard.watermark.base import WatermarkScheme
+from distillguard.watermark.stats import holm
 
 LOG10 = np.log(10.0)
 WEIGHTINGS = ("stouffer", "mass")

@@ -30,7 +30,12 @@ from torch import Tensor
 from distillguard.errors import ContextTooLong, InputError, ModelError
 from distillguard.models.fast_llama import FastLlama
 from distillguard.models.sampling import PlainSampler, SampleOutput, TokenSampler, sample_plain
-from distillguard.models.tokenizer import encode_chat, encode_text, eos_token_ids
+from distillguard.models.tokenizer import (
+    byte_level_alphabet,
+    encode_chat,
+    encode_text,
+    eos_token_ids,
+)
 
 __all__ = [
     "Completion",
@@ -730,7 +735,7 @@ def _byte_table(tokenizer: Any) -> list[bytes] | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or type(backend.decoder).__name__ != "ByteLevel":
         return None
-    byte_of = {ch: b for b, ch in _byte_level_alphabet().items()}
+    byte_of = {ch: b for b, ch in byte_level_alphabet().items()}
     special = set(tokenizer.all_special_ids)
     added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
     table: list[bytes] = []
@@ -750,17 +755,3 @@ def _byte_table(tokenizer: Any) -> list[bytes] | None:
             return None
         table.append(bytes(byte_of[ch] for ch in piece))
     return table
-
-
-def _byte_level_alphabet() -> dict[int, str]:
-    """GPT-2's byte-level map: printable bytes stand for themselves, the rest shift to 256+."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {b: chr(b) for b in printable}
-    shifted = (b for b in range(256) if b not in mapping)
-    for n, b in enumerate(shifted):
-        mapping[b] = chr(256 + n)
-    return mapping

@@ -140,3 +140,18 @@ def eos_token_ids(tokenizer: Any, model_config: Any = None) -> frozenset[int]:
     if not ids:
         raise ModelError("the tokenizer has no end-of-sequence token; cannot end generations")
     return frozenset(ids)
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-level map (byte -> character) that byte-level BPE vocabularies are written
+    in: printable bytes stand for themselves, the rest shift to 256+. Reversible."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {b: chr(b) for b in printable}
+    shifted = (b for b in range(256) if b not in mapping)
+    for n, b in enumerate(shifted):
+        mapping[b] = chr(256 + n)
+    return mapping

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from distillguard.errors import ConfigError
+from distillguard.mixing import GOLDEN_GAMMA, splitmix64_int
 from distillguard.traffic import TrafficRecord, prompt_text
 
 # Chain-of-thought elicitation: generic English phrasings that ask a model to show reasoning.
@@ -159,13 +160,11 @@ class MinHasher:
 
     def __init__(self, k: int, seed: int) -> None:
         self.k = k
-        self.salt = (seed * 0x9E3779B97F4A7C15) & _M64
+        # splitmix64_int adds one GOLDEN_GAMMA itself: x + seed * GOLDEN_GAMMA in all
+        self.salt = ((seed - 1) * GOLDEN_GAMMA) & _M64
 
     def hash(self, x: int) -> int:
-        z = (x + self.salt) & _M64  # splitmix64 finalizer: every input bit moves every output bit
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-        return z ^ (z >> 31)
+        return splitmix64_int(x + self.salt)  # every input bit moves every output bit
 
 
 @dataclass

@@ -25,26 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from distillguard.errors import InputError
+from distillguard.mixing import splitmix64
 
 U64 = np.uint64
 _TOKEN_SALT = U64(0x243F6A8885A308D3)  # digits of pi: separates token and key domains
 _ANCHOR_SALT = U64(0x13198A2E03707344)
 _CONTEXT_SALT = U64(0xA4093822299F31D0)
 CONTEXT_MODES = ("lefthash", "minhash", "selfhash")
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer, elementwise on uint64 (wrapping arithmetic); same shape out."""
-    z = x + U64(0x9E3779B97F4A7C15)
-    t = z >> U64(30)  # one scratch array, everything else in place (fewer allocations)
-    z ^= t
-    z *= U64(0xBF58476D1CE4E5B9)
-    np.right_shift(z, U64(27), out=t)
-    z ^= t
-    z *= U64(0x94D049BB133111EB)
-    np.right_shift(z, U64(31), out=t)
-    z ^= t
-    return z
 
 
 class _TokenTable:
