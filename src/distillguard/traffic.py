@@ -1,4 +1,5 @@
-"""The exchange formats of ``shared/spec/traffic-log.md``: traffic log, labels, verdicts.
+"""The exchange formats of ``shared/spec/traffic-log.md``: traffic log, labels, verdicts, and
+the package's one JSON Lines reader (``JsonlReader``), which every JSONL file goes through.
 
 Every room that reads or writes traffic goes through this module: the gateway's export, the
 simulator, the detector and the evaluation. Readers stream line by line (memory bounded by the
@@ -287,6 +288,12 @@ class ReadSummary:
             msg += f", {self.skipped:,} malformed lines skipped ({shown})"
         return msg
 
+    def raise_if_skipped(self) -> None:
+        """For files that must be clean (a dataset this tool appends to, a shipped data set):
+        any skipped line becomes an InputError that names the lines and why."""
+        if self.skipped:
+            raise InputError(self.describe())
+
 
 class JsonlReader(Generic[T]):
     """Iterate records of one JSON Lines file; bad lines are skipped and counted, never fatal.
@@ -400,6 +407,11 @@ def read_labels(path: Path | str) -> JsonlReader[LabelRecord]:
 
 def read_verdicts(path: Path | str) -> JsonlReader[Verdict]:
     return JsonlReader(path, Verdict.from_dict)
+
+
+def read_objects(path: Path | str) -> JsonlReader[dict[str, Any]]:
+    """Stream the JSON objects of any JSON Lines file, with the same skip policy."""
+    return JsonlReader(path, dict)
 
 
 # Kept for readers of interfaces.md, where the traffic reader is named TrafficReader.

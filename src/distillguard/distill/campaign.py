@@ -29,6 +29,7 @@ from distillguard.distill.harvest import HarvestConfig, HarvestResult, harvest
 from distillguard.distill.records import HarvestRecord, Prompt, prompt_id, read_dataset
 from distillguard.distill.trainers import INFO_FILE, DistillConfig, train_student
 from distillguard.errors import InputError, NotFound
+from distillguard.traffic import read_objects
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,9 @@ def other_model_answers(data_dir: Path, model: str = "gpt4") -> dict[str, str]:
     path = Path(data_dir) / "outputs" / f"{model}.jsonl"
     if not path.is_file():
         raise NotFound(f"no answers of {model} at {path} (the no-teacher baseline needs them)")
-    answers = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        answers[record["instruction"]] = record["output"]
+    reader = read_objects(path)
+    answers = {r["instruction"]: r["output"] for r in reader if {"instruction", "output"} <= set(r)}
+    reader.summary().raise_if_skipped()  # shipped data: a bad line is an error, not a gap
     return answers
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.errors import InputError, NotFound
+from distillguard.traffic import JsonlReader
 
 PROMPT_FIELDS = ("prompt", "instruction", "question", "text", "input")  # tried in this order
 
@@ -55,49 +56,44 @@ def read_prompts(path: Path, *, field: str | None = None, id_field: str | None =
     if not path.is_file():
         raise NotFound(f"prompts file not found: {path}")
     is_json = path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
+    parsed: list[Prompt]
+    if is_json:
+        reader = JsonlReader(path, lambda obj: _prompt_from_record(obj, field, id_field))
+        parsed = list(reader)
+        bad = [s.line_no for s in reader.examples]  # the first bad lines; the count is exact
+        bad_count = reader.skipped
+    else:
+        parsed, bad = [], []
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                text = line.rstrip("\n")
+                if text.strip():
+                    parsed.append(Prompt(prompt_id(text), text))
+        bad_count = 0
     prompts: list[Prompt] = []
     seen: set[str] = set()
-    bad: list[int] = []
     duplicates = 0
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            parsed = _parse_prompt_line(line, is_json=is_json, field=field, id_field=id_field)
-            if parsed is None:
-                bad.append(number)
-                continue
-            if parsed.id in seen:
-                duplicates += 1
-                continue
-            seen.add(parsed.id)
-            prompts.append(parsed)
+    for prompt in parsed:
+        if prompt.id in seen:
+            duplicates += 1
+            continue
+        seen.add(prompt.id)
+        prompts.append(prompt)
     if not prompts:
         hint = f" (field {field!r})" if field else f" (fields tried: {', '.join(PROMPT_FIELDS)})"
-        raise InputError(f"no usable prompt in {path}{hint}; {len(bad)} bad lines")
-    return PromptSet(tuple(prompts), len(bad), tuple(bad[:20]), duplicates)
+        raise InputError(f"no usable prompt in {path}{hint}; {bad_count} bad lines")
+    return PromptSet(tuple(prompts), bad_count, tuple(bad[:20]), duplicates)
 
 
-def _parse_prompt_line(
-    line: str, *, is_json: bool, field: str | None, id_field: str | None
-) -> Prompt | None:
-    if not is_json:
-        text = line.rstrip("\n")
-        return Prompt(prompt_id(text), text) if text.strip() else None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict):
-        return None
+def _prompt_from_record(obj: dict[str, Any], field: str | None, id_field: str | None) -> Prompt:
     names = (field,) if field else PROMPT_FIELDS
     text = next((obj[name] for name in names if isinstance(obj.get(name), str)), None)
     if text is None or not text.strip():
-        return None
+        raise ValueError(f"no non-empty prompt field ({', '.join(names)})")
     if id_field:
         raw_id = obj.get(id_field)
         if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
-            return None
+            raise ValueError(f"no string or integer {id_field!r}")
         return Prompt(str(raw_id), text)
     return Prompt(prompt_id(text), text)
 
@@ -180,29 +176,28 @@ class DatasetWriter:
         self.close()
 
 
+def _harvest_record(obj: dict[str, Any]) -> HarvestRecord:
+    try:
+        return HarvestRecord(
+            id=str(obj["id"]),
+            prompt=obj["prompt"],
+            answer=obj["answer"],
+            finish_reason=obj.get("finish_reason"),
+            model=obj.get("model", ""),
+            cot=bool(obj.get("cot", False)),
+            usage=obj.get("usage") or {},
+            logprobs=obj.get("logprobs"),
+        )
+    except KeyError as exc:
+        raise ValueError(f"not a dataset record: no {exc}") from None
+
+
 def read_dataset(path: Path) -> list[HarvestRecord]:
-    """Records of a harvested dataset (bad lines raise InputError with their number)."""
+    """Records of a harvested dataset. It must be clean: bad lines raise InputError naming
+    their numbers and reasons (a dataset is written by this tool, so a bad line is damage)."""
     if not path.is_file():
         raise NotFound(f"dataset not found: {path}")
-    records = []
-    with path.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                records.append(
-                    HarvestRecord(
-                        id=str(obj["id"]),
-                        prompt=obj["prompt"],
-                        answer=obj["answer"],
-                        finish_reason=obj.get("finish_reason"),
-                        model=obj.get("model", ""),
-                        cot=bool(obj.get("cot", False)),
-                        usage=obj.get("usage") or {},
-                        logprobs=obj.get("logprobs"),
-                    )
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InputError(f"{path} line {number}: not a dataset record ({exc})") from exc
+    reader = JsonlReader(path, _harvest_record)
+    records = list(reader)
+    reader.summary().raise_if_skipped()
     return records

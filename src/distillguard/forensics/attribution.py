@@ -29,7 +29,6 @@ are below ``alpha``; nothing attributed means "none of these".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 from distillguard.errors import InputError
+from distillguard.traffic import JsonlReader
 from distillguard.watermark.stats import holm
 
 
@@ -127,6 +127,13 @@ class AttributionResult:
 # --------------------------------------------------------------------------- loading
 
 
+def _instruction_output(row: dict) -> tuple[str, str]:
+    instruction, output = row.get("instruction"), row.get("output")
+    if not isinstance(instruction, str) or not isinstance(output, str):
+        raise ValueError("no string 'instruction' and 'output' fields")
+    return instruction.strip(), output
+
+
 def read_answers(path: Path, *, name: str | None = None) -> AnswerSet:
     """Read a JSONL file of ``{"instruction": ..., "output": ...}`` lines (alpaca_eval shape).
 
@@ -134,24 +141,9 @@ def read_answers(path: Path, *, name: str | None = None) -> AnswerSet:
     """
     if not path.is_file():
         raise InputError(f"answers file not found: {path}")
-    answers: dict[str, str] = {}
-    skipped = 0
-    generator = None
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                instruction, output = row["instruction"], row["output"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                skipped += 1
-                continue
-            if not isinstance(instruction, str) or not isinstance(output, str):
-                skipped += 1
-                continue
-            answers[instruction.strip()] = output
-            generator = generator or row.get("generator")
+    reader = JsonlReader(path, _instruction_output)
+    answers = dict(reader)
+    skipped = reader.skipped
     if not answers:
         raise InputError(f"{path}: no line with string 'instruction' and 'output' fields")
     return AnswerSet(name=name or path.stem, answers=answers, skipped_lines=skipped)

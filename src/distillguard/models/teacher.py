@@ -8,7 +8,6 @@ repeatable for a given seed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from distillguard.config import Settings
 from distillguard.errors import InputError, NotFound
+from distillguard.traffic import JsonlReader
 
 # Keys of a JSONL record that hold a prompt and its answer, in order of preference.
 PROMPT_KEYS = ("instruction", "prompt", "question")
@@ -46,6 +46,13 @@ def _pair_from_record(record: object) -> tuple[str, str] | None:
     return prompt, answer
 
 
+def _chat_pair(record: dict) -> tuple[str, str]:
+    pair = _pair_from_record(record)
+    if pair is None:
+        raise ValueError(f"no non-empty prompt ({'/'.join(PROMPT_KEYS)}) and answer")
+    return pair
+
+
 def read_corpus(paths: Sequence[Path]) -> Corpus:
     """Read training files: ``.jsonl`` records become chat pairs (bad lines are counted, never
     fatal), any other file is plain text split into paragraphs (blank-line separated)."""
@@ -55,22 +62,14 @@ def read_corpus(paths: Sequence[Path]) -> Corpus:
     for path in map(Path, paths):
         if not path.is_file():
             raise NotFound(f"corpus file {path} does not exist")
-        raw = path.read_bytes().decode("utf-8", errors="replace")
         if path.suffix == ".jsonl":
-            for lineno, line in enumerate(raw.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    pair = _pair_from_record(json.loads(line))
-                except ValueError:
-                    pair = None
-                if pair is None:
-                    corpus.skipped_lines += 1
-                    if len(corpus.first_skipped) < 5:
-                        corpus.first_skipped.append(f"{path.name}:{lineno}")
-                else:
-                    corpus.chat_pairs.append(pair)
+            reader = JsonlReader(path, _chat_pair)
+            corpus.chat_pairs += list(reader)
+            corpus.skipped_lines += reader.skipped
+            room = max(0, 5 - len(corpus.first_skipped))
+            corpus.first_skipped += [f"{path.name}:{s.line_no}" for s in reader.examples[:room]]
         else:
+            raw = path.read_bytes().decode("utf-8", errors="replace")
             corpus.texts += [p.strip() for p in raw.split("\n\n") if p.strip()]
     if not corpus.texts and not corpus.chat_pairs:
         raise InputError(

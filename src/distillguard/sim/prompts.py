@@ -13,9 +13,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from distillguard.errors import InputError, NotFound
+from distillguard.traffic import read_objects
 
 SPLITS = ("train", "test")
 # Share of every prompt set that goes to the train split (the rest is held out).
@@ -177,13 +176,12 @@ class PromptSets:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The objects of a shipped data file, which must be clean (a bad line is an InputError)."""
     if not path.exists():
         raise NotFound(f"data file missing: {path} (the real prompt sets live in shared/data)")
-    rows = []
-    with open(path, "rb") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(orjson.loads(line))
+    reader = read_objects(path)
+    rows = list(reader)
+    reader.summary().raise_if_skipped()
     return rows
 
 
