@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import io
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any
 
 from distillguard.errors import InputError
@@ -142,7 +140,7 @@ def _png(fig: Any) -> str:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img class="plot" alt="plot" src="data:image/png;base64,{data}">'
+    return f"data:image/png;base64,{data}"
 
 
 def _figure(width: float = 6.4, height: float = 3.2, ncols: int = 1) -> tuple[Any, Any]:
@@ -225,6 +223,25 @@ def plot_dose_response(ev: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- HTML
+# The page is ``report.html``, a Jinja2 template with autoescape on: every string from the
+# evidence (suspect names, account and key ids, commands) is escaped by the template, never
+# by hand. This module only turns evidence into cards: headings, notes, tables and plots.
+
+
+@dataclass(frozen=True)
+class Table:
+    head: tuple[str, ...]
+    rows: tuple[tuple[str | int | float, ...], ...]
+    hits: tuple[bool, ...] = ()  # rows to highlight (below alpha)
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str  # "heading" | "note" | "table" | "plot" | "command"
+    text: str = ""
+    code: str = ""  # heading: the part shown as code (a suspect's name)
+    after: str = ""  # heading: text after the code part
+    table: Table | None = None
 
 
 def _p(t: dict[str, Any]) -> str:
@@ -232,23 +249,6 @@ def _p(t: dict[str, Any]) -> str:
     if lp is None:
         return f"{t.get('p_value', float('nan')):.3g}"
     return f"{10**lp:.3g}" if lp > -300 else f"10^{lp:.1f}"
-
-
-def _table(
-    head: Sequence[str], rows: Sequence[Sequence[Any]], hit: Sequence[bool] | None = None
-) -> str:
-    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = []
-    for i, row in enumerate(rows):
-        cls = ' class="hit"' if hit and hit[i] else ""
-        tds = "".join(
-            f'<td class="num">{html.escape(_fmt(c))}</td>'
-            if isinstance(c, int | float)
-            else f"<td>{html.escape(str(c))}</td>"
-            for c in row
-        )
-        body.append(f"<tr{cls}>{tds}</tr>")
-    return f"<table><tr>{th}</tr>{''.join(body)}</table>"
 
 
 def _fmt(x: float | int) -> str:
@@ -259,25 +259,30 @@ def _fmt(x: float | int) -> str:
     return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3e}"
 
 
-def _command(ev: dict[str, Any]) -> str:
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], hits: Sequence[bool] = ()) -> Block:
+    return Block("table", table=Table(tuple(head), tuple(tuple(r) for r in rows), tuple(hits)))
+
+
+def _command(ev: dict[str, Any]) -> list[Block]:
     cmd = ev.get("command")
-    if not cmd:
-        return ""
-    return f"<p class='muted'>Reproduce with:</p><pre>{html.escape(cmd)}</pre>"
+    return [Block("command", text=str(cmd))] if cmd else []
 
 
-def _radioactivity_section(ev: dict[str, Any], alpha: float) -> str:
-    parts = [
-        f"<h3>Radioactivity of <code>{html.escape(str(ev['suspect']))}</code> "
-        f"({html.escape(ev['mode'])} mode)</h3>",
-        f"<p class='muted'>scheme {html.escape(ev['scheme'])}, key id {ev['key_id']}; "
-        f"{ev.get('texts', 0):,} texts, {ev.get('tokens', 0):,} tokens"
-        + (
-            f", restricted to {ev['served_contexts']:,} served contexts"
-            if ev.get("served_contexts")
-            else ""
-        )
-        + "</p>",
+def _radioactivity_card(ev: dict[str, Any], alpha: float) -> list[Block]:
+    served = ev.get("served_contexts")
+    note = (
+        f"scheme {ev['scheme']}, key id {ev['key_id']}; {ev.get('texts', 0):,} texts, "
+        f"{ev.get('tokens', 0):,} tokens"
+        + (f", restricted to {served:,} served contexts" if served else "")
+    )
+    blocks = [
+        Block(
+            "heading",
+            text="Radioactivity of ",
+            code=str(ev["suspect"]),
+            after=f" ({ev['mode']} mode)",
+        ),
+        Block("note", text=note),
     ]
     rows, hits = [], []
     for t in ev["tests"]:
@@ -297,28 +302,22 @@ def _radioactivity_section(ev: dict[str, Any], alpha: float) -> str:
             ]
         )
         hits.append(t["p_value"] < alpha)
-    parts.append(
-        _table(
-            [
-                "test",
-                "tail",
-                "units scored",
-                "statistic",
-                "null expectation",
-                "z",
-                "p-value",
-                "random keys",
-                "KS p (uniform)",
-                "FPR at 1e-3",
-            ],
-            rows,
-            hits,
-        )
-    )
-    for t in ev["tests"]:
-        parts.append(plot_null(t))
+    head = [
+        "test",
+        "tail",
+        "units scored",
+        "statistic",
+        "null expectation",
+        "z",
+        "p-value",
+        "random keys",
+        "KS p (uniform)",
+        "FPR at 1e-3",
+    ]
+    blocks.append(_table(head, rows, hits))
+    blocks += [Block("plot", text=plot_null(t)) for t in ev["tests"]]
     if ev.get("accounts"):
-        parts.append("<h3>Accounts whose answers the suspect learned from</h3>")
+        blocks.append(Block("heading", text="Accounts whose answers the suspect learned from"))
         arows = [
             [
                 a["account"],
@@ -331,34 +330,24 @@ def _radioactivity_section(ev: dict[str, Any], alpha: float) -> str:
             ]
             for a in ev["accounts"]
         ]
-        parts.append(
-            _table(
-                [
-                    "account",
-                    "campaign cluster",
-                    "test",
-                    "units",
-                    "z",
-                    "p",
-                    "p (Holm over accounts)",
-                ],
-                arows,
-                [a["p_holm"] < alpha for a in ev["accounts"]],
-            )
-        )
-    parts.append(_command(ev))
-    return f"<div class='card'>{''.join(parts)}</div>"
+        ahead = ["account", "campaign cluster", "test", "units", "z", "p", "p (Holm over accounts)"]
+        blocks.append(_table(ahead, arows, [a["p_holm"] < alpha for a in ev["accounts"]]))
+    return blocks + _command(ev)
 
 
-def _attribution_section(ev: dict[str, Any], alpha: float) -> str:
+def _attribution_card(ev: dict[str, Any]) -> list[Block]:
     verdict = ev.get("verdict") or "none of these"
-    parts = [
-        f"<h3>Teacher attribution of <code>{html.escape(str(ev['suspect']))}</code>: "
-        f"{html.escape(verdict)}</h3>",
-        f"<p class='muted'>{ev['matched_prompts']:,} of {ev['suspect_prompts']:,} prompts "
-        "matched by instruction text; model-level p from a predictive t-test against "
-        "pairs among the other candidates, Holm-corrected; prompt-level p from a "
-        "label permutation test.</p>",
+    blocks = [
+        Block(
+            "heading", text="Teacher attribution of ", code=str(ev["suspect"]), after=f": {verdict}"
+        ),
+        Block(
+            "note",
+            text=f"{ev['matched_prompts']:,} of {ev['suspect_prompts']:,} prompts "
+            "matched by instruction text; model-level p from a predictive t-test against "
+            "pairs among the other candidates, Holm-corrected; prompt-level p from a "
+            "label permutation test.",
+        ),
     ]
     rows = [
         [
@@ -372,131 +361,118 @@ def _attribution_section(ev: dict[str, Any], alpha: float) -> str:
         ]
         for c in ev["candidates"]
     ]
-    parts.append(
-        _table(
-            ["rank", "candidate", "effect", "z", "p (Holm)", "p (prompt perm.)", "attributed"],
-            rows,
-            [c["attributed"] for c in ev["candidates"]],
-        )
-    )
-    parts.append(plot_attribution(ev))
-    parts.append(_command(ev))
-    return f"<div class='card'>{''.join(parts)}</div>"
+    head = ["rank", "candidate", "effect", "z", "p (Holm)", "p (prompt perm.)", "attributed"]
+    blocks.append(_table(head, rows, [c["attributed"] for c in ev["candidates"]]))
+    blocks.append(Block("plot", text=plot_attribution(ev)))
+    return blocks + _command(ev)
 
 
-def _dose_section(ev: dict[str, Any]) -> str:
-    parts = [f"<h3>{html.escape(ev.get('title', 'Dose-response'))}</h3>", plot_dose_response(ev)]
+def _dose_card(ev: dict[str, Any]) -> list[Block]:
+    blocks = [
+        Block("heading", text=str(ev.get("title", "Dose-response"))),
+        Block("plot", text=plot_dose_response(ev)),
+    ]
     shares = sorted({s for series in ev["series"] for s in series["shares"]})
     rows = []
     for series in ev["series"]:
         by = dict(zip(series["shares"], series["log10_p"], strict=True))
         rows.append([series["label"], *[by.get(s, float("nan")) for s in shares]])
-    parts.append("<p class='muted'>log10 p per watermarked share (%)</p>")
-    parts.append(_table(["student / test", *[f"{s:g} %" for s in shares]], rows))
+    blocks.append(Block("note", text="log10 p per watermarked share (%)"))
+    blocks.append(_table(["student / test", *[f"{s:g} %" for s in shares]], rows))
     calibration = ev.get("calibration") or {}
     if calibration and all(isinstance(v, dict) for v in calibration.values()):
-        parts.append("<p class='muted'>Null calibration: the same tests under random keys</p>")
-        parts.append(
-            _table(
-                ["test", "null p-values", "FPR at 1e-3", "FPR at 0.01", "KS p (uniform)"],
-                [
-                    [
-                        k,
-                        v.get("null_pvalues", 0),
-                        v.get("fpr_1e-3", float("nan")),
-                        v.get("fpr_0.01", float("nan")),
-                        v.get("ks_p", float("nan")),
-                    ]
-                    for k, v in calibration.items()
-                ],
-            )
-        )
+        blocks.append(Block("note", text="Null calibration: the same tests under random keys"))
+        crows = [
+            [
+                k,
+                v.get("null_pvalues", 0),
+                v.get("fpr_1e-3", float("nan")),
+                v.get("fpr_0.01", float("nan")),
+                v.get("ks_p", float("nan")),
+            ]
+            for k, v in calibration.items()
+        ]
+        chead = ["test", "null p-values", "FPR at 1e-3", "FPR at 0.01", "KS p (uniform)"]
+        blocks.append(_table(chead, crows))
     elif calibration:
-        parts.append(f"<p class='muted'>Null calibration: {html.escape(str(calibration))}</p>")
-    parts.append(_command(ev))
-    return f"<div class='card'>{''.join(parts)}</div>"
+        blocks.append(Block("note", text=f"Null calibration: {calibration}"))
+    return blocks + _command(ev)
 
 
-def _verdicts_section(verdicts: Sequence[dict[str, Any]]) -> str:
+def _verdicts_table(verdicts: Sequence[dict[str, Any]]) -> Block | None:
     if not verdicts:
-        return ""
+        return None
     rows = [
         [v["account_id"], v.get("cluster_id") or "", v["score"], "; ".join(v.get("reasons") or [])]
         for v in verdicts
     ]
-    return "<h2>Accounts and campaign clusters (monitor)</h2>" + _table(
-        ["account", "cluster", "monitor score", "reasons"], rows
-    )
+    return _table(["account", "cluster", "monitor score", "reasons"], rows)
 
 
-def _summary_section(evidence: Sequence[dict[str, Any]], alpha: float) -> str:
+def _summary_table(evidence: Sequence[dict[str, Any]], alpha: float) -> Block | None:
     """One line per suspect and test: the strongest p-value and what it means."""
     rows, hits = [], []
     for ev in evidence:
         if ev["test"] == "radioactivity":
             for t in ev["tests"]:
                 hit = t["p_value"] < alpha
-                rows.append(
-                    [
-                        str(ev["suspect"]),
-                        f"radioactivity / {t['test']}",
-                        _p(t),
-                        "learned from our answers" if hit else "not flagged",
-                    ]
-                )
+                finding = "learned from our answers" if hit else "not flagged"
+                rows.append([str(ev["suspect"]), f"radioactivity / {t['test']}", _p(t), finding])
                 hits.append(hit)
         elif ev["test"] == "attribution":
             top = ev["candidates"][0]
-            rows.append(
-                [
-                    str(ev["suspect"]),
-                    "attribution",
-                    f"{top['p_model_holm']:.3g}",
-                    f"taught by {ev['verdict']}" if ev.get("verdict") else "none of these",
-                ]
-            )
+            finding = f"taught by {ev['verdict']}" if ev.get("verdict") else "none of these"
+            rows.append([str(ev["suspect"]), "attribution", f"{top['p_model_holm']:.3g}", finding])
             hits.append(bool(ev.get("verdict")))
     if not rows:
-        return ""
-    return "<h2>Summary</h2>" + _table(["suspect", "test", "p-value", "finding"], rows, hits)
+        return None
+    return _table(["suspect", "test", "p-value", "finding"], rows, hits)
 
 
 def render_html(report: ReportData) -> str:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     from distillguard import __version__
 
-    sections = [_summary_section(report.evidence, report.alpha)]
-    kinds = {
-        "radioactivity": "Radioactivity tests",
-        "attribution": "Watermark-free attribution",
-        "dose-response": "Dose-response",
-    }
-    for kind, heading in kinds.items():
+    groups = []
+    for kind, heading in (
+        ("radioactivity", "Radioactivity tests"),
+        ("attribution", "Watermark-free attribution"),
+        ("dose-response", "Dose-response"),
+    ):
         items = [ev for ev in report.evidence if ev["test"] == kind]
         if not items:
             continue
-        sections.append(f"<h2>{heading}</h2>")
-        for ev in items:
-            if kind == "radioactivity":
-                sections.append(_radioactivity_section(ev, report.alpha))
-            elif kind == "attribution":
-                sections.append(_attribution_section(ev, report.alpha))
-            else:
-                sections.append(_dose_section(ev))
-    sections.append(_verdicts_section(report.verdicts))
-    settings = "".join(
-        f"<details><summary>{html.escape(str(ev.get('source', ev['test'])))}</summary><pre>"
-        f"{html.escape(json.dumps(ev.get('settings') or ev.get('config') or {}, indent=1))}"
-        "</pre></details>"
+        if kind == "radioactivity":
+            cards = [_radioactivity_card(ev, report.alpha) for ev in items]
+        elif kind == "attribution":
+            cards = [_attribution_card(ev) for ev in items]
+        else:
+            cards = [_dose_card(ev) for ev in items]
+        groups.append({"heading": heading, "cards": cards})
+    settings = [
+        {
+            "source": str(ev.get("source", ev["test"])),
+            "json": json.dumps(ev.get("settings") or ev.get("config") or {}, indent=1),
+        }
         for ev in report.evidence
+    ]
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATE.parent),
+        autoescape=select_autoescape(["html"]),
+        keep_trailing_newline=True,
     )
-    return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
-        title=html.escape(report.title),
+    env.filters["cell"] = lambda c: _fmt(c) if isinstance(c, int | float) else str(c)
+    return env.get_template(TEMPLATE.name).render(
+        title=report.title,
         generated=report.generated,
         version=__version__,
         num_evidence=len(report.evidence),
-        verdict=html.escape(report.verdict),
+        verdict=report.verdict,
         verdict_class=report.verdict_class,
-        sections="\n".join(sections),
+        summary=_summary_table(report.evidence, report.alpha),
+        groups=groups,
+        verdicts=_verdicts_table(report.verdicts),
         settings=settings,
     )
 
