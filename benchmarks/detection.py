@@ -32,15 +32,20 @@ DATA = ROOT.parent / "shared" / "data"
 MODEL_PATH = ROOT / "src" / "distillguard" / "monitor" / "score_model.json"
 
 
-def simulate(out_dir: Path, *, accounts: int, campaigns: int, seed: int, split: str,
-             mimic: int = 0):  # fmt: skip
+def simulate(
+    out_dir: Path, *, accounts: int, campaigns: int, seed: int, split: str, mimic: int = 0
+):
     from distillguard.sim.simulate import SimConfig, simulate
 
     t0 = time.perf_counter()
-    res = simulate(SimConfig(accounts=accounts, campaigns=campaigns, seed=seed, split=split,
-                             mimic_campaigns=mimic),
-                   data_dir=DATA, out=out_dir / f"{split}.jsonl",
-                   labels=out_dir / f"{split}.labels.jsonl")  # fmt: skip
+    res = simulate(
+        SimConfig(
+            accounts=accounts, campaigns=campaigns, seed=seed, split=split, mimic_campaigns=mimic
+        ),
+        data_dir=DATA,
+        out=out_dir / f"{split}.jsonl",
+        labels=out_dir / f"{split}.labels.jsonl",
+    )
     dt = time.perf_counter() - t0
     print(
         f"[{split}] simulated {res.exchanges:,} exchanges, {res.accounts:,} accounts "
@@ -54,8 +59,9 @@ def fit(out_dir: Path, args: argparse.Namespace) -> None:
     from distillguard.monitor.score import SCORE_FEATURES, fit_model
     from distillguard.traffic import read_labels
 
-    simulate(out_dir, accounts=args.train_accounts, campaigns=args.train_campaigns, seed=1,
-             split="train")  # fmt: skip
+    simulate(
+        out_dir, accounts=args.train_accounts, campaigns=args.train_campaigns, seed=1, split="train"
+    )
     res = collect_file(out_dir / "train.jsonl", workers=2)
     views = account_views(res.signals, res.keys)
     labels = {lab.account_id: lab for lab in read_labels(out_dir / "train.labels.jsonl")}
@@ -68,9 +74,13 @@ def fit(out_dir: Path, args: argparse.Namespace) -> None:
         else:  # a cluster row: the majority of its members
             m = [labels[x].label == "campaign" for x in members[c]]
             ys.append(sum(m) * 2 > len(m))
-    model = fit_model(xs, np.array(ys, dtype=int), target_fpr=1e-3,
-                      fitted_on=f"train split, seed 1, {len(views)} accounts, "
-                      f"{res.exchanges} exchanges, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+    model = fit_model(
+        xs,
+        np.array(ys, dtype=int),
+        target_fpr=1e-3,
+        fitted_on=f"train split, seed 1, {len(views)} accounts, "
+        f"{res.exchanges} exchanges, {time.strftime('%Y-%m-%d')}",
+    )
     model.save(MODEL_PATH)
     print(f"[fit] wrote {MODEL_PATH.relative_to(ROOT)}; threshold {model.threshold:.4f}")
     for name, w in zip(SCORE_FEATURES, model.weights, strict=True):
@@ -81,18 +91,31 @@ def score_only(path: str, workers: int) -> None:
     """Child process: score one log, print timing and this process tree's peak memory."""
     from distillguard.monitor.offline import score_traffic
 
-    rep = score_traffic(Path(path), Path(path).with_suffix(f".verdicts{workers}.jsonl"),
-                        workers=workers)  # fmt: skip
+    rep = score_traffic(
+        Path(path), Path(path).with_suffix(f".verdicts{workers}.jsonl"), workers=workers
+    )
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"exchanges": rep.exchanges, "seconds": rep.seconds,
-                      "accounts": len(rep.verdicts), "parent_rss_mb": me / 1024,
-                      "worker_rss_mb": kids / 1024}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "exchanges": rep.exchanges,
+                "seconds": rep.seconds,
+                "accounts": len(rep.verdicts),
+                "parent_rss_mb": me / 1024,
+                "worker_rss_mb": kids / 1024,
+            }
+        )
+    )
 
 
 def timed_score(path: Path, workers: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--score-only", str(path), "--workers",
-                          str(workers)], check=True, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, __file__, "--score-only", str(path), "--workers", str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -102,8 +125,14 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
     from distillguard.monitor.policy import load_policy
     from distillguard.traffic import read_labels, read_traffic, read_verdicts
 
-    sim = simulate(out_dir, accounts=args.test_accounts, campaigns=args.test_campaigns, seed=2,
-                   split="test", mimic=args.mimic)  # fmt: skip
+    sim = simulate(
+        out_dir,
+        accounts=args.test_accounts,
+        campaigns=args.test_campaigns,
+        seed=2,
+        split="test",
+        mimic=args.mimic,
+    )
     log = out_dir / "test.jsonl"
     size_mb = log.stat().st_size / 2**20
     speed = {w: timed_score(log, w) for w in (2, 1)}
@@ -155,12 +184,22 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
         if n >= args.latency_requests:
             break
         w, c = pc(), tt()
-        bg.check(account_id=rec.account_id, key_id=rec.key_id,
-                 payment_fingerprint=rec.payment_fingerprint, ip=rec.ip,
-                 user_agent=rec.user_agent, endpoint=rec.endpoint, request=rec.request,
-                 ts=rec.ts)  # fmt: skip
-        bg.record(account_id=rec.account_id, response_text=rec.response_text,
-                  completion_tokens=rec.completion_tokens, ts=rec.ts)  # fmt: skip
+        bg.check(
+            account_id=rec.account_id,
+            key_id=rec.key_id,
+            payment_fingerprint=rec.payment_fingerprint,
+            ip=rec.ip,
+            user_agent=rec.user_agent,
+            endpoint=rec.endpoint,
+            request=rec.request,
+            ts=rec.ts,
+        )
+        bg.record(
+            account_id=rec.account_id,
+            response_text=rec.response_text,
+            completion_tokens=rec.completion_tokens,
+            ts=rec.ts,
+        )
         bg_wall.append(pc() - w)
         bg_cpu.append(tt() - c)
     bg.close()
@@ -202,26 +241,38 @@ def report(out_dir: Path, args: argparse.Namespace) -> dict:
         print(f"  {p:21s} {v}")
     lab = {x.account_id: x for x in labels}
     ver = {v.account_id: v for v in verdicts}
-    misses = [(lab[a].persona, ver[a].score, ver[a].reasons) for a in lab
-              if lab[a].label == "campaign" and not ver[a].flagged]  # fmt: skip
-    fps = [(lab[a].persona, ver[a].score, ver[a].reasons) for a in lab
-           if lab[a].label == "honest" and ver[a].flagged]  # fmt: skip
+    misses = [
+        (lab[a].persona, ver[a].score, ver[a].reasons)
+        for a in lab
+        if lab[a].label == "campaign" and not ver[a].flagged
+    ]
+    fps = [
+        (lab[a].persona, ver[a].score, ver[a].reasons)
+        for a in lab
+        if lab[a].label == "honest" and ver[a].flagged
+    ]
     print(f"\nmissed campaign accounts: {len(misses)} {Counter(m[0] for m in misses)}")
     for m in misses[:5]:
         print(f"  {m[0]} score {m[1]:.3f} {m[2]}")
     print(f"flagged honest accounts: {len(fps)}")
     for m in fps[:5]:
         print(f"  {m[0]} score {m[1]:.3f} {m[2]}")
-    top_honest = sorted(((ver[a].score, lab[a].persona) for a in lab
-                         if lab[a].label == "honest"), reverse=True)[:3]  # fmt: skip
+    top_honest = sorted(
+        ((ver[a].score, lab[a].persona) for a in lab if lab[a].label == "honest"), reverse=True
+    )[:3]
     print(f"highest honest scores: {top_honest}")
-    result = {"report": dataclasses.asdict(rep), "offline": speed,
-              "online_ms": {"wall_p50": float(np.percentile(wall, 50)),
-                            "wall_p99": float(np.percentile(wall, 99)),
-                            "cpu_p50": float(np.percentile(cpu, 50)),
-                            "cpu_p99": float(np.percentile(cpu, 99)),
-                            "background_wall_p99": float(np.percentile(bw, 99)),
-                            "background_cpu_p99": float(np.percentile(bc, 99))}}  # fmt: skip
+    result = {
+        "report": dataclasses.asdict(rep),
+        "offline": speed,
+        "online_ms": {
+            "wall_p50": float(np.percentile(wall, 50)),
+            "wall_p99": float(np.percentile(wall, 99)),
+            "cpu_p50": float(np.percentile(cpu, 50)),
+            "cpu_p99": float(np.percentile(cpu, 99)),
+            "background_wall_p99": float(np.percentile(bw, 99)),
+            "background_cpu_p99": float(np.percentile(bc, 99)),
+        },
+    }
     (out_dir / "detection.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 

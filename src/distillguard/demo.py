@@ -339,11 +339,22 @@ def prove(state: DemoState) -> None:
     for label, suspect in suspects:
         path = out_dir / f"evidence-{label}.json"
         command = [
-            sys.executable, "-m", "distillguard", "prove", "radioactivity",
-            "--suspect", str(suspect), "--harvest", str(state.files["harvest"]),
-            "--tokenizer", str(state.teacher_dir), "--accounts", accounts,
-            "--out", str(path),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "distillguard",
+            "prove",
+            "radioactivity",
+            "--suspect",
+            str(suspect),
+            "--harvest",
+            str(state.files["harvest"]),
+            "--tokenizer",
+            str(state.teacher_dir),
+            "--accounts",
+            accounts,
+            "--out",
+            str(path),
+        ]
         console.print(f"[dim]$ distillguard {' '.join(command[3:])}[/dim]")
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         evidence.append(path)
@@ -371,12 +382,24 @@ def prove(state: DemoState) -> None:
     if browser:
         shot = out_dir / "report.png"
         subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={state.workdir / 'chromium'}", "--window-size=1200,2400",
-             f"--screenshot={shot}", html.as_uri()],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={state.workdir / 'chromium'}",
+                "--window-size=1200,2400",
+                f"--screenshot={shot}",
+                html.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         console.print(f"opened in headless Chromium; screenshot: {shot}")
     else:
         console.print(f"open it in a browser: {html.as_uri()}")

@@ -82,18 +82,39 @@ class TrafficRecord:
         ts = g("ts")
         # Fast path: a well-formed line (the common case) is checked with plain type tests.
         if (
-            type(ts) is float or (type(ts) is int and ts >= 0)
-        ) and ts >= 0 and ts != math.inf and _all_str(g("id"), g("account_id"), g("key_id"),
-                                                      g("ip"), g("endpoint")) and (
-            type(g("request")) is dict and type(g("status")) is int
-            and _opt_types_ok(g("user_agent"), g("payment_fingerprint"), g("response_text"),
-                              g("prompt_tokens"), g("completion_tokens"), g("latency_ms"))
-        ):  # fmt: skip
-            return cls(g("id"), float(ts), g("account_id"), g("key_id"), g("ip"),
-                       g("endpoint"), g("request"), g("status"), g("user_agent"),
-                       g("payment_fingerprint"), g("response_text"), g("prompt_tokens"),
-                       g("completion_tokens"),
-                       None if g("latency_ms") is None else float(g("latency_ms")))  # fmt: skip
+            (type(ts) is float or (type(ts) is int and ts >= 0))
+            and ts >= 0
+            and ts != math.inf
+            and _all_str(g("id"), g("account_id"), g("key_id"), g("ip"), g("endpoint"))
+            and (
+                type(g("request")) is dict
+                and type(g("status")) is int
+                and _opt_types_ok(
+                    g("user_agent"),
+                    g("payment_fingerprint"),
+                    g("response_text"),
+                    g("prompt_tokens"),
+                    g("completion_tokens"),
+                    g("latency_ms"),
+                )
+            )
+        ):
+            return cls(
+                g("id"),
+                float(ts),
+                g("account_id"),
+                g("key_id"),
+                g("ip"),
+                g("endpoint"),
+                g("request"),
+                g("status"),
+                g("user_agent"),
+                g("payment_fingerprint"),
+                g("response_text"),
+                g("prompt_tokens"),
+                g("completion_tokens"),
+                None if g("latency_ms") is None else float(g("latency_ms")),
+            )
         return cls(
             id=_req_str(d, "id"),
             ts=_req_ts(d),

@@ -34,17 +34,41 @@ def test_train_then_eval_from_the_command_line(
     out = tmp_path / "student"
     trained = runner.invoke(
         app,
-        ["distill", "train", "--data", str(dataset), "--teacher", str(tiny_model_dir),
-         "--mode", "topk-kd", "--out", str(out), "--max-steps", "4", "--batch-size", "4",
-         "--no-progress"],
-    )  # fmt: skip
+        [
+            "distill",
+            "train",
+            "--data",
+            str(dataset),
+            "--teacher",
+            str(tiny_model_dir),
+            "--mode",
+            "topk-kd",
+            "--out",
+            str(out),
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     assert "topk-kd" in trained.output and (out / "config.json").is_file()
     evaluated = runner.invoke(
         app,
-        ["distill", "eval", "--student", str(out), "--teacher", str(tiny_model_dir),
-         "--data", str(dataset), "--samples", "6"],
-    )  # fmt: skip
+        [
+            "distill",
+            "eval",
+            "--student",
+            str(out),
+            "--teacher",
+            str(tiny_model_dir),
+            "--data",
+            str(dataset),
+            "--samples",
+            "6",
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert "top-1 agreement" in evaluated.output and "student" in evaluated.output
 
@@ -70,9 +94,22 @@ def test_harvest_command_reports_bad_prompt_lines(mock_openai: MockServer, tmp_p
     out = tmp_path / "d.jsonl"
     result = runner.invoke(
         app,
-        ["distill", "harvest", "--base-url", mock_openai.base_url, "--api-key", API_KEY,
-         "--prompts", str(prompts), "--out", str(out), "--logprobs", "2", "--no-progress"],
-    )  # fmt: skip
+        [
+            "distill",
+            "harvest",
+            "--base-url",
+            mock_openai.base_url,
+            "--api-key",
+            API_KEY,
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--logprobs",
+            "2",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1 bad prompt lines" in result.output and "2 new" in result.output
     assert len([json.loads(line) for line in out.read_text().splitlines()]) == 2

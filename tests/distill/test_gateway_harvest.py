@@ -22,11 +22,19 @@ def test_gray_box_campaign_through_the_gateway(
     server = gateway_server(model_dir=tiny_model_dir)
     _, _, secret = server.create_key()
     result = run_campaign(
-        api_url=server.api_url, api_key=secret, teacher_dir=tiny_model_dir,
-        work_dir=tmp_path / "campaign", data_dir=shared_data, samples=16, mode="topk-kd",
-        top_logprobs=4, concurrency=4, eval_samples=6, progress=False,
+        api_url=server.api_url,
+        api_key=secret,
+        teacher_dir=tiny_model_dir,
+        work_dir=tmp_path / "campaign",
+        data_dir=shared_data,
+        samples=16,
+        mode="topk-kd",
+        top_logprobs=4,
+        concurrency=4,
+        eval_samples=6,
+        progress=False,
         config=DistillConfig(max_steps=30, batch_size=4, max_length=128, checkpoint_every=0),
-    )  # fmt: skip
+    )
     assert result.harvest.complete and result.harvest.written == 16
     records = read_dataset(result.dataset)
     # An answer the teacher ends at once (eos first) has no token and so no logprobs.

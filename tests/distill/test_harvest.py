@@ -222,10 +222,23 @@ def test_harvest_survives_sigkill_and_resumes_without_duplicates_or_losses(
     prompts_file.write_text("\n".join(texts) + "\n")
     out = tmp_path / "data.jsonl"
     command = [
-        sys.executable, "-m", "distillguard", "distill", "harvest",
-        "--base-url", mock_openai.base_url, "--api-key", API_KEY,
-        "--prompts", str(prompts_file), "--out", str(out), "--concurrency", "4", "--no-progress",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "distillguard",
+        "distill",
+        "harvest",
+        "--base-url",
+        mock_openai.base_url,
+        "--api-key",
+        API_KEY,
+        "--prompts",
+        str(prompts_file),
+        "--out",
+        str(out),
+        "--concurrency",
+        "4",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60

@@ -62,9 +62,14 @@ def test_each_mode_trains_a_servable_student(
     out = tmp_path / mode
     config = replace(FAST, gkd_max_new_tokens=12, lmbda=0.5)
     result = train_student(
-        teacher_rows, mode=mode, out_dir=out, teacher_dir=tiny_model_dir,
-        student_size="tiny", config=config, progress=False,
-    )  # fmt: skip
+        teacher_rows,
+        mode=mode,
+        out_dir=out,
+        teacher_dir=tiny_model_dir,
+        student_size="tiny",
+        config=config,
+        progress=False,
+    )
     assert result.steps == 6 and result.tokens_seen > 0
     assert result.held_out_loss == pytest.approx(result.held_out_loss)  # finite, not NaN
     assert 0 < result.held_out_loss < 20
@@ -85,14 +90,23 @@ def test_logit_kd_pulls_the_student_toward_the_teacher(
         out = tmp_path / f"s{steps}"
         config = replace(FAST, max_steps=steps, batch_size=8)
         train_student(
-            teacher_rows[:-8], mode="logit-kd", out_dir=out, teacher_dir=tiny_model_dir,
-            config=config, progress=False,
-        )  # fmt: skip
+            teacher_rows[:-8],
+            mode="logit-kd",
+            out_dir=out,
+            teacher_dir=tiny_model_dir,
+            config=config,
+            progress=False,
+        )
         student, student_tok = load_model(out)
         reports[steps] = compare_on_rows(
-            student, student_tok, teacher, teacher_tok, held, student_dir=out,
+            student,
+            student_tok,
+            teacher,
+            teacher_tok,
+            held,
+            student_dir=out,
             config=EvalConfig(samples=8),
-        )  # fmt: skip
+        )
     assert reports[40].kl_teacher_student < reports[1].kl_teacher_student
     assert reports[40].top1_agreement > reports[1].top1_agreement
 
@@ -115,16 +129,24 @@ def test_topk_kd_maps_api_token_strings_onto_the_student_vocabulary(
         ]
         api_rows.append(replace(row, logprobs=entries))
     result = train_student(
-        api_rows, mode="topk-kd", out_dir=tmp_path / "s", student_tokenizer_dir=tiny_model_dir,
-        config=FAST, progress=False,
-    )  # fmt: skip
+        api_rows,
+        mode="topk-kd",
+        out_dir=tmp_path / "s",
+        student_tokenizer_dir=tiny_model_dir,
+        config=FAST,
+        progress=False,
+    )
     assert result.train_samples >= len(api_rows) * 0.8
     with pytest.raises(InputError, match="logprobs"):
         stripped = [replace(r, logprobs=None) for r in teacher_rows]
         train_student(
-            stripped, mode="topk-kd", out_dir=tmp_path / "t", teacher_dir=tiny_model_dir,
-            config=FAST, progress=False,
-        )  # fmt: skip
+            stripped,
+            mode="topk-kd",
+            out_dir=tmp_path / "t",
+            teacher_dir=tiny_model_dir,
+            config=FAST,
+            progress=False,
+        )
 
 
 def test_logit_mode_with_another_vocabulary_is_refused(
@@ -137,14 +159,24 @@ def test_logit_mode_with_another_vocabulary_is_refused(
     for mode in ("logit-kd", "gkd"):
         with pytest.raises(ModelError, match="vocabularies to be identical"):
             train_student(
-                teacher_rows, mode=mode, out_dir=tmp_path / mode, teacher_dir=tiny_model_dir,
-                student_tokenizer_dir=tmp_path / "tok", config=FAST, progress=False,
-            )  # fmt: skip
+                teacher_rows,
+                mode=mode,
+                out_dir=tmp_path / mode,
+                teacher_dir=tiny_model_dir,
+                student_tokenizer_dir=tmp_path / "tok",
+                config=FAST,
+                progress=False,
+            )
     # Sequence-level KD has no such constraint: the student keeps its own tokenizer.
     result = train_student(
-        teacher_rows, mode="sft", out_dir=tmp_path / "sft", teacher_dir=tiny_model_dir,
-        student_tokenizer_dir=tmp_path / "tok", config=FAST, progress=False,
-    )  # fmt: skip
+        teacher_rows,
+        mode="sft",
+        out_dir=tmp_path / "sft",
+        teacher_dir=tiny_model_dir,
+        student_tokenizer_dir=tmp_path / "tok",
+        config=FAST,
+        progress=False,
+    )
     assert result.steps == 6
 
 
@@ -162,12 +194,18 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_interrupted_training_resumes_to_the_same_weights(
-    tiny_model_dir: Path, teacher_rows: list[HarvestRecord], tmp_path: Path,
+    tiny_model_dir: Path,
+    teacher_rows: list[HarvestRecord],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     config = replace(FAST, max_steps=6, checkpoint_every=2)
-    kwargs = {"mode": "logit-kd", "teacher_dir": tiny_model_dir, "config": config,
-              "progress": False}  # fmt: skip
+    kwargs = {
+        "mode": "logit-kd",
+        "teacher_dir": tiny_model_dir,
+        "config": config,
+        "progress": False,
+    }
     train_student(teacher_rows, out_dir=tmp_path / "straight", **kwargs)
 
     real_step = trainers.save_checkpoint
@@ -195,9 +233,11 @@ def test_interrupted_training_resumes_to_the_same_weights(
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
-    tiny_model_dir: Path, teacher_rows: list[HarvestRecord], tmp_path: Path,
+    tiny_model_dir: Path,
+    teacher_rows: list[HarvestRecord],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     real_save = torch.save
     calls = {"n": 0}
 
@@ -211,9 +251,13 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
     out = tmp_path / "s"
     with pytest.raises(ModelError, match=r"No space left.*step-2 is intact"):
         train_student(
-            teacher_rows, mode="logit-kd", out_dir=out, teacher_dir=tiny_model_dir,
-            config=replace(FAST, checkpoint_every=2), progress=False,
-        )  # fmt: skip
+            teacher_rows,
+            mode="logit-kd",
+            out_dir=out,
+            teacher_dir=tiny_model_dir,
+            config=replace(FAST, checkpoint_every=2),
+            progress=False,
+        )
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints == ["step-2"]
     assert (out / "checkpoints" / "step-2" / "optimizer.pt").is_file()
@@ -233,9 +277,12 @@ def test_sft_checkpoint_on_full_disk_is_a_clear_error(
     monkeypatch.setattr(parent, "_save_checkpoint", disk_full)
     with pytest.raises(ModelError, match="No space left"):
         train_student(
-            teacher_rows, mode="sft", out_dir=tmp_path / "s",
-            config=replace(FAST, checkpoint_every=3), progress=False,
-        )  # fmt: skip
+            teacher_rows,
+            mode="sft",
+            out_dir=tmp_path / "s",
+            config=replace(FAST, checkpoint_every=3),
+            progress=False,
+        )
     assert not (tmp_path / "s" / "checkpoints" / ".staging").exists()
 
 
@@ -246,9 +293,11 @@ def test_evaluate_students_reports_nan_agreement_for_a_foreign_vocabulary(
     data.write_text("".join(r.to_json() + "\n" for r in teacher_rows))
     train_student(data, mode="sft", out_dir=tmp_path / "own", config=FAST, progress=False)
     reports = evaluate_students(
-        [tiny_model_dir, tmp_path / "own"], teacher_dir=tiny_model_dir, data_path=data,
+        [tiny_model_dir, tmp_path / "own"],
+        teacher_dir=tiny_model_dir,
+        data_path=data,
         config=EvalConfig(samples=8),
-    )  # fmt: skip
+    )
     self_report, own = reports
     assert self_report.top1_agreement == 1.0 and self_report.kl_teacher_student < 1e-5
     assert own.top1_agreement != own.top1_agreement  # NaN: no shared vocabulary
@@ -283,14 +332,21 @@ def test_sft_resumes_from_its_last_checkpoint(
 ) -> None:
     out = tmp_path / "s"
     first = train_student(
-        teacher_rows, mode="sft", out_dir=out,
-        config=replace(FAST, max_steps=3, checkpoint_every=3), progress=False,
-    )  # fmt: skip
+        teacher_rows,
+        mode="sft",
+        out_dir=out,
+        config=replace(FAST, max_steps=3, checkpoint_every=3),
+        progress=False,
+    )
     assert first.steps == 3 and (out / "checkpoints" / "checkpoint-3").is_dir()
     more = train_student(
-        teacher_rows, mode="sft", out_dir=out,
-        config=replace(FAST, max_steps=6, checkpoint_every=3), resume=True, progress=False,
-    )  # fmt: skip
+        teacher_rows,
+        mode="sft",
+        out_dir=out,
+        config=replace(FAST, max_steps=6, checkpoint_every=3),
+        resume=True,
+        progress=False,
+    )
     assert more.resumed_from_step == 3 and more.steps == 6
     assert not list((out / "checkpoints").glob(".staging*"))
 
@@ -302,14 +358,22 @@ def test_learning_curve_trains_per_count_and_plots(
 
     plot = tmp_path / "curve.png"
     points = learning_curve(
-        teacher_rows, teacher_dir=tiny_model_dir, mode="logit-kd", sample_counts=[8, 24],
-        config=replace(FAST, max_steps=12), eval_config=EvalConfig(samples=8), plot_path=plot,
-    )  # fmt: skip
+        teacher_rows,
+        teacher_dir=tiny_model_dir,
+        mode="logit-kd",
+        sample_counts=[8, 24],
+        config=replace(FAST, max_steps=12),
+        eval_config=EvalConfig(samples=8),
+        plot_path=plot,
+    )
     assert [p.samples for p in points] == [8, 24]
     assert all(0.0 <= p.top1_agreement <= 1.0 and p.kl_teacher_student > 0 for p in points)
     assert plot.stat().st_size > 1000
     with pytest.raises(InputError, match="held out"):
         learning_curve(
-            teacher_rows, teacher_dir=tiny_model_dir, mode="sft", sample_counts=[40],
+            teacher_rows,
+            teacher_dir=tiny_model_dir,
+            mode="sft",
+            sample_counts=[40],
             eval_config=EvalConfig(samples=8),
-        )  # fmt: skip
+        )

@@ -139,9 +139,16 @@ def test_background_linking_forms_the_same_clusters(small_traffic: tuple[Path, P
     assert len(cluster_ids) == 1 and None not in cluster_ids
 
 
-def _linked_group(m: OnlineMonitor, prefix: str, texts: list[str], body: dict, *,
-                  accounts: int = 6, per_account: int = 5,
-                  t0: float = 0.0) -> list[str]:  # fmt: skip
+def _linked_group(
+    m: OnlineMonitor,
+    prefix: str,
+    texts: list[str],
+    body: dict,
+    *,
+    accounts: int = 6,
+    per_account: int = 5,
+    t0: float = 0.0,
+) -> list[str]:
     """``accounts`` accounts on one card and one /24, each sending ``per_account`` requests
     over a simulated day (well under the policy's 20-request minimum each)."""
     ids = [f"{prefix}-{i}" for i in range(accounts)]
@@ -149,8 +156,15 @@ def _linked_group(m: OnlineMonitor, prefix: str, texts: list[str], body: dict, *
     for j in range(per_account):
         for i, acct in enumerate(ids):
             ts = t0 + 3600.0 * j * 4 + 97.0 * i
-            _check(m, acct, ts, texts[k % len(texts)], pay=f"pm_{prefix}",
-                   ip=f"10.9.{len(prefix)}.{i + 1}", body=body)  # fmt: skip
+            _check(
+                m,
+                acct,
+                ts,
+                texts[k % len(texts)],
+                pay=f"pm_{prefix}",
+                ip=f"10.9.{len(prefix)}.{i + 1}",
+                body=body,
+            )
             m._drain_links(limit=None)  # a link thread that keeps up (no-op when inline)
             k += 1
     return ids
@@ -162,13 +176,18 @@ def test_flags_list_a_harvesting_cluster_with_its_evidence() -> None:
     on) and GET /admin/flags' listing names the cluster and the kinds of links behind it;
     colleagues sharing a card and an office range with ordinary questions are not flagged."""
     m = OnlineMonitor(load_policy())
-    cot = [f"Solve step by step and show your reasoning: what is {a} times {a + 7}?"
-           for a in range(40)]  # fmt: skip
-    hydra = _linked_group(m, "hydra", cot, {"logprobs": True, "top_logprobs": 5,
-                                            "temperature": 0})  # fmt: skip
-    people = ["what should I cook tonight with leeks", "fix my bash loop please",
-              "summarize the plot of Hamlet", "best way to learn Spanish",
-              "is it going to rain in Lyon", "write a birthday note for my aunt"]  # fmt: skip
+    cot = [
+        f"Solve step by step and show your reasoning: what is {a} times {a + 7}?" for a in range(40)
+    ]
+    hydra = _linked_group(m, "hydra", cot, {"logprobs": True, "top_logprobs": 5, "temperature": 0})
+    people = [
+        "what should I cook tonight with leeks",
+        "fix my bash loop please",
+        "summarize the plot of Hamlet",
+        "best way to learn Spanish",
+        "is it going to rain in Lyon",
+        "write a birthday note for my aunt",
+    ]
     office = _linked_group(m, "office", people, {}, t0=50.0)
     flags = m.flags()
     flagged = {f["account_id"]: f for f in flags}
@@ -188,8 +207,10 @@ def test_an_account_joining_an_acted_on_cluster_takes_its_action_at_once() -> No
     m = OnlineMonitor(load_policy(), background_links=True)
     m._stop.set()  # the link thread's work is done by hand below: deterministic order
     m._thread.join()
-    cot = [f"Explain step by step, showing your reasoning, why {a} is or is not prime."
-           for a in range(40)]  # fmt: skip
+    cot = [
+        f"Explain step by step, showing your reasoning, why {a} is or is not prime."
+        for a in range(40)
+    ]
     body = {"logprobs": True, "top_logprobs": 5, "temperature": 0}
     hydra = _linked_group(m, "hydra", cot, body)
     assert all(f["action"] == "flag" for f in m.flags() if f["account_id"] in hydra)

@@ -37,8 +37,10 @@ def test_live_run_provisions_accounts_and_is_logged_by_the_gateway(
 def test_long_prompts_are_cut_in_the_middle_to_fit_a_small_context() -> None:
     head, tail = "Summarize this article:\n", "\nAnswer in three bullet points."
     long = head + "word " * 2000 + tail
-    body = {"messages": [{"role": "system", "content": "Be brief."},
-                         {"role": "user", "content": long}], "temperature": 0}  # fmt: skip
+    body = {
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": long}],
+        "temperature": 0,
+    }
     cut = fit_prompt(body, 400)
     user = cut["messages"][1]["content"]
     assert len(user) <= 400 and user.startswith(head) and user.endswith(tail)
@@ -67,8 +69,13 @@ def test_live_accounts_keep_their_addresses_so_a_hydra_is_linked_and_flagged(
     policy.write_text(POLICY_FLAG_CLUSTERS)
     gw = gateway_server(default_rpm=100_000, online_monitor="true", policy_file=policy)
     cfg = SimConfig(accounts=6, campaigns=2, seed=3, days=1)  # a single campaign and a hydra
-    live = LiveConfig(base_url=gw.base_url, admin_token=gw.admin_token, max_requests=240,
-                      concurrency=4, max_tokens=8)  # fmt: skip
+    live = LiveConfig(
+        base_url=gw.base_url,
+        admin_token=gw.admin_token,
+        max_requests=240,
+        concurrency=4,
+        max_tokens=8,
+    )
     run_live(cfg, live, data_dir=shared_data, out=tmp_path / "t.jsonl", labels=tmp_path / "l.jsonl")
     labels = {lab.account_id: lab for lab in read_labels(tmp_path / "l.jsonl")}
     sent: dict[str, set[str]] = {}

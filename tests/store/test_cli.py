@@ -89,12 +89,16 @@ def test_log_export_and_tail(db_url: str, tmp_path: Path) -> None:
         for i in range(3):
             log.write_sync(
                 ExchangeRecord(
-                    ts=1_764_000_000.0 + i, account_id="acct_x", key_id="00000000000000aa",
-                    ip="127.0.0.1", endpoint="/v1/chat/completions",
+                    ts=1_764_000_000.0 + i,
+                    account_id="acct_x",
+                    key_id="00000000000000aa",
+                    ip="127.0.0.1",
+                    endpoint="/v1/chat/completions",
                     request={"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]},
-                    response_text=f"answer number {i}", status=200,
+                    response_text=f"answer number {i}",
+                    status=200,
                 )
-            )  # fmt: skip
+            )
     engine.dispose()
     out = tmp_path / "traffic.jsonl"
     exported = _run("log", "export", "--out", str(out), "--since", "1764000001", "--db", db_url)
@@ -132,10 +136,14 @@ def test_log_tail_for_one_account_by_name(db_url: str) -> None:
         for account_id, text in ((carol.id, "for carol"), ("acct_other", "for someone else")):
             log.write_sync(
                 ExchangeRecord(
-                    account_id=account_id, key_id="00000000000000aa", ip="127.0.0.1",
-                    endpoint="/v1/completions", request={"prompt": "x"}, response_text=text,
+                    account_id=account_id,
+                    key_id="00000000000000aa",
+                    ip="127.0.0.1",
+                    endpoint="/v1/completions",
+                    request={"prompt": "x"},
+                    response_text=text,
                 )
-            )  # fmt: skip
+            )
     engine.dispose()
     tail = _run("log", "tail", "--account", "carol", "--db", db_url)
     assert "for carol" in tail.output and "someone else" not in tail.output

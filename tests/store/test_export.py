@@ -24,9 +24,21 @@ from distillguard.traffic import read_traffic
 
 # The fields of spec §1, in its order.
 SPEC_FIELDS = [
-    "id", "ts", "account_id", "key_id", "ip", "user_agent", "payment_fingerprint", "endpoint",
-    "request", "response_text", "prompt_tokens", "completion_tokens", "status", "latency_ms",
-]  # fmt: skip
+    "id",
+    "ts",
+    "account_id",
+    "key_id",
+    "ip",
+    "user_agent",
+    "payment_fingerprint",
+    "endpoint",
+    "request",
+    "response_text",
+    "prompt_tokens",
+    "completion_tokens",
+    "status",
+    "latency_ms",
+]
 
 
 def _write(engine: Engine, records: list[ExchangeRecord]) -> None:
@@ -53,22 +65,42 @@ def _records() -> list[ExchangeRecord]:
     }
     return [
         ExchangeRecord(
-            ts=1_764_000_100.25, account_id="acct_a", key_id="00000000000000aa", ip="2001:db8::1",
-            user_agent="OpenAI/Python 3.57.0", payment_fingerprint="card-1",
-            endpoint="/v1/chat/completions", request=chat, response_text="4 — «four»",
-            prompt_tokens=12, completion_tokens=3, status=200, latency_ms=12.5, model="teacher",
-            watermark_scheme="kgw", watermark_key_id=2,
+            ts=1_764_000_100.25,
+            account_id="acct_a",
+            key_id="00000000000000aa",
+            ip="2001:db8::1",
+            user_agent="OpenAI/Python 3.57.0",
+            payment_fingerprint="card-1",
+            endpoint="/v1/chat/completions",
+            request=chat,
+            response_text="4 — «four»",
+            prompt_tokens=12,
+            completion_tokens=3,
+            status=200,
+            latency_ms=12.5,
+            model="teacher",
+            watermark_scheme="kgw",
+            watermark_key_id=2,
         ),
         ExchangeRecord(
-            ts=1_764_000_050.0, account_id="acct_b", key_id="00000000000000bb", ip="198.51.100.4",
-            endpoint="/v1/completions", request={"model": "teacher", "prompt": "Once"},
-            status=429, error="rate limited",
+            ts=1_764_000_050.0,
+            account_id="acct_b",
+            key_id="00000000000000bb",
+            ip="198.51.100.4",
+            endpoint="/v1/completions",
+            request={"model": "teacher", "prompt": "Once"},
+            status=429,
+            error="rate limited",
         ),
         ExchangeRecord(  # never authenticated: no account, so not a traffic record
-            ts=1_764_000_075.0, ip="198.51.100.9", endpoint="/v1/chat/completions",
-            request={"model": "teacher"}, status=401, error="invalid API key",
+            ts=1_764_000_075.0,
+            ip="198.51.100.9",
+            endpoint="/v1/chat/completions",
+            request={"model": "teacher"},
+            status=401,
+            error="invalid API key",
         ),
-    ]  # fmt: skip
+    ]
 
 
 def test_export_round_trips_through_the_traffic_reader(engine: Engine, tmp_path: Path) -> None:

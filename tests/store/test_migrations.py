@@ -23,10 +23,25 @@ from distillguard.store.schema import Base
 TABLES = {"accounts", "api_keys", "exchanges", "actions"}
 # spec/traffic-log.md §1 fields, plus the serving details the gateway records.
 EXCHANGE_COLUMNS = {
-    "id", "ts", "account_id", "key_id", "ip", "user_agent", "payment_fingerprint", "endpoint",
-    "request", "response_text", "prompt_tokens", "completion_tokens", "status", "latency_ms",
-    "model", "error", "watermark_scheme", "watermark_key_id",
-}  # fmt: skip
+    "id",
+    "ts",
+    "account_id",
+    "key_id",
+    "ip",
+    "user_agent",
+    "payment_fingerprint",
+    "endpoint",
+    "request",
+    "response_text",
+    "prompt_tokens",
+    "completion_tokens",
+    "status",
+    "latency_ms",
+    "model",
+    "error",
+    "watermark_scheme",
+    "watermark_key_id",
+}
 
 
 def test_migrate_blank_database_creates_every_table(db_url: str) -> None:

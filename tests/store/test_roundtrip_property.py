@@ -55,9 +55,14 @@ def _expected(value):
 @given(body=st.dictionaries(TEXT, JSON_VALUES, max_size=5), answer=st.none() | TEXT)
 def test_any_request_and_answer_round_trip(engine: Engine, body: dict, answer: str | None) -> None:
     record = ExchangeRecord(
-        account_id="acct_p", key_id="00000000000000aa", ip="::1", endpoint="/v1/completions",
-        request=body, response_text=answer, user_agent=answer,
-    )  # fmt: skip
+        account_id="acct_p",
+        key_id="00000000000000aa",
+        ip="::1",
+        endpoint="/v1/completions",
+        request=body,
+        response_text=answer,
+        user_agent=answer,
+    )
     with ExchangeLog(engine) as log:
         log.write_sync(record)
     with session_scope(engine) as session:

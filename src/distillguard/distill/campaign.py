@@ -102,9 +102,15 @@ def run_campaign(
         if (out / INFO_FILE).is_file():
             continue  # finished by an earlier run of the same campaign
         train_student(
-            data, mode=how, out_dir=out, student_tokenizer_dir=teacher_dir, student_size="tiny",
-            config=config, progress=progress, resume=out.exists(),
-        )  # fmt: skip
+            data,
+            mode=how,
+            out_dir=out,
+            student_tokenizer_dir=teacher_dir,
+            student_size="tiny",
+            config=config,
+            progress=progress,
+            resume=out.exists(),
+        )
     held = work_dir / "held-out-prompts.jsonl"
     held.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in instructions[-eval_samples:]))
     student_report, baseline_report = evaluate_students(
@@ -119,11 +125,17 @@ def run_campaign(
 
 
 def learning_curve(
-    data: Path | Sequence[HarvestRecord], *, teacher_dir: Path, mode: str,
-    sample_counts: Sequence[int], student_size: str = "tiny", config: DistillConfig | None = None,
-    eval_config: EvalConfig = EvalConfig(), plot_path: Path | None = None,
+    data: Path | Sequence[HarvestRecord],
+    *,
+    teacher_dir: Path,
+    mode: str,
+    sample_counts: Sequence[int],
+    student_size: str = "tiny",
+    config: DistillConfig | None = None,
+    eval_config: EvalConfig = EvalConfig(),
+    plot_path: Path | None = None,
     progress: bool = False,
-) -> list[CurvePoint]:  # fmt: skip
+) -> list[CurvePoint]:
     """Students trained on the first n harvested samples for each n, scored on the last
     ``eval_config.samples`` rows (never trained on). Writes a PNG when ``plot_path`` is set."""
     from distillguard.models.llama import load_model
@@ -145,14 +157,24 @@ def learning_curve(
         for n in counts:
             out = Path(scratch) / f"n{n}"
             train_student(
-                rows[:n], mode=mode, out_dir=out, teacher_dir=teacher_dir,
-                student_size=student_size, config=config, progress=progress,
-            )  # fmt: skip
+                rows[:n],
+                mode=mode,
+                out_dir=out,
+                teacher_dir=teacher_dir,
+                student_size=student_size,
+                config=config,
+                progress=progress,
+            )
             student, student_tok = load_model(out)
             report = compare_on_rows(
-                student, student_tok, teacher, teacher_tok, held, student_dir=out,
+                student,
+                student_tok,
+                teacher,
+                teacher_tok,
+                held,
+                student_dir=out,
                 config=eval_config,
-            )  # fmt: skip
+            )
             points.append(
                 CurvePoint(
                     n, report.top1_agreement, report.kl_teacher_student, report.held_out_loss

@@ -72,9 +72,13 @@ def _batches(examples: Sequence[Example], size: int, pad_id: int) -> Any:
 
 
 def answer_loss(
-    model: Any, tokenizer: Any, rows: Sequence[HarvestRecord], *, max_length: int = 256,
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[HarvestRecord],
+    *,
+    max_length: int = 256,
     batch_size: int = 8,
-) -> float:  # fmt: skip
+) -> float:
     """Mean NLL (nats/token) of ``model`` on the answer tokens of ``rows`` (its tokenizer)."""
     import torch
 
@@ -97,9 +101,15 @@ def answer_loss(
 
 
 def compare_on_rows(
-    student: Any, student_tok: Any, teacher: Any, teacher_tok: Any,
-    rows: Sequence[HarvestRecord], *, student_dir: Path, config: EvalConfig,
-) -> StudentReport:  # fmt: skip
+    student: Any,
+    student_tok: Any,
+    teacher: Any,
+    teacher_tok: Any,
+    rows: Sequence[HarvestRecord],
+    *,
+    student_dir: Path,
+    config: EvalConfig,
+) -> StudentReport:
     """Agreement, KL and loss of one loaded student against a loaded teacher on ``rows``."""
     import torch
 
@@ -128,9 +138,13 @@ def compare_on_rows(
             kl_sum += float(masked_mean(token_forward_kl(s_logits, t_logits), mask)) * n
             positions += n
     return StudentReport(
-        student_dir, agree_sum / max(positions, 1), kl_sum / max(positions, 1), loss,
-        positions, len(examples),
-    )  # fmt: skip
+        student_dir,
+        agree_sum / max(positions, 1),
+        kl_sum / max(positions, 1),
+        loss,
+        positions,
+        len(examples),
+    )
 
 
 def held_out_rows(
@@ -154,9 +168,13 @@ def held_out_rows(
 
 
 def evaluate_students(
-    student_dirs: Sequence[Path], *, teacher_dir: Path, data_path: Path | None = None,
-    prompts_path: Path | None = None, config: EvalConfig = EvalConfig(),
-) -> list[StudentReport]:  # fmt: skip
+    student_dirs: Sequence[Path],
+    *,
+    teacher_dir: Path,
+    data_path: Path | None = None,
+    prompts_path: Path | None = None,
+    config: EvalConfig = EvalConfig(),
+) -> list[StudentReport]:
     """One report per student, all on the same held-out sequences."""
     from distillguard.models.llama import load_model
 

@@ -29,9 +29,14 @@ from distillguard.distill.records import HarvestRecord
 
 
 def sample_on_policy(
-    student: Any, tokenizer: Any, prompts: Sequence[list[int]], *, max_new_tokens: int,
-    max_length: int, seed: int,
-) -> list[Example]:  # fmt: skip
+    student: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    max_length: int,
+    seed: int,
+) -> list[Example]:
     """The student answers ``prompts`` (left-padded batch, sampling at temperature 1);
     returns examples whose answer mask covers the sampled tokens up to and including eos."""
     import torch
@@ -101,10 +106,13 @@ def train_gkd(
         on_policy = random.Random(config.seed * 7919 + step).random() < config.lmbda
         if on_policy:
             examples = sample_on_policy(
-                student, tokenizer, [prompts[i] for i in chosen],
-                max_new_tokens=config.gkd_max_new_tokens, max_length=config.max_length,
+                student,
+                tokenizer,
+                [prompts[i] for i in chosen],
+                max_new_tokens=config.gkd_max_new_tokens,
+                max_length=config.max_length,
                 seed=config.seed * 104_729 + step,
-            )  # fmt: skip
+            )
         else:
             examples = [off_policy[i] for i in chosen]
         batch = collate(examples, pad_id=pad_id)
@@ -118,14 +126,23 @@ def train_gkd(
         s_logits, mask = shift_for_next_token(student_logits, batch.answer_mask)
         t_logits, _ = shift_for_next_token(teacher_logits, batch.answer_mask)
         loss = distillation_loss(
-            s_logits, t_logits, mask, divergence="jsd", beta=config.beta,
+            s_logits,
+            t_logits,
+            mask,
+            divergence="jsd",
+            beta=config.beta,
             temperature=config.temperature,
-        )  # fmt: skip
+        )
         return loss * scale, int(batch.attention_mask.sum())
 
     steps, tokens, seconds, resumed = run_loop(
-        student, step_loss, config=config, out_dir=out_dir, resume=resume, progress=progress,
+        student,
+        step_loss,
+        config=config,
+        out_dir=out_dir,
+        resume=resume,
+        progress=progress,
         label="gkd",
-    )  # fmt: skip
+    )
     skipped = len(rows) - len(off_policy)
     return LoopOutcome(steps, tokens, seconds, resumed, skipped, "empty answers" if skipped else "")

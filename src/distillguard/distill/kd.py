@@ -88,9 +88,14 @@ def train_logit_kd(
         return loss * scale, int(batch.attention_mask.sum())
 
     steps, tokens, seconds, resumed = run_loop(
-        student, step_loss, config=config, out_dir=out_dir, resume=resume, progress=progress,
+        student,
+        step_loss,
+        config=config,
+        out_dir=out_dir,
+        resume=resume,
+        progress=progress,
         label="logit-kd",
-    )  # fmt: skip
+    )
     skipped = len(rows) - len(examples)
     return LoopOutcome(steps, tokens, seconds, resumed, skipped, "empty answers" if skipped else "")
 
@@ -148,9 +153,14 @@ def train_topk_kd(
         return loss, int(batch.attention_mask.sum())
 
     steps, tokens, seconds, resumed = run_loop(
-        student, step_loss, config=config, out_dir=out_dir, resume=resume, progress=progress,
+        student,
+        step_loss,
+        config=config,
+        out_dir=out_dir,
+        resume=resume,
+        progress=progress,
         label="topk-kd",
-    )  # fmt: skip
+    )
     skipped = len(rows) - len(examples)
     reason = ""
     if skipped:

@@ -189,4 +189,3 @@ def run_loop(
     model.eval()
     seconds = seconds_before + time.perf_counter() - started
     return config.max_steps, tokens_seen, seconds, start_step
-

@@ -72,6 +72,7 @@ class TrainResult:
     def tokens_per_second(self) -> float:
         return self.tokens_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
+
 def save_student(out_dir: Path, model: Any, tokenizer: Any, info: dict) -> None:
     """The final model dir: files written beside, then moved in (checkpoints/ left alone)."""
     tmp = out_dir.with_name(f".{out_dir.name}.final-{os.getpid()}")
@@ -91,6 +92,7 @@ def save_student(out_dir: Path, model: Any, tokenizer: Any, info: dict) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
 # --- students and teachers -----------------------------------------------------------------
 def load_teacher(teacher_dir: Path) -> tuple[Any, Any]:
     from distillguard.models.llama import load_model
@@ -104,8 +106,9 @@ def same_vocabulary(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
-def require_shared_vocabulary(teacher: Any, teacher_tok: Any, student: Any, student_tok: Any,
-                              mode: str) -> None:  # fmt: skip
+def require_shared_vocabulary(
+    teacher: Any, teacher_tok: Any, student: Any, student_tok: Any, mode: str
+) -> None:
     """Logit modes compare distributions id by id: both sides need one vocabulary."""
     teacher_rows = teacher.get_output_embeddings().weight.shape[0]
     student_rows = student.get_output_embeddings().weight.shape[0]
@@ -157,6 +160,7 @@ def student_tokenizer(
 
     texts = [format_chat_pair(r.prompt, r.answer) for r in rows]
     return train_tokenizer(texts, vocab_size=SIZES[size].vocab_size)
+
 
 # --- the entry point -----------------------------------------------------------------------
 def train_student(
@@ -259,6 +263,7 @@ def train_student(
     }
     save_student(out_dir, student, tokenizer, info)
     return result
+
 
 def teacher_rows(
     teacher_dir: Path | None, prompts_path: Path | None, config: DistillConfig

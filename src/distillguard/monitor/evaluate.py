@@ -144,8 +144,17 @@ def evaluate(labels: Iterable[LabelRecord], verdicts: Iterable[Verdict]) -> Dete
     personas = []
     for (p, lab), idx in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         sc = s[idx]
-        personas.append(PersonaResult(p, lab, len(idx), int(f[idx].sum()), float(sc.min()),
-                                      float(np.median(sc)), float(sc.max())))  # fmt: skip
+        personas.append(
+            PersonaResult(
+                p,
+                lab,
+                len(idx),
+                int(f[idx].sum()),
+                float(sc.min()),
+                float(np.median(sc)),
+                float(sc.max()),
+            )
+        )
     apps = [i for i, a in enumerate(ids) if (labs[a].persona or "").startswith(LEGIT_APP_PREFIX)]
 
     def pred_of(a: str) -> str:
@@ -158,22 +167,33 @@ def evaluate(labels: Iterable[LabelRecord], verdicts: Iterable[Verdict]) -> Dete
     multi = [a for a in ids if labs[a].campaign_id and sizes[labs[a].campaign_id] > 1]
     ari_hydra = None
     if multi:
-        ari_hydra = adjusted_rand_index([labs[a].campaign_id or "" for a in multi],
-                                        [pred_of(a) for a in multi])  # fmt: skip
+        ari_hydra = adjusted_rand_index(
+            [labs[a].campaign_id or "" for a in multi], [pred_of(a) for a in multi]
+        )
     return DetectionReport(
-        accounts=len(ids), honest=int((~y).sum()), campaign_accounts=int(y.sum()), auroc=auc,
-        tpr_at_fpr_1e3=tpr3, tpr_at_fpr_1e2=tpr2,
+        accounts=len(ids),
+        honest=int((~y).sum()),
+        campaign_accounts=int(y.sum()),
+        auroc=auc,
+        tpr_at_fpr_1e3=tpr3,
+        tpr_at_fpr_1e2=tpr2,
         flagged_tpr=float(f[y].mean()) if y.any() else 0.0,
         flagged_fpr=float(f[~y].mean()) if (~y).any() else 0.0,
-        legit_apps=len(apps), legit_apps_flagged=int(f[apps].sum()) if apps else 0,
-        ari_all=ari_all, ari_hydra=ari_hydra, personas=tuple(personas),
+        legit_apps=len(apps),
+        legit_apps_flagged=int(f[apps].sum()) if apps else 0,
+        ari_all=ari_all,
+        ari_hydra=ari_hydra,
+        personas=tuple(personas),
         missing_verdicts=len(missing),
-    )  # fmt: skip
+    )
 
 
-def time_to_flag(records: Iterable[TrafficRecord], labels: Iterable[LabelRecord], monitor: Any,
-                 progress: Callable[[int], None] | None = None,
-                 ) -> tuple[TimeToFlag, ...]:  # fmt: skip
+def time_to_flag(
+    records: Iterable[TrafficRecord],
+    labels: Iterable[LabelRecord],
+    monitor: Any,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[TimeToFlag, ...]:
     """Replay ``records`` (in the order given: a log in time order) through ``monitor`` (an
     ``OnlineMonitor``) and count each campaign's requests until any of its accounts is first
     given an action other than allow."""
@@ -181,12 +201,22 @@ def time_to_flag(records: Iterable[TrafficRecord], labels: Iterable[LabelRecord]
     sent: Counter[str] = Counter()
     flagged_at: dict[str, int] = {}
     for n, rec in enumerate(records, 1):
-        d = monitor.check(account_id=rec.account_id, key_id=rec.key_id,
-                          payment_fingerprint=rec.payment_fingerprint, ip=rec.ip,
-                          user_agent=rec.user_agent, endpoint=rec.endpoint,
-                          request=rec.request, ts=rec.ts)  # fmt: skip
-        monitor.record(account_id=rec.account_id, response_text=rec.response_text,
-                       completion_tokens=rec.completion_tokens, ts=rec.ts)  # fmt: skip
+        d = monitor.check(
+            account_id=rec.account_id,
+            key_id=rec.key_id,
+            payment_fingerprint=rec.payment_fingerprint,
+            ip=rec.ip,
+            user_agent=rec.user_agent,
+            endpoint=rec.endpoint,
+            request=rec.request,
+            ts=rec.ts,
+        )
+        monitor.record(
+            account_id=rec.account_id,
+            response_text=rec.response_text,
+            completion_tokens=rec.completion_tokens,
+            ts=rec.ts,
+        )
         lab = labs.get(rec.account_id)
         if lab is not None and lab.campaign_id:
             sent[lab.campaign_id] += 1
@@ -205,5 +235,12 @@ def with_time_to_flag(report: DetectionReport, ttf: tuple[TimeToFlag, ...]) -> D
     values = np.array(caught + [math.inf] * missed, dtype=np.float64)
     median = float(np.percentile(values, 50, method="higher")) if len(values) else None
     p90 = float(np.percentile(values, 90, method="higher")) if len(values) else None
-    return DetectionReport(**{**report.__dict__, "time_to_flag": ttf, "ttf_median": median,
-                              "ttf_p90": p90, "ttf_missed": missed})  # fmt: skip
+    return DetectionReport(
+        **{
+            **report.__dict__,
+            "time_to_flag": ttf,
+            "ttf_median": median,
+            "ttf_p90": p90,
+            "ttf_missed": missed,
+        }
+    )

@@ -115,8 +115,9 @@ def _index(keys: Mapping[str, LinkKeys], cfg: LinkConfig) -> dict[str, dict[obje
     return idx
 
 
-def pair_evidence(keys: Mapping[str, LinkKeys],
-                  cfg: LinkConfig) -> dict[tuple[str, str], dict[str, int]]:  # fmt: skip
+def pair_evidence(
+    keys: Mapping[str, LinkKeys], cfg: LinkConfig
+) -> dict[tuple[str, str], dict[str, int]]:
     """For every pair sharing an informative key: how many keys of each kind they share."""
     pairs: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     cap = min(cfg.max_key_accounts, max(60, int(cfg.max_key_share * len(keys))))
@@ -166,13 +167,19 @@ def find_clusters(keys: Mapping[str, LinkKeys], cfg: LinkConfig | None = None) -
     out = []
     for root, members in groups.items():
         if len(members) > 1:
-            out.append(Cluster(cluster_id_of(members), tuple(sorted(members)),
-                               tuple(k for k in KINDS if k in evidence[root])))  # fmt: skip
+            out.append(
+                Cluster(
+                    cluster_id_of(members),
+                    tuple(sorted(members)),
+                    tuple(k for k in KINDS if k in evidence[root]),
+                )
+            )
     return sorted(out, key=lambda c: (-len(c.members), c.cluster_id))
 
 
-def minhash_tuple(bottom_k: tuple[int, ...], buckets: int,
-                  cfg: LinkConfig) -> tuple[int, ...] | None:  # fmt: skip
+def minhash_tuple(
+    bottom_k: tuple[int, ...], buckets: int, cfg: LinkConfig
+) -> tuple[int, ...] | None:
     if not bottom_k or buckets < cfg.min_sync_buckets:
         return None
     return bottom_k

@@ -75,8 +75,11 @@ def link_keys(sk: AccountSketch, cfg: LinkConfig) -> LinkKeys:
     )
 
 
-def collect(records: Iterable[TrafficRecord], cfg: SignalConfig | None = None,
-            progress: Callable[[int], None] | None = None) -> dict[str, AccountSketch]:  # fmt: skip
+def collect(
+    records: Iterable[TrafficRecord],
+    cfg: SignalConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, AccountSketch]:
     """One pass: fold every record into its account's sketch."""
     cfg = cfg or SignalConfig()
     hasher = MinHasher(cfg.minhash_k, cfg.seed)
@@ -91,8 +94,11 @@ def collect(records: Iterable[TrafficRecord], cfg: SignalConfig | None = None,
     return sketches
 
 
-def account_views(signals: dict[str, AccountSignals], keys: dict[str, LinkKeys],
-                  link_cfg: LinkConfig | None = None) -> list[AccountView]:  # fmt: skip
+def account_views(
+    signals: dict[str, AccountSignals],
+    keys: dict[str, LinkKeys],
+    link_cfg: LinkConfig | None = None,
+) -> list[AccountView]:
     """Clusters of linked accounts and their merged signals, one view per account."""
     link_cfg = link_cfg or LinkConfig()
     clusters = find_clusters(keys, link_cfg)
@@ -108,12 +114,16 @@ def account_views(signals: dict[str, AccountSignals], keys: dict[str, LinkKeys],
     return views
 
 
-def read_out(sketches: dict[str, AccountSketch], link_cfg: LinkConfig | None = None,
-             ) -> tuple[dict[str, AccountSignals], dict[str, LinkKeys]]:  # fmt: skip
+def read_out(
+    sketches: dict[str, AccountSketch],
+    link_cfg: LinkConfig | None = None,
+) -> tuple[dict[str, AccountSignals], dict[str, LinkKeys]]:
     """Signals and link keys of every sketch (what scoring needs; small and picklable)."""
     link_cfg = link_cfg or LinkConfig()
-    return ({a: sk.signals() for a, sk in sketches.items()},
-            {a: link_keys(sk, link_cfg) for a, sk in sketches.items()})  # fmt: skip
+    return (
+        {a: sk.signals() for a, sk in sketches.items()},
+        {a: link_keys(sk, link_cfg) for a, sk in sketches.items()},
+    )
 
 
 _ACCOUNT_FIELD = re.compile(rb'"account_id"\s*:\s*"([^"\\]*)"')
@@ -141,8 +151,9 @@ class _PartResult:
     summary: ReadSummary
 
 
-def _collect_part(path: str, part: int, parts: int, cfg: SignalConfig,
-                  link_cfg: LinkConfig) -> _PartResult:  # fmt: skip
+def _collect_part(
+    path: str, part: int, parts: int, cfg: SignalConfig, link_cfg: LinkConfig
+) -> _PartResult:
     reader = read_traffic(path, line_filter=_partition_filter(part, parts) if parts > 1 else None)
     sketches = collect(reader, cfg)
     signals, keys = read_out(sketches, link_cfg)
@@ -155,8 +166,13 @@ def _collect_part(path: str, part: int, parts: int, cfg: SignalConfig,
     )
 
 
-def collect_file(path: Path, *, workers: int = 1, cfg: SignalConfig | None = None,
-                 link_cfg: LinkConfig | None = None) -> _PartResult:  # fmt: skip
+def collect_file(
+    path: Path,
+    *,
+    workers: int = 1,
+    cfg: SignalConfig | None = None,
+    link_cfg: LinkConfig | None = None,
+) -> _PartResult:
     """Signals and link keys of every account in the log at ``path``.
 
     With ``workers`` > 1 the accounts are split by a hash of their id and each worker
@@ -170,21 +186,32 @@ def collect_file(path: Path, *, workers: int = 1, cfg: SignalConfig | None = Non
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-        parts = list(pool.map(_collect_part, [str(path)] * workers, range(workers),
-                              [workers] * workers, [cfg] * workers,
-                              [link_cfg] * workers))  # fmt: skip
+        parts = list(
+            pool.map(
+                _collect_part,
+                [str(path)] * workers,
+                range(workers),
+                [workers] * workers,
+                [cfg] * workers,
+                [link_cfg] * workers,
+            )
+        )
     signals: dict[str, AccountSignals] = {}
     keys: dict[str, LinkKeys] = {}
     for p in parts:
         signals.update(p.signals)
         keys.update(p.keys)
     examples = sorted((e for p in parts for e in p.summary.examples), key=lambda e: e.line_no)
-    summary = ReadSummary(str(path), parts[0].summary.lines,
-                          sum(p.summary.records for p in parts),
-                          sum(p.summary.skipped for p in parts),
-                          tuple(examples[:MAX_SKIP_EXAMPLES]))  # fmt: skip
-    return _PartResult(signals, keys, sum(p.exchanges for p in parts),
-                       sum(p.out_of_order for p in parts), summary)  # fmt: skip
+    summary = ReadSummary(
+        str(path),
+        parts[0].summary.lines,
+        sum(p.summary.records for p in parts),
+        sum(p.summary.skipped for p in parts),
+        tuple(examples[:MAX_SKIP_EXAMPLES]),
+    )
+    return _PartResult(
+        signals, keys, sum(p.exchanges for p in parts), sum(p.out_of_order for p in parts), summary
+    )
 
 
 def verdict_of(view: AccountView, model: ScoreModel) -> Verdict:
@@ -200,8 +227,11 @@ def verdict_of(view: AccountView, model: ScoreModel) -> Verdict:
             score = cs
             why = reasons(model, xc, view.cluster_signals, n, view.cluster.evidence)
             if not any(r.startswith("acts with") for r in why):
-                why = (*why, f"linked with {n - 1} other accounts "
-                       f"(shared {', '.join(view.cluster.evidence)})")  # fmt: skip
+                why = (
+                    *why,
+                    f"linked with {n - 1} other accounts "
+                    f"(shared {', '.join(view.cluster.evidence)})",
+                )
     if why is None:
         why = reasons(model, x, view.signals)
     flagged = score >= model.threshold
@@ -214,16 +244,23 @@ def verdict_of(view: AccountView, model: ScoreModel) -> Verdict:
     )
 
 
-def score_views(views: list[AccountView], model: ScoreModel,
-                ) -> tuple[tuple[Verdict, ...], tuple[Cluster, ...]]:  # fmt: skip
+def score_views(
+    views: list[AccountView],
+    model: ScoreModel,
+) -> tuple[tuple[Verdict, ...], tuple[Cluster, ...]]:
     verdicts = tuple(verdict_of(v, model) for v in views)
     clusters = tuple({v.cluster.cluster_id: v.cluster for v in views if v.cluster}.values())
     return verdicts, clusters
 
 
-def score_records(records: Iterable[TrafficRecord], *, model: ScoreModel | None = None,
-                  signal_cfg: SignalConfig | None = None, link_cfg: LinkConfig | None = None,
-                  progress: Callable[[int], None] | None = None) -> ScoreReport:  # fmt: skip
+def score_records(
+    records: Iterable[TrafficRecord],
+    *,
+    model: ScoreModel | None = None,
+    signal_cfg: SignalConfig | None = None,
+    link_cfg: LinkConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScoreReport:
     """Score records from any source (a reader, the database, a list)."""
     model = model or ScoreModel.load()
     t0 = time.perf_counter()
@@ -249,29 +286,43 @@ def default_workers(path: Path) -> int:
     return max(1, min(os.cpu_count() or 1, 8)) if big else 1
 
 
-def score_traffic(path: Path, out: Path | None = None, *, model: ScoreModel | None = None,
-                  workers: int | None = None, signal_cfg: SignalConfig | None = None,
-                  link_cfg: LinkConfig | None = None) -> ScoreReport:  # fmt: skip
+def score_traffic(
+    path: Path,
+    out: Path | None = None,
+    *,
+    model: ScoreModel | None = None,
+    workers: int | None = None,
+    signal_cfg: SignalConfig | None = None,
+    link_cfg: LinkConfig | None = None,
+) -> ScoreReport:
     """Score the traffic log at ``path``; write one verdict per account to ``out``."""
     model = model or ScoreModel.load()
     t0 = time.perf_counter()
-    res = collect_file(Path(path), workers=workers or default_workers(Path(path)),
-                       cfg=signal_cfg, link_cfg=link_cfg)  # fmt: skip
+    res = collect_file(
+        Path(path),
+        workers=workers or default_workers(Path(path)),
+        cfg=signal_cfg,
+        link_cfg=link_cfg,
+    )
     summary = res.summary
     if summary.records == 0:
         raise InputError(
             f"{path}: no valid traffic records ({summary.lines:,} lines, "
             f"{summary.skipped:,} skipped)"
-            + (f"; first problem: line {summary.examples[0].line_no}: "
-               f"{summary.examples[0].reason}" if summary.examples else "")
-        )  # fmt: skip
+            + (
+                f"; first problem: line {summary.examples[0].line_no}: {summary.examples[0].reason}"
+                if summary.examples
+                else ""
+            )
+        )
     verdicts, clusters = score_views(account_views(res.signals, res.keys, link_cfg), model)
     if out is not None:
         with JsonlWriter(out) as w:
             for v in verdicts:
                 w.write(v)
-    return ScoreReport(verdicts, clusters, summary, res.exchanges,
-                       time.perf_counter() - t0, res.out_of_order)  # fmt: skip
+    return ScoreReport(
+        verdicts, clusters, summary, res.exchanges, time.perf_counter() - t0, res.out_of_order
+    )
 
 
 def feature_matrix(views: list[AccountView]) -> tuple[np.ndarray, list[str], list[str | None]]:

@@ -78,11 +78,19 @@ class _AccountState:
 class OnlineMonitor:
     """Per-request signals, links and policy decisions (thread-safe)."""
 
-    def __init__(self, policy: Policy, *, redis_url: str | None = None,
-                 model: ScoreModel | None = None, signal_cfg: SignalConfig | None = None,
-                 link_cfg: LinkConfig | None = None, rescore_every: int = 8,
-                 relink_every: int = 64, redis_prefix: str = "distillguard:monitor",
-                 background_links: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        redis_url: str | None = None,
+        model: ScoreModel | None = None,
+        signal_cfg: SignalConfig | None = None,
+        link_cfg: LinkConfig | None = None,
+        rescore_every: int = 8,
+        relink_every: int = 64,
+        redis_prefix: str = "distillguard:monitor",
+        background_links: bool = False,
+    ) -> None:
         self.policy = policy
         self.model = model or ScoreModel.load()
         self.signal_cfg = signal_cfg or SignalConfig()
@@ -108,8 +116,9 @@ class OnlineMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if background_links:
-            self._thread = threading.Thread(target=self._link_loop, name="monitor-links",
-                                            daemon=True)  # fmt: skip
+            self._thread = threading.Thread(
+                target=self._link_loop, name="monitor-links", daemon=True
+            )
             self._thread.start()
         self._redis = None
         self._redis_key = f"{redis_prefix}:enforced"  # hash: account id -> standing action
@@ -127,13 +136,23 @@ class OnlineMonitor:
     def from_settings(cls, settings: Settings) -> OnlineMonitor:
         """The gateway's monitor: its policy file (or the built-in one), Redis when set, and
         cross-account linking on a background thread."""
-        return cls(load_policy(settings.policy_file), redis_url=settings.redis_url,
-                   background_links=True)  # fmt: skip
+        return cls(
+            load_policy(settings.policy_file), redis_url=settings.redis_url, background_links=True
+        )
 
     # ---- the request path -------------------------------------------------------------------
-    def check(self, *, account_id: str, key_id: str, payment_fingerprint: str | None, ip: str,
-              user_agent: str | None, endpoint: str, request: dict[str, Any],
-              ts: float) -> Decision:  # fmt: skip
+    def check(
+        self,
+        *,
+        account_id: str,
+        key_id: str,
+        payment_fingerprint: str | None,
+        ip: str,
+        user_agent: str | None,
+        endpoint: str,
+        request: dict[str, Any],
+        ts: float,
+    ) -> Decision:
         feats = request_features(request, self.signal_cfg)
         with self._lock:
             st = self._accounts.get(account_id)
@@ -142,8 +161,9 @@ class OnlineMonitor:
                     new_sketch(self.signal_cfg, self._hasher, account_id)
                 )
             sk = st.sketch
-            sk.observe(ts=ts, ip=ip, user_agent=user_agent, payment=payment_fingerprint,
-                       features=feats)  # fmt: skip
+            sk.observe(
+                ts=ts, ip=ip, user_agent=user_agent, payment=payment_fingerprint, features=feats
+            )
             n = sk.n
             if n in (1, 8, 16, 32) or n % self.relink_every == 0:
                 if self._thread is not None:
@@ -154,14 +174,22 @@ class OnlineMonitor:
                 self._rescore(account_id, st, ts)
             return self._decision(account_id, st, ts)
 
-    def record(self, *, account_id: str, response_text: str | None,
-               completion_tokens: int | None, ts: float) -> None:  # fmt: skip
+    def record(
+        self,
+        *,
+        account_id: str,
+        response_text: str | None,
+        completion_tokens: int | None,
+        ts: float,
+    ) -> None:
         with self._lock:
             st = self._accounts.get(account_id)
             if st is not None:
-                st.sketch.observe_response(completion_tokens=completion_tokens,
-                                           response_text=response_text,
-                                           ok=response_text is not None)  # fmt: skip
+                st.sketch.observe_response(
+                    completion_tokens=completion_tokens,
+                    response_text=response_text,
+                    ok=response_text is not None,
+                )
 
     def close(self) -> None:
         """Stop the maintenance thread (if any); pending link updates are applied first."""
@@ -274,11 +302,13 @@ class OnlineMonitor:
         def mh(k: LinkKeys) -> set:
             return set(k.minhash) if k.minhash is not None else set()
 
-        return [("payment", set(old.payments), set(new.payments)),
-                ("ip_prefix", set(old.prefixes), set(new.prefixes)),
-                ("user_agent", set(old.user_agents), set(new.user_agents)),
-                ("template", set(old.shingles), set(new.shingles)),
-                ("timing", mh(old), mh(new))]  # fmt: skip
+        return [
+            ("payment", set(old.payments), set(new.payments)),
+            ("ip_prefix", set(old.prefixes), set(new.prefixes)),
+            ("user_agent", set(old.user_agents), set(new.user_agents)),
+            ("template", set(old.shingles), set(new.shingles)),
+            ("timing", mh(old), mh(new)),
+        ]
 
     def _cluster(self, account_id: str) -> tuple[str | None, set[str]]:
         root = self._uf.find(account_id) if account_id in self._uf.parent else account_id
@@ -300,8 +330,13 @@ class OnlineMonitor:
                 score, sig_used, requests, xs, n_acc = cs, merged, merged.requests, xc, len(members)
         if requests < self.policy.min_requests:
             return
-        rule = self.policy.decide(score=score, threshold=self.model.threshold, requests=requests,
-                                  cluster_size=len(members), signals=sig_used)  # fmt: skip
+        rule = self.policy.decide(
+            score=score,
+            threshold=self.model.threshold,
+            requests=requests,
+            cluster_size=len(members),
+            signals=sig_used,
+        )
         if rule is None or rule.action == "allow":
             return
         targets = members if cid is not None else {account_id}
@@ -312,8 +347,9 @@ class OnlineMonitor:
                 if why is None:  # words only when an action is taken
                     kinds = sorted(self._evidence.get(self._uf.find(account_id), ()))
                     why = reasons(self.model, xs, sig_used, n_acc, kinds)
-                self._enforced[m] = _Enforcement(rule.action, score, why, rule.retry_after, ts,
-                                                 requests)  # fmt: skip
+                self._enforced[m] = _Enforcement(
+                    rule.action, score, why, rule.retry_after, ts, requests
+                )
                 self._publish(m, self._enforced[m], cid)
 
     def _cluster_score(self, cid: str, members: set[str]) -> tuple[AccountSignals, float, Any]:
@@ -359,10 +395,17 @@ class OnlineMonitor:
     def _publish(self, account_id: str, enf: _Enforcement, cid: str | None) -> None:
         if self._redis is None:
             return
-        payload = json.dumps({"action": enf.action, "score": enf.score,
-                              "reasons": list(enf.reasons), "retry_after": enf.retry_after,
-                              "since": enf.since, "requests": enf.requests,
-                              "cluster_id": cid})  # fmt: skip
+        payload = json.dumps(
+            {
+                "action": enf.action,
+                "score": enf.score,
+                "reasons": list(enf.reasons),
+                "retry_after": enf.retry_after,
+                "since": enf.since,
+                "requests": enf.requests,
+                "cluster_id": cid,
+            }
+        )
         try:
             self._redis.hset(self._redis_key, account_id, payload)
         except Exception as exc:  # a lost publish must not fail the request being served
@@ -378,8 +421,14 @@ class OnlineMonitor:
         if not raw:
             return None
         d = json.loads(raw)
-        enf = _Enforcement(d["action"], d["score"], tuple(d["reasons"]), d["retry_after"],
-                           d["since"], d["requests"])  # fmt: skip
+        enf = _Enforcement(
+            d["action"],
+            d["score"],
+            tuple(d["reasons"]),
+            d["retry_after"],
+            d["since"],
+            d["requests"],
+        )
         self._enforced[account_id] = enf
         return enf
 
@@ -392,22 +441,37 @@ class OnlineMonitor:
                 try:
                     for k, v in self._redis.hgetall(self._redis_key).items():
                         d = json.loads(v)
-                        local.setdefault(k.decode(), _Enforcement(
-                            d["action"], d["score"], tuple(d["reasons"]), d["retry_after"],
-                            d["since"], d["requests"]))  # fmt: skip
+                        local.setdefault(
+                            k.decode(),
+                            _Enforcement(
+                                d["action"],
+                                d["score"],
+                                tuple(d["reasons"]),
+                                d["retry_after"],
+                                d["since"],
+                                d["requests"],
+                            ),
+                        )
                 except Exception:
                     pass  # listing what this replica knows is better than failing the listing
             out = []
             for acct, enf in sorted(local.items(), key=lambda kv: -kv[1].score):
                 cid, members = self._cluster(acct)
-                out.append({
-                    "account_id": acct, "action": enf.action, "score": round(enf.score, 6),
-                    "reasons": list(enf.reasons), "cluster_id": cid,
-                    "cluster_size": len(members), "since": enf.since,
-                    "requests": enf.requests,
-                    "evidence": sorted(self._evidence.get(self._uf.find(acct), ()))
-                    if acct in self._uf.parent else [],
-                })  # fmt: skip
+                out.append(
+                    {
+                        "account_id": acct,
+                        "action": enf.action,
+                        "score": round(enf.score, 6),
+                        "reasons": list(enf.reasons),
+                        "cluster_id": cid,
+                        "cluster_size": len(members),
+                        "since": enf.since,
+                        "requests": enf.requests,
+                        "evidence": sorted(self._evidence.get(self._uf.find(acct), ()))
+                        if acct in self._uf.parent
+                        else [],
+                    }
+                )
             return out
 
     def account_count(self) -> int:

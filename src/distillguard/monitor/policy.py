@@ -40,8 +40,15 @@ class Rule:
             if name not in SIGNAL_NAMES:
                 raise ConfigError(f"unknown signal {name!r} in policy; use one of {SIGNAL_NAMES}")
 
-    def matches(self, *, score: float, threshold: float, requests: int, cluster_size: int,
-                signals: AccountSignals) -> bool:  # fmt: skip
+    def matches(
+        self,
+        *,
+        score: float,
+        threshold: float,
+        requests: int,
+        cluster_size: int,
+        signals: AccountSignals,
+    ) -> bool:
         bar = threshold if self.use_threshold else self.score_at_least
         if bar is not None and score < bar:
             return False
@@ -64,14 +71,26 @@ class Policy:
         if self.min_requests < 1 or self.throttle_rpm < 0:
             raise ConfigError("policy min_requests must be >= 1 and throttle_rpm >= 0")
 
-    def decide(self, *, score: float, threshold: float, requests: int, cluster_size: int,
-               signals: AccountSignals) -> Rule | None:  # fmt: skip
+    def decide(
+        self,
+        *,
+        score: float,
+        threshold: float,
+        requests: int,
+        cluster_size: int,
+        signals: AccountSignals,
+    ) -> Rule | None:
         """The first matching rule, or None (the default action)."""
         if requests < self.min_requests:
             return None
         for rule in self.rules:
-            if rule.matches(score=score, threshold=threshold, requests=requests,
-                            cluster_size=cluster_size, signals=signals):  # fmt: skip
+            if rule.matches(
+                score=score,
+                threshold=threshold,
+                requests=requests,
+                cluster_size=cluster_size,
+                signals=signals,
+            ):
                 return rule
         return None
 

@@ -86,8 +86,10 @@ def feature_vector(sig: AccountSignals, accounts: int = 1) -> np.ndarray:  # (F,
     return np.append(sig.vector(), math.log(max(1, accounts)))
 
 
-def merge_signals(members: Sequence[AccountSignals], prior_weight: float | None = None,
-                  ) -> AccountSignals:  # fmt: skip
+def merge_signals(
+    members: Sequence[AccountSignals],
+    prior_weight: float | None = None,
+) -> AccountSignals:
     """One actor's signals from its accounts': volumes add, shares are pooled.
 
     Each account's shares were shrunk toward the prior on its own (few requests each, for a
@@ -127,8 +129,13 @@ def merge_signals(members: Sequence[AccountSignals], prior_weight: float | None 
     )
 
 
-def reasons(model: ScoreModel, x: np.ndarray, sig: AccountSignals, accounts: int = 1,
-            link_kinds: Sequence[str] = ()) -> tuple[str, ...]:  # fmt: skip
+def reasons(
+    model: ScoreModel,
+    x: np.ndarray,
+    sig: AccountSignals,
+    accounts: int = 1,
+    link_kinds: Sequence[str] = (),
+) -> tuple[str, ...]:
     """Features that raised the score by at least ``reason_min`` log-odds, largest first."""
     contrib = model.contributions(x)
     order = np.argsort(-contrib)
@@ -140,8 +147,7 @@ def reasons(model: ScoreModel, x: np.ndarray, sig: AccountSignals, accounts: int
     return tuple(out)
 
 
-def _describe(name: str, high: bool, s: AccountSignals, accounts: int,
-              kinds: Sequence[str]) -> str:  # fmt: skip
+def _describe(name: str, high: bool, s: AccountSignals, accounts: int, kinds: Sequence[str]) -> str:
     text = {
         "log_requests": f"{'high' if high else 'low'} volume ({s.requests:,} requests)",
         "log_rate": f"{'high' if high else 'low'} request rate ({s.rate_per_hour:.1f}/hour)",
@@ -167,8 +173,9 @@ def _describe(name: str, high: bool, s: AccountSignals, accounts: int,
     return text[name]
 
 
-def fit_model(xs: np.ndarray, ys: np.ndarray, *, target_fpr: float = 1e-3, c: float = 0.3,
-              fitted_on: str = "") -> ScoreModel:  # fmt: skip
+def fit_model(
+    xs: np.ndarray, ys: np.ndarray, *, target_fpr: float = 1e-3, c: float = 0.3, fitted_on: str = ""
+) -> ScoreModel:
     """Fit the logistic weights on (N, F) features and 0/1 labels; pick the threshold.
 
     The threshold is the lowest score that keeps the honest false-positive rate on the
@@ -186,8 +193,14 @@ def fit_model(xs: np.ndarray, ys: np.ndarray, *, target_fpr: float = 1e-3, c: fl
     scale[scale < 1e-6] = 1.0
     lr = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
     lr.fit((xs - mean) / scale, ys)
-    model = ScoreModel(tuple(lr.coef_[0].tolist()), float(lr.intercept_[0]), tuple(mean.tolist()),
-                       tuple(scale.tolist()), 0.5, fitted_on=fitted_on)  # fmt: skip
+    model = ScoreModel(
+        tuple(lr.coef_[0].tolist()),
+        float(lr.intercept_[0]),
+        tuple(mean.tolist()),
+        tuple(scale.tolist()),
+        0.5,
+        fitted_on=fitted_on,
+    )
     scores = model.score_many(xs)
     honest = np.sort(scores[ys == 0])
     allowed = math.floor(target_fpr * len(honest))
@@ -197,8 +210,14 @@ def fit_model(xs: np.ndarray, ys: np.ndarray, *, target_fpr: float = 1e-3, c: fl
     nxt = float(above.min()) if len(above) else min(1.0, bar + 1e-6)
     lo, hi = _logit(bar), _logit(nxt)
     threshold = 1.0 / (1.0 + math.exp(-(lo + hi) / 2))
-    return ScoreModel(model.weights, model.bias, model.mean, model.scale,
-                      float(min(1.0, max(threshold, bar + 1e-9))), fitted_on=fitted_on)  # fmt: skip
+    return ScoreModel(
+        model.weights,
+        model.bias,
+        model.mean,
+        model.scale,
+        float(min(1.0, max(threshold, bar + 1e-9))),
+        fitted_on=fitted_on,
+    )
 
 
 def _logit(p: float) -> float:

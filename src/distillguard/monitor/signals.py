@@ -62,8 +62,16 @@ class SignalConfig:
     seed: int = 1  # hash seed shared by every replica (MinHash must agree across processes)
 
     def __post_init__(self) -> None:
-        ints = ("frame_words", "shingle_words", "shingle_table", "frequent_min",
-                "templated_hits", "reservoir", "minhash_k", "max_keys")  # fmt: skip
+        ints = (
+            "frame_words",
+            "shingle_words",
+            "shingle_table",
+            "frequent_min",
+            "templated_hits",
+            "reservoir",
+            "minhash_k",
+            "max_keys",
+        )
         for name in ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"SignalConfig.{name} must be at least 1")
@@ -76,8 +84,15 @@ class SignalConfig:
 # A typical answer's length in tokens (the prior of the output/input ratio).
 PRIOR_ANSWER_TOKENS = 150.0
 # Prior shares of an ordinary account (what thin evidence is shrunk toward).
-PRIOR = {"cot": 0.03, "greedy": 0.2, "harvest": 0.01, "stream": 0.5, "templated": 0.05,
-         "burst": 0.2, "quiet": 0.05}  # fmt: skip
+PRIOR = {
+    "cot": 0.03,
+    "greedy": 0.2,
+    "harvest": 0.01,
+    "stream": 0.5,
+    "templated": 0.05,
+    "burst": 0.2,
+    "quiet": 0.05,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +130,18 @@ def frame_shingles(text: str, cfg: SignalConfig) -> tuple[int, ...]:
 
 # Cheap substrings one of which every chain-of-thought phrasing contains: most prompts skip
 # the regular expression entirely.
-_COT_HINTS = ("step", "reason", "think", "explain", "show", "walk", "through", "break",
-              "chain", "calculation")  # fmt: skip
+_COT_HINTS = (
+    "step",
+    "reason",
+    "think",
+    "explain",
+    "show",
+    "walk",
+    "through",
+    "break",
+    "chain",
+    "calculation",
+)
 
 
 def request_features(request: dict[str, Any], cfg: SignalConfig) -> RequestFeatures:
@@ -204,8 +229,15 @@ class AccountSketch:
     _similarity_n: int = 0
 
     # ---- updates ----------------------------------------------------------------------------
-    def observe(self, *, ts: float, ip: str, user_agent: str | None, payment: str | None,
-                features: RequestFeatures) -> bool:  # fmt: skip
+    def observe(
+        self,
+        *,
+        ts: float,
+        ip: str,
+        user_agent: str | None,
+        payment: str | None,
+        features: RequestFeatures,
+    ) -> bool:
         """Fold one request in; returns whether the prompt matched the account's template."""
         cfg = self.cfg
         self.n += 1
@@ -230,8 +262,9 @@ class AccountSketch:
             _bump(self.payments, payment, cfg.max_keys)
         return templated
 
-    def observe_response(self, *, completion_tokens: int | None, response_text: str | None,
-                         ok: bool = True) -> None:  # fmt: skip
+    def observe_response(
+        self, *, completion_tokens: int | None, response_text: str | None, ok: bool = True
+    ) -> None:
         if not ok:
             self.n_failed += 1
             return
@@ -405,9 +438,19 @@ class AccountSignals:
 
 
 FEATURES = (
-    "log_requests", "log_rate", "templated_share", "cot_share", "greedy_share", "harvest_share",
-    "stream_share", "burst_share", "log_gap_cv", "quiet_share", "log_out_in", "content_similarity",
-)  # fmt: skip
+    "log_requests",
+    "log_rate",
+    "templated_share",
+    "cot_share",
+    "greedy_share",
+    "harvest_share",
+    "stream_share",
+    "burst_share",
+    "log_gap_cv",
+    "quiet_share",
+    "log_out_in",
+    "content_similarity",
+)
 
 
 def new_sketch(cfg: SignalConfig, hasher: MinHasher, account_id: str) -> AccountSketch:
@@ -418,9 +461,16 @@ def new_sketch(cfg: SignalConfig, hasher: MinHasher, account_id: str) -> Account
 
 def observe_record(sketch: AccountSketch, rec: TrafficRecord) -> bool:
     feats = request_features(rec.request, sketch.cfg)
-    templated = sketch.observe(ts=rec.ts, ip=rec.ip, user_agent=rec.user_agent,
-                               payment=rec.payment_fingerprint, features=feats)  # fmt: skip
-    sketch.observe_response(completion_tokens=rec.completion_tokens,
-                            response_text=rec.response_text,
-                            ok=200 <= rec.status < 300)  # fmt: skip
+    templated = sketch.observe(
+        ts=rec.ts,
+        ip=rec.ip,
+        user_agent=rec.user_agent,
+        payment=rec.payment_fingerprint,
+        features=feats,
+    )
+    sketch.observe_response(
+        completion_tokens=rec.completion_tokens,
+        response_text=rec.response_text,
+        ok=200 <= rec.status < 300,
+    )
     return templated

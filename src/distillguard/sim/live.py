@@ -75,8 +75,12 @@ def _admin(base: str, token: str, path: str, body: dict[str, Any]) -> dict[str, 
     import httpx
 
     try:
-        r = httpx.post(f"{base.rstrip('/')}/admin{path}", json=body, timeout=30.0,
-                       headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        r = httpx.post(
+            f"{base.rstrip('/')}/admin{path}",
+            json=body,
+            timeout=30.0,
+            headers={"Authorization": f"Bearer {token}"},
+        )
     except httpx.HTTPError as exc:
         raise UpstreamError(f"gateway admin API unreachable at {base}: {exc}") from exc
     if r.status_code >= 300:
@@ -90,9 +94,12 @@ def _provision(accounts: list[SimAccount], live: LiveConfig) -> dict[str, tuple[
     if live.admin_token:
         stamp = int(time.time())
         for a in accounts:
-            info = _admin(live.base_url, live.admin_token, "/accounts",
-                          {"name": f"sim-{stamp}-{a.account_id}",
-                           "payment_fingerprint": a.payment})  # fmt: skip
+            info = _admin(
+                live.base_url,
+                live.admin_token,
+                "/accounts",
+                {"name": f"sim-{stamp}-{a.account_id}", "payment_fingerprint": a.payment},
+            )
             key = _admin(live.base_url, live.admin_token, "/keys", {"account": info["id"]})
             out[a.account_id] = (info["id"], key["secret"])
         return out
@@ -110,8 +117,9 @@ def _plan(actors: list, live: LiveConfig) -> list[tuple[float, int, int]]:
         rows.extend(zip(t.tolist(), [i] * len(t), owner.tolist(), strict=True))
     rows.sort()
     if len(rows) > live.max_requests:
-        keep = np.sort(np.random.default_rng(live.seed).choice(len(rows), live.max_requests,
-                                                               replace=False))  # fmt: skip
+        keep = np.sort(
+            np.random.default_rng(live.seed).choice(len(rows), live.max_requests, replace=False)
+        )
         rows = [rows[j] for j in keep]
     return rows
 
@@ -142,8 +150,9 @@ def fit_prompt(body: dict[str, Any], limit: int | None) -> dict[str, Any]:
     return {**body, "messages": out}
 
 
-async def _send(client: Any, body: dict[str, Any],
-                headers: dict[str, str]) -> tuple[int, str | None, int | None]:  # fmt: skip
+async def _send(
+    client: Any, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[int, str | None, int | None]:
     """One request through the SDK: (HTTP status, first choice's text, completion tokens)."""
     import openai
 
@@ -166,8 +175,7 @@ async def _send(client: Any, body: dict[str, Any],
             )
             usage = resp.usage.completion_tokens if resp.usage else None
             return 200, resp.choices[0].message.content, usage
-        resp = await client.completions.create(model=body["model"], prompt=body["prompt"],
-                                               **params)  # fmt: skip
+        resp = await client.completions.create(model=body["model"], prompt=body["prompt"], **params)
         return 200, resp.choices[0].text, resp.usage.completion_tokens if resp.usage else None
     except openai.APIStatusError as exc:
         return exc.status_code, None, None
@@ -193,9 +201,11 @@ async def _drive(rows, actors, keys, live: LiveConfig, writer: JsonlWriter) -> L
         actor = actors[i]
         acct = actor.accounts[acct_idx]
         body, _answer = actor.request(acct_idx)
-        body = {**fit_prompt(body, live.max_prompt_chars), "model": model,
-                "max_tokens": min(body.get("max_tokens") or live.max_tokens,
-                                  live.max_tokens)}  # fmt: skip
+        body = {
+            **fit_prompt(body, live.max_prompt_chars),
+            "model": model,
+            "max_tokens": min(body.get("max_tokens") or live.max_tokens, live.max_tokens),
+        }
         ip = acct.ips[0] if len(acct.ips) == 1 else rng.choice(acct.ips)
         headers = {"X-Forwarded-For": ip} if live.forward_ip else {}
         real_id, secret = keys[acct.account_id]
@@ -215,14 +225,24 @@ async def _drive(rows, actors, keys, live: LiveConfig, writer: JsonlWriter) -> L
             latency = (time.perf_counter() - t0) * 1000.0
         kind = "ok" if status == 200 else "refused" if status in (403, 429) else "failed"
         counts[kind] += 1
-        writer.write(TrafficRecord(
-            id=f"live-{live.seed}-{seq:07d}", ts=ts, account_id=real_id, key_id="-",
-            ip=ip if live.forward_ip else "127.0.0.1",
-            endpoint="/v1/chat/completions" if "messages" in body else "/v1/completions",
-            request=body, status=status, user_agent=acct.user_agent,
-            payment_fingerprint=acct.payment, response_text=text,
-            prompt_tokens=max(1, len(prompt_text(body)) // 4), completion_tokens=completion,
-            latency_ms=round(latency, 1)))  # fmt: skip
+        writer.write(
+            TrafficRecord(
+                id=f"live-{live.seed}-{seq:07d}",
+                ts=ts,
+                account_id=real_id,
+                key_id="-",
+                ip=ip if live.forward_ip else "127.0.0.1",
+                endpoint="/v1/chat/completions" if "messages" in body else "/v1/completions",
+                request=body,
+                status=status,
+                user_agent=acct.user_agent,
+                payment_fingerprint=acct.payment,
+                response_text=text,
+                prompt_tokens=max(1, len(prompt_text(body)) // 4),
+                completion_tokens=completion,
+                latency_ms=round(latency, 1),
+            )
+        )
 
     # Keep time order per account: start requests in plan order, at most `concurrency` apart.
     tasks = [asyncio.create_task(one(seq, i, a)) for seq, (_t, i, a) in enumerate(rows)]
@@ -235,9 +255,13 @@ async def _drive(rows, actors, keys, live: LiveConfig, writer: JsonlWriter) -> L
 async def _model_name(live: LiveConfig, secret: str, headers: dict[str, str]) -> str:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=f"{live.base_url.rstrip('/')}/v1", api_key=secret,
-                                max_retries=0, timeout=live.timeout_s,
-                                default_headers=headers)  # fmt: skip
+    client = openai.AsyncOpenAI(
+        base_url=f"{live.base_url.rstrip('/')}/v1",
+        api_key=secret,
+        max_retries=0,
+        timeout=live.timeout_s,
+        default_headers=headers,
+    )
     try:
         models = await client.models.list()
     except openai.APIError as exc:
@@ -249,8 +273,9 @@ async def _model_name(live: LiveConfig, secret: str, headers: dict[str, str]) ->
     return models.data[0].id
 
 
-def run_live(config: SimConfig, live: LiveConfig, *, data_dir: Path, out: Path,
-             labels: Path) -> LiveResult:  # fmt: skip
+def run_live(
+    config: SimConfig, live: LiveConfig, *, data_dir: Path, out: Path, labels: Path
+) -> LiveResult:
     """Provision the population on the gateway, send a sample of its plan, write both logs."""
     sets = load_prompt_sets(data_dir, config.split)
     actors = build_population(config, sets)

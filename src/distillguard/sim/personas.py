@@ -27,16 +27,44 @@ from distillguard.sim.prompts import PromptSets
 DAY = 86_400.0
 # Relative request rate per local hour of day for people (night trough, day plateau).
 DIURNAL = np.array(
-    [.15, .1, .07, .05, .05, .08, .2, .45, .8, 1, 1, .95, .9, .95, 1, 1, .95, .9, .85, .9, .95,
-     .85, .6, .3]
-)  # fmt: skip
+    [
+        0.15,
+        0.1,
+        0.07,
+        0.05,
+        0.05,
+        0.08,
+        0.2,
+        0.45,
+        0.8,
+        1,
+        1,
+        0.95,
+        0.9,
+        0.95,
+        1,
+        1,
+        0.95,
+        0.9,
+        0.85,
+        0.9,
+        0.95,
+        0.85,
+        0.6,
+        0.3,
+    ]
+)
 DIURNAL_P = DIURNAL / DIURNAL.sum()
 MODEL = "distillguard-small"
 COMMON_UAS = (
-    "openai-python/1.54.3", "OpenAI/Python 1.40.0", "OpenAI/JS 4.67.1", "python-requests/2.32.3",
-    "curl/8.5.0", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/130.0",
+    "openai-python/1.54.3",
+    "OpenAI/Python 1.40.0",
+    "OpenAI/JS 4.67.1",
+    "python-requests/2.32.3",
+    "curl/8.5.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/130.0",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/17.5",
-)  # fmt: skip
+)
 RARE_UAS = ("aiohttp/3.9.{k}", "python-httpx/0.27.{k}", "Go-http-client/1.1", "node-fetch/2.{k}")
 
 
@@ -65,8 +93,10 @@ class Network:
     def __post_init__(self) -> None:
         r = self.rng
         self.carrier_prefixes = [f"100.{r.randint(64, 127)}.{r.randint(0, 255)}" for _ in range(40)]
-        self.cloud_prefixes = [f"{r.choice((3, 18, 34, 52))}.{r.randint(0, 255)}."
-                               f"{r.randint(0, 255)}" for _ in range(400)]  # fmt: skip
+        self.cloud_prefixes = [
+            f"{r.choice((3, 18, 34, 52))}.{r.randint(0, 255)}.{r.randint(0, 255)}"
+            for _ in range(400)
+        ]
 
     def residential(self) -> str:
         r = self.rng
@@ -82,10 +112,19 @@ def _hex(r: random.Random, n: int = 12) -> str:
     return f"{r.getrandbits(4 * n):0{n}x}"
 
 
-def new_account(r: random.Random, persona: str, label: str, campaign_id: str | None, *,
-                payment: str | None, ips: list[str], user_agent: str) -> SimAccount:  # fmt: skip
-    return SimAccount(f"acct-{_hex(r)}", f"key-{_hex(r)}", persona, label, campaign_id, payment,
-                      ips, user_agent)  # fmt: skip
+def new_account(
+    r: random.Random,
+    persona: str,
+    label: str,
+    campaign_id: str | None,
+    *,
+    payment: str | None,
+    ips: list[str],
+    user_agent: str,
+) -> SimAccount:
+    return SimAccount(
+        f"acct-{_hex(r)}", f"key-{_hex(r)}", persona, label, campaign_id, payment, ips, user_agent
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,8 +140,9 @@ def diurnal_times(g: np.random.Generator, n: int, start: float, days: int, tz_h:
     return np.sort(t)
 
 
-def session_times(g: np.random.Generator, n: int, start: float, days: int, tz_h: int,
-                  mean_session: float) -> np.ndarray:  # fmt: skip
+def session_times(
+    g: np.random.Generator, n: int, start: float, days: int, tz_h: int, mean_session: float
+) -> np.ndarray:
     """People: sessions start on the diurnal curve; inside one, think-and-read gaps."""
     n_sessions = max(1, math.ceil(n / mean_session))
     starts = diurnal_times(g, n_sessions, start, days, tz_h)
@@ -116,8 +156,9 @@ def session_times(g: np.random.Generator, n: int, start: float, days: int, tz_h:
     return np.sort(np.concatenate(out)) if out else np.empty(0)
 
 
-def regular_times(g: np.random.Generator, n: int, start: float, period: float,
-                  jitter: float) -> np.ndarray:  # fmt: skip
+def regular_times(
+    g: np.random.Generator, n: int, start: float, period: float, jitter: float
+) -> np.ndarray:
     """A script: one request every ``period`` seconds with relative ``jitter``."""
     gaps = period * np.clip(1.0 + jitter * g.standard_normal(n), 0.05, None)
     return start + g.random() * period + np.cumsum(gaps)
@@ -136,8 +177,9 @@ def merge_account_times(times: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return t[order], owners[order]
 
 
-def batch_job_times(g: np.random.Generator, n: int, start: float, days: int,
-                    tz_h: int) -> np.ndarray:  # fmt: skip
+def batch_job_times(
+    g: np.random.Generator, n: int, start: float, days: int, tz_h: int
+) -> np.ndarray:
     """A pipeline: jobs triggered during business hours, each a run of back-to-back calls."""
     jobs = max(1, n // 40)
     starts = diurnal_times(g, jobs, start, days, tz_h)
@@ -157,8 +199,15 @@ class Actor:
     persona = "actor"
     label = "honest"
 
-    def __init__(self, r: random.Random, sets: PromptSets, net: Network, start: float,
-                 days: int, campaign_id: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        r: random.Random,
+        sets: PromptSets,
+        net: Network,
+        start: float,
+        days: int,
+        campaign_id: str | None = None,
+    ) -> None:
         self.r = r
         self.g = np.random.default_rng(r.getrandbits(64))
         self.sets = sets
@@ -170,8 +219,15 @@ class Actor:
         self.accounts: list[SimAccount] = []
 
     def account(self, *, payment: str | None, ips: list[str], ua: str) -> SimAccount:
-        a = new_account(self.r, self.persona, self.label, self.campaign_id, payment=payment,
-                        ips=ips, user_agent=ua)  # fmt: skip
+        a = new_account(
+            self.r,
+            self.persona,
+            self.label,
+            self.campaign_id,
+            payment=payment,
+            ips=ips,
+            user_agent=ua,
+        )
         self.accounts.append(a)
         return a
 
@@ -272,8 +328,9 @@ class SupportBot(Actor):
         )
         self.user = r.choice(P.SUPPORT_USER)
         self.temperature = 0 if r.random() < 0.4 else 0.3
-        ua = r.choice((f"{company.split()[0]}Support-{_hex(r, 4)}/2.{r.randint(0, 9)}",
-                       COMMON_UAS[0]))  # fmt: skip
+        ua = r.choice(
+            (f"{company.split()[0]}Support-{_hex(r, 4)}/2.{r.randint(0, 9)}", COMMON_UAS[0])
+        )
         ips = [self.net.cloud() for _ in range(r.randint(1, 2))]
         self.account(payment=self.payment(0.0), ips=ips, ua=ua)
 
@@ -283,8 +340,10 @@ class SupportBot(Actor):
 
     def request(self, acct: int) -> tuple[dict[str, Any], str]:
         p = self.r.choice(self.sets.honest)
-        msgs = [{"role": "system", "content": self.system},
-                {"role": "user", "content": self.user.format(x=p)}]  # fmt: skip
+        msgs = [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": self.user.format(x=p)},
+        ]
         body = _chat(msgs, temperature=self.temperature, max_tokens=300, stream=True)
         return body, self.answer(p)
 
@@ -314,8 +373,9 @@ class Summarizer(Actor):
         if r.random() < 0.4:
             doc += "\n" + r.choice(self.sets.honest)
         text = self.frame.format(x=doc, team=self.team)
-        body = _chat([{"role": "user", "content": text}], temperature=self.temperature,
-                     max_tokens=120)  # fmt: skip
+        body = _chat(
+            [{"role": "user", "content": text}], temperature=self.temperature, max_tokens=120
+        )
         ans = self.answer(doc)
         return body, ans.split("\n")[0][:300]
 
@@ -338,15 +398,19 @@ class CampaignBase(Actor):
         r = self.r
         if self.use_t0:
             p = r.choice(self.sets.t0)
-            return [{"role": "system", "content": self.system},
-                    {"role": "user", "content": p}], p  # fmt: skip
+            return [{"role": "system", "content": self.system}, {"role": "user", "content": p}], p
         q = r.choice(self.sets.gsm8k)
         return [{"role": "user", "content": self.frame.format(x=q)}], q
 
     def harvest_body(self, msgs: list[dict[str, str]]) -> dict[str, Any]:
-        return _chat(msgs, temperature=self.temperature, max_tokens=1024, n=self.n_samples,
-                     logprobs=True if self.logprobs else None,
-                     top_logprobs=5 if self.logprobs else None)  # fmt: skip
+        return _chat(
+            msgs,
+            temperature=self.temperature,
+            max_tokens=1024,
+            n=self.n_samples,
+            logprobs=True if self.logprobs else None,
+            top_logprobs=5 if self.logprobs else None,
+        )
 
     def request(self, acct: int) -> tuple[dict[str, Any], str]:
         msgs, p = self.payload()
@@ -383,8 +447,11 @@ class Hydra(CampaignBase):
         k = r.randint(15, 50)
         cards = [f"pm_{_hex(r, 16)}" for _ in range(r.randint(2, 4))]
         prefixes = r.sample(self.net.cloud_prefixes, r.randint(1, 3))
-        ua = (r.choice(RARE_UAS).format(k=r.randint(0, 9)) if r.random() < 0.6
-              else r.choice(COMMON_UAS[:4]))  # fmt: skip
+        ua = (
+            r.choice(RARE_UAS).format(k=r.randint(0, 9))
+            if r.random() < 0.6
+            else r.choice(COMMON_UAS[:4])
+        )
         for _ in range(k):
             pay = None if r.random() < 0.15 else r.choice(cards)
             self.account(payment=pay, ips=[self.net.cloud(r.choice(prefixes))], ua=ua)
@@ -435,8 +502,9 @@ class Cover(CampaignBase):
         self.setup_payload()
         self.n = r.randint(800, 2500)
         self.cover_share = r.uniform(0.3, 0.6)
-        self.account(payment=self.payment(0.1), ips=[self.net.residential()],
-                     ua=r.choice(COMMON_UAS))  # fmt: skip
+        self.account(
+            payment=self.payment(0.1), ips=[self.net.residential()], ua=r.choice(COMMON_UAS)
+        )
 
     def plan(self) -> tuple[np.ndarray, np.ndarray]:
         t = regular_times(self.g, self.n, self.start, self.r.uniform(60, 240), 0.6)
@@ -477,8 +545,9 @@ class Paraphrase(CampaignBase):
         text = r.choice((" ", "\n", "\n\n")).join(x for x in parts if x)
         if r.random() < 0.3:
             text = text.lower()
-        body = _chat([{"role": "user", "content": text}], temperature=0.7,
-                     stream=r.random() < 0.5 or None)  # fmt: skip
+        body = _chat(
+            [{"role": "user", "content": text}], temperature=0.7, stream=r.random() < 0.5 or None
+        )
         return body, self.answer(q)
 
 
@@ -494,8 +563,9 @@ class Mimic(CampaignBase):
         super().__init__(*a, **kw)
         r = self.r
         self.n = r.randint(300, 1200)
-        self.account(payment=self.payment(0.05), ips=[self.net.residential()],
-                     ua=r.choice(COMMON_UAS))  # fmt: skip
+        self.account(
+            payment=self.payment(0.05), ips=[self.net.residential()], ua=r.choice(COMMON_UAS)
+        )
 
     def plan(self) -> tuple[np.ndarray, np.ndarray]:
         t = session_times(self.g, self.n, self.start, self.days, self.tz, 8.0)
@@ -513,10 +583,15 @@ class Mimic(CampaignBase):
 
 
 HONEST_ACTORS: dict[str, type[Actor]] = {
-    "casual": Casual, "power_user": PowerUser, "app_support_bot": SupportBot,
+    "casual": Casual,
+    "power_user": PowerUser,
+    "app_support_bot": SupportBot,
     "app_summarizer": Summarizer,
-}  # fmt: skip
+}
 CAMPAIGN_ACTORS: dict[str, type[Actor]] = {
-    "campaign_single": CampaignSingle, "campaign_hydra": Hydra, "campaign_low_slow": LowSlow,
-    "campaign_cover": Cover, "campaign_paraphrase": Paraphrase,
-}  # fmt: skip
+    "campaign_single": CampaignSingle,
+    "campaign_hydra": Hydra,
+    "campaign_low_slow": LowSlow,
+    "campaign_cover": Cover,
+    "campaign_paraphrase": Paraphrase,
+}

@@ -87,8 +87,9 @@ def build_population(config: SimConfig, sets: PromptSets) -> list[Actor]:
     kinds = (["app_support_bot", "app_summarizer"] * n_apps)[:n_apps] + ["power_user"] * n_power
     kinds += ["casual"] * max(0, config.accounts - len(kinds))
     for kind in kinds:
-        actors.append(HONEST_ACTORS[kind](random.Random(r.getrandbits(64)), sets, net, EPOCH,
-                                          config.days))  # fmt: skip
+        actors.append(
+            HONEST_ACTORS[kind](random.Random(r.getrandbits(64)), sets, net, EPOCH, config.days)
+        )
     people = [a.accounts[0] for a in actors if a.persona in ("casual", "power_user")]
     for _ in range(round(len(people) * config.org_share / 3)):  # orgs of 2-4 colleagues
         members = r.sample(people, min(len(people), r.randint(2, 4)))
@@ -128,8 +129,16 @@ def _tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))  # ~4 characters a token for English BPE
 
 
-def make_record(actor: Actor, account: SimAccount, ts: float, seq: int, body: dict[str, Any],
-                answer: str, r: random.Random, config: SimConfig) -> TrafficRecord:  # fmt: skip
+def make_record(
+    actor: Actor,
+    account: SimAccount,
+    ts: float,
+    seq: int,
+    body: dict[str, Any],
+    answer: str,
+    r: random.Random,
+    config: SimConfig,
+) -> TrafficRecord:
     """One exchange as the gateway would log it."""
     from distillguard.traffic import prompt_text
 
@@ -163,8 +172,14 @@ def iter_exchanges(config: SimConfig, actors: list[Actor]) -> Iterator[TrafficRe
         yield make_record(actor, actor.accounts[acct], ts, seq, body, answer, r, config)
 
 
-def simulate(config: SimConfig, *, data_dir: Path, out: Path, labels: Path,
-             progress: Callable[[int], None] | None = None) -> SimResult:  # fmt: skip
+def simulate(
+    config: SimConfig,
+    *,
+    data_dir: Path,
+    out: Path,
+    labels: Path,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
     """Write the traffic log and labels of ``config``; returns counts."""
     sets = load_prompt_sets(data_dir, config.split)
     actors = build_population(config, sets)
