@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The real data sets beside the checkout unless DISTILLGUARD_DATA_DIR says otherwise.
+DATA_DIR ?= $(abspath ../shared/data)
+
 demo: $(STAMP)
-	$(BIN)/python -m distillguard.demo
+	DISTILLGUARD_DATA_DIR=$${DISTILLGUARD_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m distillguard.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -258,7 +258,9 @@ def main() -> None:
     settings = get_settings()
     print(f"load before: {_loadavg()}", flush=True)
     teacher_dir = default_teacher_dir(settings, size="small", progress=False)
-    prompts, other = _load_prompts(settings.data_dir)
+    prompts, other = _load_prompts(
+        settings.data_dir or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
     train_prompts, held_prompts = prompts[: args.samples], prompts[-HELD_OUT:]
     engine = GenerationEngine.from_dir(teacher_dir, num_threads=1)
     started = time.perf_counter()

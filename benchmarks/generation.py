@@ -63,9 +63,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.model is None:
+        from distillguard.config import get_settings
         from distillguard.models.teacher import default_teacher_dir
 
-        args.model = default_teacher_dir()
+        args.model = default_teacher_dir(get_settings())
     model_dir = args.model
     engine = GenerationEngine.from_dir(
         model_dir, num_threads=args.threads, max_batch_size=args.concurrency, batch_wait_ms=2.0

@@ -326,7 +326,9 @@ def main() -> int:
 
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="dg-radio-"))
-    data_dir = get_settings().data_dir
+    data_dir = (
+        get_settings().data_dir or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
     cache = args.cache / f"a{args.answers}-t{args.max_new_tokens}"
     cache.mkdir(parents=True, exist_ok=True)
     if args.teacher is None:

@@ -275,10 +275,18 @@ def main() -> None:
     args = ap.parse_args()
     if args.slowdown_only:
         torch.set_num_threads(1)
-        model, tok = load_model(default_teacher_dir(size="small"))
+        model, tok = load_model(default_teacher_dir(get_settings(), size="small"))
         vocab = int(model.get_input_embeddings().weight.shape[0])
         probe = GenerationEngine(model, tok, num_threads=1)
-        prompts = prompts_for(probe, get_settings().data_dir, 16, 400)
+        prompts = prompts_for(
+            probe,
+            (
+                get_settings().data_dir
+                or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+            ),
+            16,
+            400,
+        )
         console.print(f"load: {os.getloadavg()}")
         sp = slowdown(model, tok, vocab, prompts, args.repeats)
         for name, v in sp.items():
@@ -286,8 +294,15 @@ def main() -> None:
         console.print(f"load: {os.getloadavg()}")
         return
     if args.calibration_only:
-        _, tok = load_model(default_teacher_dir(size="small"))
-        cal = calibration(tok, get_settings().data_dir, [])
+        _, tok = load_model(default_teacher_dir(get_settings(), size="small"))
+        cal = calibration(
+            tok,
+            (
+                get_settings().data_dir
+                or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+            ),
+            [],
+        )
         report_calibration(cal)
         if args.json:
             args.json.write_text(json.dumps(cal, indent=1))
@@ -295,8 +310,8 @@ def main() -> None:
     torch.set_num_threads(1)
     t_start = time.time()
     console.print(f"load at start: {os.getloadavg()}")
-    data = get_settings().data_dir
-    teacher_dir = default_teacher_dir(size="small")
+    data = get_settings().data_dir or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    teacher_dir = default_teacher_dir(get_settings(), size="small")
     model, tok = load_model(teacher_dir)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     probe = GenerationEngine(model, tok, num_threads=1)

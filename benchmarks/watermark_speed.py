@@ -105,14 +105,15 @@ def main() -> None:
                 t = best_of(lambda s=s, one=one: s.detect_arrays(one), args.repeats)
                 rows.append((f"one {R * T}-token text, V={vocab}", name, R * T / t))
 
+    from distillguard.config import get_settings
+
     tok_dir = args.tokenizer
     if tok_dir is None:
         from distillguard.models.teacher import teacher_dir_path
 
-        tok_dir = teacher_dir_path(size="small")
-    from distillguard.config import get_settings
+        tok_dir = teacher_dir_path(get_settings(), size="small")
 
-    data = get_settings().data_dir
+    data = get_settings().data_dir or Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if (tok_dir / "tokenizer.json").is_file() and (data / "outputs").is_dir():
         from transformers import AutoTokenizer
 

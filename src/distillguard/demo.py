@@ -167,10 +167,12 @@ def watermark(state: DemoState) -> None:
     from distillguard.watermark.detect import TextDetector
 
     detector = TextDetector.from_settings(
-        tokenizer=AutoTokenizer.from_pretrained(str(state.teacher_dir)), scheme="kgw"
+        get_settings(),
+        tokenizer=AutoTokenizer.from_pretrained(str(state.teacher_dir)),
+        scheme="kgw",
     )
     real = []
-    for path in sorted((get_settings().data_dir / "outputs").glob("*.jsonl"))[:4]:
+    for path in sorted((get_settings().require_data_dir() / "outputs").glob("*.jsonl"))[:4]:
         with path.open() as lines:
             record = orjson.loads(next(lines))
         real.append((path.stem, record["output"]))
@@ -232,7 +234,7 @@ def monitor(state: DemoState) -> None:
         "pool chain-of-thought and harvesting are throttled, not just flagged)"
     )
     result = run_live(
-        population, live, data_dir=get_settings().data_dir, out=traffic, labels=labels
+        population, live, data_dir=get_settings().require_data_dir(), out=traffic, labels=labels
     )
     persona = {label.account_id: label.persona for label in read_labels(labels)}
     accounts: dict[str, set[str]] = {}
@@ -295,7 +297,7 @@ def distill(state: DemoState) -> None:
         api_key=secret,
         teacher_dir=state.teacher_dir,
         work_dir=work_dir,
-        data_dir=get_settings().data_dir,
+        data_dir=get_settings().require_data_dir(),
         samples=samples,
         mode="topk-kd",
         top_logprobs=5,
