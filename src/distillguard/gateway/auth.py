@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine, bindparam, select
@@ -46,6 +47,7 @@ _STILL_VALID = (
     .join(Account, Account.id == ApiKey.account_id)
     .where(ApiKey.id == bindparam("key_id"))
 )
+T = TypeVar("T")
 _CACHE_SIZE = 10_000  # identities kept; the oldest goes first when full
 
 
@@ -86,55 +88,60 @@ class KeyAuthenticator:
         self._cache[secret] = identity
         return identity
 
+    def _reconnecting(
+        self, query: Callable[[], T], drop: Callable[[], None], errors: type[Exception]
+    ) -> T:
+        """Run ``query``; on a database error drop the connection and run it once more (a
+        database restart kills every open connection); a second failure is a StoreError."""
+        for attempt in (0, 1):
+            try:
+                return query()
+            except errors as exc:
+                drop()
+                if attempt:
+                    raise StoreError(
+                        f"database error during key check: {type(exc).__name__}"
+                    ) from exc
+        raise AssertionError("unreachable: the loop returns or raises")
+
     def _still_valid(self, key_id: str) -> bool:
         params: object = {"key_id": key_id}
         if self._positional is not None:
             params = (key_id,)
-        for attempt in (0, 1):
+
+        def query() -> bool:
+            if self._raw is None:
+                self._raw = self._open_raw()
+            cursor = self._raw.cursor()
             try:
-                if self._raw is None:
-                    self._raw = self._open_raw()
-                cursor = self._raw.cursor()
-                try:
-                    cursor.execute(self._sql, params)
-                    row = cursor.fetchone()
-                finally:
-                    cursor.close()
-                if not self._autocommit:
-                    self._raw.rollback()  # end the read snapshot: see the next revocation
-                return row is not None and row[0] is None and row[1] == "active"
-            except Exception as exc:  # DBAPI errors differ by driver: reconnect once
-                self._close_raw()
-                if attempt:
-                    raise StoreError(
-                        f"database error during key check: {type(exc).__name__}"
-                    ) from exc
-        return False  # pragma: no cover - the loop returns or raises
+                cursor.execute(self._sql, params)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            if not self._autocommit:
+                self._raw.rollback()  # end the read snapshot: see the next revocation
+            return row is not None and row[0] is None and row[1] == "active"
+
+        # DBAPI errors differ by driver: any exception reconnects once.
+        return self._reconnecting(query, self._close_raw, Exception)
 
     def _full_check(self, secret: str) -> KeyIdentity:
-        for attempt in (0, 1):
-            conn = self._conn
-            if conn is None:
+        def query() -> KeyIdentity:
+            if self._conn is None:
                 try:
-                    conn = self._conn = self._engine.connect()
+                    self._conn = self._engine.connect()
                 except SQLAlchemyError as exc:
                     raise StoreError(f"database unreachable: {type(exc).__name__}") from exc
             try:
-                return authenticate(conn, secret=secret)
-            except SQLAlchemyError as exc:
-                # A dropped connection (database restart): reconnect once, then give up.
-                self._close_conn()
-                if attempt:
-                    raise StoreError(
-                        f"database error during key check: {type(exc).__name__}"
-                    ) from exc
+                return authenticate(self._conn, secret=secret)
             finally:
                 if self._conn is not None:
                     try:
                         self._conn.rollback()  # end the read snapshot: see the next revocation
                     except SQLAlchemyError:
                         self._close_conn()
-        raise StoreError("database error during key check")  # pragma: no cover - loop returns
+
+        return self._reconnecting(query, self._close_conn, SQLAlchemyError)
 
     def _close_conn(self) -> None:
         if self._conn is not None:
