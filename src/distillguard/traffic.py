@@ -78,7 +78,7 @@ class TrafficRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrafficRecord:
         """Validate one parsed line; raises ``ValueError`` naming the first bad field."""
-        g = d.get
+        g: Callable[[str], Any] = d.get  # the fast path below checks every type itself
         ts = g("ts")
         # Fast path: a well-formed line (the common case) is checked with plain type tests.
         if (

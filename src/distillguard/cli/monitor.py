@@ -50,7 +50,7 @@ def monitor_simulate(
     if live:
         from distillguard.sim.live import LiveConfig, run_live
 
-        res = run_live(
+        sent = run_live(
             config,
             LiveConfig(
                 base_url=live,
@@ -64,8 +64,8 @@ def monitor_simulate(
             labels=labels,
         )
         console.print(
-            f"sent {res.sent:,} requests to {live}: {res.ok:,} served, "
-            f"{res.refused:,} refused (429/403), {res.failed:,} failed; "
+            f"sent {sent.sent:,} requests to {live}: {sent.ok:,} served, "
+            f"{sent.refused:,} refused (429/403), {sent.failed:,} failed; "
             f"traffic -> {out}, labels -> {labels}"
         )
         return

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from distillguard.distill.evaluate import answer_loss
 from distillguard.distill.gkd import train_gkd
@@ -51,6 +51,15 @@ __all__ = [
     "save_checkpoint",
     "train_student",
 ]
+
+
+class LoopArgs(TypedDict):
+    """What every family module's train function takes besides the model and rows."""
+
+    config: DistillConfig
+    out_dir: Path
+    resume: bool
+    progress: bool
 
 
 @dataclass(frozen=True)
@@ -221,7 +230,7 @@ def train_student(
     if mode in ("logit-kd", "gkd"):
         require_shared_vocabulary(teacher, teacher_tok, student, tokenizer, mode)
 
-    common = {
+    common: LoopArgs = {
         "config": config,
         "out_dir": out_dir,
         "resume": resume,
@@ -275,6 +284,8 @@ def teacher_rows(
     if prompts_path is None:
         raise InputError("without a dataset the teacher needs prompts to answer: --prompts FILE")
     prompts = list(read_prompts(Path(prompts_path)).prompts)[: config.teacher_answers]
+    if teacher_dir is None:
+        raise InputError("the teacher's answers need the teacher: --teacher DIR")
     engine = GenerationEngine.from_dir(Path(teacher_dir), num_threads=config.num_threads)
     params = LocalHarvestParams(
         max_new_tokens=config.teacher_max_new_tokens, seed=config.seed, temperature=1.0

@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import hmac
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from distillguard.errors import AuthError, PermissionDenied, StoreError
@@ -67,8 +67,8 @@ class KeyAuthenticator:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._conn = None  # SQLAlchemy connection for the full check
-        self._raw = None  # DBAPI connection for the revocation check
+        self._conn: Connection | None = None  # SQLAlchemy connection for the full check
+        self._raw: Any = None  # DBAPI connection for the revocation check (driver's type)
         self._autocommit = False
         self._cache: dict[str, KeyIdentity] = {}
         compiled = _STILL_VALID.compile(dialect=engine.dialect)

@@ -172,7 +172,7 @@ def _insert_new(engine: Engine, records: list[ExchangeRecord]) -> int:
         if rows:
             insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
             # A concurrent writer of the same id wins quietly instead of failing the batch.
-            statement = insert(Exchange.__table__).on_conflict_do_nothing(index_elements=["id"])
+            statement = insert(Exchange).on_conflict_do_nothing(index_elements=["id"])
             connection.execute(statement, rows)
     return len(rows)
 
