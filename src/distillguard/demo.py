@@ -19,12 +19,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from distillguard.config import get_settings
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+
+    from distillguard.gateway.process import GatewayProcess
 
 console = Console()
 
@@ -36,12 +42,19 @@ class DemoState:
     workdir: Path
     teacher_dir: Path
     quick: bool
-    gateway: object | None = None
+    gateway: GatewayProcess | None = None
     model: str = ""  # the model id the gateway serves
     keys: dict[str, str] = field(default_factory=dict)  # account name -> API key secret
     account_ids: dict[str, str] = field(default_factory=dict)  # account name -> account id
     answers: list[tuple[str, str]] = field(default_factory=list)  # (account name, answer)
     files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def server(self) -> GatewayProcess:
+        """The gateway act 1 started (the later acts talk to it)."""
+        if self.gateway is None:
+            raise RuntimeError("the gateway is not running: act 1 starts it")
+        return self.gateway
 
 
 def act(title: str) -> Callable[[Callable[[DemoState], None]], Callable[[DemoState], None]]:
@@ -97,7 +110,7 @@ def serve(state: DemoState) -> None:
     for name, prompts in questions.items():
         client = OpenAI(base_url=gateway.api_url, api_key=state.keys[name])
         for i, prompt in enumerate(prompts):
-            messages = [{"role": "user", "content": prompt}]
+            messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": prompt}]
             if name == "bob" and i == 0:  # one streamed answer, printed as it arrives
                 console.print(f"[cyan]{name}[/cyan] asks (streamed): {prompt}")
                 stream = client.chat.completions.create(
@@ -125,7 +138,7 @@ def serve(state: DemoState) -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(
-            names.get(row.get("account_id"), "-"),
+            names.get(str(row.get("account_id")), "-"),
             str(row.get("endpoint")),
             str(row.get("status")),
             str(row.get("prompt_tokens")),
@@ -216,7 +229,7 @@ def monitor(state: DemoState) -> None:
     from distillguard.sim.simulate import SimConfig
     from distillguard.traffic import read_labels, read_traffic
 
-    gateway = state.gateway
+    gateway = state.server
     traffic, labels = state.workdir / "live-traffic.jsonl", state.workdir / "live-labels.jsonl"
     population = SimConfig(accounts=12 if state.quick else 24, campaigns=2, seed=7, split="test")
     live = LiveConfig(
@@ -279,7 +292,7 @@ def distill(state: DemoState) -> None:
     from distillguard.distill.campaign import run_campaign
     from distillguard.distill.trainers import DistillConfig
 
-    gateway = state.gateway
+    gateway = state.server
     account_id, _, secret = gateway.create_key("mallory", rpm=10_000)
     state.account_ids["mallory"] = account_id
     samples = 64 if state.quick else 160

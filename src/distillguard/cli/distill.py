@@ -163,7 +163,7 @@ def distill_train(
         max_steps=max_steps,
         batch_size=batch_size,
         lr=lr,
-        divergence=divergence,  # type: ignore[arg-type]
+        divergence=divergence,
         beta=beta,
         temperature=temperature,
         lmbda=lmbda,

@@ -117,6 +117,7 @@ def monitor_score(
             task = prog.add_task("scoring", total=None)
             from distillguard.store.dbsource import read_exchanges_db
 
+            assert db is not None  # exactly one of traffic / db, checked above
             source = read_exchanges_db(db)
             rep = score_records(source, model=m, progress=lambda k: prog.advance(task, k))
         console.print(source.describe())

@@ -52,7 +52,7 @@ def _make_trainer_class() -> type:
 
     class AtomicCheckpointSFTTrainer(SFTTrainer):
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
-            root = Path(self.args.output_dir)
+            root = Path(str(self.args.output_dir))
             staging = root / ".staging"
             shutil.rmtree(staging, ignore_errors=True)
             self.args.output_dir = str(staging)

@@ -29,7 +29,7 @@ from distillguard.forensics.report import load_verdicts
 from distillguard.progress import ProgressFn
 from distillguard.watermark.base import WatermarkScheme
 
-StageProgress = Callable[[str], ProgressFn]  # stage label -> update(done, total) for that stage
+StageProgress = Callable[[str], ProgressFn | None]  # stage label -> its update(done, total)
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class SuspectApi:
 class ProofOutcome:
     report: RadioactivityReport
     notices: tuple[str, ...] = ()  # what the person running it should know (not errors)
+
+
+def _no_progress(label: str) -> None:
+    return None
 
 
 def read_rows(harvest: Path | None, text: Path | None) -> list[tuple[str, str]]:
@@ -134,7 +138,7 @@ def prove_radioactivity(
         raise InputError("give exactly one suspect: a model directory or an API URL")
     config = config or RadioactivityConfig()
     notices: list[str] = []
-    stage = progress or (lambda label: None)
+    stage: StageProgress = progress or _no_progress
     if suspect_dir is not None:
         suspect = suspects.load_suspect(suspect_dir)  # once: ModelError when not a model
         if suspects.same_tokenizer(tokenizer, suspect.tokenizer):

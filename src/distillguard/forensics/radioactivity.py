@@ -45,6 +45,7 @@ from scipy import stats
 from distillguard.errors import InputError, InsufficientData, ModelError, WatermarkError
 from distillguard.watermark import build_scheme
 from distillguard.watermark.base import WatermarkScheme
+from distillguard.watermark.kgw import KGWScheme
 from distillguard.watermark.stats import holm
 
 LOG10 = np.log(10.0)
@@ -459,12 +460,13 @@ def text_tests(
 # --------------------------------------------------------------------------- accounts
 
 
-def _require_kgw(scheme: WatermarkScheme) -> None:
-    if scheme.name != "kgw" or getattr(scheme.params, "account_delta", 0) <= 0:
+def _require_kgw(scheme: WatermarkScheme) -> KGWScheme:
+    if not isinstance(scheme, KGWScheme) or scheme.params.account_delta <= 0:
         raise WatermarkError(
             "per-account radioactivity needs the kgw scheme with account "
             "marking (account_delta > 0)"
         )
+    return scheme
 
 
 def account_tests_pairs(
@@ -476,10 +478,10 @@ def account_tests_pairs(
 ) -> list[AccountEvidence]:
     """Exact per-account tests on deduplicated pairs: among provider-green pairs, the
     account-green count is Binomial(n_green, account_gamma) unless the account is the source."""
-    _require_kgw(scheme)
+    kgw = _require_kgw(scheme)
     green = scheme.score_pairs(contexts, tokens) > 0.5  # (N,) provider-green
     ctx, tok = contexts[green], tokens[green]
-    ag = scheme.params.account_gamma
+    ag = kgw.params.account_gamma
     rows = []
     for account in accounts:
         k = float(scheme.score_pairs(ctx, tok, account=account).sum())
@@ -500,15 +502,15 @@ def account_tests_distribution(
     """Per-account full-distribution tests: the provider-green mass w = q * G_p splits into
     account-green and the rest; under "not this account" each token of it is account-green
     with probability account_gamma independently, so excess and variance are analytic."""
-    _require_kgw(scheme)
-    ag = scheme.params.account_gamma
+    kgw = _require_kgw(scheme)
+    ag = kgw.params.account_gamma
     vocab = preds.mean_probs.shape[1]
     rows = []
     greens = []
     for i in range(0, len(preds.contexts), chunk):
         q = preds.mean_probs[i : i + chunk].astype(np.float64)
         q /= q.sum(axis=1, keepdims=True)
-        greens.append(q * scheme.green_mask(preds.contexts[i : i + chunk], vocab))
+        greens.append(q * kgw.green_mask(preds.contexts[i : i + chunk], vocab))
     for account in accounts:
         akey = scheme.account_key(account)
         excess, variance = [], []

@@ -364,7 +364,7 @@ def load_model(model_dir: Path) -> tuple[Any, Any]:
     if tokenizer.pad_token_id is None:  # batching needs a pad id; eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
     if len(tokenizer) > vocab:
         raise ModelError(
             f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model's "

@@ -111,7 +111,7 @@ def _provision(accounts: list[SimAccount], live: LiveConfig) -> dict[str, tuple[
 
 def _plan(actors: list, live: LiveConfig) -> list[tuple[float, int, int]]:
     """A time-ordered sample of ``max_requests`` arrivals (actor, account) of the population."""
-    rows = []
+    rows: list[tuple[float, int, int]] = []
     for i, actor in enumerate(actors):
         t, owner = actor.plan()
         rows.extend(zip(t.tolist(), [i] * len(t), owner.tolist(), strict=True))

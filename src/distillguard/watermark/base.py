@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -138,12 +138,14 @@ def flatten_tokens(
     seqs: Sequence[Sequence[int] | np.ndarray | None], vocab_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate and concatenate token sequences: -> (flat (L,) int64, lengths (R,) int64)."""
-    flat = lens = None
+    flat: np.ndarray | None = None
+    lens: np.ndarray | None = None
     if isinstance(seqs, np.ndarray) and seqs.ndim == 2:  # (R, T): already rectangular
         flat, lens = seqs.ravel(), np.full(seqs.shape[0], seqs.shape[1], dtype=np.int64)
     elif len(seqs) and all(isinstance(x, np.ndarray) and x.ndim == 1 for x in seqs):
-        lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-        flat = np.concatenate(seqs)
+        arrays_1d = [x for x in seqs if isinstance(x, np.ndarray)]  # all of them (checked)
+        lens = np.fromiter(map(len, arrays_1d), dtype=np.int64, count=len(arrays_1d))
+        flat = np.concatenate(arrays_1d)
         if flat.size and flat.dtype.kind not in "iu":
             flat = None  # e.g. an empty float array promoted everything: take the slow path
     if flat is None:
@@ -158,6 +160,7 @@ def flatten_tokens(
             arrays.append(a if a.size else _EMPTY)
         lens = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
         flat = np.concatenate(arrays) if arrays else _EMPTY
+    assert lens is not None  # every branch above sets both
     if flat.size == 0:
         return _EMPTY, lens
     if flat.dtype.kind not in "iu":
@@ -431,7 +434,10 @@ class WatermarkScheme(ABC):
         """Detect a batch of texts at once (rows with 0 scored pairs get p = 1)."""
         b, all_pairs = self._score(sequences, prompts)
         R = b.score.size
-        acc = self._detect_accounts(*all_pairs(), R, tuple(accounts)) if len(accounts) else [()] * R
+        acc: list[tuple[AccountMatch, ...]] = [()] * R
+        if len(accounts):
+            pairs, ppairs = all_pairs()
+            acc = self._detect_accounts(pairs, ppairs, R, tuple(accounts))
         cols = zip(
             b.score.tolist(),
             b.z_score.tolist(),
@@ -444,9 +450,26 @@ class WatermarkScheme(ABC):
             acc,
             strict=True,
         )
-        return [DetectionResult(self.name, self.key_id, *c[:8], accounts=c[8]) for c in cols]
+        return [
+            DetectionResult(
+                self.name,
+                self.key_id,
+                score,
+                z,
+                tokens,
+                scored,
+                repeated,
+                copied,
+                p,
+                log10_p,
+                accounts=matches,
+            )
+            for score, z, tokens, scored, repeated, copied, p, log10_p, matches in cols
+        ]
 
-    def _score(self, sequences: Any, prompts: Any) -> tuple[BatchScores, Any]:
+    def _score(
+        self, sequences: Any, prompts: Any
+    ) -> tuple[BatchScores, Callable[[], tuple[Pairs, Pairs]]]:
         """Provider test, processed in blocks of whole texts of about ``BLOCK_TOKENS`` tokens so
         that every intermediate array stays in the CPU cache (on a busy machine, arrays of a
         few MB run several times slower than the same work in L2-sized pieces).

@@ -119,9 +119,8 @@ class GumbelScheme(WatermarkScheme):
         """r for every candidate: contexts (B, h) -> (B, V) float64 (account rows re-keyed)."""
         u = self.context.vocab_values(self._provider_key, contexts, vocab)  # (B, V)
         for i in np.flatnonzero(self.account_contexts(contexts)):
-            u[i] = self.context.vocab_values(self.account_key(tags[i]), contexts[i : i + 1], vocab)[
-                0
-            ]
+            tag = tags[int(i)]
+            u[i] = self.context.vocab_values(self.account_key(tag), contexts[i : i + 1], vocab)[0]
         return uniforms(u)
 
     def sample(

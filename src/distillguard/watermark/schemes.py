@@ -6,6 +6,7 @@ Kept apart from the package's ``__init__`` so that the modules that build scheme
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from distillguard.errors import WatermarkError
@@ -14,7 +15,9 @@ from distillguard.watermark.gumbel import GumbelParams, GumbelScheme
 from distillguard.watermark.kgw import KGWParams, KGWScheme
 from distillguard.watermark.synthid import SynthIDParams, SynthIDScheme
 
-SCHEMES: dict[str, tuple[type[WatermarkScheme], type]] = {
+# name -> (scheme class, its params dataclass); every class takes secret, key_id, vocab_size,
+# params (the base class itself does not: hence a callable, not type[WatermarkScheme]).
+SCHEMES: dict[str, tuple[Callable[..., WatermarkScheme], type]] = {
     "kgw": (KGWScheme, KGWParams),
     "gumbel": (GumbelScheme, GumbelParams),
     "synthid": (SynthIDScheme, SynthIDParams),
