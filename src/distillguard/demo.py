@@ -253,7 +253,7 @@ def monitor(state: DemoState) -> None:
     accounts: dict[str, set[str]] = {}
     status: dict[str, Counter[str]] = {}
     for record in read_traffic(traffic):
-        kind = persona.get(record.account_id, "?")
+        kind = persona.get(record.account_id) or "?"
         accounts.setdefault(kind, set()).add(record.account_id)
         outcome = {200: "served", 403: "refused", 429: "refused"}.get(record.status, "failed")
         status.setdefault(kind, Counter())[outcome] += 1
