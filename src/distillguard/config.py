@@ -69,9 +69,7 @@ class Settings(BaseSettings):
                 "DISTILLGUARD_DATA_DIR is not set: point it at the shared data sets (the folder "
                 "with prompts/, outputs/ and corpora/, e.g. ../shared/data beside a checkout)"
             )
-        if not self.data_dir.is_dir():
-            raise ConfigError(f"DISTILLGUARD_DATA_DIR={self.data_dir} is not a directory")
-        return self.data_dir
+        return self.data_dir  # a missing file under it is reported by whoever reads it
 
     def require_admin_token(self) -> str:
         if self.admin_token is None or not self.admin_token.get_secret_value():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distillguard.distill import trainers
+from distillguard.distill import loop
 from distillguard.distill.evaluate import EvalConfig, compare_on_rows, evaluate_students
 from distillguard.distill.harvest import HarvestRecord, LocalHarvestParams, harvest_local
 from distillguard.distill.trainers import DistillConfig, latest_checkpoint, train_student
@@ -208,7 +208,7 @@ def test_interrupted_training_resumes_to_the_same_weights(
     }
     train_student(teacher_rows, out_dir=tmp_path / "straight", **kwargs)
 
-    real_step = trainers.save_checkpoint
+    real_step = loop.save_checkpoint
     saved: list[int] = []
 
     def crash_after_second_checkpoint(*args, **kw):
@@ -218,10 +218,10 @@ def test_interrupted_training_resumes_to_the_same_weights(
             raise KeyboardInterrupt  # the run dies right after step 4's checkpoint
         return path
 
-    monkeypatch.setattr(trainers, "save_checkpoint", crash_after_second_checkpoint)
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train_student(teacher_rows, out_dir=tmp_path / "resumed", **kwargs)
-    monkeypatch.setattr(trainers, "save_checkpoint", real_step)
+    monkeypatch.setattr(loop, "save_checkpoint", real_step)
     assert latest_checkpoint(tmp_path / "resumed").name == "step-4"
     with pytest.raises(InputError, match="--resume"):
         train_student(teacher_rows, out_dir=tmp_path / "resumed", **kwargs)
@@ -305,12 +305,13 @@ def test_evaluate_students_reports_nan_agreement_for_a_foreign_vocabulary(
 
 
 def test_token_mapper_recovers_ids_from_text_and_bytes(tiny_model_dir: Path) -> None:
-    from distillguard.distill.data import TokenMapper, _bytes_to_unicode
+    from distillguard.distill.data import TokenMapper
     from distillguard.models.llama import load_model
+    from distillguard.models.tokenizer import byte_level_alphabet
 
     _, tokenizer = load_model(tiny_model_dir)
     mapper = TokenMapper(tokenizer)
-    to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    to_byte = {c: b for b, c in byte_level_alphabet().items()}
     special = set(tokenizer.all_special_ids)
     unmapped_by_text = []
     for token, index in tokenizer.get_vocab().items():
