@@ -19,65 +19,21 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy import Engine
 
 from distillguard.config import Settings, get_settings
 from distillguard.errors import ConfigError, DistillGuardError
 from distillguard.gateway.auth import KeyAuthenticator
 from distillguard.gateway.backend import Backend
 from distillguard.gateway.errors import install_handlers
-from distillguard.gateway.limits import RateLimiter, make_limiter
+from distillguard.gateway.limits import make_limiter
 from distillguard.gateway.metrics import GatewayMetrics
 from distillguard.gateway.routes_openai import OPENAI_PATHS, handle_models, handle_openai
+from distillguard.gateway.runtime import GatewayState
 
 log = logging.getLogger("distillguard.gateway")
-
-
-@dataclass
-class GatewayState:
-    """The long-lived parts one gateway process serves with (``app.state.gateway``)."""
-
-    settings: Settings
-    engine: Engine
-    exchange_log: Any  # store.exchanges.ExchangeLog
-    auth: KeyAuthenticator
-    limiter: RateLimiter
-    backend: Backend
-    metrics: GatewayMetrics
-    monitor: Any | None  # monitor.online.OnlineMonitor, or None when not installed / disabled
-    admin_token: str | None
-    started_at: float = 0.0
-    recorded_actions: dict[str, str] = field(default_factory=dict)  # account -> last recorded
-
-    async def record_action(self, account_id: str, decision: Any) -> None:
-        """Persist an enforcement action when it changes for the account (a blocked account
-        sending a thousand requests is one action, not a thousand rows); off the event loop:
-        it is a database write."""
-        if self.recorded_actions.get(account_id) == decision.action:
-            return
-        self.recorded_actions[account_id] = decision.action
-        from distillguard.store.db import session_scope
-        from distillguard.store.exchanges import record_action
-
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                record_action(
-                    session,
-                    account_id=account_id,
-                    cluster_id=decision.cluster_id,
-                    action=decision.action,
-                    reasons=list(decision.reasons),
-                    score=float(decision.score),
-                )
-
-        try:
-            await asyncio.to_thread(write)
-        except Exception:
-            log.exception("could not record enforcement action %s", decision.action)
 
 
 class GatewayApp(FastAPI):

@@ -46,7 +46,7 @@ from distillguard.gateway.schemas import parse_request
 from distillguard.store.exchanges import ExchangeRecord
 
 if TYPE_CHECKING:
-    from distillguard.gateway.app import GatewayState
+    from distillguard.gateway.runtime import GatewayState
     from distillguard.store.accounts import KeyIdentity
 
 log = logging.getLogger("distillguard.gateway")
