@@ -108,8 +108,10 @@ def account_views(
         for m in c.members:
             member_of[m] = (c, merged)
     views = []
+    c: Cluster | None
+    merged: AccountSignals | None
     for a in sorted(signals):
-        c, merged = member_of.get(a, (None, None))
+        c, merged = member_of.get(a) or (None, None)
         views.append(AccountView(a, signals[a], c, merged))
     return views
 
@@ -331,7 +333,9 @@ def feature_matrix(views: list[AccountView]) -> tuple[np.ndarray, list[str], lis
     Returns the matrix, the account id of each row (the first member for cluster rows) and
     the cluster id of each row (None for own rows).
     """
-    rows, ids, cids = [], [], []
+    rows: list[np.ndarray] = []
+    ids: list[str] = []
+    cids: list[str | None] = []
     seen = set()
     for v in views:
         rows.append(feature_vector(v.signals))

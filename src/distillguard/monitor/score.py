@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,11 @@ class ScoreModel:
                 text = resources.files("distillguard.monitor").joinpath(MODEL_FILE).read_text()
             else:
                 text = Path(path).read_text()
-            d = json.loads(text)
-            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+            d: dict[str, Any] = json.loads(text)
+            fields_: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+            }
+            return cls(**fields_)
         except FileNotFoundError as exc:
             raise ConfigError(f"score model not found: {path or MODEL_FILE}") from exc
         except (json.JSONDecodeError, TypeError) as exc:

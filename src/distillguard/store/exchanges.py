@@ -75,7 +75,7 @@ class ExchangeRecord:
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ExchangeRecord))
-_INSERT = insert(Exchange.__table__)
+_INSERT = insert(Exchange)
 # Every text column with its length limit (None: unbounded). PostgreSQL enforces VARCHAR
 # lengths and SQLite does not: a client's 1,000-character model name must not make the same
 # row land on one backend and be lost on the other, so values are cut to the column's size.
@@ -616,7 +616,7 @@ def list_actions(
             raise InputError(f"limit must be >= 1, got {limit}", param="limit")
         newest = query.order_by(Action.ts.desc(), Action.id.desc()).limit(limit).subquery()
         query = select(aliased(Action, newest))
-        order = (newest.c.ts, newest.c.id)
+        order: tuple[Any, Any] = (newest.c.ts, newest.c.id)
     else:
         order = (Action.ts, Action.id)
     query = query.order_by(*order)
