@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,35 +14,54 @@ WATERMARKS = ("kgw", "gumbel", "synthid", "off")
 
 
 def serve(
-    model: Path | None = typer.Option(
-        None, "--model", help="Hugging Face model directory to serve (default: the teacher)"
-    ),
-    upstream: str | None = typer.Option(
-        None, "--upstream", help="proxy to this OpenAI-compatible server instead of a model"
-    ),
-    db: str | None = typer.Option(
-        None, "--db", help="database URL (default: SQLite in DISTILLGUARD_HOME)"
-    ),
-    host: str | None = typer.Option(None, "--host", help="address to listen on"),
-    port: int | None = typer.Option(None, "--port", help="TCP port"),
-    watermark: str | None = typer.Option(
-        None, "--watermark", help="watermark scheme for local models: kgw|gumbel|synthid|off"
-    ),
-    workers: int = typer.Option(1, "--workers", min=1, help="worker processes"),
-    log_level: str = typer.Option("info", "--log-level", help="debug|info|warning|error"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML config file (default: DISTILLGUARD_CONFIG); "
+            "DISTILLGUARD_* variables and these options override it",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Hugging Face model directory to serve (default: the teacher)"),
+    ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(help="proxy to this OpenAI-compatible server instead of a model"),
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option(help="database URL (default: SQLite in DISTILLGUARD_HOME)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port")] = None,
+    watermark: Annotated[
+        str | None,
+        typer.Option(help="watermark scheme for local models: kgw|gumbel|synthid|off"),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug|info|warning|error (default: settings' log_level)")
+    ] = None,
 ) -> None:
     """Serve OpenAI's API (chat, completions, models) with keys, limits and a full log."""
     import uvicorn
     from rich.console import Console
 
-    from distillguard.config import get_settings
+    from distillguard.config import CONFIG_ENV, get_settings
+    from distillguard.gateway.metrics import multiprocess_directory
 
     if model is not None and upstream is not None:
         raise ConfigError("give --model or --upstream, not both")
     if watermark is not None and watermark not in WATERMARKS:
         raise ConfigError(f"--watermark must be one of {', '.join(WATERMARKS)}")
-    # Settings travel to uvicorn's workers through the environment.
+    if config is not None and not config.is_file():
+        raise ConfigError(f"--config {config}: no such file")
+    # Settings travel to uvicorn's workers through the environment (options override the
+    # environment, which overrides the config file).
     chosen = {
+        CONFIG_ENV: str(config.resolve()) if config is not None else None,
         "DISTILLGUARD_UPSTREAM_URL": upstream,
         "DISTILLGUARD_DATABASE_URL": db,
         "DISTILLGUARD_HOST": host,
@@ -54,8 +74,10 @@ def serve(
         if value is not None:
             os.environ[name] = value
     get_settings.cache_clear()
-    settings = get_settings()
+    settings = get_settings()  # a bad file or variable stops here, before any worker starts
     console = Console(stderr=True)
+    if settings.upstream_url and settings.model_dir:
+        raise ConfigError("the settings give both upstream_url and model_dir; choose one")
     if settings.upstream_url is None and settings.model_dir is None:
         from distillguard.models.teacher import default_teacher_dir
 
@@ -72,19 +94,21 @@ def serve(
         )
     what = settings.upstream_url or settings.model_dir
     console.print(f"distillguard gateway on http://{settings.host}:{settings.port} serving {what}")
-    uvicorn.run(
-        "distillguard.gateway.app:app_factory",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # the gateway writes its own JSON access log
-        log_config=None,
-        log_level=log_level,
-        timeout_graceful_shutdown=10,
-    )
+    # The workers share their Prometheus values through this directory (see gateway.metrics).
+    with multiprocess_directory():
+        uvicorn.run(
+            "distillguard.gateway.app:app_factory",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,  # the gateway writes its own JSON access log
+            log_config=None,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+        )
 
 
 def register(root: typer.Typer) -> None:

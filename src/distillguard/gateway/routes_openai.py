@@ -277,6 +277,9 @@ async def _serve_stream(
     try:
         # The first frame before the headers: a refused upstream request still gets its status.
         first = await anext(frames, None)
+        if first is not None:
+            elapsed = time.perf_counter() - attempt.started
+            state.metrics.observe_first_token(attempt.endpoint, attempt.model, elapsed)
         await send(
             {
                 "type": "http.response.start",
@@ -399,13 +402,15 @@ async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) ->
     except Exception:
         written = False
         log.exception("exchange log write failed", extra={"fields": {"id": attempt.request_id}})
-        state.metrics.requests.labels(attempt.endpoint, "log_failed").inc()
+        model_label = state.metrics.model_label(attempt.model)
+        state.metrics.requests.labels(attempt.endpoint, model_label, "log_failed").inc()
     state.metrics.observe(
         attempt.endpoint,
         attempt.status,
         latency_s,
         outcome.prompt_tokens,
         outcome.completion_tokens,
+        attempt.model,
     )
     log_exchange(
         {
