@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +16,42 @@ import typer
 from distillguard.errors import ConfigError
 
 WATERMARKS = ("kgw", "gumbel", "synthid", "off")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def multiprocess_directory() -> Iterator[Path]:
+    """The directory the serving workers share their metrics through, for a ``with`` block.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` when the operator set it (its stale ``*.db`` files from an
+    earlier run are removed first, as prometheus_client requires; the directory stays);
+    otherwise a fresh temporary directory, removed with everything in it afterwards. Must run
+    before anything in this process imports prometheus_client: it reads the variable
+    once, at import (so this helper lives here, not in ``gateway.metrics``).
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="distillguard-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    # uvicorn re-raises the SIGTERM it stopped on once it has shut down; with the default
+    # handler that kills the process before `finally` runs. Exit through SystemExit instead.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield path
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def serve(
@@ -50,7 +91,6 @@ def serve(
     from rich.console import Console
 
     from distillguard.config import CONFIG_ENV, get_settings
-    from distillguard.gateway.metrics import multiprocess_directory
 
     if model is not None and upstream is not None:
         raise ConfigError("give --model or --upstream, not both")

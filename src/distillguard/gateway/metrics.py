@@ -2,8 +2,8 @@
 
 Metrics are right with several worker processes (``serve --workers N``): ``serve`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a directory it creates (and removes at exit) before any worker
-imports ``prometheus_client``; every worker then writes its values to its own memory-mapped
-files there, and ``/metrics`` in any worker sums all of them (prometheus_client's multiprocess
+imports ``prometheus_client`` (``cli.gateway.multiprocess_directory``); every worker then
+writes its values to its own memory-mapped files there, and ``/metrics`` in any worker sums all of them (prometheus_client's multiprocess
 mode). Counters of a worker that died keep counting in the sum; its in-flight gauge is dropped
 at exit. Without that variable (an app built in a test process) each app counts in its own
 ``CollectorRegistry``, so several apps in one process do not clash.
@@ -19,17 +19,13 @@ import atexit
 import contextlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _MAX_MODEL_LABELS = 64  # distinct model label values kept; more are "other"
 
 # Buckets from 0.5 ms (proxy overhead) to 60 s (long local generations).
@@ -61,32 +57,6 @@ def multiprocess_mode() -> bool:
     from prometheus_client import values
 
     return values.ValueClass is not values.MutexValue
-
-
-@contextlib.contextmanager
-def multiprocess_directory() -> Iterator[Path]:
-    """The directory the serving workers share their metrics through, for a ``with`` block.
-
-    ``PROMETHEUS_MULTIPROC_DIR`` when the operator set it (its stale ``*.db`` files from an
-    earlier run are removed first, as prometheus_client requires; the directory stays);
-    otherwise a fresh temporary directory, removed with everything in it afterwards. Must run
-    before the workers import prometheus_client: the variable is read at import.
-    """
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        path = Path(given)
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob("*.db"):
-            stale.unlink(missing_ok=True)
-        yield path
-        return
-    path = Path(tempfile.mkdtemp(prefix="distillguard-metrics-"))
-    os.environ[MULTIPROC_ENV] = str(path)
-    try:
-        yield path
-    finally:
-        os.environ.pop(MULTIPROC_ENV, None)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class GatewayMetrics:
