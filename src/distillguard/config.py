@@ -250,8 +250,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
                 hint += "; the file is one flat table, without [sections]"
             raise ConfigError(f"config file {path}: unknown key {key!r}{hint}")
         try:
-            checked = Annotated[fields[key].annotation, *fields[key].metadata]  # ge=, le=, ...
-            TypeAdapter(checked).validate_python(value, strict=_strict(value))
+            field = fields[key]
+            # the field's type with its constraints (ge=, le=, ...)
+            checked = (
+                Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            )
+            TypeAdapter(checked).validate_python(value, strict=_strict(field.annotation, value))
         except ValidationError as exc:
             problem = exc.errors()[0]["msg"]
             raise ConfigError(
@@ -260,10 +264,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _strict(value: Any) -> bool:
-    # TOML has real types: "8000" for an int field is a mistake worth naming. Strings are
-    # still accepted for paths and secrets (strict mode would refuse str -> Path).
-    return not isinstance(value, str)
+def _strict(annotation: Any, value: Any) -> bool:
+    # TOML has real types: "8000" for an int field is a mistake worth naming. Paths are the
+    # exception: TOML has no path type, and strict mode would refuse str -> Path.
+    kinds = getattr(annotation, "__args__", None) or (annotation,)
+    return not (isinstance(value, str) and Path in kinds)
 
 
 def _explain(exc: ValidationError, path: Path | None) -> str:
