@@ -3,10 +3,11 @@
 Metrics are right with several worker processes (``serve --workers N``): ``serve`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a directory it creates (and removes at exit) before any worker
 imports ``prometheus_client`` (``cli.gateway.multiprocess_directory``); every worker then
-writes its values to its own memory-mapped files there, and ``/metrics`` in any worker sums all of them (prometheus_client's multiprocess
-mode). Counters of a worker that died keep counting in the sum; its in-flight gauge is dropped
-at exit. Without that variable (an app built in a test process) each app counts in its own
-``CollectorRegistry``, so several apps in one process do not clash.
+writes its values to its own memory-mapped files there, and ``/metrics`` in any worker sums
+all of them (prometheus_client's multiprocess mode). Counters of a worker that died keep
+counting in the sum; its in-flight gauge is dropped at exit. Without that variable (an app
+built in a test process) each app counts in its own ``CollectorRegistry``, so several apps in
+one process do not clash.
 
 Model labels carry the served model names only (what ``backend.model_ids()`` lists, at most
 ``_MAX_MODEL_LABELS`` of them): a client cannot grow the metrics without bound by sending made-up

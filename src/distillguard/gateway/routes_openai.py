@@ -42,7 +42,9 @@ from distillguard.gateway.errors import (
     to_error_response,
 )
 from distillguard.gateway.metrics import log_exchange
+from distillguard.gateway.quota import charge_key, check_key
 from distillguard.gateway.schemas import parse_request
+from distillguard.store.accounts import check_expiry
 from distillguard.store.exchanges import ExchangeRecord
 
 if TYPE_CHECKING:
@@ -175,6 +177,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             scope, receive, settings.max_body_bytes, settings.request_timeout_s
         )
         identity = attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
+        await check_key(state, identity)  # expiry, token and spend budgets
         body = _decode(raw, attempt)
         model = body.get("model")
         attempt.model = model if isinstance(model, str) else None
@@ -240,6 +243,10 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
                 used = reservation.tokens if attempt.status == 200 else 0
             with contextlib.suppress(Exception):
                 await state.limiter.settle(reservation, used)
+        if attempt.identity is not None and attempt.identity.budgeted:
+            await charge_key(
+                state, attempt.identity, outcome.prompt_tokens or 0, outcome.completion_tokens or 0
+            )
         if state.monitor is not None and attempt.identity is not None and attempt.status == 200:
             try:
                 state.monitor.record(
@@ -437,6 +444,7 @@ async def handle_models(state: GatewayState, scope: dict, receive, send) -> None
         if scope["method"] != "GET":
             raise MethodNotAllowed(f"{scope['method']} is not allowed here; use GET")
         attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
+        check_expiry(attempt.identity)
         created = int(state.started_at)
         body = orjson.dumps(
             {
