@@ -380,19 +380,23 @@ def test_admin_api_needs_the_admin_token(gw: GatewayProcess) -> None:
 
 
 def test_healthz_and_metrics(gw: GatewayProcess) -> None:
+    chat = {"endpoint": "/v1/chat/completions", "model": "mock-model"}
+    served = ("distillguard_requests_total", frozenset({**chat, "status": "200"}.items()))
+    latency = ("distillguard_request_latency_seconds_count", frozenset(chat.items()))
+    completion = (
+        "distillguard_tokens_total",
+        frozenset({"model": "mock-model", "kind": "completion"}.items()),
+    )
+    before = metric_samples(httpx.get(f"{gw.base_url}/metrics").text)
     _, _, secret = gw.create_key()
     sdk(gw, secret).chat.completions.create(model="mock-model", messages=CHAT)
     health = httpx.get(f"{gw.base_url}/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok"}  # says nothing else
-    samples = metric_samples(httpx.get(f"{gw.base_url}/metrics").text)
-    chat = {"endpoint": "/v1/chat/completions", "model": "mock-model"}
-    assert (
-        samples[("distillguard_requests_total", frozenset({**chat, "status": "200"}.items()))] == 1
-    )
-    latency_count = ("distillguard_request_latency_seconds_count", frozenset(chat.items()))
-    assert samples[latency_count] == 1
-    completion = frozenset({"model": "mock-model", "kind": "completion"}.items())
-    assert samples[("distillguard_tokens_total", completion)] > 0
+    after = metric_samples(httpx.get(f"{gw.base_url}/metrics").text)
+    # other tests share this gateway: compare with the figures before this one request
+    assert after[served] - before.get(served, 0) == 1
+    assert after[latency] - before.get(latency, 0) == 1
+    assert after[completion] > before.get(completion, 0)
 
 
 def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
