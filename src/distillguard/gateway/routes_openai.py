@@ -41,6 +41,7 @@ from distillguard.gateway.errors import (
     RequestTimeout,
     to_error_response,
 )
+from distillguard.gateway.limits import ratelimit_headers
 from distillguard.gateway.metrics import log_exchange
 from distillguard.gateway.quota import charge_key, check_key
 from distillguard.gateway.schemas import parse_request
@@ -199,17 +200,17 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         if state.monitor is not None:
             await _enforce(state, attempt, job, identity, body)
 
+        limit_headers = ratelimit_headers(reservation.window)  # OpenAI's x-ratelimit-*
         if request.stream:
-            await _serve_stream(state, attempt, job, outcome, receive, send)
+            await _serve_stream(state, attempt, job, outcome, receive, send, limit_headers)
         else:
             reply = await state.backend.complete(job, outcome)
             attempt.status = reply.status
             attempt.error = outcome.error
             if not await _write_log(state, attempt, outcome):
                 raise StoreError("the exchange could not be logged; not answering unlogged")
-            await _respond(
-                send, attempt, reply.status, [(b"content-type", reply.content_type)], reply.body
-            )
+            headers = [(b"content-type", reply.content_type), *limit_headers]
+            await _respond(send, attempt, reply.status, headers, reply.body)
     except ClientGone:
         attempt.status = 499  # nginx's "client closed request": nothing was answered
         attempt.error = "client disconnected before the request body was complete"
@@ -278,7 +279,13 @@ class _StreamEnded(Exception):
 
 
 async def _serve_stream(
-    state: GatewayState, attempt: Attempt, job: Job, outcome: Outcome, receive, send
+    state: GatewayState,
+    attempt: Attempt,
+    job: Job,
+    outcome: Outcome,
+    receive,
+    send,
+    extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
     frames = state.backend.stream(job, outcome)
     try:
@@ -291,7 +298,11 @@ async def _serve_stream(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_SSE_HEADERS, (b"x-request-id", attempt.request_id.encode())],
+                "headers": [
+                    *_SSE_HEADERS,
+                    *extra_headers,
+                    (b"x-request-id", attempt.request_id.encode()),
+                ],
             }
         )
         disconnected = asyncio.ensure_future(receive())  # completes on http.disconnect
