@@ -4,8 +4,9 @@ Where a setting comes from, highest first (pydantic-settings sources):
 
 1. values passed to ``Settings(...)`` / ``load_settings(**overrides)`` (tests, embedding);
 2. environment variables ``DISTILLGUARD_<NAME>`` (``DISTILLGUARD_PORT=9000``);
-3. for secrets only, ``DISTILLGUARD_<NAME>_FILE``: a path whose content is the secret (Docker
-   and Kubernetes secrets are mounted as files; a trailing newline is dropped);
+3. for secrets and the database/Redis URLs only, ``DISTILLGUARD_<NAME>_FILE``: a path whose
+   content is the value (Docker and Kubernetes secrets are mounted as files; a trailing newline
+   is dropped);
 4. the config file named by ``--config FILE`` (``serve``) or ``DISTILLGUARD_CONFIG``: a flat TOML
    table whose keys are the field names below (``port = 8000``);
 5. the defaults below.
@@ -163,12 +164,18 @@ class Settings(BaseSettings):
         return self.watermark_secret.get_secret_value().encode()
 
 
-def _secret_fields() -> list[str]:
-    return [
+# Not secrets by type, but their URLs may carry a password: they may come from files too.
+_URL_FIELDS_FROM_FILES = ("database_url", "redis_url")
+
+
+def file_fields() -> list[str]:
+    """Settings that may come from ``DISTILLGUARD_<NAME>_FILE``: the secrets and the URLs."""
+    secrets = [
         name
         for name, info in Settings.model_fields.items()
         if SecretStr in (getattr(info.annotation, "__args__", None) or (info.annotation,))
     ]
+    return secrets + list(_URL_FIELDS_FROM_FILES)
 
 
 def config_file_path() -> Path | None:
@@ -182,14 +189,15 @@ def config_file_path() -> Path | None:
 
 
 class _SecretFilesSource(PydanticBaseSettingsSource):
-    """``DISTILLGUARD_<SECRET>_FILE=/run/secrets/x``: the secret is the file's content."""
+    """``DISTILLGUARD_<SECRET>_FILE=/run/secrets/x``: the secret is the file's content (for
+    the secrets, and for the database and Redis URLs, which may carry a password)."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ reads everything at once
 
     def __call__(self) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        for name in _secret_fields():
+        for name in file_fields():
             variable = f"{ENV_PREFIX}{name.upper()}_FILE"
             path = os.environ.get(variable)
             if not path:

@@ -104,6 +104,11 @@ def test_secrets_from_files(tmp_path: Path, monkeypatch) -> None:
     config = write(tmp_path / "dg.toml", 'admin_token = "from-file"\n')
     assert load_settings(config).require_admin_token() == "s3cret-token"
 
+    # URLs may carry a password: they may come from files too
+    url = write(tmp_path / "db_url", "postgresql+psycopg://dg:pw@db:5432/dg\n")
+    monkeypatch.setenv("DISTILLGUARD_DATABASE_URL_FILE", str(url))
+    assert load_settings().database_url == "postgresql+psycopg://dg:pw@db:5432/dg"
+
     monkeypatch.setenv("DISTILLGUARD_ADMIN_TOKEN", "also-set")
     with pytest.raises(ConfigError, match="both DISTILLGUARD_ADMIN_TOKEN and"):
         load_settings()
