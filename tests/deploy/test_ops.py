@@ -155,6 +155,7 @@ def test_serve_creates_and_removes_its_metrics_directory(tmp_path: Path, mock_up
         home=tmp_path / "gw",
         admin_token=secrets.token_urlsafe(16),
         upstream=mock_upstream.url,
+        workers=2,
         env={**QUIET, "TMPDIR": str(scratch)},
     )
     with gw:

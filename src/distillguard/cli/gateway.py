@@ -134,8 +134,11 @@ def serve(
         )
     what = settings.upstream_url or settings.model_dir
     console.print(f"distillguard gateway on http://{settings.host}:{settings.port} serving {what}")
-    # The workers share their Prometheus values through this directory (see gateway.metrics).
-    with multiprocess_directory():
+    # Several workers share their Prometheus values through a directory (see gateway.metrics);
+    # one worker keeps them in memory: multiprocess mode costs ~2x per metric update
+    # (benchmarks/metrics_multiprocess.py), for nothing when there is nothing to sum.
+    shared = workers > 1 or bool(os.environ.get(MULTIPROC_ENV))
+    with multiprocess_directory() if shared else contextlib.nullcontext():
         uvicorn.run(
             "distillguard.gateway.app:app_factory",
             factory=True,

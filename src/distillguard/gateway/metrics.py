@@ -1,6 +1,6 @@
 """Operations: Prometheus metrics and one structured JSON log line per exchange.
 
-Metrics are right with several worker processes (``serve --workers N``): ``serve`` points
+Metrics are right with several worker processes (``serve --workers N``, N > 1): ``serve`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a directory it creates (and removes at exit) before any worker
 imports ``prometheus_client`` (``cli.gateway.multiprocess_directory``); every worker then
 writes its values to its own memory-mapped files there, and ``/metrics`` in any worker sums
