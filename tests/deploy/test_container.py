@@ -43,6 +43,33 @@ def _env_file_vars(path: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs if not k.lstrip().startswith("#")}
 
 
+def _check_compose(path: Path) -> subprocess.CompletedProcess:
+    # check-jsonschema ships the Compose Specification's JSON schema (no network needed)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
+    done = _check_compose(ROOT / "compose.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the validator does refuse a mistake docker compose would refuse
+    typo = (ROOT / "compose.yaml").read_text().replace("healthcheck:", "healthchek:", 1)
+    (tmp_path / "compose.yaml").write_text(typo)
+    refused = _check_compose(tmp_path / "compose.yaml")
+    assert refused.returncode != 0 and "'healthchek' was unexpected" in refused.stdout
+
+
 def test_compose_has_the_three_services_with_healthchecks(compose: dict) -> None:
     services = compose["services"]
     assert set(services) == {"gateway", "postgres", "redis"}
