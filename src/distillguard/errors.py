@@ -81,9 +81,17 @@ class RateLimited(DistillGuardError):
     error_type = "rate_limit_error"
     exit_code = 4
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float = 1.0,
+        code: str | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ):
         super().__init__(message, code=code or "rate_limit_exceeded")
         self.retry_after = retry_after
+        self.headers = headers  # extra response headers (the limiter's x-ratelimit-*)
 
 
 class QuotaExceeded(DistillGuardError):

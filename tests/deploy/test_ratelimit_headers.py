@@ -10,6 +10,7 @@ import secrets
 import openai
 import pytest
 
+from distillguard.errors import RateLimited
 from distillguard.gateway.limits import MemoryLimiter, RedisLimiter, format_reset
 from distillguard.gateway.process import GatewayProcess
 
@@ -102,3 +103,33 @@ def test_gateway_sends_ratelimit_headers(tmp_path, mock_upstream) -> None:
         for headers in (first, second):
             assert RESET.match(headers["x-ratelimit-reset-requests"])
             assert RESET.match(headers["x-ratelimit-reset-tokens"])
+        client.chat.completions.create(model="mock-model", messages=CHAT)  # the third of 3
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model="mock-model", messages=CHAT)
+        headers = refused.value.response.headers
+        assert (
+            headers["x-ratelimit-limit-requests"],
+            headers["x-ratelimit-remaining-requests"],
+        ) == (
+            "3",
+            "0",
+        )
+        assert RESET.match(headers["x-ratelimit-reset-requests"]) and headers["retry-after"]
+
+
+def test_refusals_carry_the_exhausted_limit() -> None:
+    now = [0.0]
+    limiter = MemoryLimiter(clock=lambda: now[0])
+    asyncio.run(limiter.acquire("k", request_id="a", rpm=1, tpm=100, tokens=10))
+    now[0] = 15.0
+    with pytest.raises(RateLimited) as by_requests:
+        asyncio.run(limiter.acquire("k", request_id="b", rpm=1, tpm=100, tokens=10))
+    assert dict(by_requests.value.headers) == {
+        b"x-ratelimit-limit-requests": b"1",
+        b"x-ratelimit-remaining-requests": b"0",
+        b"x-ratelimit-reset-requests": b"45s",  # the first request leaves at 60 s
+    }
+    asyncio.run(limiter.acquire("k2", request_id="c", rpm=9, tpm=100, tokens=95))
+    with pytest.raises(RateLimited) as by_tokens:
+        asyncio.run(limiter.acquire("k2", request_id="d", rpm=9, tpm=100, tokens=10))
+    assert dict(by_tokens.value.headers)[b"x-ratelimit-remaining-tokens"] == b"0"

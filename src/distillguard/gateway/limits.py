@@ -68,6 +68,16 @@ def format_reset(seconds: float) -> str:
     return f"{int(minutes)}m{round(rest, 3):g}s"
 
 
+def exhausted_headers(kind: str, limit: int, retry_after: float) -> tuple[tuple[bytes, bytes], ...]:
+    """The ``x-ratelimit-*`` headers of a refusal: the limit that was hit (``requests`` or
+    ``tokens``), nothing left of it, and when that changes."""
+    return (
+        (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
+        (f"x-ratelimit-remaining-{kind}".encode(), b"0"),
+        (f"x-ratelimit-reset-{kind}".encode(), format_reset(retry_after).encode()),
+    )
+
+
 def ratelimit_headers(window: WindowState | None) -> list[tuple[bytes, bytes]]:
     """OpenAI's six ``x-ratelimit-*`` response headers for an admitted request."""
     if window is None:
@@ -131,10 +141,11 @@ class MemoryLimiter:
         while entries and entries[0][0] <= horizon:
             window.tokens -= entries.popleft()[1]
         if len(entries) >= rpm:
-            retry = entries[len(entries) - rpm][0] + WINDOW_S - now
+            retry = max(entries[len(entries) - rpm][0] + WINDOW_S - now, 0.001)
             raise RateLimited(
                 f"rate limit reached: {rpm} requests per minute for this key",
-                retry_after=max(retry, 0.001),
+                retry_after=retry,
+                headers=exhausted_headers("requests", rpm, retry),
             )
         if window.tokens + tokens > tpm:
             needed = window.tokens + tokens - tpm
@@ -145,10 +156,12 @@ class MemoryLimiter:
                 if freed >= needed:
                     retry = ts + WINDOW_S - now
                     break
+            retry = max(retry, 0.001)
             raise RateLimited(
                 f"rate limit reached: {tpm} tokens per minute for this key",
-                retry_after=max(retry, 0.001),
+                retry_after=retry,
                 code="tokens_per_minute_exceeded",
+                headers=exhausted_headers("tokens", tpm, retry),
             )
         entry = [now, float(tokens)]
         entries.append(entry)
@@ -271,9 +284,12 @@ class RedisLimiter:
                     f"rate limit reached: {tpm} tokens per minute for this key",
                     retry_after=retry,
                     code="tokens_per_minute_exceeded",
+                    headers=exhausted_headers("tokens", tpm, retry),
                 )
             raise RateLimited(
-                f"rate limit reached: {rpm} requests per minute for this key", retry_after=retry
+                f"rate limit reached: {rpm} requests per minute for this key",
+                retry_after=retry,
+                headers=exhausted_headers("requests", rpm, retry),
             )
         count, used, reset_ms = (int(v) for v in after)
         reset = reset_ms / 1000.0
