@@ -112,15 +112,20 @@ def _requests_by_pid(directory: Path) -> dict[int, float]:
 
 
 def test_two_workers_count_together(tmp_path: Path, mock_upstream) -> None:
-    metrics_dir = tmp_path / "metrics"
+    """`serve --workers 2` creates a metrics directory, both workers count into it, every
+    scrape reports their sum, streams feed time to first token, and the directory goes at
+    exit."""
+    scratch = tmp_path / "tmp"  # the gateway's TMPDIR: where its metrics directory appears
+    scratch.mkdir()
     gw = GatewayProcess(
         home=tmp_path / "gw",
         admin_token=secrets.token_urlsafe(16),
         upstream=mock_upstream.url,
         workers=2,
-        env={**QUIET, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        env={**QUIET, "TMPDIR": str(scratch)},
     )
     with gw:
+        (metrics_dir,) = scratch.glob("distillguard-metrics-*")
         _, _, secret = gw.create_key(rpm=10_000)
         sent = 0
         # Batches of concurrent requests on fresh connections until both workers served some
@@ -147,29 +152,24 @@ def test_two_workers_count_together(tmp_path: Path, mock_upstream) -> None:
         # Whichever worker answers the scrape, it reports every worker's requests.
         assert [chat_200_count(gw) for _ in range(6)] == [sent] * 6
 
-
-def test_serve_creates_and_removes_its_metrics_directory(tmp_path: Path, mock_upstream) -> None:
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    gw = GatewayProcess(
-        home=tmp_path / "gw",
-        admin_token=secrets.token_urlsafe(16),
-        upstream=mock_upstream.url,
-        workers=2,
-        env={**QUIET, "TMPDIR": str(scratch)},
-    )
-    with gw:
-        _, _, secret = gw.create_key()
         stream = sdk(gw, secret).chat.completions.create(
             model="mock-model", messages=CHAT, stream=True
         )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        created = list(scratch.glob("distillguard-metrics-*"))
-        assert len(created) == 1 and list(created[0].glob("*.db"))
         samples = metric_samples(httpx.get(f"{gw.base_url}/metrics").text)
-        ttft = (
-            "distillguard_time_to_first_token_seconds_count",
-            frozenset({"endpoint": "/v1/chat/completions", "model": "mock-model"}.items()),
-        )
-        assert samples[ttft] == 1
+        chat = frozenset({"endpoint": "/v1/chat/completions", "model": "mock-model"}.items())
+        assert samples[("distillguard_time_to_first_token_seconds_count", chat)] == 1
     assert not list(scratch.glob("distillguard-metrics-*"))
+
+
+def test_operator_metrics_directory_is_cleaned_not_removed(tmp_path: Path, monkeypatch) -> None:
+    from distillguard.cli.gateway import MULTIPROC_ENV, multiprocess_directory
+
+    chosen = tmp_path / "prom"
+    chosen.mkdir()
+    (chosen / "counter_123.db").write_bytes(b"stale from an earlier run")
+    (chosen / "notes.txt").write_text("not ours")
+    monkeypatch.setenv(MULTIPROC_ENV, str(chosen))
+    with multiprocess_directory() as used:
+        assert used == chosen and not list(chosen.glob("*.db"))
+    assert (chosen / "notes.txt").exists()  # the operator's directory and other files stay
