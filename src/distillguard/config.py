@@ -209,9 +209,7 @@ class _SecretFilesSource(PydanticBaseSettingsSource):
             try:
                 value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise ConfigError(
-                    f"{variable}={path}: cannot read the secret ({exc.strerror})"
-                ) from None
+                raise ConfigError(f"{variable}={path}: cannot read it ({exc.strerror})") from None
             if not value:
                 raise ConfigError(f"{variable}={path}: the file is empty")
             found[name] = value
@@ -266,8 +264,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
             TypeAdapter(checked).validate_python(value, strict=_strict(field.annotation, value))
         except ValidationError as exc:
             problem = exc.errors()[0]["msg"]
+            shown = "(hidden)" if key in file_fields() else repr(value)  # never print a secret
             raise ConfigError(
-                f"config file {path}: key {key!r} has a wrong value {value!r}: {problem}"
+                f"config file {path}: key {key!r} has a wrong value {shown}: {problem}"
             ) from None
     return data
 
@@ -286,7 +285,8 @@ def _explain(exc: ValidationError, path: Path | None) -> str:
         name = ".".join(str(p) for p in error["loc"]) or "?"
         variable = f"{ENV_PREFIX}{name.upper()}"
         if variable in os.environ:
-            where = f"environment variable {variable}={os.environ[variable]!r}"
+            shown = "(hidden)" if name in file_fields() else repr(os.environ[variable])
+            where = f"environment variable {variable}={shown}"
         elif path is not None:
             where = f"setting {name!r} (from {path} or its default)"
         else:

@@ -78,6 +78,13 @@ def test_wrong_type_names_key_and_file(tmp_path: Path, line: str, key: str) -> N
     assert f"key {key!r}" in caught.value.message and str(config) in caught.value.message
 
 
+def test_a_wrong_secret_value_is_not_printed(tmp_path: Path) -> None:
+    config = write(tmp_path / "dg.toml", "admin_token = 123456789\n")
+    with pytest.raises(ConfigError, match="key 'admin_token' has a wrong value") as caught:
+        load_settings(config)
+    assert "123456789" not in caught.value.message
+
+
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     broken = write(tmp_path / "dg.toml", "port = \n")
     with pytest.raises(ConfigError, match=r"not valid TOML.*line 1"):
@@ -114,7 +121,7 @@ def test_secrets_from_files(tmp_path: Path, monkeypatch) -> None:
         load_settings()
     monkeypatch.delenv("DISTILLGUARD_ADMIN_TOKEN")
     monkeypatch.setenv("DISTILLGUARD_WATERMARK_SECRET_FILE", str(tmp_path / "missing"))
-    with pytest.raises(ConfigError, match=r"DISTILLGUARD_WATERMARK_SECRET_FILE=.*cannot read"):
+    with pytest.raises(ConfigError, match=r"DISTILLGUARD_WATERMARK_SECRET_FILE=.*cannot read it"):
         load_settings()
     monkeypatch.setenv("DISTILLGUARD_WATERMARK_SECRET_FILE", str(write(tmp_path / "e", "\n")))
     with pytest.raises(ConfigError, match="empty"):
