@@ -1,18 +1,52 @@
-"""All settings in one place: environment variables with the prefix ``DISTILLGUARD_``.
+"""All settings in one place: a TOML config file, overridden by ``DISTILLGUARD_*`` variables.
 
-Secrets (admin token, watermark master secret, upstream key) have no defaults: a feature that
-needs one raises ``ConfigError`` naming the variable when it is missing.
+Where a setting comes from, highest first (pydantic-settings sources):
+
+1. values passed to ``Settings(...)`` / ``load_settings(**overrides)`` (tests, embedding);
+2. environment variables ``DISTILLGUARD_<NAME>`` (``DISTILLGUARD_PORT=9000``);
+3. for secrets and the database/Redis URLs only, ``DISTILLGUARD_<NAME>_FILE``: a path whose
+   content is the value (Docker and Kubernetes secrets are mounted as files; a trailing newline
+   is dropped);
+4. the config file named by ``--config FILE`` (``serve``) or ``DISTILLGUARD_CONFIG``: a flat TOML
+   table whose keys are the field names below (``port = 8000``);
+5. the defaults below.
+
+A config file with an unknown key or a value of the wrong type, a missing file, a TOML syntax
+error or a bad environment value stops the program at start with ``ConfigError`` naming the key
+and where it came from; nothing is silently ignored. Secrets (admin token, watermark master
+secret, upstream key) have no defaults: a feature that needs one raises ``ConfigError`` naming
+the variable when it is missing.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from distillguard.errors import ConfigError
+
+ENV_PREFIX = "DISTILLGUARD_"
+CONFIG_ENV = "DISTILLGUARD_CONFIG"  # path of the TOML config file
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# The file `load_settings(config_file=...)` reads while it builds a Settings (None: read
+# DISTILLGUARD_CONFIG). A context variable, not a global: settings built concurrently in
+# other threads or tasks keep their own file.
+_config_file: ContextVar[Path | None] = ContextVar("distillguard_config_file", default=None)
 
 
 def _default_home() -> Path:
@@ -20,7 +54,9 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DISTILLGUARD_", extra="ignore")
+    # extra="ignore": other DISTILLGUARD_* variables (test URLs, *_FILE) are not settings.
+    # The config file is stricter: its unknown keys are errors (see _TomlFileSource).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     # --- where state lives --------------------------------------------------------------
     home: Path = Field(default_factory=_default_home)  # database, cached teacher, run outputs
@@ -33,20 +69,33 @@ class Settings(BaseSettings):
 
     # --- serving ------------------------------------------------------------------------
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     model_dir: Path | None = None  # a Hugging Face model directory to serve
     model_name: str | None = None  # name exposed in /v1/models (default: the directory's name)
     upstream_url: str | None = None  # proxy to this OpenAI-compatible server instead
     upstream_api_key: SecretStr | None = None
-    max_body_bytes: int = 1_000_000  # larger request bodies get 413 before parsing
-    max_batch_size: int = 8  # local generation: requests decoded together
-    batch_wait_ms: float = 2.0  # local generation: how long to gather a batch
-    request_timeout_s: float = 30.0  # a body that never finishes is cut off after this
-    default_rpm: int = 600  # per-key requests per minute unless the key says otherwise
-    default_tpm: int = 200_000  # per-key tokens per minute unless the key says otherwise
+    max_body_bytes: int = Field(default=1_000_000, ge=1)  # larger bodies get 413 before parsing
+    max_batch_size: int = Field(default=8, ge=1)  # local generation: requests decoded together
+    batch_wait_ms: float = Field(default=2.0, ge=0)  # local generation: how long to gather
+    request_timeout_s: float = Field(default=30.0, gt=0)  # a slow body is cut off after this
+    default_rpm: int = Field(default=600, ge=1)  # per-key requests/minute unless the key says
+    default_tpm: int = Field(default=200_000, ge=1)  # per-key tokens/minute unless the key says
     policy_file: Path | None = None  # YAML policy for online enforcement (None: built-in)
     online_monitor: bool = True  # gateway asks monitor.online before serving (False: no policy)
     log_level: str = "info"  # the gateway's JSON log: debug | info | warning | error
+
+    # --- operations ---------------------------------------------------------------------
+    # /readyz gives each dependency (database, Redis, upstream) this long to answer: a probe
+    # must finish well inside the orchestrator's own probe timeout (Kubernetes: 1 s default
+    # is too short for a cold PostgreSQL connection; 2 s fits Docker's 5 s default).
+    readiness_timeout_s: float = Field(default=2.0, gt=0, le=30)
+
+    # --- spend budgets (USD per million tokens) ------------------------------------------
+    # What a key's spend budget is charged: usage x these prices. 0 (the default) means the
+    # provider has not priced its model; keys with a spend budget are then refused at creation,
+    # because a budget that nothing is charged against would never stop anyone.
+    price_prompt_per_mtok: float = Field(default=0.0, ge=0)
+    price_completion_per_mtok: float = Field(default=0.0, ge=0)
 
     # --- secrets (no defaults) ----------------------------------------------------------
     admin_token: SecretStr | None = None
@@ -55,6 +104,30 @@ class Settings(BaseSettings):
     # --- watermark ----------------------------------------------------------------------
     watermark_scheme: str = "kgw"  # kgw | gumbel | synthid | off
     watermark_key_id: int = 1  # current key version; older versions stay detectable
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init > env > *_FILE secrets > config file > defaults (no .env file: explicit is safer)
+        return (
+            init_settings,
+            env_settings,
+            _SecretFilesSource(settings_cls),
+            _TomlFileSource(settings_cls, config_file_path()),
+        )
 
     @property
     def resolved_database_url(self) -> str:
@@ -71,6 +144,18 @@ class Settings(BaseSettings):
             )
         return self.data_dir  # a missing file under it is reported by whoever reads it
 
+    @property
+    def prices_set(self) -> bool:
+        """True when the provider priced its tokens (spend budgets can be charged)."""
+        return self.price_prompt_per_mtok > 0 or self.price_completion_per_mtok > 0
+
+    def spend_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What ``prompt_tokens`` + ``completion_tokens`` cost at the configured prices."""
+        return (
+            prompt_tokens * self.price_prompt_per_mtok
+            + completion_tokens * self.price_completion_per_mtok
+        ) / 1_000_000
+
     def require_admin_token(self) -> str:
         if self.admin_token is None or not self.admin_token.get_secret_value():
             raise ConfigError("DISTILLGUARD_ADMIN_TOKEN is not set; the admin API is disabled")
@@ -85,7 +170,159 @@ class Settings(BaseSettings):
         return self.watermark_secret.get_secret_value().encode()
 
 
+# Not secrets by type, but their URLs may carry a password: they may come from files too.
+_URL_FIELDS_FROM_FILES = ("database_url", "redis_url")
+
+
+def file_fields() -> list[str]:
+    """Settings that may come from ``DISTILLGUARD_<NAME>_FILE``: the secrets and the URLs."""
+    secrets = [
+        name
+        for name, info in Settings.model_fields.items()
+        if SecretStr in (getattr(info.annotation, "__args__", None) or (info.annotation,))
+    ]
+    return secrets + list(_URL_FIELDS_FROM_FILES)
+
+
+def config_file_path() -> Path | None:
+    """The config file in effect: the one ``load_settings`` was given, else
+    ``DISTILLGUARD_CONFIG``, else none."""
+    chosen = _config_file.get()
+    if chosen is not None:
+        return chosen
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    return Path(from_env).expanduser() if from_env else None
+
+
+class _SecretFilesSource(PydanticBaseSettingsSource):
+    """``DISTILLGUARD_<SECRET>_FILE=/run/secrets/x``: the secret is the file's content (for
+    the secrets, and for the database and Redis URLs, which may carry a password)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name in file_fields():
+            variable = f"{ENV_PREFIX}{name.upper()}_FILE"
+            path = os.environ.get(variable)
+            if not path:
+                continue
+            if os.environ.get(f"{ENV_PREFIX}{name.upper()}"):
+                raise ConfigError(
+                    f"both {ENV_PREFIX}{name.upper()} and {variable} are set; give one"
+                )
+            try:
+                value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{variable}={path}: cannot read it ({exc.strerror})") from None
+            if not value:
+                raise ConfigError(f"{variable}={path}: the file is empty")
+            found[name] = value
+        return found
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """The config file: a flat TOML table of setting names; strict about keys and types."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        return read_config_file(self.path)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a TOML config file, each checked against its field's type.
+
+    ConfigError for a missing or unreadable file, a TOML syntax error, an unknown key (with
+    the closest known name) or a value of the wrong type, always naming the file and the key.
+    """
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    fields = Settings.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if isinstance(value, dict):
+                hint += "; the file is one flat table, without [sections]"
+            raise ConfigError(f"config file {path}: unknown key {key!r}{hint}")
+        try:
+            field = fields[key]
+            # the field's type with its constraints (ge=, le=, ...)
+            checked = (
+                Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            )
+            TypeAdapter(checked).validate_python(value, strict=_strict(field.annotation, value))
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"]
+            shown = "(hidden)" if key in file_fields() else repr(value)  # never print a secret
+            raise ConfigError(
+                f"config file {path}: key {key!r} has a wrong value {shown}: {problem}"
+            ) from None
+    return data
+
+
+def _strict(annotation: Any, value: Any) -> bool:
+    # TOML has real types: "8000" for an int field is a mistake worth naming. Paths are the
+    # exception: TOML has no path type, and strict mode would refuse str -> Path.
+    kinds = getattr(annotation, "__args__", None) or (annotation,)
+    return not (isinstance(value, str) and Path in kinds)
+
+
+def _explain(exc: ValidationError, path: Path | None) -> str:
+    """Which setting is wrong, and where it came from (environment, file or default)."""
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(p) for p in error["loc"]) or "?"
+        variable = f"{ENV_PREFIX}{name.upper()}"
+        if variable in os.environ:
+            shown = "(hidden)" if name in file_fields() else repr(os.environ[variable])
+            where = f"environment variable {variable}={shown}"
+        elif path is not None:
+            where = f"setting {name!r} (from {path} or its default)"
+        else:
+            where = f"setting {name!r}"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+@contextmanager
+def _reading(config_file: Path | None) -> Iterator[None]:
+    token = _config_file.set(config_file)
+    try:
+        yield
+    finally:
+        _config_file.reset(token)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``config_file`` (default: ``DISTILLGUARD_CONFIG``) and the environment,
+    ``overrides`` first. ConfigError naming the setting and its source for any bad value."""
+    with _reading(config_file):
+        path = config_file_path()
+        try:
+            return Settings(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid settings: {_explain(exc, path)}") from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings read once per process; tests call ``get_settings.cache_clear()``."""
-    return Settings()
+    """Settings read once per process (CLI and app edges only); tests call
+    ``get_settings.cache_clear()``."""
+    return load_settings()

@@ -13,6 +13,7 @@ stderr and ``exit_code``. Nothing below an edge catches these to return ``None``
     ├── PermissionDenied       valid key, action not allowed (admin, block)(403)
     ├── NotFound               unknown model, account, key, file           (404, exit 3)
     ├── RateLimited            over a per-key limit or throttled           (429)
+    ├── QuotaExceeded          a key's token or spend budget is used up    (429)
     ├── UpstreamError          upstream server failed or unreachable       (502, exit 4)
     ├── ModelError             a directory is not a usable model, vocab mismatch (exit 5)
     ├── StoreError             database unreachable or schema out of date  (503, exit 6)
@@ -80,9 +81,29 @@ class RateLimited(DistillGuardError):
     error_type = "rate_limit_error"
     exit_code = 4
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float = 1.0,
+        code: str | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ):
         super().__init__(message, code=code or "rate_limit_exceeded")
         self.retry_after = retry_after
+        self.headers = headers  # extra response headers (the limiter's x-ratelimit-*)
+
+
+class QuotaExceeded(DistillGuardError):
+    """A key's lifetime budget is used up: OpenAI's ``insufficient_quota`` (waiting won't help,
+    so no Retry-After)."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    exit_code = 4
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message, code="insufficient_quota", param=param)
 
 
 class UpstreamError(DistillGuardError):

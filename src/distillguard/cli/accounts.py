@@ -9,10 +9,12 @@ in ``DISTILLGUARD_HOME``) and brings the schema up to date first, so a newcomer'
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -176,6 +178,28 @@ def accounts_reinstate(
 # --- keys ---------------------------------------------------------------------------------
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match is None or float(match.group(1)) <= 0:
+        raise InputError(f"not a duration: {text!r} (give e.g. 90s, 15m, 12h, 30d, 2w)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_metadata(text: str) -> dict:
+    """A JSON object from the command line."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"--metadata is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InputError('--metadata must be a JSON object, e.g. \'{"team": "search"}\'')
+    return value
+
+
 @keys_app.command("create")
 def keys_create(
     account: Annotated[str, typer.Argument(help="Account id or name.")],
@@ -183,24 +207,69 @@ def keys_create(
         int | None, typer.Option(help="Requests per minute (default: server's).")
     ] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute (default: server's).")] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="A human name for the key (e.g. ci-bot).")
+    ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(help="Expiry time (Unix seconds or ISO 8601, UTC unless it says)."),
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="Expire after this long: 90s, 15m, 12h, 30d, 2w.")
+    ] = None,
+    metadata: Annotated[
+        str | None, typer.Option(help='JSON object kept with the key, e.g. \'{"team": "x"}\'.')
+    ] = None,
+    token_budget: Annotated[
+        int | None, typer.Option(help="Lifetime tokens; then 429 insufficient_quota.")
+    ] = None,
+    spend_budget: Annotated[
+        float | None,
+        typer.Option(help="Lifetime spend in USD at the configured token prices."),
+    ] = None,
     secret_only: Annotated[
         bool, typer.Option("--secret-only", help="Print only the secret (for scripts).")
     ] = False,
     db: DbOption = None,
 ) -> None:
     """Create an API key. Its secret is printed once and cannot be shown again."""
+    from distillguard.config import get_settings
     from distillguard.store import create_key, session_scope
+    from distillguard.store.accounts import expiry_time, require_prices
 
+    expires_at = expiry_time(
+        parse_time(expires) if expires is not None else None,
+        parse_duration(expires_in) if expires_in is not None else None,
+    )
+    if spend_budget is not None:
+        require_prices(get_settings().prices_set)
     with session_scope(_open(db)) as session:
-        key, secret = create_key(session, account=account, rpm=rpm, tpm=tpm)
+        key, secret = create_key(
+            session,
+            account=account,
+            rpm=rpm,
+            tpm=tpm,
+            alias=alias,
+            expires_at=expires_at,
+            metadata=parse_metadata(metadata) if metadata is not None else None,
+            token_budget=token_budget,
+            spend_budget_usd=spend_budget,
+        )
     if secret_only:
         typer.echo(secret)
         return
-    console.print(f"created key [bold]{key.key_id}[/bold] for account {key.account_name}")
+    named = f" ({key.alias})" if key.alias else ""
+    console.print(f"created key [bold]{key.key_id}[/bold]{named} for account {key.account_name}")
     typer.echo(secret)  # plain echo: rich would wrap a long secret on a narrow terminal
     console.print(
         "[yellow]This secret is shown only now; only its hash is stored. Keep it safe.[/yellow]"
     )
+
+
+def _budget(used: float, budget: float | None, money: bool = False) -> str:
+    if budget is None:
+        return "-"
+    return f"${used:.2f}/${budget:.2f}" if money else f"{int(used)}/{int(budget)} tok"
 
 
 @keys_app.command("list")
@@ -208,19 +277,28 @@ def keys_list(
     account: Annotated[str | None, typer.Argument(help="Only this account (id or name).")] = None,
     db: DbOption = None,
 ) -> None:
-    """List keys (never their secrets), revoked ones included."""
+    """List keys (never their secrets), revoked and expired ones included."""
     from distillguard.store import list_keys, session_scope
 
     with session_scope(_open(db)) as session:
         keys = list_keys(session, account=account)
-    table = Table("key id", "account", "rpm", "tpm", "created", "revoked")
+    table = Table()
+    table.add_column("key id", no_wrap=True)  # what `keys revoke` takes: never cut
+    for column in ("alias", "account", "rpm/tpm", "budget used", "expires", "revoked"):
+        table.add_column(column)
     for k in keys:
+        limits = "/".join("default" if v is None else str(v) for v in (k.rpm, k.tpm))
+        budgets = [
+            _budget(k.tokens_used, k.token_budget),
+            _budget(k.spend_used_usd, k.spend_budget_usd, money=True),
+        ]
         table.add_row(
             k.key_id,
+            k.alias or "-",
             k.account_name,
-            "default" if k.rpm is None else str(k.rpm),
-            "default" if k.tpm is None else str(k.tpm),
-            _when(k.created_at),
+            limits,
+            ", ".join(b for b in budgets if b != "-") or "-",
+            _when(k.expires_at) + (" (expired)" if k.expired() else ""),
             _when(k.revoked_at),
         )
     console.print(table if keys else "no keys")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -11,9 +16,54 @@ import typer
 from distillguard.errors import ConfigError
 
 WATERMARKS = ("kgw", "gumbel", "synthid", "off")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def multiprocess_directory() -> Iterator[Path]:
+    """The directory the serving workers share their metrics through, for a ``with`` block.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` when the operator set it (its stale ``*.db`` files from an
+    earlier run are removed first, as prometheus_client requires; the directory stays);
+    otherwise a fresh temporary directory, removed with everything in it afterwards. Must run
+    before anything in this process imports prometheus_client: it reads the variable
+    once, at import (so this helper lives here, not in ``gateway.metrics``).
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="distillguard-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    # uvicorn re-raises the SIGTERM it stopped on once it has shut down; with the default
+    # handler that kills the process before `finally` runs. Exit through SystemExit instead.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield path
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def gateway_serve(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML config file (default: DISTILLGUARD_CONFIG); "
+            "DISTILLGUARD_* variables and these options override it",
+            show_default=False,
+        ),
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option(
@@ -39,21 +89,26 @@ def gateway_serve(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes")] = 1,
     log_level: Annotated[
-        str, typer.Option("--log-level", help="debug|info|warning|error")
-    ] = "info",
+        str | None,
+        typer.Option("--log-level", help="debug|info|warning|error (default: settings' log_level)"),
+    ] = None,
 ) -> None:
     """Serve OpenAI's API (chat, completions, models) with keys, limits and a full log."""
     import uvicorn
     from rich.console import Console
 
-    from distillguard.config import get_settings
+    from distillguard.config import CONFIG_ENV, get_settings
 
     if model is not None and upstream is not None:
         raise ConfigError("give --model or --upstream, not both")
     if watermark is not None and watermark not in WATERMARKS:
         raise ConfigError(f"--watermark must be one of {', '.join(WATERMARKS)}")
-    # Settings travel to uvicorn's workers through the environment.
+    if config is not None and not config.is_file():
+        raise ConfigError(f"--config {config}: no such file")
+    # Settings travel to uvicorn's workers through the environment (options override the
+    # environment, which overrides the config file).
     chosen = {
+        CONFIG_ENV: str(config.resolve()) if config is not None else None,
         "DISTILLGUARD_UPSTREAM_URL": upstream,
         "DISTILLGUARD_DATABASE_URL": db,
         "DISTILLGUARD_HOST": host,
@@ -66,8 +121,10 @@ def gateway_serve(
         if value is not None:
             os.environ[name] = value
     get_settings.cache_clear()
-    settings = get_settings()
+    settings = get_settings()  # a bad file or variable stops here, before any worker starts
     console = Console(stderr=True)
+    if settings.upstream_url and settings.model_dir:
+        raise ConfigError("the settings give both upstream_url and model_dir; choose one")
     if settings.upstream_url is None and settings.model_dir is None:
         from distillguard.models.teacher import default_teacher_dir
 
@@ -84,19 +141,24 @@ def gateway_serve(
         )
     what = settings.upstream_url or settings.model_dir
     console.print(f"distillguard gateway on http://{settings.host}:{settings.port} serving {what}")
-    uvicorn.run(
-        "distillguard.gateway.app:app_factory",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # the gateway writes its own JSON access log
-        log_config=None,
-        log_level=log_level,
-        timeout_graceful_shutdown=10,
-    )
+    # Several workers share their Prometheus values through a directory (see gateway.metrics);
+    # one worker keeps them in memory: multiprocess mode costs ~2x per metric update
+    # (benchmarks/metrics_multiprocess.py), for nothing when there is nothing to sum.
+    shared = workers > 1 or bool(os.environ.get(MULTIPROC_ENV))
+    with multiprocess_directory() if shared else contextlib.nullcontext():
+        uvicorn.run(
+            "distillguard.gateway.app:app_factory",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,  # the gateway writes its own JSON access log
+            log_config=None,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+        )
 
 
 def register(root: typer.Typer) -> None:

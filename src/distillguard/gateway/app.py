@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             auth=KeyAuthenticator(engine),
             limiter=limiter,
             backend=chosen,
-            metrics=GatewayMetrics(),
+            metrics=GatewayMetrics(chosen.model_ids),
             monitor=monitor,
             admin_token=admin or None,
             started_at=time.time(),

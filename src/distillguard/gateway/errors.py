@@ -100,6 +100,7 @@ def to_error_response(exc: BaseException) -> ErrorResponse:
             seconds = max(1, int(-(-exc.retry_after // 1)))
             headers.append((b"retry-after", str(seconds).encode()))
             headers.append((b"retry-after-ms", str(int(exc.retry_after * 1000)).encode()))
+            headers.extend(exc.headers)
     elif isinstance(exc, (ValidationError, RequestValidationError)):
         status = 400
         message, param = _validation_message(exc)

@@ -30,6 +30,21 @@ WINDOW_S = 60.0  # "per minute": the window of both limits
 
 
 @dataclass
+class WindowState:
+    """The key's window right after a request was admitted: what OpenAI's ``x-ratelimit-*``
+    headers report. A reset is the time until the oldest request counted in the window
+    leaves it, i.e. until the remaining figure next grows (in a sliding window the limit is
+    never "reset" at once; this is the wait that matters to a client at 0 remaining)."""
+
+    limit_requests: int
+    remaining_requests: int
+    reset_requests_s: float
+    limit_tokens: int
+    remaining_tokens: int  # after this request's reservation (settled later to real usage)
+    reset_tokens_s: float
+
+
+@dataclass
 class Reservation:
     """One admitted request; ``settle`` corrects its token count to the real usage."""
 
@@ -38,6 +53,43 @@ class Reservation:
     tokens: int
     # memory limiter only: the window entry [ts, tokens] to correct in place
     entry: list[float] | None = field(default=None, repr=False)
+    window: WindowState | None = None  # the window after admission (response headers)
+
+
+def format_reset(seconds: float) -> str:
+    """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: ``250ms``, ``1.5s``,
+    ``6m0s``."""
+    seconds = max(seconds, 0.0)
+    if seconds < 1.0:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60.0:
+        return f"{round(seconds, 3):g}s"
+    minutes, rest = divmod(seconds, 60.0)
+    return f"{int(minutes)}m{round(rest, 3):g}s"
+
+
+def exhausted_headers(kind: str, limit: int, retry_after: float) -> tuple[tuple[bytes, bytes], ...]:
+    """The ``x-ratelimit-*`` headers of a refusal: the limit that was hit (``requests`` or
+    ``tokens``), nothing left of it, and when that changes."""
+    return (
+        (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
+        (f"x-ratelimit-remaining-{kind}".encode(), b"0"),
+        (f"x-ratelimit-reset-{kind}".encode(), format_reset(retry_after).encode()),
+    )
+
+
+def ratelimit_headers(window: WindowState | None) -> list[tuple[bytes, bytes]]:
+    """OpenAI's six ``x-ratelimit-*`` response headers for an admitted request."""
+    if window is None:
+        return []
+    return [
+        (b"x-ratelimit-limit-requests", str(window.limit_requests).encode()),
+        (b"x-ratelimit-limit-tokens", str(window.limit_tokens).encode()),
+        (b"x-ratelimit-remaining-requests", str(max(window.remaining_requests, 0)).encode()),
+        (b"x-ratelimit-remaining-tokens", str(max(window.remaining_tokens, 0)).encode()),
+        (b"x-ratelimit-reset-requests", format_reset(window.reset_requests_s).encode()),
+        (b"x-ratelimit-reset-tokens", format_reset(window.reset_tokens_s).encode()),
+    ]
 
 
 class RateLimiter(Protocol):
@@ -89,10 +141,11 @@ class MemoryLimiter:
         while entries and entries[0][0] <= horizon:
             window.tokens -= entries.popleft()[1]
         if len(entries) >= rpm:
-            retry = entries[len(entries) - rpm][0] + WINDOW_S - now
+            retry = max(entries[len(entries) - rpm][0] + WINDOW_S - now, 0.001)
             raise RateLimited(
                 f"rate limit reached: {rpm} requests per minute for this key",
-                retry_after=max(retry, 0.001),
+                retry_after=retry,
+                headers=exhausted_headers("requests", rpm, retry),
             )
         if window.tokens + tokens > tpm:
             needed = window.tokens + tokens - tpm
@@ -103,15 +156,19 @@ class MemoryLimiter:
                 if freed >= needed:
                     retry = ts + WINDOW_S - now
                     break
+            retry = max(retry, 0.001)
             raise RateLimited(
                 f"rate limit reached: {tpm} tokens per minute for this key",
-                retry_after=max(retry, 0.001),
+                retry_after=retry,
                 code="tokens_per_minute_exceeded",
+                headers=exhausted_headers("tokens", tpm, retry),
             )
         entry = [now, float(tokens)]
         entries.append(entry)
         window.tokens += tokens
-        return Reservation(key_id, request_id, tokens, entry)
+        reset = entries[0][0] + WINDOW_S - now  # the oldest counted request leaves then
+        state = WindowState(rpm, rpm - len(entries), reset, tpm, int(tpm - window.tokens), reset)
+        return Reservation(key_id, request_id, tokens, entry, state)
 
     async def settle(self, reservation: Reservation, tokens: int) -> None:
         entry = reservation.entry
@@ -130,7 +187,8 @@ class MemoryLimiter:
 
 # KEYS: 1 zset request_id -> arrival ms, 2 hash request_id -> tokens, 3 token sum
 # ARGV: window ms, rpm, tpm, request_id, tokens
-# Returns {admitted 0|1, retry after ms, which limit}.
+# Returns {admitted 0|1, retry after ms, which limit} and, when admitted, the window after it:
+# {..., requests in it, tokens in it, ms until its oldest request leaves}.
 _ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -171,7 +229,8 @@ redis.call('ZADD', KEYS[1], now, ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[4], tokens)
 redis.call('INCRBY', KEYS[3], tokens)
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], window * 2) end
-return {1, 0, ''}
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {1, 0, '', count + 1, used + tokens, tonumber(oldest[2]) + window - now}
 """
 
 # KEYS as above; ARGV: request_id, real tokens
@@ -211,7 +270,7 @@ class RedisLimiter:
         if tokens > tpm:
             raise _too_large(tokens, tpm)
         try:
-            admitted, retry_ms, which = await self._acquire(
+            admitted, retry_ms, which, *after = await self._acquire(
                 keys=self._keys(key_id),
                 args=[int(WINDOW_S * 1000), rpm, tpm, request_id, tokens],
             )
@@ -225,11 +284,17 @@ class RedisLimiter:
                     f"rate limit reached: {tpm} tokens per minute for this key",
                     retry_after=retry,
                     code="tokens_per_minute_exceeded",
+                    headers=exhausted_headers("tokens", tpm, retry),
                 )
             raise RateLimited(
-                f"rate limit reached: {rpm} requests per minute for this key", retry_after=retry
+                f"rate limit reached: {rpm} requests per minute for this key",
+                retry_after=retry,
+                headers=exhausted_headers("requests", rpm, retry),
             )
-        return Reservation(key_id, request_id, tokens)
+        count, used, reset_ms = (int(v) for v in after)
+        reset = reset_ms / 1000.0
+        state = WindowState(rpm, rpm - count, reset, tpm, tpm - used, reset)
+        return Reservation(key_id, request_id, tokens, window=state)
 
     async def settle(self, reservation: Reservation, tokens: int) -> None:
         if tokens == reservation.tokens:

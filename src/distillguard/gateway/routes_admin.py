@@ -34,6 +34,12 @@ class NewKey(BaseModel):
     account: str = Field(min_length=1)  # id or name
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+    alias: str | None = Field(default=None, min_length=1, max_length=200)
+    expires_at: float | None = None  # Unix seconds
+    expires_in_s: float | None = Field(default=None, gt=0)  # or: this long from now
+    metadata: dict[str, Any] | None = None
+    token_budget: int | None = Field(default=None, ge=1)  # lifetime tokens
+    spend_budget_usd: float | None = Field(default=None, gt=0)  # lifetime spend at the prices
 
 
 class AccountStatus(BaseModel):
@@ -71,9 +77,21 @@ def set_account_status(
 
 @router.post("/keys", status_code=201)
 def create_key(body: NewKey, request: Request, _: AdminAuth) -> dict[str, Any]:
+    settings = request.app.state.gateway.settings
+    expires_at = store_accounts.expiry_time(body.expires_at, body.expires_in_s)
+    if body.spend_budget_usd is not None:
+        store_accounts.require_prices(settings.prices_set)
     with session_scope(_engine(request)) as session:
         info, secret = store_accounts.create_key(
-            session, account=body.account, rpm=body.rpm, tpm=body.tpm
+            session,
+            account=body.account,
+            rpm=body.rpm,
+            tpm=body.tpm,
+            alias=body.alias,
+            expires_at=expires_at,
+            metadata=body.metadata,
+            token_budget=body.token_budget,
+            spend_budget_usd=body.spend_budget_usd,
         )
     return {"key": asdict(info), "secret": secret}
 

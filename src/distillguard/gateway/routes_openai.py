@@ -41,8 +41,11 @@ from distillguard.gateway.errors import (
     RequestTimeout,
     to_error_response,
 )
+from distillguard.gateway.limits import ratelimit_headers
 from distillguard.gateway.metrics import log_exchange
+from distillguard.gateway.quota import charge_key, check_key
 from distillguard.gateway.schemas import parse_request
+from distillguard.store.accounts import check_expiry
 from distillguard.store.exchanges import ExchangeRecord
 
 if TYPE_CHECKING:
@@ -175,6 +178,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             scope, receive, settings.max_body_bytes, settings.request_timeout_s
         )
         identity = attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
+        await check_key(state, identity)  # expiry, token and spend budgets
         body = _decode(raw, attempt)
         model = body.get("model")
         attempt.model = model if isinstance(model, str) else None
@@ -196,17 +200,17 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         if state.monitor is not None:
             await _enforce(state, attempt, job, identity, body)
 
+        limit_headers = ratelimit_headers(reservation.window)  # OpenAI's x-ratelimit-*
         if request.stream:
-            await _serve_stream(state, attempt, job, outcome, receive, send)
+            await _serve_stream(state, attempt, job, outcome, receive, send, limit_headers)
         else:
             reply = await state.backend.complete(job, outcome)
             attempt.status = reply.status
             attempt.error = outcome.error
             if not await _write_log(state, attempt, outcome):
                 raise StoreError("the exchange could not be logged; not answering unlogged")
-            await _respond(
-                send, attempt, reply.status, [(b"content-type", reply.content_type)], reply.body
-            )
+            headers = [(b"content-type", reply.content_type), *limit_headers]
+            await _respond(send, attempt, reply.status, headers, reply.body)
     except ClientGone:
         attempt.status = 499  # nginx's "client closed request": nothing was answered
         attempt.error = "client disconnected before the request body was complete"
@@ -240,6 +244,10 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
                 used = reservation.tokens if attempt.status == 200 else 0
             with contextlib.suppress(Exception):
                 await state.limiter.settle(reservation, used)
+        if attempt.identity is not None and attempt.identity.budgeted:
+            await charge_key(
+                state, attempt.identity, outcome.prompt_tokens or 0, outcome.completion_tokens or 0
+            )
         if state.monitor is not None and attempt.identity is not None and attempt.status == 200:
             try:
                 state.monitor.record(
@@ -271,17 +279,30 @@ class _StreamEnded(Exception):
 
 
 async def _serve_stream(
-    state: GatewayState, attempt: Attempt, job: Job, outcome: Outcome, receive, send
+    state: GatewayState,
+    attempt: Attempt,
+    job: Job,
+    outcome: Outcome,
+    receive,
+    send,
+    extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
     frames = state.backend.stream(job, outcome)
     try:
         # The first frame before the headers: a refused upstream request still gets its status.
         first = await anext(frames, None)
+        if first is not None:
+            elapsed = time.perf_counter() - attempt.started
+            state.metrics.observe_first_token(attempt.endpoint, attempt.model, elapsed)
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_SSE_HEADERS, (b"x-request-id", attempt.request_id.encode())],
+                "headers": [
+                    *_SSE_HEADERS,
+                    *extra_headers,
+                    (b"x-request-id", attempt.request_id.encode()),
+                ],
             }
         )
         disconnected = asyncio.ensure_future(receive())  # completes on http.disconnect
@@ -399,13 +420,15 @@ async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) ->
     except Exception:
         written = False
         log.exception("exchange log write failed", extra={"fields": {"id": attempt.request_id}})
-        state.metrics.requests.labels(attempt.endpoint, "log_failed").inc()
+        model_label = state.metrics.model_label(attempt.model)
+        state.metrics.requests.labels(attempt.endpoint, model_label, "log_failed").inc()
     state.metrics.observe(
         attempt.endpoint,
         attempt.status,
         latency_s,
         outcome.prompt_tokens,
         outcome.completion_tokens,
+        attempt.model,
     )
     log_exchange(
         {
@@ -432,6 +455,7 @@ async def handle_models(state: GatewayState, scope: dict, receive, send) -> None
         if scope["method"] != "GET":
             raise MethodNotAllowed(f"{scope['method']} is not allowed here; use GET")
         attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
+        check_expiry(attempt.identity)
         created = int(state.started_at)
         body = orjson.dumps(
             {

@@ -13,6 +13,13 @@ yields no usable key.
 
 Every check reads the database (one primary-key lookup): no cache stands between a revocation
 and the next request, so ``keys revoke`` takes effect at once, in every replica.
+
+Keys may carry an alias, an expiry time (after it: 401 ``expired_api_key``), a JSON metadata
+object, and lifetime budgets of tokens and of spend in USD (spend = usage x the provider's
+prices, ``Settings.price_*_per_mtok``). A key whose usage reached a budget gets OpenAI's 429
+``insufficient_quota``. Usage is charged after each answer with one atomic ``UPDATE`` (only keys
+that have a budget pay for it); concurrent requests admitted before the charge can overshoot
+a budget by their own size, as with any post-paid quota.
 """
 
 from __future__ import annotations
@@ -20,17 +27,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import bindparam, func, select
+import orjson
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from distillguard.errors import AuthError, InputError, NotFound, PermissionDenied
+from distillguard.errors import (
+    AuthError,
+    InputError,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+)
 from distillguard.store.schema import ACCOUNT_STATUSES, Account, ApiKey
 
 SECRET_PREFIX = "dg"
@@ -39,6 +56,7 @@ _SECRET_BYTES = 32  # 256 bits of randomness in every secret
 _SECRET_RE = re.compile(r"^dg-([0-9a-f]{16})-([A-Za-z0-9_-]{43})$")
 _MAX_SECRET_CHARS = 200  # longer Authorization values are refused before any parsing
 _INVALID_KEY = "invalid API key"  # one message for unknown key id and wrong secret
+_MAX_METADATA_BYTES = 16_384  # a key's metadata is a label set, not a document store
 
 
 @dataclass(frozen=True)
@@ -61,10 +79,20 @@ class KeyInfo:
     revoked_at: float | None
     rpm: int | None
     tpm: int | None
+    alias: str | None = None
+    expires_at: float | None = None  # Unix seconds; None: never
+    metadata: dict[str, Any] | None = None
+    token_budget: int | None = None  # lifetime tokens; None: unlimited
+    tokens_used: int = 0
+    spend_budget_usd: float | None = None  # lifetime spend; None: unlimited
+    spend_used_usd: float = 0.0
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) >= self.expires_at
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,23 @@ class KeyIdentity:
     rpm: int | None  # None: the server's default limit
     tpm: int | None
     payment_fingerprint: str | None
+    alias: str | None = None
+    expires_at: float | None = None  # fixed at creation: checked without the database
+    token_budget: int | None = None
+    spend_budget_usd: float | None = None
+
+    @property
+    def budgeted(self) -> bool:
+        """True when usage must be read before and charged after each request."""
+        return self.token_budget is not None or self.spend_budget_usd is not None
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """A key's running usage against its budgets."""
+
+    tokens_used: int
+    spend_used_usd: float
 
 
 def hash_secret(secret: str) -> str:
@@ -126,7 +171,67 @@ def _key_info(key: ApiKey, account_name: str) -> KeyInfo:
         revoked_at=key.revoked_at,
         rpm=key.rpm,
         tpm=key.tpm,
+        alias=key.alias,
+        expires_at=key.expires_at,
+        metadata=key.key_metadata,
+        token_budget=key.token_budget,
+        tokens_used=key.tokens_used or 0,
+        spend_budget_usd=key.spend_budget_usd,
+        spend_used_usd=key.spend_used_usd or 0.0,
     )
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _check_alias(alias: str | None) -> str | None:
+    if alias is None:
+        return None
+    alias = alias.strip()
+    if not alias or len(alias) > 200:
+        raise InputError("alias must be 1-200 characters", param="alias")
+    return alias
+
+
+def _check_expiry(expires_at: float | None, now: float) -> float | None:
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, bool) or not math.isfinite(expires_at):
+        raise InputError(f"expires_at must be Unix seconds, got {expires_at!r}", param="expires_at")
+    if expires_at <= now:
+        raise InputError(
+            f"expires_at {_utc(expires_at)} is not in the future (now {_utc(now)})",
+            param="expires_at",
+        )
+    return float(expires_at)
+
+
+def _check_metadata(metadata: Any) -> dict[str, Any] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InputError("metadata must be a JSON object", param="metadata")
+    try:
+        size = len(orjson.dumps(metadata))
+    except TypeError as exc:
+        raise InputError(f"metadata is not JSON: {exc}", param="metadata") from None
+    if size > _MAX_METADATA_BYTES:
+        raise InputError(
+            f"metadata is {size} bytes of JSON; the limit is {_MAX_METADATA_BYTES}",
+            param="metadata",
+        )
+    return metadata
+
+
+def _check_spend_budget(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise InputError(
+            f"spend_budget_usd must be a positive amount, got {value!r}", param="spend_budget_usd"
+        )
+    return float(value)
 
 
 # --- accounts -----------------------------------------------------------------------------
@@ -207,10 +312,25 @@ def create_key(
     account: str,
     rpm: int | None = None,
     tpm: int | None = None,
+    alias: str | None = None,
+    expires_at: float | None = None,
+    metadata: dict[str, Any] | None = None,
+    token_budget: int | None = None,
+    spend_budget_usd: float | None = None,
 ) -> tuple[KeyInfo, str]:
-    """A new key for ``account`` (id or name); the secret is returned here and never again."""
+    """A new key for ``account`` (id or name); the secret is returned here and never again.
+
+    InputError for a limit or budget that is not positive, an expiry not in the future, an
+    empty or over-long alias, metadata that is not a JSON object (or over 16 KiB).
+    """
+    now = time.time()
     _check_limit("rpm", rpm)
     _check_limit("tpm", tpm)
+    _check_limit("token_budget", token_budget)
+    alias = _check_alias(alias)
+    expires_at = _check_expiry(expires_at, now)
+    metadata = _check_metadata(metadata)
+    spend_budget_usd = _check_spend_budget(spend_budget_usd)
     owner = _load_account(session, account)
     while True:
         key_id = secrets.token_hex(_KEY_ID_HEX // 2)
@@ -221,14 +341,43 @@ def create_key(
         id=key_id,
         account_id=owner.id,
         secret_hash=hash_secret(secret),
-        created_at=time.time(),
+        created_at=now,
         revoked_at=None,
         rpm=rpm,
         tpm=tpm,
+        alias=alias,
+        expires_at=expires_at,
+        key_metadata=metadata,
+        token_budget=token_budget,
+        tokens_used=0,
+        spend_budget_usd=spend_budget_usd,
+        spend_used_usd=0.0,
     )
     session.add(key)
     session.flush()
     return _key_info(key, owner.name), secret
+
+
+def expiry_time(expires_at: float | None, expires_in_s: float | None) -> float | None:
+    """One expiry from "at this time" or "this long from now"; InputError for both."""
+    if expires_at is not None and expires_in_s is not None:
+        raise InputError("give expires_at or expires_in_s, not both", param="expires_at")
+    if expires_in_s is not None:
+        if not math.isfinite(expires_in_s) or expires_in_s <= 0:
+            raise InputError("expires_in_s must be a positive duration", param="expires_in_s")
+        return time.time() + expires_in_s
+    return expires_at
+
+
+def require_prices(prices_set: bool) -> None:
+    """InputError unless the provider priced its tokens: a spend budget that nothing is
+    charged against would never stop anyone."""
+    if not prices_set:
+        raise InputError(
+            "a spend budget needs token prices: set price_prompt_per_mtok and/or "
+            "price_completion_per_mtok (DISTILLGUARD_PRICE_*_PER_MTOK or the config file)",
+            param="spend_budget_usd",
+        )
 
 
 def list_keys(session: Session, *, account: str | None = None) -> list[KeyInfo]:
@@ -259,6 +408,12 @@ _AUTH_QUERY = (
         ApiKey.revoked_at,
         ApiKey.rpm,
         ApiKey.tpm,
+        ApiKey.alias,
+        ApiKey.expires_at,
+        ApiKey.token_budget,
+        ApiKey.tokens_used,
+        ApiKey.spend_budget_usd,
+        ApiKey.spend_used_usd,
         Account.id,
         Account.name,
         Account.status,
@@ -287,11 +442,75 @@ def authenticate(session: Session | Connection, *, secret: str) -> KeyIdentity:
         raise AuthError("API key has been revoked", code="invalid_api_key")
     if row.status != "active":
         raise PermissionDenied(f"account is {row.status}", code="account_suspended")
-    return KeyIdentity(
+    identity = KeyIdentity(
         key_id=key_id,
         account_id=row.id,
         account_name=row.name,
         rpm=row.rpm,
         tpm=row.tpm,
         payment_fingerprint=row.payment_fingerprint,
+        alias=row.alias,
+        expires_at=row.expires_at,
+        token_budget=row.token_budget,
+        spend_budget_usd=row.spend_budget_usd,
+    )
+    check_expiry(identity)
+    check_budgets(identity, KeyUsage(row.tokens_used or 0, row.spend_used_usd or 0.0))
+    return identity
+
+
+# --- expiry and budgets (the gateway calls these on every request of a key that has them) ---
+
+
+def check_expiry(identity: KeyIdentity, now: float | None = None) -> None:
+    """AuthError (401 ``expired_api_key``) once the key's expiry time has passed."""
+    if identity.expires_at is not None and (now or time.time()) >= identity.expires_at:
+        raise AuthError(
+            f"API key expired at {_utc(identity.expires_at)}; ask for a new key",
+            code="expired_api_key",
+        )
+
+
+def check_budgets(identity: KeyIdentity, usage: KeyUsage) -> None:
+    """QuotaExceeded (429 ``insufficient_quota``, as OpenAI) once a budget is used up."""
+    if identity.token_budget is not None and usage.tokens_used >= identity.token_budget:
+        raise QuotaExceeded(
+            f"You exceeded your current quota: this key's budget of {identity.token_budget} "
+            f"tokens is used up ({usage.tokens_used} used). Ask the provider to raise it."
+        )
+    spend_budget = identity.spend_budget_usd
+    if spend_budget is not None and usage.spend_used_usd >= spend_budget:
+        raise QuotaExceeded(
+            f"You exceeded your current quota: this key's budget of ${spend_budget:.2f} is "
+            f"used up (${usage.spend_used_usd:.4f} spent). Ask the provider to raise it."
+        )
+
+
+_USAGE_QUERY = select(ApiKey.tokens_used, ApiKey.spend_used_usd).where(
+    ApiKey.id == bindparam("key_id")
+)
+
+
+def key_usage(session: Session | Connection, *, key_id: str) -> KeyUsage:
+    """The key's running usage; NotFound for an unknown key."""
+    row = session.execute(_USAGE_QUERY, {"key_id": key_id}).first()
+    if row is None:
+        raise NotFound(f"no API key with id {key_id!r}", param="key_id")
+    return KeyUsage(row.tokens_used or 0, row.spend_used_usd or 0.0)
+
+
+def charge_usage(
+    session: Session | Connection, *, key_id: str, tokens: int, spend_usd: float
+) -> None:
+    """Add one answer's tokens and spend to the key's usage (one atomic UPDATE: replicas
+    charging the same key at once never lose an increment)."""
+    if tokens <= 0 and spend_usd <= 0:
+        return
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .values(
+            tokens_used=ApiKey.tokens_used + max(tokens, 0),
+            spend_used_usd=ApiKey.spend_used_usd + max(spend_usd, 0.0),
+        )
     )

@@ -17,7 +17,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Double, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -66,6 +77,16 @@ class ApiKey(Base):
     revoked_at: Mapped[float | None] = mapped_column(Double)
     rpm: Mapped[int | None] = mapped_column(Integer)  # None: the server's default limit
     tpm: Mapped[int | None] = mapped_column(Integer)
+    # --- key management (migration 0003): what LiteLLM-style key management offers ---------
+    alias: Mapped[str | None] = mapped_column(String(200))  # human name ("ci-bot", "prod")
+    expires_at: Mapped[float | None] = mapped_column(Double)  # None: never; after it: 401
+    # Free-form JSON object the provider attaches (team, plan, ticket); attribute renamed
+    # because `metadata` is the declarative base's own.
+    key_metadata: Mapped[Any] = mapped_column("metadata", JsonDocument, nullable=True)
+    token_budget: Mapped[int | None] = mapped_column(BigInteger)  # lifetime tokens; None: none
+    tokens_used: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    spend_budget_usd: Mapped[float | None] = mapped_column(Double)  # lifetime spend; None: none
+    spend_used_usd: Mapped[float] = mapped_column(Double, server_default=text("0"))
 
 
 class Exchange(Base):
