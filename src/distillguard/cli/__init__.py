@@ -19,6 +19,7 @@ from distillguard.cli import (
     model,
     monitor,
     prove,
+    sim,
     watermark,
 )
 from distillguard.errors import DistillGuardError
@@ -40,7 +41,7 @@ def show_version() -> None:
     typer.echo(__version__)
 
 
-for _module in (model, gateway, accounts, watermark, monitor, distill, prove):
+for _module in (model, gateway, accounts, watermark, monitor, distill, prove, sim):
     _module.register(app)
 
 
