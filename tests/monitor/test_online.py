@@ -196,7 +196,8 @@ def test_flags_list_a_harvesting_cluster_with_its_evidence() -> None:
     assert len(ids) == 1 and None not in ids
     for a in hydra:
         f = flagged[a]
-        assert f["action"] == "flag" and f["cluster_size"] == len(hydra)
+        # flag, or degrade when the model is sure enough of a harvest (the policy's rules)
+        assert f["action"] in ("flag", "degrade") and f["cluster_size"] == len(hydra)
         assert {"payment", "ip_prefix"} <= set(f["evidence"]) and f["reasons"]
 
 
@@ -213,11 +214,11 @@ def test_an_account_joining_an_acted_on_cluster_takes_its_action_at_once() -> No
     ]
     body = {"logprobs": True, "top_logprobs": 5, "temperature": 0}
     hydra = _linked_group(m, "hydra", cot, body)
-    assert all(f["action"] == "flag" for f in m.flags() if f["account_id"] in hydra)
+    assert all(f["action"] in ("flag", "degrade") for f in m.flags() if f["account_id"] in hydra)
     # a fresh account on the same card and proxy range: one request, and it is listed
     late = _check(m, "hydra-late", 90_000.0, cot[0], pay="pm_hydra", ip="10.9.5.77", body=body)
     assert late.action == "allow"  # decided before the link thread saw it
     m._drain_links(limit=None)
     listed = {f["account_id"]: f for f in m.flags()}
-    assert listed["hydra-late"]["action"] == "flag"
+    assert listed["hydra-late"]["action"] == listed[hydra[0]]["action"]
     assert listed["hydra-late"]["cluster_size"] == len(hydra) + 1

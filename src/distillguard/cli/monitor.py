@@ -95,21 +95,34 @@ def monitor_score(
         Path | None, typer.Option(help="Score model JSON (default: built-in).")
     ] = None,
     workers: Annotated[int, typer.Option(help="Processes (0: one per core for big logs).")] = 0,
+    accounts: Annotated[
+        Path | None,
+        typer.Option("--accounts", help="Accounts file (spec 1b): age, org, verification."),
+    ] = None,
+    trust: Annotated[
+        Path | None,
+        typer.Option("--trust", help="Trust tiers / allow-list (YAML or JSON)."),
+    ] = None,
 ) -> None:
     """Score every account of a traffic log (or of the gateway's database)."""
     from rich.console import Console
 
     from distillguard.monitor.offline import score_records, score_traffic
     from distillguard.monitor.score import ScoreModel
+    from distillguard.monitor.trust import load_trust, read_accounts
     from distillguard.traffic import JsonlWriter
 
     console = Console()
     if (traffic is None) == (db is None):
         raise InputError("give either a TRAFFIC file or --db URL (not both)")
     m = ScoreModel.load(model)
+    tiers = load_trust(trust)
+    infos = read_accounts(accounts) if accounts is not None else None
     if traffic is not None:
-        with console.status(f"scoring {traffic} (one pass, then links and scores)"):
-            rep = score_traffic(traffic, out, model=m, workers=workers or None)
+        with console.status(f"scoring {traffic} (one pass, links, coordination test, scores)"):
+            rep = score_traffic(
+                traffic, out, model=m, workers=workers or None, trust=tiers, accounts=infos
+            )
         assert rep.read is not None
         console.print(rep.read.describe())
     else:
@@ -119,7 +132,13 @@ def monitor_score(
 
             assert db is not None  # exactly one of traffic / db, checked above
             source = read_exchanges_db(db)
-            rep = score_records(source, model=m, progress=lambda k: prog.advance(task, k))
+            rep = score_records(
+                source,
+                model=m,
+                progress=lambda k: prog.advance(task, k),
+                trust=tiers,
+                accounts=infos,
+            )
         console.print(source.describe())
         if rep.exchanges == 0:
             raise InputError(f"no attributed exchanges in the database at {db}")
@@ -143,6 +162,39 @@ def monitor_score(
         console.print(
             f"  {v.account_id}  {v.score:.3f}  {v.cluster_id or '-'}  {'; '.join(v.reasons[:3])}"
         )
+
+
+@monitor_app.command("fit")
+def monitor_fit(
+    traffic: Annotated[Path, typer.Argument(help="Traffic log to fit on (JSON Lines).")],
+    labels: Annotated[Path, typer.Argument(help="Its ground-truth labels (spec 2).")],
+    out: Annotated[Path, typer.Option("--out", help="Score model JSON to write.")],
+    generator: Annotated[
+        str, typer.Option("--generator", help="Where the traffic came from (provenance).")
+    ] = "unknown",
+    split: Annotated[str, typer.Option("--split", help="Which split it is (provenance).")] = (
+        "train"
+    ),
+    target_fpr: Annotated[
+        float, typer.Option("--target-fpr", help="Honest FPR the operating point allows.")
+    ] = 1e-3,
+) -> None:
+    """Fit the content model and its operating point on labelled traffic."""
+    from rich.console import Console
+
+    from distillguard.monitor.offline import fit_on_traffic
+    from distillguard.monitor.score import SCORE_FEATURES
+
+    console = Console()
+    with console.status(f"fitting on {traffic}"):
+        model = fit_on_traffic(
+            traffic, labels, generator=generator, split=split, target_fpr=target_fpr
+        )
+    model.save(out)
+    weights = ", ".join(f"{f} {w:+.2f}" for f, w in zip(SCORE_FEATURES, model.weights, strict=True))
+    console.print(
+        f"fitted on {model.fitted_on}: threshold {model.threshold:.4f}; {weights} -> {out}"
+    )
 
 
 @eval_app.command("detection")

@@ -1,6 +1,6 @@
 """Detection metrics: ranking quality, the operating point, clusters, and time to flag.
 
-Only this module reads labels. Metrics are account-level: AUROC (Mann-Whitney, ties counted
+Only this module reads labels. Metrics are account-level: AUROC (scikit-learn, ties counted
 half), TPR at a fixed honest false-positive rate (ties with an honest score count as misses),
 flags among legitimate templated applications, per-persona flag counts, adjusted Rand index of
 the detector's clusters against the true campaigns, and how many requests each campaign sends
@@ -10,6 +10,7 @@ before the online monitor, replaying the traffic in time order, first acts on it
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,24 +25,13 @@ LEGIT_APP_PREFIX = "app_"  # personas of legitimate templated applications
 
 
 def auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties half."""
+    """Area under the ROC curve (scikit-learn; ties count half)."""
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(y, dtype=bool)  # (N,)
-    s = np.asarray(s, dtype=np.float64)  # (N,)
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
+    if y.all() or not y.any():
         raise InputError("AUROC needs both honest and campaign accounts")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # Average ranks over ties.
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+    return float(roc_auc_score(y, np.asarray(s, dtype=np.float64)))
 
 
 def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float) -> tuple[float, float]:
@@ -61,26 +51,12 @@ def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float) -> tuple[float, float]:
 
 
 def adjusted_rand_index(truth: list[str], pred: list[str]) -> float:
-    """Hubert-Arabie ARI of two partitions of the same items (1: identical, ~0: chance)."""
+    """Adjusted Rand index of two partitions of the same items (scikit-learn)."""
+    from sklearn.metrics import adjusted_rand_score
+
     if len(truth) != len(pred) or not truth:
         raise InputError("ARI needs two labelings of the same, non-empty set of items")
-    t_ids = {t: i for i, t in enumerate(dict.fromkeys(truth))}
-    p_ids = {p: i for i, p in enumerate(dict.fromkeys(pred))}
-    table = np.zeros((len(t_ids), len(p_ids)), dtype=np.int64)
-    for t, p in zip(truth, pred, strict=True):
-        table[t_ids[t], p_ids[p]] += 1
-
-    def comb2(x: np.ndarray) -> float:
-        return float((x * (x - 1) // 2).sum())
-
-    index = comb2(table)
-    a, b = comb2(table.sum(axis=1)), comb2(table.sum(axis=0))
-    n2 = len(truth) * (len(truth) - 1) / 2.0
-    expected = a * b / n2 if n2 else 0.0
-    maximum = (a + b) / 2.0
-    if maximum == expected:
-        return 1.0
-    return float((index - expected) / (maximum - expected))
+    return float(adjusted_rand_score(truth, pred))
 
 
 @dataclass(frozen=True)
@@ -103,6 +79,22 @@ class TimeToFlag:
 
 
 @dataclass(frozen=True)
+class OnlineReplay:
+    """What the online monitor did over a replayed log."""
+
+    time_to_flag: tuple[TimeToFlag, ...]
+    honest_accounts: int  # honest accounts seen in the replay
+    honest_acted_on: tuple[str, ...]  # honest accounts given any action other than allow
+    days: float  # span of the replayed log
+
+    @property
+    def false_actions_per_1000_per_day(self) -> float:
+        if not self.honest_accounts or self.days <= 0:
+            return 0.0
+        return 1000.0 * len(self.honest_acted_on) / self.honest_accounts / self.days
+
+
+@dataclass(frozen=True)
 class DetectionReport:
     accounts: int
     honest: int
@@ -122,9 +114,14 @@ class DetectionReport:
     ttf_median: float | None = None
     ttf_p90: float | None = None
     ttf_missed: int = 0
+    recall_by_persona: dict[str, float] | None = None  # campaign persona -> share flagged
 
 
-def evaluate(labels: Iterable[LabelRecord], verdicts: Iterable[Verdict]) -> DetectionReport:
+def evaluate(
+    labels: Iterable[LabelRecord], verdicts: Iterable[Verdict], app_persona: str = LEGIT_APP_PREFIX
+) -> DetectionReport:
+    """Account-level metrics; honest personas matching the regular expression ``app_persona``
+    (from the start) are the legitimate applications."""
     labs = {lab.account_id: lab for lab in labels}
     if not labs:
         raise InputError("no labels to evaluate against")
@@ -155,7 +152,12 @@ def evaluate(labels: Iterable[LabelRecord], verdicts: Iterable[Verdict]) -> Dete
                 float(sc.max()),
             )
         )
-    apps = [i for i, a in enumerate(ids) if (labs[a].persona or "").startswith(LEGIT_APP_PREFIX)]
+    app_re = re.compile(app_persona)
+    apps = [
+        i
+        for i, a in enumerate(ids)
+        if labs[a].label == "honest" and app_re.match(labs[a].persona or "")
+    ]
 
     def pred_of(a: str) -> str:
         v = ver.get(a)
@@ -185,6 +187,9 @@ def evaluate(labels: Iterable[LabelRecord], verdicts: Iterable[Verdict]) -> Dete
         ari_hydra=ari_hydra,
         personas=tuple(personas),
         missing_verdicts=len(missing),
+        recall_by_persona={
+            p.persona: p.flagged / p.accounts for p in personas if p.label == "campaign"
+        },
     )
 
 
@@ -197,9 +202,23 @@ def time_to_flag(
     """Replay ``records`` (in the order given: a log in time order) through ``monitor`` (an
     ``OnlineMonitor``) and count each campaign's requests until any of its accounts is first
     given an action other than allow."""
+    return online_replay(records, labels, monitor, progress).time_to_flag
+
+
+def online_replay(
+    records: Iterable[TrafficRecord],
+    labels: Iterable[LabelRecord],
+    monitor: Any,
+    progress: Callable[[int], None] | None = None,
+) -> OnlineReplay:
+    """Replay a log through the online monitor: requests until each campaign is first acted
+    on, and which honest accounts were acted on (false actions) over the log's span."""
     labs = {lab.account_id: lab for lab in labels}
     sent: Counter[str] = Counter()
     flagged_at: dict[str, int] = {}
+    honest_seen: set[str] = set()
+    honest_acted: set[str] = set()
+    first, last = math.inf, -math.inf
     for n, rec in enumerate(records, 1):
         d = monitor.check(
             account_id=rec.account_id,
@@ -217,15 +236,22 @@ def time_to_flag(
             completion_tokens=rec.completion_tokens,
             ts=rec.ts,
         )
+        first, last = min(first, rec.ts), max(last, rec.ts)
         lab = labs.get(rec.account_id)
         if lab is not None and lab.campaign_id:
             sent[lab.campaign_id] += 1
             if d.action != "allow" and lab.campaign_id not in flagged_at:
                 flagged_at[lab.campaign_id] = sent[lab.campaign_id]
+        elif lab is not None and lab.label == "honest":
+            honest_seen.add(rec.account_id)
+            if d.action != "allow":
+                honest_acted.add(rec.account_id)
         if progress is not None and n % 10_000 == 0:
             progress(10_000)
     persona = {lab.campaign_id: lab.persona or "" for lab in labs.values() if lab.campaign_id}
-    return tuple(TimeToFlag(c, persona[c], sent[c], flagged_at.get(c)) for c in sorted(sent))
+    ttf = tuple(TimeToFlag(c, persona[c], sent[c], flagged_at.get(c)) for c in sorted(sent))
+    days = (last - first) / 86_400.0 if last > first else 0.0
+    return OnlineReplay(ttf, len(honest_seen), tuple(sorted(honest_acted)), days)
 
 
 def with_time_to_flag(report: DetectionReport, ttf: tuple[TimeToFlag, ...]) -> DetectionReport:

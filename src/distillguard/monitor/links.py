@@ -1,12 +1,14 @@
 """Cross-account links: which accounts act together, and the clusters they form.
 
 Evidence between two accounts comes from keys they share: a payment fingerprint, an IP /24 (or
-IPv6 /48) prefix, an uncommon user agent, frequent frame shingles (a template), and
-synchronized activity (MinHash bands of the minutes they were active). One kind of evidence is
-not enough (colleagues share a card, strangers share a carrier NAT, many apps run in one cloud
-range): a pair is linked when the weighted kinds add up to ``link_threshold``. Keys shared by
-more than ``max_key_accounts`` accounts (the SDK's default user agent, a big NAT) say nothing
-and are ignored. Linked accounts are merged with union-find into clusters.
+IPv6 /48) prefix, an uncommon user agent, frequent frame shingles (a template), synchronized
+activity (MinHash bands of the minutes they were active), and, when the provider's accounts
+file is given, an account-creation burst (created the same day, young when active). One kind
+of evidence is not enough (colleagues share a card, strangers share a carrier NAT, many apps
+run in one cloud range): a pair is linked when the weighted kinds add up to
+``link_threshold``. Keys shared by more than ``max_key_accounts`` accounts (the SDK's default
+user agent, a big NAT) say nothing and are ignored. Linked accounts are merged with union-find
+into clusters.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 from distillguard.errors import ConfigError
 
-KINDS = ("payment", "ip_prefix", "user_agent", "template", "timing")
+KINDS = ("payment", "ip_prefix", "user_agent", "template", "timing", "created")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class LinkConfig:
     user_agent: float = 0.5  # an uncommon agent string; weak on its own
     template: float = 1.0  # frequent frame shingles in common (at least min_shared_shingles)
     timing: float = 1.0  # active in the same minutes (at least min_sync_bands MinHash values)
+    # Created on the same day and young when first active (accounts file, optional): a batch
+    # signup. Weak alone (strangers sign up on the same day), decisive with one more kind.
+    created: float = 1.0
     link_threshold: float = 2.0  # two independent kinds at least
     max_key_accounts: int = 300  # a key shared by more accounts is too common to mean anything
     max_key_share: float = 0.05  # ... or by more than this share of all accounts (SDK agents)
@@ -60,6 +65,7 @@ class LinkKeys:
     user_agents: frozenset[str] = frozenset()
     shingles: frozenset[int] = frozenset()
     minhash: tuple[int, ...] | None = None  # bottom-k time-bucket hashes; None: too few
+    created: frozenset[str] = frozenset()  # creation-day bucket of a young account
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,8 @@ def _index(keys: Mapping[str, LinkKeys], cfg: LinkConfig) -> dict[str, dict[obje
             idx["user_agent"][u].append(acct)
         for s in lk.shingles:
             idx["template"][s].append(acct)
+        for c in lk.created:
+            idx["created"][c].append(acct)
         if lk.minhash is not None:
             for v in lk.minhash:
                 idx["timing"][v].append(acct)
@@ -145,6 +153,8 @@ def link_weight(shared: Mapping[str, int], cfg: LinkConfig) -> tuple[float, tupl
         kinds.append("template")
     if shared.get("timing", 0) >= cfg.min_sync_bands:
         kinds.append("timing")
+    if shared.get("created", 0):
+        kinds.append("created")
     return sum(getattr(cfg, k) for k in kinds), tuple(kinds)
 
 

@@ -13,12 +13,17 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from distillguard.errors import InputError
+from distillguard.errors import ConfigError, InputError
+from distillguard.monitor.coordination import (
+    ClusterTest,
+    CoordinationConfig,
+    coordination_tests,
+)
 from distillguard.monitor.links import (
     Cluster,
     LinkConfig,
@@ -26,7 +31,13 @@ from distillguard.monitor.links import (
     find_clusters,
     minhash_tuple,
 )
-from distillguard.monitor.score import ScoreModel, feature_vector, merge_signals, reasons
+from distillguard.monitor.score import (
+    ScoreModel,
+    feature_vector,
+    merge_signals,
+    reasons,
+    without_cot,
+)
 from distillguard.monitor.signals import (
     AccountSignals,
     AccountSketch,
@@ -35,6 +46,7 @@ from distillguard.monitor.signals import (
     new_sketch,
     observe_record,
 )
+from distillguard.monitor.trust import AccountInfo, TrustPolicy, creation_keys
 from distillguard.traffic import (
     MAX_SKIP_EXAMPLES,
     JsonlWriter,
@@ -43,6 +55,31 @@ from distillguard.traffic import (
     Verdict,
     read_traffic,
 )
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    """How the two kinds of evidence become a flag (designed, not fitted on any generator)."""
+
+    # Pooled topic breadth above which a coordinated cluster is "sweeping broad content":
+    # a single-domain integration stays well below (one domain: ~0.1), a sweep of many
+    # capability domains well above (half the lexicon evenly: ~0.75).
+    broad_bar: float = 0.45
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.broad_bar < 1:
+            raise ConfigError("DecisionConfig.broad_bar must be within (0, 1)")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Population-level facts a verdict needs besides its own account."""
+
+    tests: dict[str, ClusterTest]  # cluster id -> coordination test
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
+    accounts: dict[str, AccountInfo] | None = None  # the optional accounts file
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
 
 
 @dataclass(frozen=True)
@@ -103,10 +140,10 @@ def account_views(
     link_cfg = link_cfg or LinkConfig()
     clusters = find_clusters(keys, link_cfg)
     member_of: dict[str, tuple[Cluster, AccountSignals]] = {}
-    for c in clusters:
-        merged = merge_signals([signals[m] for m in c.members])
-        for m in c.members:
-            member_of[m] = (c, merged)
+    for cl in clusters:
+        pooled = merge_signals([signals[m] for m in cl.members])
+        for m in cl.members:
+            member_of[m] = (cl, pooled)
     views = []
     c: Cluster | None
     merged: AccountSignals | None
@@ -216,43 +253,128 @@ def collect_file(
     )
 
 
-def verdict_of(view: AccountView, model: ScoreModel) -> Verdict:
-    """Own score or the cluster's, whichever is higher, with the reasons behind it."""
+def verdict_of(view: AccountView, model: ScoreModel, ctx: Context | None = None) -> Verdict:
+    """Content score (own or the cluster's, whichever is higher) and coordination, with the
+    reasons behind whichever decided; the account's trust tier raises both bars."""
+    ctx = ctx or Context({})
+    info = ctx.accounts.get(view.account_id) if ctx.accounts else None
+    offset = ctx.trust.offset(view.account_id, info)
+    reasoning = ctx.trust.reasoning_access(view.account_id, info)
     x = feature_vector(view.signals)
-    own = model.score(x)
+    if reasoning:
+        x = without_cot(x)
+    own = model.score(x, offset)
     score, why = own, None
+    coordinated = False
     if view.cluster is not None and view.cluster_signals is not None:
         n = len(view.cluster.members)
-        xc = feature_vector(view.cluster_signals, n)
-        cs = model.score(xc)
+        merged = view.cluster_signals
+        xc = feature_vector(merged, n)
+        if reasoning:
+            xc = without_cot(xc)
+        cs = model.score(xc, offset)
+        shared = ", ".join(view.cluster.evidence)
+        linked = f"linked with {n - 1} other accounts (shared {shared})"
         if cs > own:
             score = cs
-            why = reasons(model, xc, view.cluster_signals, n, view.cluster.evidence)
-            if not any(r.startswith("acts with") for r in why):
-                why = (
-                    *why,
-                    f"linked with {n - 1} other accounts "
-                    f"(shared {', '.join(view.cluster.evidence)})",
-                )
+            why = (*reasons(model, xc, merged, n, view.cluster.evidence), linked)
+        test = ctx.tests.get(view.cluster.cluster_id)
+        alpha = ctx.decision.coordination.alpha * 10.0 ** (-offset)
+        org = ctx.trust.explaining_org(view.cluster.members, ctx.accounts)
+        if (
+            test is not None
+            and org is None
+            and test.p_value <= alpha
+            and merged.topic_breadth >= ctx.decision.broad_bar
+        ):
+            coordinated = True
+            score = max(score, 1.0 - test.p_value)
+            why = (
+                f"coordinated cluster of {n} accounts: p = {test.p_value:.1e} that chance "
+                f"links a cluster this large (shared {shared})",
+                f"the cluster sweeps broad content (breadth {merged.topic_breadth:.2f} "
+                f"over {int(sum(merged.topic_counts))} topical prompts)",
+                *_age_reason(view, ctx),
+            )
     if why is None:
         why = reasons(model, x, view.signals)
-    flagged = score >= model.threshold
+    flagged = coordinated or score >= model.threshold
+    if flagged and not coordinated:
+        p = model.p_honest(score + 0.0)
+        if p is not None:
+            why = (*why, f"p = {p:.1e} against honest accounts of the fitting generator")
+    if reasoning and (flagged or score >= model.threshold / 2):
+        why = (*why, "reasoning access by trust tier: step-by-step requests are not evidence")
+    if offset and (flagged or score >= model.threshold / 2):
+        why = (
+            *why,
+            f"trust tier {ctx.trust.tier_of(view.account_id, info)} "
+            f"(+{offset:g} log-odds required)",
+        )
     return Verdict(
         account_id=view.account_id,
-        score=float(round(score, 6)),
+        score=float(round(min(1.0, max(0.0, score)), 6)),
         flagged=flagged,
         cluster_id=view.cluster.cluster_id if view.cluster else None,
         reasons=why if flagged or score >= model.threshold / 2 else (),
     )
 
 
+def _age_reason(view: AccountView, ctx: Context) -> tuple[str, ...]:
+    if not ctx.accounts or view.cluster is None:
+        return ()
+    infos = [ctx.accounts.get(m) for m in view.cluster.members]
+    ages = [
+        (view.cluster_signals.first_ts - i.created_ts) / 86_400.0  # type: ignore[union-attr]
+        for i in infos
+        if i is not None and i.created_ts is not None
+    ]
+    young = sum(a <= ctx.trust.young_days for a in ages)
+    if not young:
+        return ()
+    return (
+        f"{young} of {len(view.cluster.members)} accounts were created at most "
+        f"{ctx.trust.young_days:g} days before the cluster's first request",
+    )
+
+
 def score_views(
     views: list[AccountView],
     model: ScoreModel,
+    ctx: Context | None = None,
 ) -> tuple[tuple[Verdict, ...], tuple[Cluster, ...]]:
-    verdicts = tuple(verdict_of(v, model) for v in views)
+    verdicts = tuple(verdict_of(v, model, ctx) for v in views)
     clusters = tuple({v.cluster.cluster_id: v.cluster for v in views if v.cluster}.values())
     return verdicts, clusters
+
+
+def with_creation_keys(
+    keys: dict[str, LinkKeys],
+    signals: dict[str, AccountSignals],
+    accounts: dict[str, AccountInfo] | None,
+    young_days: float,
+) -> dict[str, LinkKeys]:
+    """Link keys plus account-creation bursts from the accounts file (unchanged without)."""
+    if not accounts:
+        return keys
+    created = creation_keys(accounts, {a: s.first_ts for a, s in signals.items()}, young_days)
+    return {a: replace(k, created=created.get(a, frozenset())) for a, k in keys.items()}
+
+
+def context_for(
+    views: list[AccountView],
+    keys: dict[str, LinkKeys],
+    *,
+    link_cfg: LinkConfig | None = None,
+    trust: TrustPolicy | None = None,
+    accounts: dict[str, AccountInfo] | None = None,
+    decision: DecisionConfig | None = None,
+) -> Context:
+    """Run the coordination test over the population's clusters once."""
+    decision = decision or DecisionConfig()
+    clusters = list({v.cluster.cluster_id: v.cluster for v in views if v.cluster}.values())
+    tests = coordination_tests(keys, clusters, link_cfg, decision.coordination)
+    return Context(tests, trust or TrustPolicy(), accounts, decision)
 
 
 def score_records(
@@ -262,13 +384,21 @@ def score_records(
     signal_cfg: SignalConfig | None = None,
     link_cfg: LinkConfig | None = None,
     progress: Callable[[int], None] | None = None,
+    trust: TrustPolicy | None = None,
+    accounts: dict[str, AccountInfo] | None = None,
+    decision: DecisionConfig | None = None,
 ) -> ScoreReport:
     """Score records from any source (a reader, the database, a list)."""
     model = model or ScoreModel.load()
     t0 = time.perf_counter()
     sketches = collect(records, signal_cfg, progress)
     signals, keys = read_out(sketches, link_cfg)
-    verdicts, clusters = score_views(account_views(signals, keys, link_cfg), model)
+    keys = with_creation_keys(keys, signals, accounts, (trust or TrustPolicy()).young_days)
+    views = account_views(signals, keys, link_cfg)
+    ctx = context_for(
+        views, keys, link_cfg=link_cfg, trust=trust, accounts=accounts, decision=decision
+    )
+    verdicts, clusters = score_views(views, model, ctx)
     return ScoreReport(
         verdicts=verdicts,
         clusters=clusters,
@@ -296,6 +426,9 @@ def score_traffic(
     workers: int | None = None,
     signal_cfg: SignalConfig | None = None,
     link_cfg: LinkConfig | None = None,
+    trust: TrustPolicy | None = None,
+    accounts: dict[str, AccountInfo] | None = None,
+    decision: DecisionConfig | None = None,
 ) -> ScoreReport:
     """Score the traffic log at ``path``; write one verdict per account to ``out``."""
     model = model or ScoreModel.load()
@@ -317,7 +450,12 @@ def score_traffic(
                 else ""
             )
         )
-    verdicts, clusters = score_views(account_views(res.signals, res.keys, link_cfg), model)
+    keys = with_creation_keys(res.keys, res.signals, accounts, (trust or TrustPolicy()).young_days)
+    views = account_views(res.signals, keys, link_cfg)
+    ctx = context_for(
+        views, keys, link_cfg=link_cfg, trust=trust, accounts=accounts, decision=decision
+    )
+    verdicts, clusters = score_views(views, model, ctx)
     if out is not None:
         with JsonlWriter(out) as w:
             for v in verdicts:
@@ -347,3 +485,80 @@ def feature_matrix(views: list[AccountView]) -> tuple[np.ndarray, list[str], lis
             ids.append(v.account_id)
             cids.append(v.cluster.cluster_id)
     return np.array(rows), ids, cids
+
+
+def fit_on_traffic(
+    traffic: Path,
+    labels: Path,
+    *,
+    generator: str,
+    split: str,
+    target_fpr: float = 1e-3,
+    workers: int = 1,
+) -> ScoreModel:
+    """Fit the content model on a labelled log (see ``fit_on_signals``)."""
+    from distillguard.traffic import read_labels
+
+    res = collect_file(Path(traffic), workers=workers)
+    labs = {lab.account_id: lab.label for lab in read_labels(labels)}
+    missing = [a for a in res.signals if a not in labs]
+    if missing:
+        raise InputError(f"{labels}: no label for {len(missing)} accounts (e.g. {missing[0]})")
+    return fit_on_signals(
+        res.signals,
+        res.keys,
+        labs,
+        exchanges=res.exchanges,
+        generator=generator,
+        split=split,
+        target_fpr=target_fpr,
+    )
+
+
+def fit_on_signals(
+    signals: dict[str, AccountSignals],
+    keys: dict[str, LinkKeys],
+    labels: dict[str, str],
+    *,
+    exchanges: int,
+    generator: str,
+    split: str,
+    target_fpr: float = 1e-3,
+) -> ScoreModel:
+    """One row per account plus one merged row per linked cluster (labelled by the majority
+    of its members); ``labels`` maps account -> "honest" | "campaign". Provenance (generator,
+    split, date, counts, features, target FPR) goes into the model."""
+    import time as _time
+
+    from distillguard.monitor.score import fit_model
+
+    views = account_views(signals, keys)
+    xs, ids, cids = feature_matrix(views)
+    members = {v.cluster.cluster_id: v.cluster.members for v in views if v.cluster}
+    ys, honest = [], []
+    for a, c in zip(ids, cids, strict=True):
+        if c is None:
+            ys.append(labels[a] == "campaign")
+            honest.append(labels[a] == "honest")
+        else:
+            m = [labels[x] == "campaign" for x in members[c]]
+            ys.append(sum(m) * 2 > len(m))
+            honest.append(False)
+    date = _time.strftime("%Y-%m-%d")
+    return fit_model(
+        xs,
+        np.array(ys, dtype=int),
+        target_fpr=target_fpr,
+        honest_rows=np.array(honest),
+        fitted_on=f"generator {generator}, {split} split, {len(views)} accounts, "
+        f"{exchanges} exchanges, {date}",
+        provenance={
+            "generator": generator,
+            "split": split,
+            "date": date,
+            "accounts": len(views),
+            "exchanges": exchanges,
+            "honest_accounts": int(sum(honest)),
+            "campaign_rows": int(sum(ys)),
+        },
+    )

@@ -26,6 +26,7 @@ import numpy as np
 
 from distillguard.errors import ConfigError
 from distillguard.mixing import GOLDEN_GAMMA, splitmix64_int
+from distillguard.monitor.topics import TopicConfig, TopicSketch, prompt_topic
 from distillguard.traffic import TrafficRecord, prompt_text
 
 # Chain-of-thought elicitation: generic English phrasings that ask a model to show reasoning.
@@ -60,6 +61,7 @@ class SignalConfig:
     prior_weight: float = 8.0  # pseudo-requests of an ordinary user's prior behind each share
     max_keys: int = 8  # IP prefixes / user agents / payment fingerprints kept per account
     seed: int = 1  # hash seed shared by every replica (MinHash must agree across processes)
+    topics: TopicConfig = field(default_factory=TopicConfig)  # what the account extracts
 
     def __post_init__(self) -> None:
         ints = (
@@ -105,6 +107,7 @@ class RequestFeatures:
     harvest: bool  # n > 1, logprobs or top_logprobs: asking for more than an answer
     stream: bool
     shingles: tuple[int, ...]  # hashes of the frame's word n-grams
+    topic: int = -1  # dominant capability domain of the prompt's tail (topics.TOPICS; -1 none)
 
 
 def _stable_hash(s: str) -> int:
@@ -162,6 +165,7 @@ def request_features(request: dict[str, Any], cfg: SignalConfig) -> RequestFeatu
         harvest=harvest,
         stream=request.get("stream") is True,
         shingles=frame_shingles(text, cfg),
+        topic=prompt_topic(text, cfg.topics),
     )
 
 
@@ -225,6 +229,7 @@ class AccountSketch:
     user_agents: dict[str, int] = field(default_factory=dict)
     payments: dict[str, int] = field(default_factory=dict)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    topics: TopicSketch | None = None  # created on first use with cfg.topics
     _similarity: float = 0.0  # cached content_similarity (pairwise work: refreshed rarely)
     _similarity_n: int = 0
 
@@ -248,6 +253,9 @@ class AccountSketch:
         self.stream += features.stream
         self.prompt_chars += len(features.text)
         templated = self._template(features.shingles)
+        if self.topics is None:
+            self.topics = TopicSketch(cfg.topics)
+        self.topics.observe(features.topic)
         self.templated += templated
         if len(self.reservoir) < cfg.reservoir:
             self.reservoir.append(features.text[:400])
@@ -367,6 +375,10 @@ class AccountSketch:
             out_in_ratio=(mean_out + 1.0) / (mean_in + 1.0),
             content_similarity=self._similarity,
             out_of_order=self.out_of_order,
+            topic_breadth=self.topics.breadth() if self.topics else 0.0,
+            topic_drift=self.topics.drift() if self.topics else 0.0,
+            topic_counts=tuple(self.topics.total) if self.topics else (),
+            first_ts=self.first_ts,
         )
 
 
@@ -417,6 +429,10 @@ class AccountSignals:
     out_in_ratio: float  # mean completion tokens over mean prompt tokens
     content_similarity: float  # word overlap between sampled prompts after removing frames
     out_of_order: int  # requests that arrived earlier than one already seen
+    topic_breadth: float = 0.0  # normalized entropy of capability domains (0 one, 1 all)
+    topic_drift: float = 0.0  # JS divergence of the recent topic mix from the first requests
+    topic_counts: tuple[float, ...] = ()  # (T,) prompts per domain (pooled for clusters)
+    first_ts: float = math.inf  # first request seen (account age, with the accounts file)
 
     def vector(self) -> np.ndarray:  # (F,) float64, the score's inputs
         return np.array(

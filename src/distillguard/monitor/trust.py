@@ -1,0 +1,231 @@
+"""What the provider knows about an account: the accounts file (spec 1b) and trust tiers.
+
+Providers gate reasoning access by verification, and an organization that signed a contract
+and declared its use case is accountable in ways an anonymous card is not. A provider-supplied
+allow-list (YAML or JSON) maps accounts, organizations and verification levels to tiers; a
+tier is a number of log-odds of evidence the detector must find *in addition* before it acts
+(its content score is lowered by the offset, and a coordinated cluster must be 10^offset times
+less likely by chance). Nothing here exempts anyone outright: a trusted account that harvests
+hard enough is still flagged.
+
+    tiers:            # tier -> extra log-odds of evidence required
+      standard: 0
+      verified: 2.0
+      partner: 4.0
+    verification:     # accounts file "verification" -> tier
+      org: verified
+      enterprise: partner
+    orgs: {org-42: partner}
+    accounts: {acct-1: verified}
+    young_days: 14    # accounts younger than this when first seen are "young" (a reason)
+    reasoning_tiers: [verified, partner]   # chain-of-thought is allowed, not evidence
+    org_verification: [org, enterprise]    # a majority of one such org explains a cluster
+
+The accounts file is optional: without it tiers come from ``accounts``/``orgs`` only and
+account age is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distillguard.errors import ConfigError, InputError
+
+VERIFICATION = ("none", "email", "org", "enterprise")
+DEFAULT_TIERS = {"standard": 0.0, "verified": 2.0, "partner": 4.0}
+DEFAULT_VERIFICATION = {
+    "none": "standard",
+    "email": "standard",
+    "org": "verified",
+    "enterprise": "partner",
+}
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    """One line of the accounts file (spec section 1b)."""
+
+    account_id: str
+    created_ts: float | None = None
+    org_id: str | None = None
+    verification: str = "none"
+    declared_use: str | None = None
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """Tiers and who is in them (provider-supplied)."""
+
+    tiers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    verification: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_VERIFICATION))
+    orgs: dict[str, str] = field(default_factory=dict)
+    accounts: dict[str, str] = field(default_factory=dict)
+    young_days: float = 14.0  # an account this new when it starts sending is "young"
+    # Tiers granted reasoning access: providers gate chain-of-thought by verification, so for
+    # these accounts asking for step-by-step reasoning is the product working, not evidence.
+    reasoning_tiers: frozenset[str] = frozenset({"verified", "partner"})
+    # Verification levels whose org_id explains links: members of one verified organization
+    # share an office range, a card and an SDK by design (a course cohort, a team).
+    org_verification: frozenset[str] = frozenset({"org", "enterprise"})
+
+    def __post_init__(self) -> None:
+        for name, off in self.tiers.items():
+            if not isinstance(off, int | float) or off < 0 or math.isnan(off):
+                raise ConfigError(f"trust tier {name!r} needs a log-odds offset >= 0")
+        for where in (self.verification, self.orgs, self.accounts):
+            for who, tier in where.items():
+                if tier not in self.tiers:
+                    raise ConfigError(f"{who!r} is given unknown trust tier {tier!r}")
+        unknown = set(self.reasoning_tiers) - set(self.tiers)
+        if unknown:
+            raise ConfigError(f"reasoning_tiers names unknown tiers {sorted(unknown)}")
+        if self.young_days < 0:
+            raise ConfigError("young_days must be >= 0")
+
+    def tier_of(self, account_id: str, info: AccountInfo | None) -> str:
+        """The most trusted tier any source gives the account (explicit entries first)."""
+        candidates = []
+        if account_id in self.accounts:
+            candidates.append(self.accounts[account_id])
+        if info is not None:
+            if info.org_id and info.org_id in self.orgs:
+                candidates.append(self.orgs[info.org_id])
+            if info.verification in self.verification:
+                candidates.append(self.verification[info.verification])
+        if not candidates:
+            return min(self.tiers, key=lambda t: self.tiers[t])
+        return max(candidates, key=lambda t: self.tiers[t])
+
+    def offset(self, account_id: str, info: AccountInfo | None) -> float:
+        return self.tiers[self.tier_of(account_id, info)]
+
+    def reasoning_access(self, account_id: str, info: AccountInfo | None) -> bool:
+        return self.tier_of(account_id, info) in self.reasoning_tiers
+
+    def explaining_org(
+        self, members: Iterable[str], accounts: dict[str, AccountInfo] | None
+    ) -> str | None:
+        """The verified organization that most members of a cluster belong to, if it holds a
+        majority: their links are the organization, not a coordinated campaign."""
+        if not accounts:
+            return None
+        members = list(members)
+        orgs = [
+            i.org_id
+            for m in members
+            if (i := accounts.get(m)) is not None
+            and i.org_id
+            and i.verification in self.org_verification
+        ]
+        if not orgs:
+            return None
+        top = max(set(orgs), key=orgs.count)
+        return top if orgs.count(top) * 2 > len(members) else None
+
+
+def parse_trust(data: dict[str, Any], source: str = "trust policy") -> TrustPolicy:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    known = {
+        "tiers",
+        "verification",
+        "orgs",
+        "accounts",
+        "young_days",
+        "reasoning_tiers",
+        "org_verification",
+    }
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+    kw: dict[str, Any] = {}
+    for key in ("tiers", "verification", "orgs", "accounts"):
+        if key in data:
+            if not isinstance(data[key], dict):
+                raise ConfigError(f"{source}: {key} must be a mapping")
+            kw[key] = {str(k): v for k, v in data[key].items()}
+    if "tiers" in kw and "verification" not in kw:
+        kw["verification"] = {}
+    if "tiers" in kw and "reasoning_tiers" not in data:
+        kw["reasoning_tiers"] = frozenset({"verified", "partner"}) & set(kw["tiers"])
+    for key in ("reasoning_tiers", "org_verification"):
+        if key in data:
+            if not isinstance(data[key], list):
+                raise ConfigError(f"{source}: {key} must be a list")
+            kw[key] = frozenset(str(x) for x in data[key])
+    if "young_days" in data:
+        kw["young_days"] = float(data["young_days"])
+    try:
+        return TrustPolicy(**kw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def load_trust(path: Path | None) -> TrustPolicy:
+    """A trust policy file (YAML or JSON); the defaults when ``path`` is None."""
+    if path is None:
+        return TrustPolicy()
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"trust policy not found: {path}") from exc
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"trust policy {path} is not valid: {exc}") from exc
+    return parse_trust(data or {}, str(path))
+
+
+def creation_keys(
+    accounts: dict[str, AccountInfo], first_ts: dict[str, float], young_days: float
+) -> dict[str, frozenset[str]]:
+    """Link keys of account-creation bursts: the creation day of each account that was young
+    (at most ``young_days`` old) when it sent its first request; older accounts get none."""
+    out = {}
+    for acct, t in first_ts.items():
+        info = accounts.get(acct)
+        if info is None or info.created_ts is None or not math.isfinite(t):
+            continue
+        if (t - info.created_ts) / 86_400.0 <= young_days:
+            out[acct] = frozenset({f"day:{int(info.created_ts // 86_400)}"})
+    return out
+
+
+def read_accounts(path: Path) -> dict[str, AccountInfo]:
+    """The accounts file (JSON Lines); a malformed line is an error naming its number."""
+    out: dict[str, AccountInfo] = {}
+    try:
+        lines: Iterable[str] = Path(path).read_text().splitlines()
+    except FileNotFoundError as exc:
+        raise InputError(f"accounts file not found: {path}") from exc
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            acct = d["account_id"]
+            if not isinstance(acct, str) or not acct:
+                raise ValueError("account_id must be a non-empty string")
+            created = d.get("created_ts")
+            if created is not None and not isinstance(created, int | float):
+                raise ValueError("created_ts must be a number")
+            ver = d.get("verification") or "none"
+            if ver not in VERIFICATION:
+                raise ValueError(f"verification must be one of {VERIFICATION}")
+            out[acct] = AccountInfo(
+                acct,
+                None if created is None else float(created),
+                d.get("org_id"),
+                ver,
+                d.get("declared_use"),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{path}: line {n}: {exc}") from exc
+    return out
