@@ -55,31 +55,23 @@ def simulate(
 
 
 def fit(out_dir: Path, args: argparse.Namespace) -> None:
-    from distillguard.monitor.offline import account_views, collect_file, feature_matrix
-    from distillguard.monitor.score import SCORE_FEATURES, fit_model
+    from distillguard.monitor.offline import collect_file, fit_on_signals
+    from distillguard.monitor.score import SCORE_FEATURES
     from distillguard.traffic import read_labels
 
     simulate(
         out_dir, accounts=args.train_accounts, campaigns=args.train_campaigns, seed=1, split="train"
     )
     res = collect_file(out_dir / "train.jsonl", workers=2)
-    views = account_views(res.signals, res.keys)
-    labels = {lab.account_id: lab for lab in read_labels(out_dir / "train.labels.jsonl")}
-    xs, ids, cids = feature_matrix(views)
-    members = {v.cluster.cluster_id: v.cluster.members for v in views if v.cluster}
-    ys = []
-    for a, c in zip(ids, cids, strict=True):
-        if c is None:
-            ys.append(labels[a].label == "campaign")
-        else:  # a cluster row: the majority of its members
-            m = [labels[x].label == "campaign" for x in members[c]]
-            ys.append(sum(m) * 2 > len(m))
-    model = fit_model(
-        xs,
-        np.array(ys, dtype=int),
-        target_fpr=1e-3,
-        fitted_on=f"train split, seed 1, {len(views)} accounts, "
-        f"{res.exchanges} exchanges, {time.strftime('%Y-%m-%d')}",
+    labels = {lab.account_id: lab.label for lab in read_labels(out_dir / "train.labels.jsonl")}
+    # the same fitting as `distillguard monitor fit` (rows, labels, provenance)
+    model = fit_on_signals(
+        res.signals,
+        res.keys,
+        labels,
+        exchanges=res.exchanges,
+        generator="A (distillguard simulate, seed 1)",
+        split="train",
     )
     model.save(MODEL_PATH)
     print(f"[fit] wrote {MODEL_PATH.relative_to(ROOT)}; threshold {model.threshold:.4f}")
