@@ -73,8 +73,8 @@ def test_seeded_rows_reproduce_and_top_p_is_respected(name, sample_rows, bigram_
 
 
 @pytest.mark.parametrize("name", SCHEMES)
-def test_temperature_zero_is_greedy_and_logprobs_are_a_distribution(name, bigram_logits) -> None:
-    s = scheme(name)
+def test_temperature_zero_with_zero_temperature_off_is_greedy(name, bigram_logits) -> None:
+    s = scheme(name, zero_temperature=0.0)
     ids = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(0))
     out = s.sample(
         bigram_logits[ids[:, -1]],
@@ -96,6 +96,23 @@ def test_temperature_zero_is_greedy_and_logprobs_are_a_distribution(name, bigram
     )
     assert out.tokens.shape == (3,) and out.logprobs.shape == (3, VOCAB)
     assert torch.allclose(out.logprobs.exp().sum(-1), torch.ones(3), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_temperature_zero_is_marked_deterministic_and_does_not_loop(name, sample_rows) -> None:
+    """T = 0 requested: keyed low-temperature sampling, no RNG (the generators are unseeded,
+    so any use of the global RNG would make the two runs differ)."""
+    s = scheme(name)
+    runs = [sample_rows(s, rows=4, steps=120, temperature=0.0, seeded=False) for _ in range(2)]
+    assert np.array_equal(runs[0], runs[1])
+    res = s.detect_many(list(runs[0]))
+    assert all(r.p_value < 1e-3 for r in res), [r.p_value for r in res]
+    assert all(r.num_scored > 60 for r in res)  # a loop would repeat its pairs
+    greedy = sample_rows(scheme(name, zero_temperature=0.0), rows=4, steps=120, temperature=0.0)
+    if name != "kgw":  # greedy without a bias carries no mark at all
+        assert all(r.p_value > 1e-3 for r in s.detect_many(list(greedy)))
+    with pytest.raises(InputError, match="zero_temperature"):
+        scheme(name, zero_temperature=1.5)
 
 
 @pytest.mark.parametrize("name", SCHEMES)

@@ -301,7 +301,13 @@ class WatermarkScheme(ABC):
     name: str = "base"
 
     def __init__(
-        self, *, secret: bytes, key_id: int, vocab_size: int, context: ContextHash
+        self,
+        *,
+        secret: bytes,
+        key_id: int,
+        vocab_size: int,
+        context: ContextHash,
+        zero_temperature: float = 0.0,
     ) -> None:
         if vocab_size < 2:
             raise InputError("vocab_size must be at least 2")
@@ -309,7 +315,10 @@ class WatermarkScheme(ABC):
         self.key_id = keymod.check_key_id(key_id)
         self.vocab_size = int(vocab_size)
         self.context = context
+        self.zero_temperature = check_zero_temperature(zero_temperature)
         self._provider_key = keymod.derive_key(self._secret, self.name, key_id, "provider")
+        # keys the T=0 draws (see ``zero_temperature_uniforms``); never used by detection
+        self._zero_key = keymod.derive_key(self._secret, self.name, key_id, "zero-temperature")
 
     def __repr__(self) -> str:  # the secret never appears
         return f"{type(self).__name__}(key_id={self.key_id}, vocab_size={self.vocab_size})"
@@ -581,6 +590,45 @@ class WatermarkScheme(ABC):
             ids = np.concatenate([np.zeros((ids.shape[0], h - ids.shape[1]), np.int64), ids], 1)
         return ids
 
+    def effective_sampling(
+        self, temperature: float, input_ids: Any, generators: Sequence[Any]
+    ) -> tuple[float, Any]:
+        """What a requested temperature means for this scheme: (temperature to sample at,
+        keyed uniforms (B,) float64 tensor or None to draw from ``generators``).
+
+        T = 0 requested (see ``docs/watermark-engines.md``, "Temperature 0"): with
+        ``zero_temperature`` > 0 the answer is *marked low-temperature sampling*: the scheme
+        samples at ``zero_temperature`` from its marked distribution, with randomness drawn
+        from the key and the text so far instead of an RNG, so the same prompt still gets the
+        same answer (what T = 0 callers rely on) and the answer carries the mark. With
+        ``zero_temperature`` = 0 it is plain greedy decoding (on KGW's biased logits).
+        """
+        if temperature > 0 or self.zero_temperature == 0:
+            return temperature, None
+        return self.zero_temperature, self.zero_temperature_uniforms(input_ids)
+
+    def zero_temperature_uniforms(self, input_ids: Any) -> Any:
+        """Keyed uniforms for T = 0 draws: input_ids (B, T) -> (B,) float64 tensor in (0, 1).
+
+        A row's uniform is a keyed hash of its last ``ZERO_T_WINDOW`` tokens and of how often
+        that window already occurred in the row: deterministic for a given text (and
+        independent of left padding), and a repeated window draws fresh randomness, so a
+        deterministic sampler cannot lock into a loop."""
+        import torch
+
+        ids = input_ids.detach().cpu().numpy().astype(np.int64)  # (B, T)
+        width = min(ZERO_T_WINDOW, ids.shape[1])
+        last = ids[:, ids.shape[1] - width :]  # (B, w)
+        if ids.shape[1] > width:
+            windows = np.lib.stride_tricks.sliding_window_view(ids[:, :-1], width, axis=1)
+            seen = (windows == last[:, None, :]).all(axis=-1).sum(axis=-1)  # (B,)
+        else:
+            seen = np.zeros(ids.shape[0], dtype=np.int64)
+        h = splitmix64(seen.astype(U64) ^ U64(self._zero_key))  # (B,)
+        for col in TOKEN_HASH.of(last).T:  # chain over the window, (B,) each
+            h = splitmix64(h ^ col)
+        return torch.from_numpy(((h >> U64(11)).astype(np.float64) + 0.5) * 2.0**-53)
+
     @abstractmethod
     def sample(
         self,
@@ -598,6 +646,25 @@ class WatermarkScheme(ABC):
 # ---------------------------------------------------------------- sampling helpers (torch)
 # Thin wrappers over distillguard.models.sampling (imported lazily: detection needs no torch),
 # so a watermarked row draws with the same per-row seeded inverse-CDF rule as a plain one.
+
+
+ZERO_T_WINDOW = 8  # tokens keying a T = 0 draw: a window this long rarely recurs by chance
+
+
+def check_zero_temperature(value: float) -> float:
+    """The temperature a T = 0 request is sampled at: 0 (plain greedy) or in (0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"zero_temperature must be in [0, 1], got {value}")
+    return float(value)
+
+
+def draw_keyed(logprobs: Any, generators: Sequence[Any], uniforms: Any) -> Any:
+    """``draw_logprobs`` with the scheme's keyed uniforms (B,) when given (T = 0 requests)."""
+    if uniforms is None:
+        return draw_logprobs(logprobs, generators)
+    from distillguard.models.sampling import sample_from_logprobs
+
+    return sample_from_logprobs(logprobs, uniforms.to(logprobs.dtype))
 
 
 def check_sampling(temperature: float, top_p: float) -> None:
