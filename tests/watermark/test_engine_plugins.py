@@ -141,3 +141,110 @@ def test_the_step_marks_ragged_histories_like_the_engine(sample_rows) -> None:
     res = marker.scheme.detect_many([np.array(h) for h in histories])
     assert all(r.p_value < 1e-4 for r in res)
     assert force(torch.zeros(2, 4), torch.tensor([3, 0])).argmax(-1).tolist() == [3, 0]
+
+
+# ---- vLLM and SGLang: their bookkeeping, vLLM- and SGLang-free (the engines need a GPU) ----
+
+
+def _engine_env(**extra: str) -> dict[str, str]:
+    return {"DISTILLGUARD_WATERMARK_SECRET": SECRET.decode(), **extra}
+
+
+def test_vllm_request_table_follows_batch_updates_and_marks_each_request() -> None:
+    from types import SimpleNamespace
+
+    from distillguard.watermark.engines.vllm import RequestTable, row_request
+
+    def params(account, temperature=0.9, seed=None):
+        extra = {"distillguard_account": account} if account is not None else None
+        return SimpleNamespace(temperature=temperature, top_p=1.0, seed=seed, extra_args=extra)
+
+    marker = EngineMarker.from_environment(_engine_env(), vocab_size=512)
+    table = RequestTable(marker)
+    outputs = {name: [] for name in ("alice", "bob", "anon")}
+    prompts = {"alice": [5, 6, 7], "bob": [8, 9], "anon": [10, 11, 12, 13]}
+    table.update(
+        removed=[],
+        added=[
+            (0, params("alice", seed=1), prompts["alice"], outputs["alice"]),
+            (1, params("bob"), prompts["bob"], outputs["bob"]),
+            (2, params(None, temperature=0.0), prompts["anon"], outputs["anon"]),
+        ],
+        moved=[],
+    )
+    swap = SimpleNamespace(name="SWAP")
+    table.update(removed=[], added=[], moved=[(0, 2, swap)])  # vLLM condenses / reorders
+    order = {0: "anon", 1: "bob", 2: "alice"}
+    assert all(table.rows[i].output is outputs[name] for i, name in order.items())
+    g = torch.Generator().manual_seed(0)
+    table_logits = torch.randn(512, 512, generator=g) * 2.0
+    for _ in range(150):
+        last = [(prompts[order[i]] + outputs[order[i]])[-1] for i in range(3)]
+        out = table.apply(table_logits[last].clone())
+        assert bool((torch.isfinite(out).sum(-1) == 1).all())
+        for i, t in enumerate(out.argmax(-1).tolist()):
+            outputs[order[i]].append(t)  # vLLM appends to the same list it handed over
+    res = marker.scheme.detect_many(
+        [np.array(outputs[n]) for n in ("alice", "bob", "anon")], accounts=["alice", "bob"]
+    )
+    assert all(r.p_value < 1e-4 for r in res)
+    assert [r.accounts[0].account for r in res[:2]] == ["alice", "bob"]
+    table.update(removed=[0, 1, 2], added=[], moved=[])
+    assert table.rows == {}
+    with pytest.raises(InputError, match="string"):
+        row_request(
+            SimpleNamespace(
+                temperature=1.0, top_p=1.0, seed=None, extra_args={"distillguard_account": 3}
+            )
+        )
+
+
+def test_vllm_class_needs_vllm_and_names_it() -> None:
+    import importlib.util
+
+    import distillguard.watermark.engines.vllm as plugin
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: the GPU check covers the class")
+    with pytest.raises(ImportError, match="vllm"):
+        plugin.DistillGuardLogitsProcessor  # noqa: B018  (the entry point's attribute)
+
+
+def test_sglang_reference_unpickles_to_the_named_class_and_marking_reads_req() -> None:
+    import json
+    import pickle
+    from types import SimpleNamespace
+
+    from distillguard.watermark.engines import sglang
+
+    ref = json.loads(
+        sglang.processor_reference("distillguard.watermark.engines.core", "EngineMarker")
+    )
+    assert pickle.loads(bytes.fromhex(ref["callable"])) is EngineMarker
+    fields = sglang.request_fields("alice")
+    assert fields["custom_params"] == {"distillguard_account": "alice"}
+    marking = sglang.SGLangMarking()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DISTILLGUARD_WATERMARK_SECRET", raising=False)
+        with pytest.raises(ConfigError, match="DISTILLGUARD_WATERMARK_SECRET"):
+            marking(
+                torch.zeros(1, 512), [{"__req__": SimpleNamespace(), "distillguard_account": "a"}]
+            )
+        mp.setenv("DISTILLGUARD_WATERMARK_SECRET", SECRET.decode())
+        sampling = SimpleNamespace(temperature=1.0, top_p=1.0)
+        reqs = [
+            SimpleNamespace(
+                rid=f"r{i}", origin_input_ids=[i + 1, 2], output_ids=[], sampling_params=sampling
+            )
+            for i in range(2)
+        ]
+        g = torch.Generator().manual_seed(0)
+        table = torch.randn(512, 512, generator=g) * 2.0
+        for _ in range(150):
+            logits = table[[(r.origin_input_ids + r.output_ids)[-1] for r in reqs]].clone()
+            params = [{"__req__": r, "distillguard_account": "alice"} for r in reqs]
+            out = marking(logits, params)
+            for r, t in zip(reqs, out.argmax(-1).tolist(), strict=True):
+                r.output_ids.append(t)
+    res = marking.marker.scheme.detect_many([np.array(r.output_ids) for r in reqs])
+    assert all(r.p_value < 1e-4 for r in res)
