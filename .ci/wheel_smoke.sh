@@ -44,8 +44,9 @@ PORT=$("$WORK/venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("12
 export DISTILLGUARD_HOME="$WORK/home"
 export DISTILLGUARD_ADMIN_TOKEN="smoke-admin-$RANDOM$RANDOM"
 export DISTILLGUARD_ONLINE_MONITOR=true
+# the stub is not a marking engine: say so (--upstream with a watermark is refused otherwise)
 "$WORK/venv/bin/distillguard" serve --upstream "http://127.0.0.1:$STUB_PORT/v1" \
-  --port "$PORT" >"$WORK/gateway.log" 2>&1 &
+  --watermark off --port "$PORT" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
 GATEWAY=$!
 up=""

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     model_name: str | None = None  # name exposed in /v1/models (default: the directory's name)
     upstream_url: str | None = None  # proxy to this OpenAI-compatible server instead
     upstream_api_key: SecretStr | None = None
+    # vllm | sglang: the engine behind upstream_url marks answers with distillguard's plugin
+    # (gateway/engine_marking.py); none: it does not, and a watermark setting is refused
+    upstream_engine: str = "none"
     max_body_bytes: int = Field(default=1_000_000, ge=1)  # larger bodies get 413 before parsing
     max_batch_size: int = Field(default=8, ge=1)  # local generation: requests decoded together
     batch_wait_ms: float = Field(default=2.0, ge=0)  # local generation: how long to gather

@@ -83,8 +83,14 @@ def gateway_serve(
     port: Annotated[int | None, typer.Option("--port", help="TCP port")] = None,
     watermark: Annotated[
         str | None,
+        typer.Option("--watermark", help="watermark scheme: kgw|gumbel|synthid|off"),
+    ] = None,
+    upstream_engine: Annotated[
+        str | None,
         typer.Option(
-            "--watermark", help="watermark scheme for local models: kgw|gumbel|synthid|off"
+            "--upstream-engine",
+            help="vllm|sglang|none: the engine behind --upstream marks answers with "
+            "distillguard's plugin (required with --upstream unless --watermark off)",
         ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes")] = 1,
@@ -116,6 +122,7 @@ def gateway_serve(
         "DISTILLGUARD_WATERMARK_SCHEME": watermark,
         "DISTILLGUARD_MODEL_DIR": str(model.resolve()) if model is not None else None,
         "DISTILLGUARD_LOG_LEVEL": log_level,
+        "DISTILLGUARD_UPSTREAM_ENGINE": upstream_engine,
     }
     for name, value in chosen.items():
         if value is not None:
@@ -134,6 +141,14 @@ def gateway_serve(
         settings = get_settings()
     if settings.upstream_url is None and settings.watermark_scheme != "off":
         settings.require_watermark_secret()  # fail here, not in every worker
+    from distillguard.gateway.engine_marking import upstream_marking
+
+    upstream_marking(  # an upstream that would answer unmarked: refused here, before workers
+        upstream_url=settings.upstream_url,
+        engine=settings.upstream_engine,
+        scheme=settings.watermark_scheme,
+        key_id=settings.watermark_key_id,
+    )
     if workers > 1 and not settings.redis_url:
         console.print(
             "[yellow]several workers without DISTILLGUARD_REDIS_URL: each enforces its own "

@@ -53,12 +53,19 @@ class GatewayApp(FastAPI):
 
 def _make_backend(settings: Settings) -> Backend:
     if settings.upstream_url:
+        from distillguard.gateway.engine_marking import upstream_marking
         from distillguard.gateway.upstream import UpstreamBackend
 
         api_key = (
             settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
         )
-        return UpstreamBackend(settings.upstream_url, api_key=api_key)
+        marking = upstream_marking(
+            upstream_url=settings.upstream_url,
+            engine=settings.upstream_engine,
+            scheme=settings.watermark_scheme,
+            key_id=settings.watermark_key_id,
+        )
+        return UpstreamBackend(settings.upstream_url, api_key=api_key, marking=marking)
     from distillguard.gateway.local import LocalBackend
 
     return LocalBackend.from_settings(settings)

@@ -22,6 +22,7 @@ import orjson
 
 from distillguard.errors import NotFound, UpstreamError
 from distillguard.gateway.backend import Job, Outcome, Reply, UpstreamStatus
+from distillguard.gateway.engine_marking import UpstreamMarking
 from distillguard.gateway.httpclient import HttpClient
 
 log = logging.getLogger("distillguard.gateway.upstream")
@@ -46,8 +47,18 @@ class UpstreamBackend:
     # real usage is charged when the answer is complete.
     default_output_tokens = 0
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        marking: UpstreamMarking | None = None,
+    ) -> None:
         self.base_url = _base_url(url)
+        self.marking = marking  # the engine marks: send it the account (engine_marking.py)
+        if marking is not None:
+            self.watermark_scheme, self.watermark_key_id = marking.scheme, marking.key_id
         self._timeout_s = timeout_s  # longest wait for the upstream's response head
         self._client: HttpClient | None = None
         self._models: list[str] = []
@@ -107,6 +118,8 @@ class UpstreamBackend:
         if want_usage and not job.request.include_usage():
             body = dict(body if body is not None else job.body)
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        if self.marking is not None:
+            body = self.marking.mark_body(body if body is not None else job.body, job.account_id)
         return job.raw if body is None else orjson.dumps(body)
 
     async def complete(self, job: Job, outcome: Outcome) -> Reply:
