@@ -99,13 +99,16 @@ def tpr(scheme: Any, answers: list[np.ndarray], length: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--answers", type=int, default=48)
+    ap.add_argument("--model", type=Path, default=None, help="model dir (default: the teacher)")
     ap.add_argument("--json", type=Path, default=Path("docs/img/watermark_temperature.json"))
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(1)
     console.print(f"load before: {os.getloadavg()}")
     settings = get_settings()
-    model, tok = load_model(default_teacher_dir(settings))
+    model_dir = args.model or default_teacher_dir(settings)
+    console.print(f"model: {model_dir}")
+    model, tok = load_model(model_dir)
     vocab = model.get_input_embeddings().weight.shape[0]
     probe = GenerationEngine(model, tok, num_threads=1)
     prompts = prompts_for(probe, settings.data_dir, args.answers, 200)
@@ -131,7 +134,13 @@ def main() -> None:
         f"generated {len(jobs)} x {len(prompts)} x {new} tokens in {time.perf_counter() - t0:.0f} s"
     )
     schemes = {s: build_scheme(s, secret=SECRET, key_id=1, vocab_size=vocab) for s in SCHEMES}
-    result: dict[str, Any] = {"answers": len(prompts), "tpr": {}, "fpr": {}, "quality": {}}
+    result: dict[str, Any] = {
+        "model": str(model_dir),
+        "answers": len(prompts),
+        "tpr": {},
+        "fpr": {},
+        "quality": {},
+    }
     table = Table("scheme", "T", *[f"TPR@{n}" for n in LENGTHS])
     for s in SCHEMES:
         for t in TEMPERATURES:

@@ -1,0 +1,149 @@
+"""What marking costs in the engines: our engine and transformers' generate, plain vs marked.
+
+One run, interleaved rounds (plain first in every round), median over ``--repeats``:
+
+1. our own engine (``GenerationEngine.generate_batch``), batch ``--batch`` (16), ``--new``
+   tokens per row, 4 accounts: plain sampling vs each scheme (T = 0.7);
+2. transformers ``model.generate`` on the same model and prompts: plain sampling vs the
+   ``WatermarkLogitsProcessor`` of each scheme (the processor samples, ``do_sample=False``).
+
+Tokens/s and the slowdown vs plain in the same round. The machine is shared (2 cores, other
+work running): the load average is printed before and after; compare lines of one run only.
+Run: ``.venv/bin/python benchmarks/watermark_engine_speed.py [--model DIR] [--repeats 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from distillguard.config import get_settings
+from distillguard.models.engine import GenerationEngine, GenerationParams
+from distillguard.models.llama import load_model
+from distillguard.models.teacher import default_teacher_dir
+from distillguard.watermark import build_scheme
+from distillguard.watermark.engines import EngineMarker
+from distillguard.watermark.engines.transformers import WatermarkLogitsProcessor
+
+SECRET = b"benchmark-secret-0123456789abcdef"
+SCHEMES = ("kgw", "gumbel", "synthid")
+ACCOUNTS = ["acct_0", "acct_1", "acct_2", "acct_3"]
+console = Console()
+
+
+def prompts_for(engine: GenerationEngine, data: Path, count: int) -> list[list[int]]:
+    out = []
+    with (data / "prompts" / "honest.jsonl").open() as f:
+        for line in f:
+            ids = engine.encode_chat([{"role": "user", "content": json.loads(line)["prompt"]}])
+            if 16 <= len(ids) <= 64:
+                out.append(ids)
+            if len(out) == count:
+                break
+    return out
+
+
+def own_engine(model: Any, tok: Any, scheme: Any, prompts: list[list[int]], new: int) -> float:
+    engine = GenerationEngine(
+        model, tok, sampler=scheme, num_threads=1, max_batch_size=len(prompts)
+    )
+    params = [
+        GenerationParams(
+            max_new_tokens=new, temperature=0.7, seed=i, tag=ACCOUNTS[i % 4], ignore_eos=True
+        )
+        for i in range(len(prompts))
+    ]
+    t = time.perf_counter()
+    done = engine.generate_batch(prompts, params)
+    return sum(c.completion_tokens for c in done) / (time.perf_counter() - t)
+
+
+def hf_generate(model: Any, tok: Any, marker: Any, prompts: list[list[int]], new: int) -> float:
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = (
+        torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]
+    ).long()
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id
+    )
+    if marker is None:
+        kwargs.update(do_sample=True, temperature=0.7)
+    else:
+        accounts = [ACCOUNTS[i % 4] for i in range(len(prompts))]
+        proc = WatermarkLogitsProcessor(
+            marker, accounts=accounts, temperature=0.7, seeds=list(range(len(prompts)))
+        )
+        kwargs.update(do_sample=False, logits_processor=[proc])
+    t = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    return (out.shape[1] - width) * len(prompts) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="model dir (default: the teacher)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    settings = get_settings()
+    model_dir = args.model or default_teacher_dir(settings)
+    model, tok = load_model(model_dir)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    prompts = prompts_for(
+        GenerationEngine(model, tok, num_threads=1), settings.data_dir, args.batch
+    )
+    load_before = os.getloadavg()
+    speeds: dict[str, list[float]] = {}
+    with Progress(console=console) as bar:
+        task = bar.add_task("rounds", total=args.repeats)
+        for _ in range(args.repeats):
+            for name in ("plain", *SCHEMES):
+                s = (
+                    None
+                    if name == "plain"
+                    else build_scheme(name, secret=SECRET, key_id=1, vocab_size=vocab)
+                )
+                speeds.setdefault(f"own|{name}", []).append(
+                    own_engine(model, tok, s, prompts, args.new)
+                )
+                m = None if name == "plain" else EngineMarker(s, secret=SECRET)
+                speeds.setdefault(f"hf|{name}", []).append(
+                    hf_generate(model, tok, m, prompts, args.new)
+                )
+            bar.advance(task)
+    med = {k: statistics.median(v) for k, v in speeds.items()}
+    table = Table("engine", "sampler", "tokens/s (median)", "slowdown vs plain")
+    for engine in ("own", "hf"):
+        base = med[f"{engine}|plain"]
+        for name in ("plain", *SCHEMES):
+            v = med[f"{engine}|{name}"]
+            table.add_row(
+                engine, name, f"{v:,.0f}", "-" if name == "plain" else f"{base / v - 1:+.0%}"
+            )
+    console.print(f"model {model_dir}, batch {args.batch}, {args.new} new tokens, T=0.7")
+    console.print(table)
+    console.print(f"load before {load_before}, after {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"median_tokens_per_s": med, "model": str(model_dir)}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()
