@@ -75,7 +75,7 @@ class KGWParams:
         check_zero_temperature(self.zero_temperature)
 
 
-CACHE_ROWS = 65_536  # packed green rows kept for generation (V/8 bytes each: 32 MB at 4k)
+CODE_ROWS = 16_384  # (account, context) code rows kept for generation: V bytes each, 64 MB at 4k
 
 
 class KGWScheme(WatermarkScheme):
@@ -94,10 +94,11 @@ class KGWScheme(WatermarkScheme):
         )
         self._thr = fraction_threshold(self.params.gamma)
         self._thr_account = fraction_threshold(self.params.account_gamma)
-        # Generation cache: packed green rows per (key, threshold, vocab, context). A decode
-        # step would otherwise hash every candidate of every row twice; contexts repeat a lot
-        # (h = 1: at most V of them), so most steps only unpack bits. Detection never uses it.
-        self._rows: dict[tuple, np.ndarray] = {}
+        # Generation cache (``bias``): code rows per (account, context), allocated on first
+        # use. A decode step would otherwise hash every candidate of every row twice; contexts
+        # repeat a lot, so most steps only gather rows. Detection never uses it.
+        self._codes: np.ndarray | None = None  # (CODE_ROWS, V) uint8
+        self._slots: dict[tuple, int] = {}
 
     # ---- statistics ----
     @property
@@ -139,42 +140,48 @@ class KGWScheme(WatermarkScheme):
             < self._thr
         )
 
-    def _cached_rows(self, key: int, thr: Any, contexts: np.ndarray, vocab: int) -> np.ndarray:
-        """``vocab_values(key, contexts, vocab) < thr`` through the packed-row cache: (B, V)."""
-        cache = self._rows
-        names = [(key, int(thr), vocab, *row) for row in contexts.tolist()]
-        missing = [i for i, n in enumerate(names) if n not in cache]
-        if missing:
-            fresh = self.context.vocab_values(key, contexts[missing], vocab) < thr  # (m, V)
-            if len(cache) + len(missing) > CACHE_ROWS:
-                cache.clear()  # simple bound: rows are cheap to recompute
-            for i, packed in zip(missing, np.packbits(fresh, axis=1), strict=True):
-                cache[names[i]] = packed
-        return np.unpackbits(np.stack([cache[n] for n in names]), axis=1, count=vocab).view(bool)
-
     def bias(self, contexts: np.ndarray, vocab: int, tags: Sequence[str | None]) -> np.ndarray:
-        """Logit bias for a batch: contexts (B, h) -> (B, V) float32."""
+        """Logit bias for a batch: contexts (B, h) -> (B, V) float32.
+
+        Each (account, context) row is hashed once and kept as a row of small codes
+        (2 * provider-green + account-green) in one preallocated (CODE_ROWS, V) uint8 array:
+        a decode step whose contexts were seen before (most steps: contexts repeat, h = 1 has at
+        most V of them) is one row gather and one table lookup."""
         p = self.params
-        green = self._cached_rows(self._provider_key, self._thr, contexts, vocab)  # (B, V)
-        zero, d = np.float32(0.0), np.float32(p.delta)
         if p.account_delta == 0:
-            return np.where(green, d, zero)
-        distinct = list(dict.fromkeys(tags))
-        if len(distinct) == 1:  # the usual batch: one account, no row gathering
-            acc = self._cached_rows(
-                self.account_key(distinct[0]), self._thr_account, contexts, vocab
-            )
-        else:
-            acc = np.empty_like(green)
-            for tag in distinct:
-                rows = [i for i, t in enumerate(tags) if t == tag]
-                key = self.account_key(tag)
-                acc[rows] = self._cached_rows(key, self._thr_account, contexts[rows], vocab)
-        # bias = table[2 * green + account-green]: one small-int gather, no float temporaries
+            tags = [None] * len(contexts)  # no account signal: one code row per context
+        names = [(tag, *row) for tag, row in zip(tags, contexts.tolist(), strict=True)]
+        if self._codes is None or self._codes.shape[1] != vocab:
+            self._codes, self._slots = np.empty((CODE_ROWS, vocab), dtype=np.uint8), {}
+        slots = self._slots
+        index = [slots.get(n, -1) for n in names]
+        missing = [i for i, s in enumerate(index) if s < 0]
+        if missing:
+            if len(slots) + len(missing) > CODE_ROWS:  # simple bound: rows are cheap to redo
+                slots.clear()
+                missing = list(range(len(names)))
+            fresh = self._code_rows(contexts[missing], [tags[i] for i in missing], vocab)
+            for i, row in zip(missing, fresh, strict=True):
+                slot = slots.setdefault(names[i], len(slots))
+                self._codes[slot] = row
+                index[i] = slot
         table = np.array([0.0, 0.0, p.delta, p.delta + p.account_delta], dtype=np.float32)
-        code = green.view(np.uint8) << 1
-        code |= acc.view(np.uint8)
-        return table[code]
+        return table[self._codes[index]]
+
+    def _code_rows(
+        self, contexts: np.ndarray, tags: Sequence[str | None], vocab: int
+    ) -> np.ndarray:
+        """2 * provider-green + account-green for contexts (m, h) -> (m, V) uint8."""
+        code = (self.context.vocab_values(self._provider_key, contexts, vocab) < self._thr).view(
+            np.uint8
+        ) << 1
+        if self.params.account_delta == 0:
+            return code
+        for tag in dict.fromkeys(tags):
+            rows = [i for i, t in enumerate(tags) if t == tag]
+            acc = self.context.vocab_values(self.account_key(tag), contexts[rows], vocab)
+            code[rows] |= (acc < self._thr_account).view(np.uint8)
+        return code
 
     # ---- generation ----
     def sample(
