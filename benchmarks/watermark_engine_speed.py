@@ -105,8 +105,9 @@ def main() -> None:
     model_dir = args.model or default_teacher_dir(settings)
     model, tok = load_model(model_dir)
     vocab = model.get_input_embeddings().weight.shape[0]
-    prompts = prompts_for(
-        GenerationEngine(model, tok, num_threads=1), settings.data_dir, args.batch
+    # fresh prompts every round (a server's cache sees new answers, not the same ones again)
+    pool = prompts_for(
+        GenerationEngine(model, tok, num_threads=1), settings.data_dir, args.batch * args.repeats
     )
     load_before = os.getloadavg()
     # one scheme per name for the whole run, as a gateway holds one for its life: its
@@ -115,7 +116,8 @@ def main() -> None:
     speeds: dict[str, list[float]] = {}
     with Progress(console=console) as bar:
         task = bar.add_task("rounds", total=args.repeats)
-        for _ in range(args.repeats):
+        for r in range(args.repeats):
+            prompts = pool[r * args.batch : (r + 1) * args.batch]
             for name in ("plain", *SCHEMES):
                 s = schemes.get(name)
                 speeds.setdefault(f"own|{name}", []).append(

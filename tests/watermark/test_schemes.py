@@ -194,3 +194,36 @@ def test_score_pairs_and_expected_scores_agree_with_detection(name) -> None:
     uniform = np.full((len(toks), VOCAB), 1.0 / VOCAB)
     assert s.expected_pair_scores(ctx, uniform).mean() == pytest.approx(s.null_pair_mean, rel=0.1)
     assert s.null_pair_mean == {"kgw": 0.25, "gumbel": 1.0, "synthid": 12.0}[name]
+
+
+def test_kgw_bias_rows_from_the_generation_cache_equal_fresh_hashing() -> None:
+    """The code-row cache (hits, misses, duplicates in a batch, overflow) gives the bias the
+    keyed hash defines: delta on provider-green, + account_delta on account-green inside it."""
+    import distillguard.watermark.kgw as kgw_module
+
+    s = scheme("kgw")
+    rng = np.random.default_rng(0)
+    contexts = rng.integers(0, VOCAB, (6, 1))
+    contexts[3] = contexts[0]  # same context, other account; and a duplicate row below
+    tags = ["a", "b", "a", "b", None, "a"]
+    contexts[5] = contexts[0]
+    green = s.green_mask(contexts)  # (6, V)
+    expected = np.where(green, s.params.delta, 0.0)
+    for i, tag in enumerate(tags):
+        acc = s.context.vocab_values(s.account_key(tag), contexts[i : i + 1], VOCAB)[0]
+        expected[i] += np.where(green[i] & (acc < s._thr_account), s.params.account_delta, 0.0)
+    first = s.bias(contexts, VOCAB, tags)  # misses
+    again = s.bias(contexts, VOCAB, tags)  # hits
+    np.testing.assert_allclose(first, expected)
+    np.testing.assert_allclose(again, expected)
+    small = 4
+    old, kgw_module.CODE_ROWS = kgw_module.CODE_ROWS, small
+    try:
+        overflow = scheme("kgw")
+        overflow.bias(contexts[:3], VOCAB, tags[:3])
+        # 4 rows, some new: the cache is full and starts over
+        np.testing.assert_allclose(overflow.bias(contexts[2:], VOCAB, tags[2:]), expected[2:])
+        # more rows than the cache holds: computed without it
+        np.testing.assert_allclose(overflow.bias(contexts, VOCAB, tags), expected)
+    finally:
+        kgw_module.CODE_ROWS = old

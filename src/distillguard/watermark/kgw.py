@@ -151,8 +151,11 @@ class KGWScheme(WatermarkScheme):
         if p.account_delta == 0:
             tags = [None] * len(contexts)  # no account signal: one code row per context
         names = [(tag, *row) for tag, row in zip(tags, contexts.tolist(), strict=True)]
-        if self._codes is None or self._codes.shape[1] != vocab:
+        if self._codes is None or self._codes.shape != (CODE_ROWS, vocab):
             self._codes, self._slots = np.empty((CODE_ROWS, vocab), dtype=np.uint8), {}
+        table = np.array([0.0, 0.0, p.delta, p.delta + p.account_delta], dtype=np.float32)
+        if len(names) > CODE_ROWS:  # a batch larger than the cache: no caching
+            return table[self._code_rows(contexts, tags, vocab)]
         slots = self._slots
         index = [slots.get(n, -1) for n in names]
         missing = [i for i, s in enumerate(index) if s < 0]
@@ -165,7 +168,6 @@ class KGWScheme(WatermarkScheme):
                 slot = slots.setdefault(names[i], len(slots))
                 self._codes[slot] = row
                 index[i] = slot
-        table = np.array([0.0, 0.0, p.delta, p.delta + p.account_delta], dtype=np.float32)
         return table[self._codes[index]]
 
     def _code_rows(
