@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--answers", type=int, default=48)
     ap.add_argument("--model", type=Path, default=None, help="model dir (default: the teacher)")
     ap.add_argument("--json", type=Path, default=Path("docs/img/watermark_temperature.json"))
+    ap.add_argument("--plot", type=Path, default=Path("docs/img/watermark_tpr_temperature.png"))
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(1)
@@ -111,8 +112,8 @@ def main() -> None:
     model, tok = load_model(model_dir)
     vocab = model.get_input_embeddings().weight.shape[0]
     probe = GenerationEngine(model, tok, num_threads=1)
-    prompts = prompts_for(probe, settings.data_dir, args.answers, 200)
     new = max(LENGTHS)
+    prompts = prompts_for(probe, settings.data_dir, args.answers, probe.context_length - new)
     runs: dict[str, list[np.ndarray]] = {}
     jobs = [(s, t, None) for s in SCHEMES for t in TEMPERATURES]
     jobs += [(s, 0.0, 0.0) for s in SCHEMES]  # the old T = 0: plain greedy
@@ -177,7 +178,7 @@ def main() -> None:
     result["load"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
-    plot(result, Path("docs/img/watermark_tpr_temperature.png"))
+    plot(result, args.plot)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
