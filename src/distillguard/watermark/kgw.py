@@ -61,7 +61,8 @@ class KGWParams:
     account_delta: float = 1.0  # extra bonus inside G_p ∩ G_a; 0 disables accounts
     # T used when a request asks for T = 0 (marked low-temperature sampling, keyed draws; see
     # base.effective_sampling): 0 = plain greedy, which carries almost no mark on a confident
-    # model. 0.5: TPR >= 0.95 at 200 tokens with a small quality cost (docs/benchmarks.md).
+    # model. 0.5: TPR 1.00 at 200 tokens on both test models, at the perplexity cost of
+    # sampling at 0.5 (docs/benchmarks.md, "Watermark in the engines").
     zero_temperature: float = 0.5
 
     def __post_init__(self) -> None:
