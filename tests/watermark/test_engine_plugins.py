@@ -191,6 +191,7 @@ def test_vllm_request_table_follows_batch_updates_and_marks_each_request() -> No
     assert [r.accounts[0].account for r in res[:2]] == ["alice", "bob"]
     table.update(removed=[0, 1, 2], added=[], moved=[])
     assert table.rows == {}
+    assert row_request(params("a", temperature=1e-6)).temperature == 0.0  # vLLM's greedy
     with pytest.raises(InputError, match="string"):
         row_request(
             SimpleNamespace(
@@ -231,7 +232,7 @@ def test_sglang_reference_unpickles_to_the_named_class_and_marking_reads_req() -
                 torch.zeros(1, 512), [{"__req__": SimpleNamespace(), "distillguard_account": "a"}]
             )
         mp.setenv("DISTILLGUARD_WATERMARK_SECRET", SECRET.decode())
-        sampling = SimpleNamespace(temperature=1.0, top_p=1.0)
+        sampling = SimpleNamespace(temperature=1.0, top_p=1.0, top_k=-1)
         reqs = [
             SimpleNamespace(
                 rid=f"r{i}", origin_input_ids=[i + 1, 2], output_ids=[], sampling_params=sampling
@@ -248,3 +249,15 @@ def test_sglang_reference_unpickles_to_the_named_class_and_marking_reads_req() -
                 r.output_ids.append(t)
     res = marking.marker.scheme.detect_many([np.array(r.output_ids) for r in reqs])
     assert all(r.p_value < 1e-4 for r in res)
+    # SGLang turns a T = 0 request into top_k = 1 at temperature 1: the T = 0 rule applies
+    # (keyed draws: the same history gives the same token however often it is asked)
+    greedy = SimpleNamespace(temperature=1.0, top_p=1.0, top_k=1)
+    req = SimpleNamespace(
+        rid="g", origin_input_ids=[1, 2, 3], output_ids=[], sampling_params=greedy
+    )
+    logits = torch.randn(1, 512, generator=torch.Generator().manual_seed(5)) * 2.0
+    picks = {
+        int(marking(logits.clone(), [{"__req__": req, "distillguard_account": "a"}]).argmax())
+        for _ in range(5)
+    }
+    assert len(picks) == 1

@@ -72,12 +72,15 @@ class SGLangMarking:
                 continue
             req = params["__req__"]
             sampling = getattr(req, "sampling_params", None)
+            temperature = float(getattr(sampling, "temperature", 1.0))
+            if getattr(sampling, "top_k", -1) == 1:  # SGLang's form of a T = 0 request
+                temperature = 0.0
             index.append(i)
             histories.append([*req.origin_input_ids, *req.output_ids])
             rows.append(
                 RowRequest(
                     account=params.get(ACCOUNT_ARG),
-                    temperature=float(getattr(sampling, "temperature", 1.0)),
+                    temperature=temperature,
                     top_p=float(getattr(sampling, "top_p", 1.0)),
                 )
             )

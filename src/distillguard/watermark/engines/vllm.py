@@ -32,14 +32,17 @@ from distillguard.watermark.engines.core import (
     row_generator,
 )
 
+GREEDY_EPS = 1e-5  # vLLM samples greedily below this temperature (its _SAMPLING_EPS)
+
 
 def row_request(params: Any) -> RowRequest:
     """A vLLM ``SamplingParams`` (temperature, top_p, seed, extra_args) -> RowRequest.
     Raises InputError (a ValueError for vLLM's ``validate_params``: a 400) on a bad account."""
     extra = getattr(params, "extra_args", None) or {}
+    temperature = float(getattr(params, "temperature", 1.0) or 0.0)
     return RowRequest(
         account=extra.get(ACCOUNT_ARG),
-        temperature=float(getattr(params, "temperature", 1.0) or 0.0),
+        temperature=0.0 if temperature < GREEDY_EPS else temperature,
         top_p=float(getattr(params, "top_p", 1.0) or 1.0),
         seed=getattr(params, "seed", None),
     )
