@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     # --- secrets (no defaults) ----------------------------------------------------------
     admin_token: SecretStr | None = None
     watermark_secret: SecretStr | None = None
+    intel_key: SecretStr | None = None  # community key: keyed hashes in shared STIX indicators
 
     # --- watermark ----------------------------------------------------------------------
     watermark_scheme: str = "kgw"  # kgw | gumbel | synthid | off

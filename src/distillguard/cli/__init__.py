@@ -16,6 +16,7 @@ from distillguard.cli import (
     accounts,
     distill,
     gateway,
+    intel,
     model,
     monitor,
     prove,
@@ -41,7 +42,7 @@ def show_version() -> None:
     typer.echo(__version__)
 
 
-for _module in (model, gateway, accounts, watermark, monitor, distill, prove, sim):
+for _module in (model, gateway, accounts, watermark, monitor, distill, prove, sim, intel):
     _module.register(app)
 
 

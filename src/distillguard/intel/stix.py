@@ -1,0 +1,594 @@
+"""STIX 2.1 bundles of campaign indicators: build one with ``stix2``, stream one back.
+
+A bundle holds, for each campaign: a ``campaign``; per indicator an ``indicator`` (a STIX
+pattern over distillguard's observable types), the observable itself, an ``observed-data``
+and a ``sighting`` (counts, first/last seen, where: the provider), and ``relationship``s
+(indicator *indicates* campaign, campaign *uses* the MITRE ATLAS techniques); one
+``identity`` for the provider, one for distillguard (author of the extension definitions and
+ATLAS references), a TLP marking on every object. Counts STIX has no property for travel in a
+``toplevel-property-extension``; the observable types are a ``new-sco`` extension.
+
+Reading streams the ``objects`` array (``ijson``): memory is bounded by one object, not the
+bundle. Every object is either used, or counted as skipped with its id and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import stix2
+from stix2 import v21
+from stix2.exceptions import STIXError
+from stix2.properties import IntegerProperty, StringProperty
+
+from distillguard.errors import InputError
+from distillguard.intel.fingerprints import (
+    KIND_IP_PREFIX,
+    KIND_PAYMENT,
+    KIND_REQUEST_PARAMS,
+    KIND_TEMPLATE,
+    KIND_USER_AGENT,
+)
+from distillguard.intel.indicators import CampaignIntel, IndicatorIntel, IntelSet
+
+# Constant ids: every distillguard bundle names the same extensions, techniques and author.
+DISTILLGUARD_ID = "identity--5b0b7d53-7c8d-4a1e-9a38-0d7e1f6c2a10"
+EXT_CLIENT = "extension-definition--9d1c7a52-6a3b-4f0e-8a52-3c1f2b7e4d01"
+EXT_TEMPLATE = "extension-definition--9d1c7a52-6a3b-4f0e-8a52-3c1f2b7e4d03"
+EXT_REQUEST = "extension-definition--9d1c7a52-6a3b-4f0e-8a52-3c1f2b7e4d04"
+EXT_PROPS = "extension-definition--9d1c7a52-6a3b-4f0e-8a52-3c1f2b7e4d02"
+EXT_CREATED = "2026-12-01T00:00:00.000Z"
+SCHEMA_URL = "https://github.com/distillguard/distillguard/blob/main/docs/intel.md"
+ATLAS = {
+    "attack-pattern--6c3f3d0e-2a4b-4c55-9b1e-7d0a5e2f1a01": (
+        "AML.T0024.002",
+        "Extract AI Model",
+        "Querying a model's inference API to train a functionally equivalent copy "
+        "(knowledge distillation from harvested answers).",
+    ),
+    "attack-pattern--6c3f3d0e-2a4b-4c55-9b1e-7d0a5e2f1a02": (
+        "AML.T0040",
+        "AI Model Inference API Access",
+        "Using a provider's public inference API as the channel of the attack.",
+    ),
+}
+SCO_EXTENSIONS = {
+    EXT_CLIENT: (
+        "x-distillguard-client",
+        "An API client's infrastructure as keyed hashes "
+        "(HMAC-SHA256 of its IP prefix, user agent or payment fingerprint).",
+    ),
+    EXT_TEMPLATE: (
+        "x-distillguard-prompt-template",
+        "A prompt template as a keyed MinHash signature of its frame shingles, never text.",
+    ),
+    EXT_REQUEST: ("x-distillguard-request", "The sampling parameters an API client pins."),
+}
+TLP = {
+    "clear": stix2.TLP_WHITE,
+    "green": stix2.TLP_GREEN,
+    "amber": stix2.TLP_AMBER,
+    "red": stix2.TLP_RED,
+}
+TLP_BY_ID = {m.id: name for name, m in TLP.items()}
+PROP_EXT = {EXT_PROPS: {"extension_type": "toplevel-property-extension"}}
+EXT_PROPERTIES = ["distillguard_accounts", "distillguard_requests", "distillguard_key_id"]
+
+CLIENT_TYPE = "x-distillguard-client"
+TEMPLATE_TYPE = "x-distillguard-prompt-template"
+REQUEST_TYPE = "x-distillguard-request"
+CLIENT_PROPS = {
+    KIND_IP_PREFIX: "ip_prefix_hmac",
+    KIND_USER_AGENT: "user_agent_hmac",
+    KIND_PAYMENT: "payment_hmac",
+}
+
+
+@v21.CustomObservable(
+    CLIENT_TYPE,
+    [
+        ("ip_prefix_hmac", StringProperty()),
+        ("user_agent_hmac", StringProperty()),
+        ("payment_hmac", StringProperty()),
+    ],
+    id_contrib_props=["ip_prefix_hmac", "user_agent_hmac", "payment_hmac"],
+    extension_name=EXT_CLIENT,
+)
+class ClientObservable:
+    """A client's keyed-hashed infrastructure: IP prefix, user agent or payment fingerprint."""
+
+
+@v21.CustomObservable(
+    TEMPLATE_TYPE,
+    [
+        ("minhash", StringProperty(required=True)),
+        ("shingles", IntegerProperty(min=1, required=True)),
+    ],
+    id_contrib_props=["minhash"],
+    extension_name=EXT_TEMPLATE,
+)
+class TemplateObservable:
+    """A prompt template as a keyed MinHash signature of its frame shingles (never text)."""
+
+
+@v21.CustomObservable(
+    REQUEST_TYPE,
+    [("profile", StringProperty(required=True))],
+    id_contrib_props=["profile"],
+    extension_name=EXT_REQUEST,
+)
+class RequestObservable:
+    """The sampling parameters a client pins (no prompt): e.g. ``max_tokens=1024;temperature=0``."""
+
+
+# The pattern forms distillguard evaluates; any other valid STIX pattern is counted unevaluable.
+_HEX64 = r"[0-9a-f]{64}"
+PATTERNS = {
+    **{k: re.compile(rf"\[{CLIENT_TYPE}:{p} = '({_HEX64})'\]") for k, p in CLIENT_PROPS.items()},
+    KIND_TEMPLATE: re.compile(
+        rf"\[{TEMPLATE_TYPE}:minhash = '((?:[0-9a-f]{{16}})+)' AND "
+        rf"{TEMPLATE_TYPE}:shingles = ([1-9][0-9]*)\]"
+    ),
+    KIND_REQUEST_PARAMS: re.compile(
+        rf"\[{REQUEST_TYPE}:profile = '([a-z_]+=[0-9a-z.\-]+"
+        r"(?:;[a-z_]+=[0-9a-z.\-]+)*)'\]"
+    ),
+}
+KIND_LABEL = {
+    KIND_IP_PREFIX: "client IP prefix (keyed hash)",
+    KIND_USER_AGENT: "user agent (keyed hash)",
+    KIND_PAYMENT: "payment fingerprint (keyed hash)",
+    KIND_TEMPLATE: "prompt template (keyed MinHash signature)",
+    KIND_REQUEST_PARAMS: "pinned sampling parameters",
+}
+
+
+def pattern_of(ind: IndicatorIntel) -> str:
+    if ind.kind in CLIENT_PROPS:
+        return f"[{CLIENT_TYPE}:{CLIENT_PROPS[ind.kind]} = '{ind.value}']"
+    if ind.kind == KIND_TEMPLATE:
+        return (
+            f"[{TEMPLATE_TYPE}:minhash = '{ind.value}' AND "
+            f"{TEMPLATE_TYPE}:shingles = {ind.template_shingles}]"
+        )
+    return f"[{REQUEST_TYPE}:profile = '{ind.value}']"
+
+
+def evaluate_pattern(pattern: str) -> tuple[str, str, int | None]:
+    """(kind, value, template size) of a pattern distillguard can evaluate.
+
+    Raises ``InputError`` saying whether the pattern is invalid STIX or only not one of ours."""
+    for kind, rx in PATTERNS.items():
+        m = rx.fullmatch(pattern)
+        if m:
+            size = int(m.group(2)) if kind == KIND_TEMPLATE else None
+            return kind, m.group(1), size
+    from stix2patterns.validator import run_validator
+
+    errors = run_validator(pattern, stix_version="2.1")
+    if errors:
+        raise InputError(f"invalid STIX pattern: {errors[0]}")
+    raise InputError("valid STIX, but not a pattern form distillguard evaluates (docs/intel.md)")
+
+
+def _observable(ind: IndicatorIntel) -> Any:
+    if ind.kind in CLIENT_PROPS:
+        return ClientObservable(**{CLIENT_PROPS[ind.kind]: ind.value})
+    if ind.kind == KIND_TEMPLATE:
+        return TemplateObservable(minhash=ind.value, shingles=ind.template_shingles)
+    return RequestObservable(profile=ind.value)
+
+
+def _ts(t: float) -> str:
+    ms = round(t * 1000)  # STIX timestamps here carry milliseconds, like the model's floats
+    dt = datetime.fromtimestamp(ms // 1000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _derived(prefix: str, source_id: str, role: str) -> str:
+    """Ids of objects derived from one indicator/campaign: stable, UUIDv4-shaped."""
+    import hashlib
+    import uuid
+
+    digest = hashlib.sha256(f"{source_id}\x00{role}".encode()).digest()
+    return f"{prefix}--{uuid.UUID(bytes=digest[:16], version=4)}"
+
+
+def build_bundle(intel: IntelSet) -> stix2.Bundle:
+    """The STIX 2.1 bundle of ``intel``; the same ``intel`` always gives the same bundle."""
+    created = _ts(intel.created)
+    tlp = TLP[intel.tlp]
+    common = {
+        "created": created,
+        "modified": created,
+        "created_by_ref": intel.producer_id,
+        "object_marking_refs": [tlp.id],
+    }
+    author = {"created": EXT_CREATED, "modified": EXT_CREATED, "created_by_ref": DISTILLGUARD_ID}
+    objects: list[Any] = [
+        tlp,
+        v21.Identity(
+            id=DISTILLGUARD_ID,
+            name="distillguard",
+            identity_class="system",
+            description="Author of the distillguard STIX extensions and technique references.",
+            created=EXT_CREATED,
+            modified=EXT_CREATED,
+        ),
+        v21.Identity(
+            id=intel.producer_id,
+            name=intel.producer,
+            identity_class="organization",
+            description="LLM API provider sharing distillation-campaign indicators.",
+            **common,
+        ),
+        v21.ExtensionDefinition(
+            id=EXT_PROPS,
+            name="distillguard counts",
+            description="Accounts and requests behind a campaign or "
+            "sighting; the community key id of keyed hashes.",
+            schema=SCHEMA_URL,
+            version="1.0.0",
+            extension_types=["toplevel-property-extension"],
+            extension_properties=EXT_PROPERTIES,
+            **author,
+        ),
+    ]
+    for ext_id, (sco_type, desc) in SCO_EXTENSIONS.items():
+        objects.append(
+            v21.ExtensionDefinition(
+                id=ext_id,
+                name=sco_type,
+                description=desc,
+                schema=SCHEMA_URL,
+                version="1.0.0",
+                extension_types=["new-sco"],
+                **author,
+            )
+        )
+    for ap_id, (ext_id, name, desc) in ATLAS.items():
+        objects.append(
+            v21.AttackPattern(
+                id=ap_id,
+                name=name,
+                description=desc,
+                **author,
+                external_references=[{"source_name": "mitre-atlas", "external_id": ext_id}],
+            )
+        )
+    for c in intel.campaigns:
+        objects.append(
+            v21.Campaign(
+                id=c.id,
+                name=c.name,
+                first_seen=_ts(c.first_seen),
+                last_seen=_ts(c.last_seen),
+                description=f"Distillation campaign: {c.accounts} linked accounts, "
+                f"{c.requests} requests harvesting model answers.",
+                objective="Train a copy of the provider's model on its answers.",
+                confidence=c.confidence,
+                extensions=PROP_EXT,
+                distillguard_accounts=c.accounts,
+                distillguard_requests=c.requests,
+                allow_custom=True,
+                **common,
+            )
+        )
+        for ap_id in ATLAS:
+            objects.append(
+                v21.Relationship(
+                    id=_derived("relationship", c.id, ap_id),
+                    relationship_type="uses",
+                    source_ref=c.id,
+                    target_ref=ap_id,
+                    **common,
+                )
+            )
+    for ind in intel.indicators:
+        obs = _observable(ind)
+        od_id = _derived("observed-data", ind.id, "observed")
+        objects += [
+            v21.Indicator(
+                id=ind.id,
+                name=f"{KIND_LABEL[ind.kind]} of a distillation campaign",
+                description=f"Seen on {ind.accounts} accounts of the campaign in "
+                f"{ind.requests} requests.",
+                pattern=pattern_of(ind),
+                pattern_type="stix",
+                pattern_version="2.1",
+                valid_from=_ts(ind.first_seen),
+                indicator_types=["malicious-activity"],
+                confidence=ind.confidence,
+                extensions=PROP_EXT,
+                distillguard_key_id=intel.key_id,
+                allow_custom=True,
+                **common,
+            ),
+            obs,
+            v21.ObservedData(
+                id=od_id,
+                first_observed=_ts(ind.first_seen),
+                last_observed=_ts(ind.last_seen),
+                number_observed=ind.requests,
+                object_refs=[obs.id],
+                allow_custom=True,
+                **common,
+            ),
+            v21.Sighting(
+                id=_derived("sighting", ind.id, "sighted"),
+                sighting_of_ref=ind.id,
+                first_seen=_ts(ind.first_seen),
+                last_seen=_ts(ind.last_seen),
+                count=min(ind.requests, 999_999_999),
+                observed_data_refs=[od_id],
+                where_sighted_refs=[intel.producer_id],
+                extensions=PROP_EXT,
+                distillguard_accounts=ind.accounts,
+                allow_custom=True,
+                **common,
+            ),
+            v21.Relationship(
+                id=_derived("relationship", ind.id, ind.campaign_id),
+                relationship_type="indicates",
+                source_ref=ind.id,
+                target_ref=ind.campaign_id,
+                **common,
+            ),
+        ]
+    return v21.Bundle(objects=objects, allow_custom=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+KNOWN_UNUSED = frozenset(
+    {
+        "extension-definition",
+        "attack-pattern",
+        "observed-data",
+        CLIENT_TYPE,
+        TEMPLATE_TYPE,
+        REQUEST_TYPE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Skip:
+    object_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ParsedIndicator:
+    """An indicator as read: evaluable (kind and value set) or kept with the reason it is not."""
+
+    id: str
+    created_by: str | None
+    pattern: str
+    pattern_type: str
+    confidence: int | None
+    created: float
+    first_seen: float  # valid_from
+    key_id: str | None
+    kind: str | None = None
+    value: str | None = None
+    template_shingles: int | None = None
+    unevaluable: str | None = None  # why distillguard cannot match it (None: it can)
+
+
+@dataclass(frozen=True)
+class ParsedSighting:
+    of: str
+    count: int
+    accounts: int
+    first_seen: float | None
+    last_seen: float | None
+
+
+@dataclass
+class ReadStats:
+    """What a pass over a bundle found: counts per type and every skip with its object id."""
+
+    objects: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    skipped: list[Skip] = field(default_factory=list)
+    unevaluable: int = 0
+
+
+# One item of a bundle, in file order: ("identity", (id, name)), ("marking", (id, tlp)),
+# ("campaign", CampaignIntel), ("indicator", ParsedIndicator), ("indicates", (indicator id,
+# campaign id)) or ("sighting", ParsedSighting).
+BundleItem = tuple[str, Any]
+
+
+def _epoch(v: Any) -> float:
+    if isinstance(v, datetime):
+        return round(v.timestamp(), 3)
+    return round(datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp(), 3)
+
+
+def iter_objects(fh: IO[bytes], stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """The objects of a STIX 2.1 bundle, one at a time; raises ``InputError`` for a file that
+    is not JSON, not a bundle, or a STIX 2.0 bundle."""
+    import ijson
+
+    builder: Any = None
+    depth = 0
+    top_type = None
+    try:
+        for prefix, event, value in ijson.parse(fh, use_float=True):
+            if builder is not None:
+                builder.event(event, value)
+                depth += {"start_map": 1, "end_map": -1, "start_array": 1, "end_array": -1}.get(
+                    event, 0
+                )
+                if depth == 0:
+                    obj, builder = builder.value, None
+                    stats.objects += 1
+                    yield obj
+                continue
+            if prefix == "" and event not in ("start_map", "map_key", "end_map"):
+                raise InputError("not a STIX bundle: the file is not a JSON object")
+            if prefix == "type":
+                top_type = value
+                if value != "bundle":
+                    raise InputError(f"not a STIX bundle: top-level type is {value!r}")
+            elif prefix == "spec_version":
+                raise InputError(
+                    f"a STIX {value} bundle: only STIX 2.1 is supported (2.1 "
+                    "bundles have no spec_version; their objects do)"
+                )
+            elif prefix == "objects.item":
+                if event != "start_map":
+                    raise InputError(
+                        f"not a STIX bundle: object {stats.objects + 1} is not a JSON object"
+                    )
+                builder, depth = ijson.ObjectBuilder(), 1
+                builder.event(event, value)
+    except ijson.JSONError as exc:
+        raise InputError(
+            f"the bundle is not valid JSON after {stats.objects} objects: {exc}"
+        ) from exc
+    if top_type is None:
+        raise InputError('not a STIX bundle: no top-level "type": "bundle"')
+
+
+def read_bundle(fh: IO[bytes], stats: ReadStats) -> Iterator[BundleItem]:
+    """Everything distillguard uses of a bundle, in file order; the rest counted in ``stats``."""
+    for obj in iter_objects(fh, stats):
+        oid = str(obj.get("id", "?"))
+        otype = str(obj.get("type", "?"))
+        stats.by_type[otype] = stats.by_type.get(otype, 0) + 1
+        if otype != "bundle" and obj.get("spec_version", "2.1") != "2.1":
+            stats.skipped.append(Skip(oid, f"spec_version {obj.get('spec_version')!r}, not 2.1"))
+            continue
+        try:
+            parsed = stix2.parse(obj, allow_custom=True, version="2.1")
+        except (STIXError, ValueError, TypeError, KeyError) as exc:
+            stats.skipped.append(Skip(oid, f"invalid {otype}: {str(exc)[:200]}"))
+            continue
+        if isinstance(parsed, dict):
+            stats.skipped.append(Skip(oid, f"unknown object type {otype!r}"))
+            continue
+        if otype == "identity":
+            yield "identity", (oid, parsed.name)
+        elif otype == "marking-definition":
+            if oid in TLP_BY_ID:
+                yield "marking", (oid, TLP_BY_ID[oid])
+        elif otype == "campaign":
+            yield (
+                "campaign",
+                CampaignIntel(
+                    oid,
+                    parsed.name,
+                    int(parsed.get("distillguard_accounts", 0)),
+                    int(parsed.get("distillguard_requests", 0)),
+                    _epoch(parsed.get("first_seen", parsed.created)),
+                    _epoch(parsed.get("last_seen", parsed.modified)),
+                    int(parsed.get("confidence", 50)),
+                ),
+            )
+        elif otype == "indicator":
+            ind = _indicator(parsed)
+            if ind.unevaluable:
+                stats.unevaluable += 1
+            yield "indicator", ind
+        elif otype == "relationship":
+            if parsed.relationship_type == "indicates":
+                yield "indicates", (parsed.source_ref, parsed.target_ref)
+        elif otype == "sighting":
+            yield (
+                "sighting",
+                ParsedSighting(
+                    parsed.sighting_of_ref,
+                    int(parsed.get("count", 1)),
+                    int(parsed.get("distillguard_accounts", 0)),
+                    _epoch(parsed.first_seen) if "first_seen" in parsed else None,
+                    _epoch(parsed.last_seen) if "last_seen" in parsed else None,
+                ),
+            )
+        elif otype not in KNOWN_UNUSED:
+            stats.skipped.append(Skip(oid, f"object type {otype!r} is not used for matching"))
+
+
+def _indicator(p: Any) -> ParsedIndicator:
+    base = dict(
+        id=p.id,
+        created_by=p.get("created_by_ref"),
+        pattern=p.pattern,
+        pattern_type=p.pattern_type,
+        confidence=p.get("confidence"),
+        created=_epoch(p.created),
+        first_seen=_epoch(p.valid_from),
+        key_id=p.get("distillguard_key_id"),
+    )
+    if p.pattern_type != "stix":
+        return ParsedIndicator(**base, unevaluable=f"pattern type {p.pattern_type!r}, not stix")
+    try:
+        kind, value, size = evaluate_pattern(p.pattern)
+    except InputError as exc:
+        return ParsedIndicator(**base, unevaluable=exc.message)
+    return ParsedIndicator(**base, kind=kind, value=value, template_shingles=size)
+
+
+def collect(items: Iterator[BundleItem]) -> IntelSet:
+    """An in-memory ``IntelSet`` of one producer's bundle (tests, small bundles).
+
+    Raises ``InputError`` if the bundle holds unevaluable indicators or several producers:
+    use the store for those."""
+    names: dict[str, str] = {}
+    campaigns: list[CampaignIntel] = []
+    indicators: list[ParsedIndicator] = []
+    indicates: dict[str, str] = {}
+    sightings: dict[str, ParsedSighting] = {}
+    tlp = "amber"
+    for tag, item in items:
+        if tag == "identity":
+            names[item[0]] = item[1]  # type: ignore[index]
+        elif tag == "marking":
+            tlp = item[1]  # type: ignore[index]
+        elif tag == "campaign":
+            campaigns.append(item)  # type: ignore[arg-type]
+        elif tag == "indicator":
+            indicators.append(item)  # type: ignore[arg-type]
+        elif tag == "indicates":
+            indicates[item[0]] = item[1]  # type: ignore[index]
+        elif tag == "sighting":
+            sightings[item.of] = item  # type: ignore[union-attr]
+    producers = {i.created_by for i in indicators}
+    if len(producers) > 1:
+        raise InputError(f"bundle has indicators of {len(producers)} producers")
+    bad = [i.id for i in indicators if i.unevaluable]
+    if bad:
+        raise InputError(f"{len(bad)} indicators cannot be evaluated (first: {bad[0]})")
+    pid = next(iter(producers), None) or next(
+        (k for k in names if k != DISTILLGUARD_ID), DISTILLGUARD_ID
+    )
+    out = []
+    for i in indicators:
+        s = sightings.get(i.id)
+        out.append(
+            IndicatorIntel(
+                i.id,
+                indicates.get(i.id, ""),
+                i.kind or "",
+                i.value or "",
+                i.confidence if i.confidence is not None else 50,
+                s.accounts if s else 0,
+                s.count if s else 0,
+                i.first_seen,
+                s.last_seen if s and s.last_seen else i.first_seen,
+                i.template_shingles,
+            )
+        )
+    created = indicators[0].created if indicators else 0.0
+    key_id = next((i.key_id for i in indicators if i.key_id), "")
+    return IntelSet(
+        names.get(pid, "unknown"), pid, key_id, tlp, created, tuple(campaigns), tuple(out)
+    )
