@@ -38,3 +38,29 @@ def intel_key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("DISTILLGUARD_INTEL_KEY", KEY)
     get_settings.cache_clear()
     return KEY
+
+
+def reappear(records, accounts: set[str], seed: int, shift_s: float) -> list[dict]:
+    """The same actors at a partner: new account and key ids, new hosts in the same /24s,
+    the same agents, cards and requests, ``shift_s`` later (the partner's simulation)."""
+    import random
+
+    rng = random.Random(seed)
+    new_id: dict[str, str] = {}
+    host: dict[tuple[str, str], int] = {}
+    out = []
+    for r in records:
+        if r.account_id not in accounts:
+            continue
+        acct = new_id.setdefault(r.account_id, f"acct-partner-{rng.getrandbits(48):012x}")
+        prefix = r.ip.rsplit(".", 1)[0]
+        d = r.to_dict()
+        d.update(
+            id=f"partner-{r.id}",
+            account_id=acct,
+            key_id=f"key-{acct[5:]}",
+            ts=r.ts + shift_s,
+            ip=f"{prefix}.{host.setdefault((acct, prefix), rng.randint(1, 254))}",
+        )
+        out.append(d)
+    return out

@@ -140,7 +140,7 @@ def test_a_truncated_bundle_is_refused_whole(intel_set, dg_home) -> None:
 
 
 def test_another_community_key_is_refused(intel_set, dg_home) -> None:
-    with IntelStore(dg_home) as store, pytest.raises(InputError, match="another|under community"):
+    with IntelStore(dg_home) as store, pytest.raises(InputError, match="under community key"):
         _import(store, build_bundle(intel_set).serialize(), key="a-different-community-key")
 
 
@@ -213,7 +213,7 @@ def test_a_large_bundle_is_streamed_not_loaded(dg_home, tmp_path) -> None:
         "modified": "2026-11-01T00:00:00.000Z",
     }
     path = tmp_path / "big.json"
-    n = 4000
+    n = 600
     with open(path, "w") as fh:
         fh.write(
             '{"type": "bundle", "id": "bundle--00000000-0000-4000-8000-00000000000b", '
@@ -234,7 +234,7 @@ def test_a_large_bundle_is_streamed_not_loaded(dg_home, tmp_path) -> None:
                         "pattern_type": "stix",
                         "pattern": f"[x-distillguard-client:ip_prefix_hmac = '{h}']",
                         "valid_from": "2026-11-01T00:00:00Z",
-                        "description": "x" * 2000,
+                        "description": "x" * 10_000,
                     }
                 )
             )

@@ -468,8 +468,12 @@ def read_bundle(fh: IO[bytes], stats: ReadStats) -> Iterator[BundleItem]:
         if otype != "bundle" and obj.get("spec_version", "2.1") != "2.1":
             stats.skipped.append(Skip(oid, f"spec_version {obj.get('spec_version')!r}, not 2.1"))
             continue
+        ours = otype == "indicator" and obj.get("pattern_type") == "stix" and _is_ours(obj)
         try:
-            parsed = stix2.parse(obj, allow_custom=True, version="2.1")
+            # A pattern of one of our forms is valid STIX by construction: the library checks
+            # the rest of the object, without its ANTLR parse of the pattern (3/4 of the cost).
+            probe = {**obj, "pattern_type": "x-distillguard"} if ours else obj
+            parsed = stix2.parse(probe, allow_custom=True, version="2.1")
         except (STIXError, ValueError, TypeError, KeyError) as exc:
             stats.skipped.append(Skip(oid, f"invalid {otype}: {str(exc)[:200]}"))
             continue
@@ -495,7 +499,7 @@ def read_bundle(fh: IO[bytes], stats: ReadStats) -> Iterator[BundleItem]:
                 ),
             )
         elif otype == "indicator":
-            ind = _indicator(parsed)
+            ind = _indicator(parsed, obj.get("pattern_type", ""))
             if ind.unevaluable:
                 stats.unevaluable += 1
             yield "indicator", ind
@@ -517,7 +521,12 @@ def read_bundle(fh: IO[bytes], stats: ReadStats) -> Iterator[BundleItem]:
             stats.skipped.append(Skip(oid, f"object type {otype!r} is not used for matching"))
 
 
-def _indicator(p: Any) -> ParsedIndicator:
+def _is_ours(obj: dict[str, Any]) -> bool:
+    pattern = obj.get("pattern")
+    return isinstance(pattern, str) and any(rx.fullmatch(pattern) for rx in PATTERNS.values())
+
+
+def _indicator(p: Any, pattern_type: str) -> ParsedIndicator:
     base = dict(
         id=p.id,
         created_by=p.get("created_by_ref"),
@@ -528,8 +537,8 @@ def _indicator(p: Any) -> ParsedIndicator:
         first_seen=_epoch(p.valid_from),
         key_id=p.get("distillguard_key_id"),
     )
-    if p.pattern_type != "stix":
-        return ParsedIndicator(**base, unevaluable=f"pattern type {p.pattern_type!r}, not stix")
+    if pattern_type != "stix":
+        return ParsedIndicator(**base, unevaluable=f"pattern type {pattern_type!r}, not stix")
     try:
         kind, value, size = evaluate_pattern(p.pattern)
     except InputError as exc:

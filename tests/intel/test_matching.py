@@ -1,0 +1,97 @@
+"""intel match: a campaign that reappears at a partner with new accounts is matched there;
+the partner's honest users are not."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from distillguard.intel.fingerprints import KINDS, CommunityKey
+from distillguard.intel.indicators import extract_intel
+from distillguard.intel.matching import MatchConfig, SharedIndicator, match_traffic, summarize
+from distillguard.intel.stix import build_bundle
+from distillguard.traffic import read_labels, read_traffic, read_verdicts, write_jsonl
+
+from .conftest import KEY, reappear
+from .test_export import run_cli
+
+
+@pytest.fixture(scope="module")
+def partner(scored, shared_data, tmp_path_factory):
+    """(bundle path, partner traffic, reappeared account ids by persona, partner honest ids)."""
+    from distillguard.sim.simulate import SimConfig, simulate
+
+    key = CommunityKey(KEY.encode())
+    d = tmp_path_factory.mktemp("partner")
+    intel = extract_intel(
+        list(read_verdicts(scored.verdicts)),
+        read_traffic(scored.traffic),
+        key,
+        producer="Provider A",
+        created=time.time(),
+    ).intel
+    (d / "bundle.json").write_text(build_bundle(intel).serialize())
+    simulate(
+        SimConfig(accounts=30, campaigns=0, seed=12, split="test", days=3),
+        data_dir=shared_data,
+        out=d / "honest.jsonl",
+        labels=d / "honest-labels.jsonl",
+    )
+    labels = {lab.account_id: lab for lab in read_labels(scored.labels)}
+    campaign = {a for a, lab in labels.items() if lab.label == "campaign"}
+    moved = reappear(read_traffic(scored.traffic), campaign, seed=5, shift_s=10 * 86400)
+    honest = [r.to_dict() for r in read_traffic(d / "honest.jsonl")]
+    write_jsonl(d / "traffic.jsonl", honest + moved)
+    persona: dict[str, str] = {}
+    old = {}
+    for m in moved:
+        old.setdefault(m["account_id"], m["id"].removeprefix("partner-"))
+    by_old_id = {r.id: r.account_id for r in read_traffic(scored.traffic)}
+    for new, rid in old.items():
+        persona[new] = labels[by_old_id[rid]].persona
+    return intel, d / "bundle.json", d / "traffic.jsonl", persona, {r["account_id"] for r in honest}
+
+
+def test_a_reappearing_hydra_is_matched_and_honest_users_are_not(partner) -> None:
+    intel, _, traffic, persona, honest = partner
+    shared = [SharedIndicator("Provider A", i, "c") for i in intel.indicators]
+    res = match_traffic(read_traffic(traffic), shared, CommunityKey(KEY.encode()))
+    by_account = {a.account_id: a for a in res.accounts}
+    hydra = [a for a, p in persona.items() if p == "campaign_hydra"]
+    assert hydra
+    strong = [a for a in hydra if a in by_account and by_account[a].strong]
+    assert len(strong) >= 0.8 * len(hydra)
+    assert any("template" in by_account[a].kinds for a in strong)
+    assert not [a for a in honest if a in by_account and by_account[a].strong]
+    for m in res.matches:
+        assert m.kind in KINDS and 0.0 < m.confidence <= 1.0 and m.requests > 0
+    assert all(0.0 < a.signal <= 1.0 for a in res.accounts)
+
+
+def test_summary_needs_independent_kinds(partner) -> None:
+    intel, _, traffic, _, _ = partner
+    shared = [SharedIndicator("Provider A", i, "c") for i in intel.indicators]
+    res = match_traffic(
+        read_traffic(traffic), shared, CommunityKey(KEY.encode()), MatchConfig(min_kinds=5)
+    )
+    strict = summarize(res.matches, min_kinds=5)
+    assert sum(a.strong for a in strict) <= sum(a.strong for a in res.accounts)
+    assert all(len(a.kinds) >= 5 for a in strict if a.strong)
+
+
+def test_match_cli_writes_the_documented_jsonl(partner, intel_key, dg_home, tmp_path) -> None:
+    _, bundle, traffic, persona, _ = partner
+    assert run_cli("intel", "import", str(bundle), home=dg_home, key=intel_key).returncode == 0
+    out = tmp_path / "matches.jsonl"
+    res = run_cli(
+        "intel", "match", "--traffic", str(traffic), "--out", str(out), home=dg_home, key=intel_key
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines
+    for line in lines:
+        assert {"account_id", "source", "indicator_id", "kind", "confidence"} <= set(line)
+        assert line["source"] == "Provider A" and line["indicator_id"].startswith("indicator--")
+    assert {line["account_id"] for line in lines} & set(persona)
