@@ -282,6 +282,30 @@ def monitor(state: DemoState) -> None:
             f"  {persona.get(flag['account_id'], flag['account_id'])}: {flag['action']}"
             f"{cluster} (score {flag.get('score', 0):.2f}) - {reasons}"
         )
+    share_campaign(state, traffic, flags)
+
+
+def share_campaign(state: DemoState, traffic: Path, flags: list[dict]) -> None:
+    """Export what was caught as a STIX 2.1 bundle for other providers (docs/intel.md)."""
+    from distillguard.intel.fingerprints import CommunityKey
+    from distillguard.intel.indicators import extract_intel
+    from distillguard.intel.stix import build_bundle
+    from distillguard.traffic import Verdict, read_traffic
+
+    verdicts = [
+        Verdict(f["account_id"], min(1.0, f["score"]), True, f["cluster_id"]) for f in flags
+    ]
+    key = CommunityKey.from_setting(get_settings().intel_key)
+    intel = extract_intel(
+        verdicts, read_traffic(traffic), key, producer="demo provider", created=time.time()
+    ).intel
+    out = state.files["bundle"] = state.workdir / "campaign-bundle.json"
+    out.write_text(build_bundle(intel).serialize(pretty=True))
+    console.print(
+        f"shared with partners: {len(intel.campaigns)} campaigns, "
+        f"{len(intel.indicators)} indicators (keyed hashes, no user content) "
+        f"as STIX 2.1 -> {out.name}"
+    )
 
 
 # --- act 4: distil ---------------------------------------------------------------------------
@@ -435,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The demo's own provider secret: a real deployment sets its own and keeps it.
     os.environ.setdefault("DISTILLGUARD_WATERMARK_SECRET", "demo-" + secrets.token_hex(16))
+    os.environ.setdefault("DISTILLGUARD_INTEL_KEY", "demo-" + secrets.token_hex(16))
     settings = get_settings()
     from transformers.utils import logging as hf_logging
 
