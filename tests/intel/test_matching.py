@@ -8,11 +8,19 @@ import time
 
 import pytest
 
+from distillguard.errors import ConfigError
 from distillguard.intel.fingerprints import KINDS, CommunityKey
 from distillguard.intel.indicators import extract_intel
-from distillguard.intel.matching import MatchConfig, SharedIndicator, match_traffic, summarize
+from distillguard.intel.matching import (
+    AccountMatch,
+    MatchConfig,
+    SharedIndicator,
+    match_traffic,
+    raise_scores,
+    summarize,
+)
 from distillguard.intel.stix import build_bundle
-from distillguard.traffic import read_labels, read_traffic, read_verdicts, write_jsonl
+from distillguard.traffic import Verdict, read_labels, read_traffic, read_verdicts, write_jsonl
 
 from .conftest import KEY, reappear
 from .test_export import run_cli
@@ -85,8 +93,21 @@ def test_match_cli_writes_the_documented_jsonl(partner, intel_key, dg_home, tmp_
     _, bundle, traffic, persona, _ = partner
     assert run_cli("intel", "import", str(bundle), home=dg_home, key=intel_key).returncode == 0
     out = tmp_path / "matches.jsonl"
+    partner_verdicts = tmp_path / "partner-verdicts.jsonl"
+    write_jsonl(partner_verdicts, [Verdict(a, 0.1, False) for a in sorted(persona)])
     res = run_cli(
-        "intel", "match", "--traffic", str(traffic), "--out", str(out), home=dg_home, key=intel_key
+        "intel",
+        "match",
+        "--traffic",
+        str(traffic),
+        "--out",
+        str(out),
+        "--verdicts",
+        str(partner_verdicts),
+        "--verdicts-out",
+        str(tmp_path / "v2.jsonl"),
+        home=dg_home,
+        key=intel_key,
     )
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -95,3 +116,20 @@ def test_match_cli_writes_the_documented_jsonl(partner, intel_key, dg_home, tmp_
         assert {"account_id", "source", "indicator_id", "kind", "confidence"} <= set(line)
         assert line["source"] == "Provider A" and line["indicator_id"].startswith("indicator--")
     assert {line["account_id"] for line in lines} & set(persona)
+    raised = list(read_verdicts(tmp_path / "v2.jsonl"))
+    assert len(raised) == len(persona)
+    up = [v for v in raised if v.score > 0.1]
+    assert up and all("shared by Provider A" in v.reasons[-1] for v in up)
+    assert not any(v.flagged for v in raised)  # a partner's indicator alone flags nothing
+
+
+def test_raised_scores_flag_only_strong_matches_over_the_bar() -> None:
+    weak = AccountMatch("a", "P", "campaign--1", ("ip_prefix",), 0.9, strong=False)
+    strong = AccountMatch("b", "P", "campaign--1", ("ip_prefix", "template"), 0.9, strong=True)
+    vs = [Verdict("a", 0.5, False), Verdict("b", 0.5, False), Verdict("c", 0.5, False)]
+    out = {v.account_id: v for v in raise_scores(vs, [weak, strong], weight=0.5, threshold=0.7)}
+    assert out["a"].score == pytest.approx(1 - 0.5 * (1 - 0.45)) and not out["a"].flagged
+    assert out["b"].flagged and "ip_prefix, template" in out["b"].reasons[-1]
+    assert out["c"] == vs[2]
+    with pytest.raises(ConfigError):
+        raise_scores(vs, [strong], weight=1.0)

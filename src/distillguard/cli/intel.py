@@ -193,8 +193,19 @@ def import_cmd(
 def match_cmd(
     traffic: Annotated[Path, typer.Option("--traffic", help="Our traffic log to check.")],
     out: Annotated[Path, typer.Option("--out", help="Matches to write (JSON Lines).")],
+    verdicts: Annotated[
+        Path | None, typer.Option("--verdicts", help="Our verdicts to raise with the matches.")
+    ] = None,
+    verdicts_out: Annotated[
+        Path | None, typer.Option("--verdicts-out", help="Where the raised verdicts go.")
+    ] = None,
+    weight: Annotated[
+        float, typer.Option("--weight", help="Share of a match's signal added to the score.")
+    ] = 0.5,
 ) -> None:
     """Match imported indicators against our traffic: a signal per account, never a block."""
+    if (verdicts is None) != (verdicts_out is None):
+        raise InputError("--verdicts and --verdicts-out go together")
     _require_libraries()
     key = _key()
     from distillguard.config import get_settings
@@ -222,6 +233,20 @@ def match_cmd(
         console.print(
             f"[yellow]{len(unevaluable)} imported indicators cannot be evaluated "
             f"(first: {unevaluable[0][0]}: {unevaluable[0][1]})[/yellow]"
+        )
+    if verdicts is not None and verdicts_out is not None:
+        from distillguard.intel.matching import raise_scores
+        from distillguard.traffic import read_verdicts
+
+        ver_reader = read_verdicts(verdicts)
+        raised = raise_scores(ver_reader, res.accounts, weight=weight)
+        if ver_reader.skipped:
+            console.print(f"[yellow]{ver_reader.summary().describe()}[/yellow]")
+        write_jsonl(verdicts_out, raised)
+        matched = {a.account_id for a in res.accounts}
+        n = sum(r.account_id in matched for r in raised)
+        console.print(
+            f"{n} verdicts raised by partners' indicators (flags unchanged) -> {verdicts_out}"
         )
     for a in sorted(res.accounts, key=lambda a: -a.signal)[:10]:
         console.print(f"  {a.account_id}  {a.signal:.2f}  {a.source}  {', '.join(a.kinds)}")

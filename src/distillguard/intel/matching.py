@@ -36,7 +36,7 @@ from distillguard.intel.fingerprints import (
     request_profile,
 )
 from distillguard.intel.indicators import IndicatorIntel
-from distillguard.traffic import TrafficRecord, prompt_text
+from distillguard.traffic import TrafficRecord, Verdict, prompt_text
 
 
 @dataclass(frozen=True)
@@ -232,3 +232,42 @@ def summarize(matches: Iterable[Match], min_kinds: int = 2) -> tuple[AccountMatc
         if cur is None or (len(cand.kinds), cand.signal) > (len(cur.kinds), cur.signal):
             best[acct] = cand
     return tuple(best[a] for a in sorted(best))
+
+
+def reason(match: AccountMatch) -> str:
+    """The verdict reason an analyst reads: which partner, which kinds."""
+    return (
+        f"matches {', '.join(match.kinds)} of a distillation campaign shared by "
+        f"{match.source} (signal {match.signal:.2f})"
+    )
+
+
+def raise_scores(
+    verdicts: Iterable[Verdict],
+    accounts: Iterable[AccountMatch],
+    *,
+    weight: float = 0.5,
+    threshold: float | None = None,
+) -> list[Verdict]:
+    """Verdicts with partners' matches as an extra signal: the score rises to
+    ``1 - (1 - score)(1 - weight * signal)`` and the reason names the source.
+
+    A partner's indicator never decides alone: ``flagged`` only turns on when a
+    ``threshold`` is given, the account matches 2+ kinds of one campaign (strong) *and* its
+    raised score reaches the threshold; nothing here blocks (the policy acts on flags).
+    """
+    if not 0.0 < weight < 1.0:
+        raise ConfigError("weight must be within (0, 1): a shared indicator never scores 1")
+    by = {a.account_id: a for a in accounts}
+    out = []
+    for v in verdicts:
+        m = by.get(v.account_id)
+        if m is None:
+            out.append(v)
+            continue
+        score = 1.0 - (1.0 - v.score) * (1.0 - weight * m.signal)
+        flagged = v.flagged or (threshold is not None and m.strong and score >= threshold)
+        out.append(
+            Verdict(v.account_id, min(1.0, score), flagged, v.cluster_id, (*v.reasons, reason(m)))
+        )
+    return out
