@@ -45,7 +45,7 @@ def test_model_round_trips_through_a_bundle(intel_set) -> None:
     stats = ReadStats()
     back = collect(read_bundle(io.BytesIO(text.encode()), stats))
     assert back == intel_set
-    assert not stats.skipped and stats.unevaluable == 0
+    assert stats.skipped_count == 0 and stats.unevaluable == 0
     assert _objects(build_bundle(back).serialize()) == _objects(text)
 
 
@@ -186,6 +186,7 @@ def test_unknown_objects_and_unevaluable_patterns_are_counted_with_ids(intel_set
         rep = _import(store, text)
         shared, unevaluable = store.shared_indicators()
     skipped = {s.object_id: s.reason for s in rep.stats.skipped}
+    assert rep.stats.skipped_count == len(skipped) == 3
     assert "unknown object type" in skipped["x-unknown-thing--00000000-0000-4000-8000-000000000004"]
     assert "not used" in skipped["malware--00000000-0000-4000-8000-000000000003"]
     assert "invalid indicator" in skipped["indicator--00000000-0000-4000-8000-000000000005"]

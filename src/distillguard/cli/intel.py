@@ -183,9 +183,13 @@ def import_cmd(
                     f"[yellow]  {rep.unevaluable} indicators kept but not evaluable "
                     "(see `intel sources`)[/yellow]"
                 )
-            if rep.stats.skipped:
-                console.print(f"[yellow]  {len(rep.stats.skipped)} objects skipped:[/yellow]")
-                for s in rep.stats.skipped[:10]:
+            if rep.stats.skipped_count:
+                shown = min(20, len(rep.stats.skipped))
+                console.print(
+                    f"[yellow]  {rep.stats.skipped_count} objects skipped (the first "
+                    f"{shown} with their ids):[/yellow]"
+                )
+                for s in rep.stats.skipped[:shown]:
                     console.print(f"    {s.object_id}: {s.reason}")
 
 

@@ -14,7 +14,9 @@ bundle. Every object is either used, or counted as skipped with its id and the r
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -191,9 +193,6 @@ def _ts(t: float) -> str:
 
 def _derived(prefix: str, source_id: str, role: str) -> str:
     """Ids of objects derived from one indicator/campaign: stable, UUIDv4-shaped."""
-    import hashlib
-    import uuid
-
     digest = hashlib.sha256(f"{source_id}\x00{role}".encode()).digest()
     return f"{prefix}--{uuid.UUID(bytes=digest[:16], version=4)}"
 
@@ -346,6 +345,9 @@ def build_bundle(intel: IntelSet) -> stix2.Bundle:
 # Reading
 # --------------------------------------------------------------------------------------------
 
+# Skipped objects listed with id and reason (all are counted): a bundle of a million unknown
+# objects must not hold a million reasons in memory.
+MAX_SKIPS_LISTED = 1000
 KNOWN_UNUSED = frozenset(
     {
         "extension-definition",
@@ -397,8 +399,14 @@ class ReadStats:
 
     objects: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
-    skipped: list[Skip] = field(default_factory=list)
+    skipped_count: int = 0
+    skipped: list[Skip] = field(default_factory=list)  # the first MAX_SKIPS_LISTED, with ids
     unevaluable: int = 0
+
+    def skip(self, object_id: str, reason: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < MAX_SKIPS_LISTED:
+            self.skipped.append(Skip(object_id, reason))
 
 
 # One item of a bundle, in file order: ("identity", (id, name)), ("marking", (id, tlp)),
@@ -466,7 +474,7 @@ def read_bundle(fh: IO[bytes], stats: ReadStats) -> Iterator[BundleItem]:
         otype = str(obj.get("type", "?"))
         stats.by_type[otype] = stats.by_type.get(otype, 0) + 1
         if otype != "bundle" and obj.get("spec_version", "2.1") != "2.1":
-            stats.skipped.append(Skip(oid, f"spec_version {obj.get('spec_version')!r}, not 2.1"))
+            stats.skip(oid, f"spec_version {obj.get('spec_version')!r}, not 2.1")
             continue
         ours = otype == "indicator" and obj.get("pattern_type") == "stix" and _is_ours(obj)
         try:
@@ -475,10 +483,10 @@ def read_bundle(fh: IO[bytes], stats: ReadStats) -> Iterator[BundleItem]:
             probe = {**obj, "pattern_type": "x-distillguard"} if ours else obj
             parsed = stix2.parse(probe, allow_custom=True, version="2.1")
         except (STIXError, ValueError, TypeError, KeyError) as exc:
-            stats.skipped.append(Skip(oid, f"invalid {otype}: {str(exc)[:200]}"))
+            stats.skip(oid, f"invalid {otype}: {str(exc)[:200]}")
             continue
         if isinstance(parsed, dict):
-            stats.skipped.append(Skip(oid, f"unknown object type {otype!r}"))
+            stats.skip(oid, f"unknown object type {otype!r}")
             continue
         if otype == "identity":
             yield "identity", (oid, parsed.name)
@@ -518,7 +526,7 @@ def read_bundle(fh: IO[bytes], stats: ReadStats) -> Iterator[BundleItem]:
                 ),
             )
         elif otype not in KNOWN_UNUSED:
-            stats.skipped.append(Skip(oid, f"object type {otype!r} is not used for matching"))
+            stats.skip(oid, f"object type {otype!r} is not used for matching")
 
 
 def _is_ours(obj: dict[str, Any]) -> bool:
