@@ -97,6 +97,18 @@ def run_generator(generator: str, work: Path, args: argparse.Namespace, progress
     labels = {lab.account_id: lab for lab in read_labels(home_l)}
     campaign_accts = {a for a, lab in labels.items() if lab.label == "campaign"}
     flagged = {v.account_id for v in verdicts if v.flagged}
+    from distillguard.intel.indicators import stix_uuid
+
+    # Which exported campaigns were real: a flagged group whose members are mostly campaign.
+    members: dict[str, list[str]] = defaultdict(list)
+    for v in verdicts:
+        if v.flagged:
+            members[v.cluster_id or f"account:{v.account_id}"].append(v.account_id)
+    real_campaign = {
+        f"campaign--{stix_uuid(key, 'campaign', g)}": 2 * sum(a in campaign_accts for a in m)
+        > len(m)
+        for g, m in members.items()
+    }
     sets = {}
     for name, cfg in (
         ("ours", ExtractConfig()),
@@ -143,6 +155,12 @@ def run_generator(generator: str, work: Path, args: argparse.Namespace, progress
             by_persona[p]["any"] += new in acc
             by_persona[p]["strong"] += new in acc and acc[new].strong
         kinds = Counter(i.kind for i in intel.indicators)
+        false_kinds: Counter[str] = Counter()
+        false_from_home_fp = 0
+        for a in honest:
+            if a in acc:
+                false_kinds.update(acc[a].kinds)
+                false_from_home_fp += not real_campaign.get(acc[a].campaign_id, True)
         res["methods"][name] = {
             "campaigns": len(intel.campaigns),
             "indicators": len(intel.indicators),
@@ -160,6 +178,9 @@ def run_generator(generator: str, work: Path, args: argparse.Namespace, progress
             "own_campaign_any": sum(a in acc for a in own_campaign),
             "own_campaign_strong": sum(a in acc and acc[a].strong for a in own_campaign),
             "by_persona": {p: dict(c) for p, c in sorted(by_persona.items())},
+            "real_campaigns": sum(real_campaign.get(c.id, False) for c in intel.campaigns),
+            "honest_false_kinds": dict(false_kinds),
+            "honest_false_from_home_fp": false_from_home_fp,
         }
     progress.advance(task)
     return res
@@ -203,9 +224,19 @@ def report(results: list[dict], console) -> None:
                 pct(m["moved_strong_of_flagged"], m["moved_flagged_home"]),
                 pct(m["honest_any"], r["partner_honest"]),
                 pct(m["honest_strong"], r["partner_honest"]),
-                pct(m["own_campaign_any"], r["partner_own_campaign"]),
+                f"{pct(m['own_campaign_any'], r['partner_own_campaign'])} / "
+            f"{m['own_campaign_strong']}",
             )
         console.print(t)
+        for name, m in r["methods"].items():
+            console.print(
+                f"{name}: {m['real_campaigns']} of {m['campaigns']} exported campaigns are real "
+                f"campaigns; honest accounts matched via "
+                + (", ".join(f"{k} {v}" for k, v in sorted(m["honest_false_kinds"].items()))
+                   or "nothing")
+                + f"; {m['honest_false_from_home_fp']} of those matched a cluster the detector "
+                "flagged wrongly at home"
+            )
         ours = r["methods"]["ours"]
         console.print(
             "ours, kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(ours["kinds"].items()))
@@ -274,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (DATA / "README.md").exists():
         print(f"real data not found at {DATA}", file=sys.stderr)
         return 2
-    console = Console()
+    console = Console(width=170)
     results = []
     t0 = time.perf_counter()
     with (

@@ -174,11 +174,7 @@ def extract_intel(
     n = bad_ips = 0
     for r in records:
         n += 1
-        keys = []
-        try:
-            keys.append((KIND_IP_PREFIX, r.ip, canonical_ip_prefix))
-        except InputError:
-            bad_ips += 1
+        keys = [(KIND_IP_PREFIX, r.ip, canonical_ip_prefix)]
         if r.user_agent:
             keys.append((KIND_USER_AGENT, r.user_agent, canonical_user_agent))
         if r.payment_fingerprint:
@@ -247,18 +243,10 @@ def extract_intel(
             conf: int = conf,
         ) -> None:
             iid = f"indicator--{stix_uuid(key, 'indicator', cid, kind, value)}"
+            confidence = round(conf * precision)
             indicators.append(
                 IndicatorIntel(
-                    iid,
-                    cid,
-                    kind,
-                    value,
-                    round(conf * precision),
-                    accts,
-                    reqs,
-                    _ms(lo),
-                    _ms(hi),
-                    size,
+                    iid, cid, kind, value, confidence, accts, reqs, _ms(lo), _ms(hi), size
                 )
             )
 
