@@ -225,15 +225,17 @@ def report(results: list[dict], console) -> None:
                 pct(m["honest_any"], r["partner_honest"]),
                 pct(m["honest_strong"], r["partner_honest"]),
                 f"{pct(m['own_campaign_any'], r['partner_own_campaign'])} / "
-            f"{m['own_campaign_strong']}",
+                f"{m['own_campaign_strong']}",
             )
         console.print(t)
         for name, m in r["methods"].items():
             console.print(
                 f"{name}: {m['real_campaigns']} of {m['campaigns']} exported campaigns are real "
                 f"campaigns; honest accounts matched via "
-                + (", ".join(f"{k} {v}" for k, v in sorted(m["honest_false_kinds"].items()))
-                   or "nothing")
+                + (
+                    ", ".join(f"{k} {v}" for k, v in sorted(m["honest_false_kinds"].items()))
+                    or "nothing"
+                )
                 + f"; {m['honest_false_from_home_fp']} of those matched a cluster the detector "
                 "flagged wrongly at home"
             )

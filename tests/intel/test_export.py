@@ -99,3 +99,18 @@ def test_export_writes_a_valid_bundle_without_user_content(scored, intel_key, dg
     forbidden |= {v.cluster_id for v in flagged if v.cluster_id}
     leaked = sorted(s for s in forbidden if len(s) >= 8 and s.lower() in lowered)
     assert not leaked, leaked[:5]
+
+
+def test_the_demo_shares_the_campaign_it_caught(scored, intel_key, tmp_path) -> None:
+    from distillguard.demo import DemoState, share_campaign
+
+    flags = [
+        {"account_id": v.account_id, "score": v.score, "cluster_id": v.cluster_id}
+        for v in read_verdicts(scored.verdicts)
+        if v.flagged
+    ]
+    state = DemoState(workdir=tmp_path, teacher_dir=tmp_path, quick=True)
+    share_campaign(state, scored.traffic, flags)
+    bundle = json.loads(state.files["bundle"].read_text())
+    types = {o["type"] for o in bundle["objects"]}
+    assert {"campaign", "indicator", "sighting", "identity"} <= types
