@@ -13,6 +13,7 @@ from distillguard.intel.fingerprints import KINDS, CommunityKey
 from distillguard.intel.indicators import extract_intel
 from distillguard.intel.matching import (
     AccountMatch,
+    Match,
     MatchConfig,
     SharedIndicator,
     match_traffic,
@@ -133,3 +134,15 @@ def test_raised_scores_flag_only_strong_matches_over_the_bar() -> None:
     assert out["c"] == vs[2]
     with pytest.raises(ConfigError):
         raise_scores(vs, [strong], weight=1.0)
+
+
+def test_a_strong_match_needs_the_same_infrastructure() -> None:
+    def match(kind: str) -> Match:
+        return Match("a", "P", f"indicator--{kind}", kind, 0.8, "campaign--1", "c", 10)
+
+    workload_only = summarize([match("template"), match("request_params")])
+    assert not workload_only[0].strong  # same kind of workload, not the same actor
+    assert summarize([match("template"), match("ip_prefix")])[0].strong
+    assert summarize([match("template"), match("request_params")], require_infrastructure=False)[
+        0
+    ].strong

@@ -6,7 +6,8 @@ hashed them (``fingerprints``); its frequent frame shingles become a MinHash sig
 containment of a shared template is estimated; its dominant sampling profile is compared as
 is. A match is a *signal*, never a verdict: one partner's IP prefix can be a shared cloud
 range. ``AccountMatch.strong`` marks accounts that match at least ``min_kinds`` independent
-kinds of one campaign (the same rule cross-account linking uses at home), and ``signal`` is
+kinds of one campaign, one of them its infrastructure (the same actor, not only the same kind
+of workload), and ``signal`` is
 the probability-like combination the detector adds to its score (docs/intel.md).
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 from distillguard.errors import ConfigError, InputError
 from distillguard.intel.fingerprints import (
+    HASHED_KINDS,
     KIND_IP_PREFIX,
     KIND_PAYMENT,
     KIND_REQUEST_PARAMS,
@@ -53,6 +55,10 @@ class MatchConfig:
     # Independent kinds of one campaign an account must match to count as strong: one kind
     # alone (a cloud /24, a common pinned profile) is shared by strangers.
     min_kinds: int = 2
+    # ... one of them infrastructure (IP prefix, payment, agent): a template and a sampling
+    # profile in common say "the same kind of workload" (two apps built from one tutorial,
+    # two campaigns using one public frame), not "the same actor".
+    require_infrastructure: bool = True
     shingle_capacity: int = 64  # Misra-Gries counters per account: frames have < 30 shingles
 
     def __post_init__(self) -> None:
@@ -216,7 +222,9 @@ def match_traffic(
     return MatchResult(tuple(matches), summarize(matches, cfg.min_kinds), n, len(accounts), bad_ips)
 
 
-def summarize(matches: Iterable[Match], min_kinds: int = 2) -> tuple[AccountMatch, ...]:
+def summarize(
+    matches: Iterable[Match], min_kinds: int = 2, *, require_infrastructure: bool = True
+) -> tuple[AccountMatch, ...]:
     """Per account, the shared campaign it matches best (most kinds, then signal)."""
     by: dict[tuple[str, str, str], list[Match]] = defaultdict(list)
     for m in matches:
@@ -227,7 +235,10 @@ def summarize(matches: Iterable[Match], min_kinds: int = 2) -> tuple[AccountMatc
         miss = 1.0
         for kind in kinds:  # one factor per kind: three /24s of one hydra are one piece of evidence
             miss *= 1.0 - max(m.confidence for m in ms if m.kind == kind)
-        cand = AccountMatch(acct, source, cid, kinds, 1.0 - miss, len(kinds) >= min_kinds)
+        strong = len(kinds) >= min_kinds and (
+            not require_infrastructure or any(k in HASHED_KINDS for k in kinds)
+        )
+        cand = AccountMatch(acct, source, cid, kinds, 1.0 - miss, strong)
         cur = best.get(acct)
         if cur is None or (len(cand.kinds), cand.signal) > (len(cur.kinds), cur.signal):
             best[acct] = cand
