@@ -13,7 +13,8 @@ import stix2
 from distillguard.errors import ConfigError, InputError
 from distillguard.intel.fingerprints import CommunityKey
 from distillguard.intel.indicators import extract_intel
-from distillguard.intel.stix import ReadStats, build_bundle, collect, read_bundle
+from distillguard.intel.stix import build_bundle
+from distillguard.intel.stix_read import ReadStats, collect, read_bundle
 from distillguard.intel.store import IntelStore
 from distillguard.traffic import read_traffic, read_verdicts
 

@@ -18,7 +18,7 @@ from distillguard.errors import InputError, NotFound
 from distillguard.intel.fingerprints import KIND_REQUEST_PARAMS, CommunityKey
 from distillguard.intel.indicators import CampaignIntel, IndicatorIntel, IntelSet
 from distillguard.intel.matching import SharedIndicator
-from distillguard.intel.stix import ReadStats, read_bundle
+from distillguard.intel.stix_read import ReadStats, read_bundle
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS producers (id TEXT PRIMARY KEY, name TEXT NOT NULL,
