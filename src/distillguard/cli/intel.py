@@ -98,6 +98,10 @@ def export_cmd(
 ) -> None:
     """Write the indicators of every flagged campaign as a STIX 2.1 bundle (no user content)."""
     _require_libraries()
+    from distillguard.intel.indicators import TLP_LEVELS
+
+    if tlp not in TLP_LEVELS:
+        raise InputError(f"--tlp must be one of {', '.join(TLP_LEVELS)}, got {tlp!r}")
     key = _key()
     if source is not None:
         if verdicts or traffic:
