@@ -295,7 +295,8 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from distillguard.progress import progress_bar
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=300)
@@ -312,13 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="dg-intel-bench-") as tmp,
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress,
+        progress_bar(console=console) as progress,
     ):
         for g in args.generators.split(","):
             results.append(run_generator(g, Path(tmp) / g, args, progress))

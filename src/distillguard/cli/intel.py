@@ -50,19 +50,13 @@ def _key() -> Any:
 
 
 def _counted(records: Iterator[Any], label: str) -> Iterator[Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    """Pass records through while a bar counts them (the total is unknown until the end)."""
+    from distillguard.progress import tracked
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as prog:
-        task = prog.add_task(label, total=None)
+    with tracked(label, transient=True) as update:
         for i, r in enumerate(records, 1):
             if i % 5000 == 0:
-                prog.update(task, completed=i)
+                update(i)
             yield r
 
 
@@ -78,7 +72,7 @@ def _write_bundle(intel: Any, out: Path) -> int:
 
 
 @intel_app.command("export")
-def export_cmd(
+def intel_export(
     out: Annotated[Path, typer.Option("--out", help="STIX 2.1 bundle to write (JSON).")],
     verdicts: Annotated[
         Path | None, typer.Option("--verdicts", help="Verdicts of `monitor score`.")
@@ -161,7 +155,7 @@ def export_cmd(
 
 
 @intel_app.command("import")
-def import_cmd(
+def intel_import(
     bundles: Annotated[list[Path], typer.Argument(help="Partners' STIX 2.1 bundles.")],
 ) -> None:
     """Store partners' indicators (under DISTILLGUARD_HOME/intel/) for `intel match`."""
@@ -198,7 +192,7 @@ def import_cmd(
 
 
 @intel_app.command("match")
-def match_cmd(
+def intel_match(
     traffic: Annotated[Path, typer.Option("--traffic", help="Our traffic log to check.")],
     out: Annotated[Path, typer.Option("--out", help="Matches to write (JSON Lines).")],
     verdicts: Annotated[
@@ -261,7 +255,7 @@ def match_cmd(
 
 
 @intel_app.command("sources")
-def sources_cmd() -> None:
+def intel_sources() -> None:
     """List the partners whose indicators are imported."""
     _require_libraries()
     from distillguard.config import get_settings

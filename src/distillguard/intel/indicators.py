@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from distillguard.errors import ConfigError, InputError
@@ -165,16 +165,18 @@ def extract_intel(
     groups: dict[str, _Group] = {}
     for v in verdicts:
         if v.flagged:
-            g = v.cluster_id or f"account:{v.account_id}"
-            group_of[v.account_id] = g
-            groups.setdefault(g, _Group()).scores.append(v.score)
+            gkey = v.cluster_id or f"account:{v.account_id}"
+            group_of[v.account_id] = gkey
+            groups.setdefault(gkey, _Group()).scores.append(v.score)
     holders: dict[tuple[str, str], set[str]] = defaultdict(set)  # key -> accounts holding it
     account_profiles: dict[str, Counter[str]] = defaultdict(Counter)
     hashed: dict[tuple[str, str], str] = {}
     n = bad_ips = 0
     for r in records:
         n += 1
-        keys = [(KIND_IP_PREFIX, r.ip, canonical_ip_prefix)]
+        keys: list[tuple[str, str, Callable[[str], str]]] = [
+            (KIND_IP_PREFIX, r.ip, canonical_ip_prefix)
+        ]
         if r.user_agent:
             keys.append((KIND_USER_AGENT, r.user_agent, canonical_user_agent))
         if r.payment_fingerprint:

@@ -174,11 +174,16 @@ def evaluate_pattern(pattern: str) -> tuple[str, str, int | None]:
 
 
 def _observable(ind: IndicatorIntel) -> Any:
+    # The stix2 decorators give these classes their constructors: typed as Any here.
+    cls: Any
+    props: dict[str, Any]
     if ind.kind in CLIENT_PROPS:
-        return ClientObservable(**{CLIENT_PROPS[ind.kind]: ind.value})
-    if ind.kind == KIND_TEMPLATE:
-        return TemplateObservable(minhash=ind.value, shingles=ind.template_shingles)
-    return RequestObservable(profile=ind.value)
+        cls, props = ClientObservable, {CLIENT_PROPS[ind.kind]: ind.value}
+    elif ind.kind == KIND_TEMPLATE:
+        cls, props = TemplateObservable, {"minhash": ind.value, "shingles": ind.template_shingles}
+    else:
+        cls, props = RequestObservable, {"profile": ind.value}
+    return cls(**props)
 
 
 def _ts(t: float) -> str:

@@ -251,17 +251,17 @@ def collect(items: Iterator[BundleItem]) -> IntelSet:
     tlp = "amber"
     for tag, item in items:
         if tag == "identity":
-            names[item[0]] = item[1]  # type: ignore[index]
+            names[item[0]] = item[1]
         elif tag == "marking":
-            tlp = item[1]  # type: ignore[index]
+            tlp = item[1]
         elif tag == "campaign":
-            campaigns.append(item)  # type: ignore[arg-type]
+            campaigns.append(item)
         elif tag == "indicator":
-            indicators.append(item)  # type: ignore[arg-type]
+            indicators.append(item)
         elif tag == "indicates":
-            indicates[item[0]] = item[1]  # type: ignore[index]
+            indicates[item[0]] = item[1]
         elif tag == "sighting":
-            sightings[item.of] = item  # type: ignore[union-attr]
+            sightings[item.of] = item
     producers = {i.created_by for i in indicators}
     if len(producers) > 1:
         raise InputError(f"bundle has indicators of {len(producers)} producers")
