@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     watermark_secret: SecretStr | None = None
     intel_key: SecretStr | None = None  # community key: keyed hashes in shared STIX indicators
 
+    # --- enforcement and the admin API ------------------------------------------------------
+    # How often each replica re-reads the active enforcement actions from the database: the
+    # longest a lift takes to reach a replica without Redis (with Redis: at once).
+    enforcement_refresh_s: float = Field(default=2.0, gt=0, le=3600)
+    admin_token_name: str = "admin"  # who acted, in the audit log: admin:<name>
+    # Failed admin logins allowed per client IP in a window before 429 (brute force).
+    admin_login_max_failures: int = Field(default=10, ge=1)
+    admin_login_window_s: float = Field(default=60.0, gt=0)
+
     # --- watermark ----------------------------------------------------------------------
     watermark_scheme: str = "kgw"  # kgw | gumbel | synthid | off
     watermark_key_id: int = 1  # current key version; older versions stay detectable

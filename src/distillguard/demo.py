@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -283,6 +283,7 @@ def monitor(state: DemoState) -> None:
             f"{cluster} (score {flag.get('score', 0):.2f}) - {reasons}"
         )
     share_campaign(state, traffic, flags)
+    lift_a_false_positive(gateway, persona)
 
 
 def share_campaign(state: DemoState, traffic: Path, flags: list[dict]) -> None:
@@ -306,6 +307,48 @@ def share_campaign(state: DemoState, traffic: Path, flags: list[dict]) -> None:
         f"{len(intel.indicators)} indicators (keyed hashes, no user content) "
         f"as STIX 2.1 -> {out.name}"
     )
+
+
+def lift_a_false_positive(gateway, personas: Mapping[str, str | None]) -> None:
+    """Every action expires and can be lifted with a reason; the audit log says who did what.
+    An honest account the policy acted on is lifted; when the policy spared every honest
+    account, a reviewer's mistaken flag on a legitimate app is (the same path)."""
+    persona = {account: kind or "?" for account, kind in personas.items()}
+    active = gateway.admin_get("/actions?state=active&limit=1000")["data"]
+    wrong = [
+        a for a in active if not persona.get(a["account_id"], "campaign").startswith("campaign")
+    ]
+    if wrong:
+        action = wrong[0]
+        who = persona.get(action["account_id"], action["account_id"])
+        console.print(f"the policy acted on an honest account ({who}): {action['action']}")
+    else:
+        honest = sorted(a for a, p in persona.items() if not p.startswith("campaign"))
+        apps = [a for a in honest if persona[a].startswith("app_")] or honest
+        if not apps:
+            return
+        action = gateway.admin_post(
+            "/actions",
+            {
+                "account": apps[0],
+                "action": "flag",
+                "reason": "reviewer: machine-like traffic, looks like a harvest",
+                "ttl_s": 86_400,
+            },
+        )
+        who = persona[apps[0]]
+        console.print(f"no honest account was acted on; a reviewer flags {who} by mistake")
+    gateway.admin_post(
+        f"/actions/{action['id']}/lift",
+        {"reason": "false positive: a legitimate customer serving its own users"},
+    )
+    table = Table(title=f"audit log of {who} (POST /admin/actions/{action['id']}/lift)")
+    for column in ("event", "who", "why"):
+        table.add_column(column)
+    for event in gateway.admin_get(f"/audit?account={action['account_id']}")["data"]:
+        if event["event"].startswith("action."):
+            table.add_row(event["event"], event["actor"], event["reason"] or "-")
+    console.print(table)
 
 
 # --- act 4: distil ---------------------------------------------------------------------------

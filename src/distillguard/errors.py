@@ -12,6 +12,7 @@ stderr and ``exit_code``. Nothing below an edge catches these to return ``None``
     ├── AuthError              missing, unknown or revoked key             (401)
     ├── PermissionDenied       valid key, action not allowed (admin, block)(403)
     ├── NotFound               unknown model, account, key, file           (404, exit 3)
+    ├── Conflict               the target is in the wrong state (lifted)   (409, exit 2)
     ├── RateLimited            over a per-key limit or throttled           (429)
     ├── QuotaExceeded          a key's token or spend budget is used up    (429)
     ├── UpstreamError          upstream server failed or unreachable       (502, exit 4)
@@ -74,6 +75,15 @@ class NotFound(DistillGuardError):
     status_code = 404
     error_type = "not_found_error"
     exit_code = 3
+
+
+class Conflict(DistillGuardError):
+    """The request is well formed but its target is in a state that refuses it (an action
+    already lifted or expired)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    exit_code = 2
 
 
 class RateLimited(DistillGuardError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -93,28 +92,33 @@ def test_people_with_one_request_are_allowed() -> None:
     assert d.action == "allow" and 0.0 <= d.score <= 1.0
 
 
-@pytest.mark.redis
-def test_decisions_are_shared_between_replicas_through_redis() -> None:
-    import redis
-
-    url = "redis://127.0.0.1:6379/0"
-    try:
-        redis.Redis.from_url(url).ping()
-    except redis.RedisError:
-        pytest.skip("Redis not reachable at 127.0.0.1:6379")
-    prefix = f"dgtest:{uuid.uuid4().hex}"
+def test_decisions_are_proposed_once_and_forgetting_lets_the_policy_decide_again() -> None:
+    """The monitor keeps no shared state: each new or more severe decision is queued once
+    (with its rule, lifetime and evidence fingerprint) for the gateway to persist; after
+    ``forget`` (the action was lifted or expired) the policy decides again, and the same
+    evidence gives the same fingerprint (which the store refuses to re-apply after a lift)."""
     policy = parse_policy(
-        "min_requests: 1\nrules:\n  - action: block\n    when: {score_at_least: 0.0}\n"
+        "min_requests: 1\naction_ttl_s: 120\nrules:\n  - action: block\n    name: always\n"
+        "    when: {score_at_least: 0.0}\n"
     )
-    a = OnlineMonitor(policy, redis_url=url, redis_prefix=prefix)
-    b = OnlineMonitor(parse_policy("rules: []"), redis_url=url, redis_prefix=prefix)
-    try:
-        assert _check(a, "acct-x", 1000.0).action == "block"
-        assert _check(b, "acct-x", 1001.0).action == "block"  # replica b never decided it
-        assert _check(b, "acct-y", 1001.0).action == "allow"
-        assert any(f["account_id"] == "acct-x" for f in b.flags())
-    finally:
-        redis.Redis.from_url(url).delete(f"{prefix}:enforced")
+    m = OnlineMonitor(policy)
+    assert _check(m, "acct-x", 1000.0).action == "block"
+    assert _check(m, "acct-x", 1001.0).action == "block"
+    (first,) = m.take_proposals()
+    assert (first.account_id, first.action, first.rule, first.ttl_s) == (
+        "acct-x",
+        "block",
+        "always",
+        120.0,
+    )
+    assert first.evidence["rule"] == "always" and m.take_proposals() == []
+    m.forget("acct-x")
+    _check(m, "acct-x", 1002.0)
+    (again,) = m.take_proposals()
+    assert again.evidence_fingerprint == first.evidence_fingerprint
+    assert _check(m, "acct-y", 1003.0).action == "block"
+    (other,) = m.take_proposals()
+    assert other.evidence_fingerprint != first.evidence_fingerprint
 
 
 def test_background_linking_forms_the_same_clusters(small_traffic: tuple[Path, Path]) -> None:
@@ -222,3 +226,30 @@ def test_an_account_joining_an_acted_on_cluster_takes_its_action_at_once() -> No
     listed = {f["account_id"]: f for f in m.flags()}
     assert listed["hydra-late"]["action"] == listed[hydra[0]]["action"]
     assert listed["hydra-late"]["cluster_size"] == len(hydra) + 1
+
+
+def test_policy_rules_name_their_lifetime_and_params() -> None:
+    from distillguard.errors import ConfigError
+
+    policy = parse_policy(
+        "action_ttl_s: 600\nrules:\n"
+        "  - {action: cap_logprobs, name: lp, ttl_s: 30, params: {top_logprobs: 2}}\n"
+        "  - {action: flag}\n"
+    )
+    capped, flag = policy.rules
+    assert (capped.name, policy.ttl_of(capped), dict(capped.params)) == (
+        "lp",
+        30.0,
+        {"top_logprobs": 2},
+    )
+    assert (flag.name, policy.ttl_of(flag)) == ("rule2-flag", 600.0)
+    bad = [
+        "rules:\n  - {action: block, ttl_s: 0}\n",
+        "rules:\n  - {action: throttle, params: {rpm: -1}}\n",
+        "rules:\n  - {action: block, params: {why: 1}}\n",
+        "rules:\n  - {action: block, colour: red}\n",
+        "action_ttl_s: -1\nrules: []\n",
+    ]
+    for text in bad:
+        with pytest.raises(ConfigError):
+            parse_policy(text)

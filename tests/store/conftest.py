@@ -14,7 +14,7 @@ from distillguard.config import get_settings
 from distillguard.store import make_engine, migrate
 from distillguard.store.db import current_revision, head_revision
 
-_TABLES = ("accounts", "api_keys", "exchanges", "actions")
+_TABLES = ("accounts", "api_keys", "exchanges", "actions", "audit_events")
 
 
 def _pg_admin(url: str, *statements: str) -> None:

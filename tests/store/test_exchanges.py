@@ -1,5 +1,5 @@
 """The exchange log on both backends: every write lands, batches share commits, close drains,
-failures reach the caller, and enforcement actions round-trip."""
+failures reach the caller."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ from distillguard.store import (
     ExchangeLog,
     ExchangeRecord,
     count_exchanges,
-    list_actions,
     make_engine,
     recent_exchanges,
-    record_action,
     session_scope,
 )
 from distillguard.store.exchanges import get_exchange, iter_exchanges
@@ -246,35 +244,6 @@ def test_iter_exchanges_streams_in_time_order_with_filters(engine: Engine) -> No
         for r in iter_exchanges(engine, since=1_764_000_002, until=1_764_000_004)
     ]
     assert window == [2.0, 3.0]
-
-
-def test_actions_round_trip(engine: Engine) -> None:
-    with session_scope(engine) as s:
-        record_action(
-            s,
-            account_id="acct_1",
-            cluster_id="c7",
-            action="flag",
-            reasons=["templated prompts"],
-            score=0.93,
-            ts=10.0,
-        )
-        record_action(
-            s, account_id="acct_2", cluster_id=None, action="block", reasons=[], score=1, ts=20.0
-        )
-    with session_scope(engine) as s:
-        everything = list_actions(s)
-        assert [(a.account_id, a.action) for a in everything] == [
-            ("acct_1", "flag"),
-            ("acct_2", "block"),
-        ]
-        assert everything[0].reasons == ("templated prompts",) and everything[0].score == 0.93
-        assert [a.action for a in list_actions(s, account_id="acct_2")] == ["block"]
-        assert [a.action for a in list_actions(s, since=15.0)] == ["block"]
-        assert [a.action for a in list_actions(s, limit=1)] == ["block"]  # the newest one
-        assert [a.action for a in list_actions(s, limit=5)] == ["flag", "block"]
-    with pytest.raises(InputError), session_scope(engine) as s:
-        record_action(s, account_id="a", cluster_id=None, action="nuke", reasons=[], score=1)
 
 
 def test_exchange_log_rejects_a_nonsense_batch_size(engine: Engine) -> None:

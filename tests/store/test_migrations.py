@@ -20,7 +20,7 @@ from distillguard.store.db import (
 )
 from distillguard.store.schema import Base
 
-TABLES = {"accounts", "api_keys", "exchanges", "actions"}
+TABLES = {"accounts", "api_keys", "exchanges", "actions", "audit_events"}
 # spec/traffic-log.md §1 fields, plus the serving details the gateway records.
 EXCHANGE_COLUMNS = {
     "id",

@@ -1,13 +1,18 @@
-"""CLI for the store: ``accounts``, ``keys``, ``log`` and ``db`` sub-commands.
+"""CLI for the store: ``accounts``, ``keys``, ``actions``, ``log`` and ``db`` sub-commands.
 
 Every command takes ``--db URL`` (default: ``DISTILLGUARD_DATABASE_URL``, else the SQLite file
 in ``DISTILLGUARD_HOME``) and brings the schema up to date first, so a newcomer's first
 ``accounts create`` just works. Errors (duplicate name, unknown account or key) are raised as
 ``DistillGuardError`` and printed by the root app with their exit code.
+
+Changes made here are audited with the actor ``cli:<OS user>``. Actions applied or lifted here
+reach running gateways through the database: every replica re-reads the actions in force
+within ``DISTILLGUARD_ENFORCEMENT_REFRESH_S`` seconds.
 """
 
 from __future__ import annotations
 
+import getpass
 import math
 import re
 from datetime import UTC, datetime
@@ -32,6 +37,10 @@ log_app = typer.Typer(
     help="The exchange log: export or import a traffic log, tail.", no_args_is_help=True
 )
 db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
+actions_app = typer.Typer(
+    help="Enforcement actions: apply or lift with a reason, list, and the audit log.",
+    no_args_is_help=True,
+)
 
 DbOption = Annotated[
     str | None,
@@ -49,6 +58,7 @@ def register(root: typer.Typer) -> None:
     """Attach this capability's commands to the root app."""
     root.add_typer(accounts_app, name="accounts")
     root.add_typer(keys_app, name="keys")
+    root.add_typer(actions_app, name="actions")
     root.add_typer(log_app, name="log")
     root.add_typer(db_app, name="db")
 
@@ -144,13 +154,27 @@ def accounts_list(db: DbOption = None) -> None:
     console.print(table if accounts else "no accounts yet: `distillguard accounts create NAME`")
 
 
-def _set_status(account: str, status: str, action: str, reason: str, db: str | None) -> None:
-    from distillguard.store import record_action, session_scope, set_account_status
+def _actor() -> str:
+    """Who acts from the command line, for the audit log."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in a bare container
+        return "cli:unknown"
+
+
+def _set_status(account: str, status: str, reason: str, db: str | None) -> None:
+    from distillguard.store import get_account, record_audit, session_scope, set_account_status
 
     with session_scope(_open(db)) as session:
+        before = get_account(session, account=account).status
         info = set_account_status(session, account=account, status=status)
-        record_action(
-            session, account_id=info.id, cluster_id=None, action=action, reasons=[reason], score=1.0
+        record_audit(
+            session,
+            actor=_actor(),
+            event="account.status",
+            account_id=info.id,
+            reason=reason,
+            details={"from": before, "to": info.status},
         )
     console.print(f"account {info.name} ({info.id}) is now {info.status}")
 
@@ -162,7 +186,7 @@ def accounts_suspend(
     db: DbOption = None,
 ) -> None:
     """Suspend an account: its keys are refused (403) until it is reinstated."""
-    _set_status(account, "suspended", "suspend", reason, db)
+    _set_status(account, "suspended", reason, db)
 
 
 @accounts_app.command("reinstate")
@@ -172,7 +196,7 @@ def accounts_reinstate(
     db: DbOption = None,
 ) -> None:
     """Reinstate a suspended account."""
-    _set_status(account, "active", "reinstate", reason, db)
+    _set_status(account, "active", reason, db)
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -234,7 +258,7 @@ def keys_create(
 ) -> None:
     """Create an API key. Its secret is printed once and cannot be shown again."""
     from distillguard.config import get_settings
-    from distillguard.store import create_key, session_scope
+    from distillguard.store import create_key, record_audit, session_scope
     from distillguard.store.accounts import expiry_time, require_prices
 
     expires_at = expiry_time(
@@ -254,6 +278,21 @@ def keys_create(
             metadata=parse_metadata(metadata) if metadata is not None else None,
             token_budget=token_budget,
             spend_budget_usd=spend_budget,
+        )
+        record_audit(
+            session,
+            actor=_actor(),
+            event="key.create",
+            account_id=key.account_id,
+            target=key.key_id,
+            details={
+                "rpm": key.rpm,
+                "tpm": key.tpm,
+                "alias": key.alias,
+                "expires_at": key.expires_at,
+                "token_budget": key.token_budget,
+                "spend_budget_usd": key.spend_budget_usd,
+            },
         )
     if secret_only:
         typer.echo(secret)
@@ -310,13 +349,157 @@ def keys_revoke(
     db: DbOption = None,
 ) -> None:
     """Revoke a key: refused from the next request on, in every gateway replica."""
-    from distillguard.store import revoke_key, session_scope
+    from distillguard.store import record_audit, revoke_key, session_scope
 
     with session_scope(_open(db)) as session:
         key = revoke_key(session, key_id=key_id)
+        record_audit(
+            session, actor=_actor(), event="key.revoke", account_id=key.account_id, target=key_id
+        )
     console.print(
         f"revoked key {key.key_id} of account {key.account_name} at {_when(key.revoked_at)}"
     )
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+def _params(pairs: list[str]) -> dict[str, object]:
+    """``name=value`` pairs; values are read as JSON when they parse (numbers, true, null)."""
+    import orjson
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--param must look like name=value, got {pair!r}", param="params")
+        try:
+            out[name.strip()] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            out[name.strip()] = value
+    return out
+
+
+@actions_app.command("apply")
+def actions_apply(
+    account: Annotated[str, typer.Argument(help="Account id or name.")],
+    action: Annotated[
+        str,
+        typer.Argument(
+            help="flag, cap_logprobs, degrade, withhold_reasoning, antidistill, throttle, block."
+        ),
+    ],
+    reason: Annotated[str, typer.Option(help="Why (required; kept in the audit log).")],
+    ttl: Annotated[float, typer.Option("--ttl", help="Lifetime in seconds (> 0).")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="An action parameter as name=value (repeatable)."),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Apply an action to an account for --ttl seconds, with a reason."""
+    from distillguard.store import apply_action, session_scope
+
+    with session_scope(_open(db)) as session:
+        record = apply_action(
+            session,
+            account=account,
+            action=action,
+            reason=reason,
+            ttl_s=ttl,
+            params=_params(param or []),
+            actor=_actor(),
+        )
+    console.print(
+        f"action {record.id}: {record.action} on {record.account_id} until "
+        f"{_when(record.expires_at)} UTC",
+        markup=False,
+    )
+
+
+@actions_app.command("lift")
+def actions_lift(
+    action_id: Annotated[int, typer.Argument(help="The action's id (see `actions list`).")],
+    reason: Annotated[str, typer.Option(help="Why (required; kept in the audit log).")],
+    db: DbOption = None,
+) -> None:
+    """Lift an active action, with a reason."""
+    from distillguard.store import lift_action, session_scope
+
+    with session_scope(_open(db)) as session:
+        record = lift_action(session, action_id=action_id, reason=reason, actor=_actor())
+    console.print(
+        f"lifted action {record.id} ({record.action} on {record.account_id})", markup=False
+    )
+
+
+@actions_app.command("list")
+def actions_list(
+    account: Annotated[str | None, typer.Option(help="Only this account (id or name).")] = None,
+    active: Annotated[bool, typer.Option("--active", help="Only actions in force.")] = False,
+    limit: Annotated[int, typer.Option(help="How many, newest.", min=1)] = 50,
+    db: DbOption = None,
+) -> None:
+    """List actions with their state (active, lifted, expired), actor and reason."""
+    import time
+
+    from distillguard.store import active_actions, get_account, list_actions, session_scope
+
+    now = time.time()
+    with session_scope(_open(db)) as session:
+        account_id = None if account is None else get_account(session, account=account).id
+        if active:
+            rows = [
+                r
+                for r in active_actions(session, now=now)
+                if account_id is None or r.account_id == account_id
+            ][-limit:]
+        else:
+            rows = list_actions(session, account_id=account_id, limit=limit)
+    table = Table("id", "account", "action", "state", "actor", "reason", "taken", "expires")
+    for r in rows:
+        state: str = r.state(now)
+        if state == "lifted":
+            state = f"lifted by {r.lifted_by}: {_short(r.lift_reason, 30)}"
+        table.add_row(
+            str(r.id),
+            r.account_id,
+            r.action,
+            state,
+            r.actor,
+            _short(r.reason, 40),
+            _when(r.ts),
+            _when(r.expires_at),
+        )
+    console.print(table if rows else "no actions")
+
+
+@actions_app.command("audit")
+def actions_audit(
+    account: Annotated[str | None, typer.Option(help="Only this account (id or name).")] = None,
+    event: Annotated[
+        str | None, typer.Option(help="Only this event, e.g. action.lift, admin.login_failed.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest.", min=1)] = 50,
+    db: DbOption = None,
+) -> None:
+    """The audit log: who applied or lifted what, status changes, keys, failed admin logins."""
+    from distillguard.store import get_account, list_audit, session_scope
+
+    with session_scope(_open(db)) as session:
+        account_id = None if account is None else get_account(session, account=account).id
+        rows = list_audit(session, account_id=account_id, event=event, limit=limit)
+    if not rows:
+        console.print("no audit events")
+        return
+    for e in rows:
+        console.print(
+            f"{_when(e.ts)}  {e.actor}  {e.event}  {e.account_id or '-'}  {e.target or '-'}  "
+            f"{_short(e.reason, 50)}  {e.ip or ''}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # --- log ----------------------------------------------------------------------------------

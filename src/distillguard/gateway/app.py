@@ -32,6 +32,7 @@ from distillguard.gateway.limits import make_limiter
 from distillguard.gateway.metrics import GatewayMetrics
 from distillguard.gateway.routes_openai import OPENAI_PATHS, handle_models, handle_openai
 from distillguard.gateway.runtime import GatewayState
+from distillguard.gateway.state import AdminLoginGuard, EnforcementConfig, EnforcementState
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -109,6 +110,18 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         chosen = backend or _make_backend(settings)
         await chosen.start()
         monitor = _make_monitor(settings)
+        metrics = GatewayMetrics(chosen.model_ids)
+        enforcement = EnforcementState(
+            engine,
+            monitor=monitor,
+            redis_url=settings.redis_url,
+            config=EnforcementConfig(
+                refresh_s=settings.enforcement_refresh_s,
+                throttle_rpm=monitor.policy.throttle_rpm if monitor is not None else 2,
+            ),
+            count_error=lambda component: metrics.state_errors.labels(component).inc(),
+        )
+        await enforcement.start()  # the actions in force, before the first request
         admin = settings.admin_token.get_secret_value() if settings.admin_token else None
         state = GatewayState(
             settings=settings,
@@ -117,9 +130,16 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             auth=KeyAuthenticator(engine),
             limiter=limiter,
             backend=chosen,
-            metrics=GatewayMetrics(chosen.model_ids),
+            metrics=metrics,
             monitor=monitor,
             admin_token=admin or None,
+            enforcement=enforcement,
+            login_guard=AdminLoginGuard(
+                max_failures=settings.admin_login_max_failures,
+                window_s=settings.admin_login_window_s,
+                redis_url=settings.redis_url,
+                count_error=lambda component: metrics.state_errors.labels(component).inc(),
+            ),
             started_at=time.time(),
         )
         app.state.gateway = state
@@ -138,6 +158,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         try:
             yield
         finally:
+            await enforcement.close()
+            await state.login_guard.close()
+            if monitor is not None:
+                monitor.close()
             await chosen.close()
             await limiter.close()
             state.auth.close()

@@ -7,21 +7,31 @@ event loop keeps open; their read transactions end after every check so that the
 sees new commits.
 
 Admin routes use FastAPI dependencies (``AdminAuth``): the token is compared in constant time,
-a missing header is 401, a wrong token (or no admin token configured) 403.
+a missing header is 401, a wrong token (or no admin token configured) 403. Every refused
+attempt is written to the audit log (client IP, path, what was wrong; never the token) and
+counted per client IP (``gateway.state.AdminLoginGuard``): past ``admin_login_max_failures``
+in ``admin_login_window_s`` seconds, every admin call from that IP - right token or not, so
+that a guesser cannot tell a hit - is answered 429 with ``Retry-After`` and is not audited
+again (the audit log cannot be flooded through it). With Redis the count is shared by every
+replica; without it each process counts alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
+import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from distillguard.errors import AuthError, PermissionDenied, StoreError
+from distillguard.errors import AuthError, PermissionDenied, RateLimited, StoreError
 from distillguard.store.accounts import KeyIdentity, authenticate
 from distillguard.store.schema import Account, ApiKey
 
@@ -49,6 +59,7 @@ _STILL_VALID = (
 )
 T = TypeVar("T")
 _CACHE_SIZE = 10_000  # identities kept; the oldest goes first when full
+log = logging.getLogger("distillguard.gateway.auth")
 
 
 class KeyAuthenticator:
@@ -174,6 +185,17 @@ class KeyAuthenticator:
         self._cache.clear()
 
 
+@dataclass(frozen=True)
+class AdminIdentity:
+    """Who is calling the admin API: the audit log's actor."""
+
+    name: str
+
+    @property
+    def actor(self) -> str:
+        return f"admin:{self.name}"
+
+
 def check_admin_token(expected: str | None, authorization: str | None) -> None:
     """401 without a bearer token, 403 with a wrong one or when no admin token is configured."""
     if not authorization:
@@ -187,9 +209,48 @@ def check_admin_token(expected: str | None, authorization: str | None) -> None:
         raise PermissionDenied("wrong admin token")
 
 
-async def _require_admin(request: Request) -> None:  # async: runs on the loop
+async def _require_admin(request: Request) -> AdminIdentity:  # async: runs on the loop
     state = request.app.state.gateway
-    check_admin_token(state.admin_token, request.headers.get("authorization"))
+    ip = request.client.host if request.client else "unknown"
+    now = time.monotonic()
+    wait = await state.login_guard.retry_after(ip, now)
+    if wait is not None:
+        state.metrics.admin_logins.labels("rate_limited").inc()
+        raise RateLimited(
+            "too many failed admin logins from this address; retry later",
+            retry_after=wait,
+            code="admin_login_rate_limited",
+        )
+    try:
+        check_admin_token(state.admin_token, request.headers.get("authorization"))
+    except (AuthError, PermissionDenied) as exc:
+        await state.login_guard.failed(ip, now)
+        state.metrics.admin_logins.labels("rejected").inc()
+        await _audit_failed_login(state, ip, request.url.path, exc.message)
+        raise
+    return AdminIdentity(state.settings.admin_token_name)
+
+
+async def _audit_failed_login(state, ip: str, path: str, what: str) -> None:
+    """One audit row per refused attempt (bounded per IP by the guard); never the token."""
+    from distillguard.store.actions import record_audit
+    from distillguard.store.db import session_scope
+
+    def write() -> None:
+        with session_scope(state.engine) as session:
+            record_audit(
+                session,
+                actor="anonymous",
+                event="admin.login_failed",
+                ip=ip,
+                details={"path": path[:200], "refused": what},
+            )
+
+    try:
+        await asyncio.to_thread(write)
+    except Exception:  # the refusal stands; the lost audit row is logged and counted
+        log.exception("could not audit a failed admin login from %s", ip)
+        state.metrics.state_errors.labels("database").inc()
 
 
 async def _require_key(request: Request) -> KeyIdentity:  # async: the loop's connection
@@ -197,5 +258,5 @@ async def _require_key(request: Request) -> KeyIdentity:  # async: the loop's co
     return state.auth.authenticate(request.headers.get("authorization"))
 
 
-AdminAuth = Annotated[None, Depends(_require_admin)]
+AdminAuth = Annotated[AdminIdentity, Depends(_require_admin)]
 ApiKeyAuth = Annotated[KeyIdentity, Depends(_require_key)]

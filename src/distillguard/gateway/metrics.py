@@ -91,6 +91,18 @@ class GatewayMetrics:
             ["model", "kind"],
             registry=self.registry,
         )
+        self.state_errors = Counter(
+            "distillguard_enforcement_state_errors",
+            "enforcement state failures (redis, database, monitor): logged, never swallowed",
+            ["component"],
+            registry=self.registry,
+        )
+        self.admin_logins = Counter(
+            "distillguard_admin_login_failures",
+            "refused admin API calls: rejected (missing or wrong token) or rate_limited",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.actions = Counter(
             "distillguard_enforcement_actions",
             "online monitor decisions other than allow",

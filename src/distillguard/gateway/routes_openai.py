@@ -197,8 +197,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             tpm=identity.tpm or settings.default_tpm,
             tokens=reserved,
         )
-        if state.monitor is not None:
-            await _enforce(state, attempt, job, identity, body)
+        await _enforce(state, attempt, job, identity, body)
 
         limit_headers = ratelimit_headers(reservation.window)  # OpenAI's x-ratelimit-*
         if request.stream:
@@ -258,6 +257,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
                 )
             except Exception:
                 log.exception("online monitor failed to record an exchange")
+                state.metrics.state_errors.labels("monitor").inc()
 
 
 async def _respond(
@@ -342,38 +342,34 @@ async def _serve_stream(
 async def _enforce(
     state: GatewayState, attempt: Attempt, job: Job, identity: KeyIdentity, body: dict[str, Any]
 ) -> None:
-    """Ask the online monitor; act on its decision and record any action taken."""
-    try:
-        decision = state.monitor.check(
-            account_id=identity.account_id,
-            key_id=identity.key_id,
-            payment_fingerprint=identity.payment_fingerprint,
-            ip=attempt.ip,
-            user_agent=attempt.user_agent,
-            endpoint=attempt.endpoint,
-            request=body,
-            ts=attempt.ts,
-        )
-    except Exception:
-        # A monitor bug must not take the API down: serve, and say so loudly.
-        log.exception("online monitor failed; serving without a decision")
-        state.metrics.actions.labels("monitor_error").inc()
-        return
+    """Act on the actions in force on the account (the monitor sees the request first, and
+    what its policy decides is recorded there: ``gateway.state``)."""
+    decision = await state.enforcement.check(
+        account_id=identity.account_id,
+        key_id=identity.key_id,
+        payment_fingerprint=identity.payment_fingerprint,
+        ip=attempt.ip,
+        user_agent=attempt.user_agent,
+        endpoint=attempt.endpoint,
+        request=body,
+        ts=attempt.ts,
+    )
     action = decision.action
     if action == "allow":
         return
     state.metrics.actions.labels(action).inc()
-    await state.record_action(identity.account_id, decision)
-    reasons = "; ".join(decision.reasons) or "policy"
     if action == "block":
-        raise PermissionDenied(f"access blocked by policy: {reasons}", code="account_blocked")
+        raise PermissionDenied(
+            "access to this API is suspended for this account; contact support",
+            code="account_blocked",
+        )
     if action == "throttle":
         raise RateLimited(
-            f"throttled by policy: {reasons}",
+            "this account is limited to a few requests a minute; retry later",
             retry_after=decision.retry_after or 60.0,
             code="policy_throttle",
         )
-    if action == "degrade":
+    if action in ("degrade", "cap_logprobs"):  # cap_logprobs: at most what degrade removes
         job.degrade = True
 
 

@@ -6,9 +6,7 @@ it, instead of the routes importing the app that imports them.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
@@ -18,8 +16,7 @@ from distillguard.gateway.auth import KeyAuthenticator
 from distillguard.gateway.backend import Backend
 from distillguard.gateway.limits import RateLimiter
 from distillguard.gateway.metrics import GatewayMetrics
-
-log = logging.getLogger("distillguard.gateway")
+from distillguard.gateway.state import AdminLoginGuard, EnforcementState
 
 
 @dataclass
@@ -35,31 +32,6 @@ class GatewayState:
     metrics: GatewayMetrics
     monitor: Any | None  # monitor.online.OnlineMonitor, or None when not installed / disabled
     admin_token: str | None
+    enforcement: EnforcementState  # actions in force (the table's cache) and the policy's path
+    login_guard: AdminLoginGuard  # failed admin logins per client IP
     started_at: float = 0.0
-    recorded_actions: dict[str, str] = field(default_factory=dict)  # account -> last recorded
-
-    async def record_action(self, account_id: str, decision: Any) -> None:
-        """Persist an enforcement action when it changes for the account (a blocked account
-        sending a thousand requests is one action, not a thousand rows); off the event loop:
-        it is a database write."""
-        if self.recorded_actions.get(account_id) == decision.action:
-            return
-        self.recorded_actions[account_id] = decision.action
-        from distillguard.store.db import session_scope
-        from distillguard.store.exchanges import record_action
-
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                record_action(
-                    session,
-                    account_id=account_id,
-                    cluster_id=decision.cluster_id,
-                    action=decision.action,
-                    reasons=list(decision.reasons),
-                    score=float(decision.score),
-                )
-
-        try:
-            await asyncio.to_thread(write)
-        except Exception:
-            log.exception("could not record enforcement action %s", decision.action)

@@ -5,14 +5,18 @@ account's sketch (bounded memory), refreshes the account's links to other accoun
 then, scores the account and its cluster, and asks the policy what to do. An action decided
 for one account applies to every account of its cluster. ``record`` adds the response.
 
-With ``redis_url`` the decisions (and the evidence behind them) are shared through Redis, so
-that every gateway replica enforces what any replica decided; each replica keeps its own
-sketches of the requests it sees (with round-robin balancing that is an even sample of every
-account's traffic).
+The monitor is pure: it keeps no shared state and does no I/O. Every new or more severe
+decision is also queued as a ``Proposal`` (``take_proposals``) carrying its rule, lifetime and
+evidence fingerprint; the gateway's enforcement state (``gateway.state``) persists proposals
+as actions in the database - the one source of truth, shared by every replica - and tells the
+monitor to ``forget`` an account whose action was lifted or expired, so that the policy may
+decide again, on new evidence only. Each replica keeps its own sketches of the requests it
+sees (with round-robin balancing that is an even sample of every account's traffic).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -20,7 +24,6 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from distillguard.errors import StoreError
 from distillguard.monitor.links import (
     KINDS,
     LinkConfig,
@@ -64,6 +67,45 @@ class _Enforcement:
     retry_after: float | None
     since: float
     requests: int
+    rule: str = ""
+    ttl_s: float = 86_400.0
+    params: tuple[tuple[str, object], ...] = ()
+    link_kinds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A decision the policy took for one account, for the enforcement state to persist."""
+
+    account_id: str
+    action: str
+    rule: str  # the policy rule's name: the action's actor is policy:<rule>
+    ttl_s: float
+    params: dict[str, object]
+    score: float
+    reasons: tuple[str, ...]
+    cluster_id: str | None
+    members: tuple[str, ...]  # the cluster (or the account alone), sorted
+    link_kinds: tuple[str, ...]  # kinds of shared keys behind the cluster, sorted
+    requests: int
+
+    @property
+    def evidence_fingerprint(self) -> str:
+        """Names the evidence acted on: the rule, the action, who is linked and by what.
+        An admin's lift holds until one of them changes (new evidence)."""
+        basis = [self.rule, self.action, list(self.members), list(self.link_kinds)]
+        return hashlib.sha256(json.dumps(basis).encode()).hexdigest()[:32]
+
+    @property
+    def evidence(self) -> dict[str, object]:
+        return {
+            "rule": self.rule,
+            "score": round(self.score, 6),
+            "requests": self.requests,
+            "cluster_id": self.cluster_id,
+            "cluster_size": len(self.members),
+            "link_kinds": list(self.link_kinds),
+        }
 
 
 @dataclass
@@ -82,13 +124,11 @@ class OnlineMonitor:
         self,
         policy: Policy,
         *,
-        redis_url: str | None = None,
         model: ScoreModel | None = None,
         signal_cfg: SignalConfig | None = None,
         link_cfg: LinkConfig | None = None,
         rescore_every: int = 8,
         relink_every: int = 64,
-        redis_prefix: str = "distillguard:monitor",
         background_links: bool = False,
     ) -> None:
         self.policy = policy
@@ -106,6 +146,7 @@ class OnlineMonitor:
         self._members: dict[str, set[str]] = {}  # cluster root -> members
         self._evidence: dict[str, set[str]] = defaultdict(set)  # cluster root -> kinds
         self._enforced: dict[str, _Enforcement] = {}  # account id -> standing action
+        self._proposals: list[Proposal] = []  # decisions not yet taken by the enforcement state
         # cluster id -> (requests, members, merged signals, score, features) when computed
         self._cluster_cache: dict[str, tuple[int, int, AccountSignals, float, Any]] = {}
         self._lock = threading.Lock()
@@ -120,25 +161,12 @@ class OnlineMonitor:
                 target=self._link_loop, name="monitor-links", daemon=True
             )
             self._thread.start()
-        self._redis = None
-        self._redis_key = f"{redis_prefix}:enforced"  # hash: account id -> standing action
-        if redis_url:
-            import redis
-
-            try:
-                self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5)
-                self._redis.ping()
-            except redis.RedisError as exc:
-                msg = f"online monitor cannot reach Redis at {redis_url}: {exc}"
-                raise StoreError(msg) from exc
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OnlineMonitor:
-        """The gateway's monitor: its policy file (or the built-in one), Redis when set, and
-        cross-account linking on a background thread."""
-        return cls(
-            load_policy(settings.policy_file), redis_url=settings.redis_url, background_links=True
-        )
+        """The gateway's monitor: its policy file (or the built-in one) and cross-account
+        linking on a background thread."""
+        return cls(load_policy(settings.policy_file), background_links=True)
 
     # ---- the request path -------------------------------------------------------------------
     def check(
@@ -295,7 +323,7 @@ class OnlineMonitor:
             cur = self._enforced.get(m)
             if cur is None or SEVERITY[top.action] > SEVERITY[cur.action]:
                 self._enforced[m] = top
-                self._publish(m, top, cid)
+                self._propose(m, top, cid, members)
 
     @staticmethod
     def _key_sets(old: LinkKeys, new: LinkKeys) -> list[tuple[str, set, set]]:
@@ -317,19 +345,27 @@ class OnlineMonitor:
             return None, {account_id}
         return cluster_id_of(members), members
 
-    def _rescore(self, account_id: str, st: _AccountState, ts: float) -> None:
+    def _score(
+        self, account_id: str, st: _AccountState
+    ) -> tuple[float, int, AccountSignals, Any, int]:
+        """The scoring step: (score, requests, signals, features, accounts) of the account,
+        or of its cluster when the cluster scores higher."""
         sig = st.sketch.signals()
         st.signals = sig
         x = feature_vector(sig)
         st.score = self.model.score(x)
         cid, members = self._cluster(account_id)
-        score, requests, sig_used, xs, n_acc = st.score, sig.requests, sig, x, 1
         if cid is not None:
             merged, cs, xc = self._cluster_score(cid, members)
-            if cs > score:
-                score, sig_used, requests, xs, n_acc = cs, merged, merged.requests, xc, len(members)
+            if cs > st.score:
+                return cs, merged.requests, merged, xc, len(members)
+        return st.score, sig.requests, sig, x, 1
+
+    def _rescore(self, account_id: str, st: _AccountState, ts: float) -> None:
+        score, requests, sig_used, xs, n_acc = self._score(account_id, st)
         if requests < self.policy.min_requests:
             return
+        cid, members = self._cluster(account_id)
         rule = self.policy.decide(
             score=score,
             threshold=self.model.threshold,
@@ -341,16 +377,26 @@ class OnlineMonitor:
             return
         targets = members if cid is not None else {account_id}
         why: tuple[str, ...] | None = None
+        kinds: tuple[str, ...] = ()
         for m in targets:
             cur = self._enforced.get(m)
             if cur is None or SEVERITY[rule.action] > SEVERITY[cur.action]:
                 if why is None:  # words only when an action is taken
-                    kinds = sorted(self._evidence.get(self._uf.find(account_id), ()))
+                    kinds = tuple(sorted(self._evidence.get(self._uf.find(account_id), ())))
                     why = reasons(self.model, xs, sig_used, n_acc, kinds)
                 self._enforced[m] = _Enforcement(
-                    rule.action, score, why, rule.retry_after, ts, requests
+                    rule.action,
+                    score,
+                    why,
+                    rule.retry_after,
+                    ts,
+                    requests,
+                    rule=rule.name,
+                    ttl_s=self.policy.ttl_of(rule),
+                    params=rule.params,
+                    link_kinds=kinds,
                 )
-                self._publish(m, self._enforced[m], cid)
+                self._propose(m, self._enforced[m], cid, targets)
 
     def _cluster_score(self, cid: str, members: set[str]) -> tuple[AccountSignals, float, Any]:
         """Merged signals and score of a cluster, refreshed when it has grown by 1/8 (or got
@@ -375,7 +421,7 @@ class OnlineMonitor:
         return st.signals
 
     def _decision(self, account_id: str, st: _AccountState, ts: float) -> Decision:
-        enf = self._enforced.get(account_id) or self._remote(account_id)
+        enf = self._enforced.get(account_id)
         cid, _ = self._cluster(account_id)
         if enf is None:
             return Decision("allow", st.score, (), cid, None)
@@ -391,69 +437,44 @@ class OnlineMonitor:
                 retry = retry or max(1.0, 60.0 - (ts - window[0]))
         return Decision(action, enf.score, enf.reasons, cid, retry)
 
-    # ---- shared state (Redis) ---------------------------------------------------------------
-    def _publish(self, account_id: str, enf: _Enforcement, cid: str | None) -> None:
-        if self._redis is None:
-            return
-        payload = json.dumps(
-            {
-                "action": enf.action,
-                "score": enf.score,
-                "reasons": list(enf.reasons),
-                "retry_after": enf.retry_after,
-                "since": enf.since,
-                "requests": enf.requests,
-                "cluster_id": cid,
-            }
+    # ---- what the enforcement state takes ----------------------------------------------------
+    def _propose(
+        self, account_id: str, enf: _Enforcement, cid: str | None, members: set[str]
+    ) -> None:
+        proposal = Proposal(
+            account_id=account_id,
+            action=enf.action,
+            rule=enf.rule or "policy",
+            ttl_s=enf.ttl_s,
+            params=dict(enf.params),
+            score=enf.score,
+            reasons=enf.reasons,
+            cluster_id=cid,
+            members=tuple(sorted(members)),
+            link_kinds=enf.link_kinds,
+            requests=enf.requests,
         )
-        try:
-            self._redis.hset(self._redis_key, account_id, payload)
-        except Exception as exc:  # a lost publish must not fail the request being served
-            self._redis_error = str(exc)
+        self._proposals.append(proposal)
 
-    def _remote(self, account_id: str) -> _Enforcement | None:
-        if self._redis is None:
-            return None
-        try:
-            raw = self._redis.hget(self._redis_key, account_id)
-        except Exception:
-            return None  # Redis down: local decisions still apply
-        if not raw:
-            return None
-        d = json.loads(raw)
-        enf = _Enforcement(
-            d["action"],
-            d["score"],
-            tuple(d["reasons"]),
-            d["retry_after"],
-            d["since"],
-            d["requests"],
-        )
-        self._enforced[account_id] = enf
-        return enf
+    def take_proposals(self) -> list[Proposal]:
+        """The decisions made since the last call (oldest first), for persisting."""
+        if not self._proposals:  # the common case, without taking the lock
+            return []
+        with self._lock:
+            out, self._proposals = self._proposals, []
+            return out
+
+    def forget(self, account_id: str) -> None:
+        """Drop the account's standing action (it was lifted or expired): the policy may
+        decide again at the account's next scoring, and proposes only if it still holds."""
+        with self._lock:
+            self._enforced.pop(account_id, None)
 
     # ---- admin ------------------------------------------------------------------------------
     def flags(self) -> list[dict[str, Any]]:
         """Accounts with a standing action other than allow, with their evidence."""
         with self._lock:
             local = dict(self._enforced)
-            if self._redis is not None:
-                try:
-                    for k, v in self._redis.hgetall(self._redis_key).items():
-                        d = json.loads(v)
-                        local.setdefault(
-                            k.decode(),
-                            _Enforcement(
-                                d["action"],
-                                d["score"],
-                                tuple(d["reasons"]),
-                                d["retry_after"],
-                                d["since"],
-                                d["requests"],
-                            ),
-                        )
-                except Exception:
-                    pass  # listing what this replica knows is better than failing the listing
             out = []
             for acct, enf in sorted(local.items(), key=lambda kv: -kv[1].score):
                 cid, members = self._cluster(acct)
@@ -483,6 +504,7 @@ class OnlineMonitor:
             self._accounts.clear()
             self._relink_due.clear()
             self._enforced.clear()
+            self._proposals.clear()
             self._members.clear()
             self._evidence.clear()
             self._cluster_cache.clear()

@@ -1,8 +1,11 @@
 """Enforcement policy: a small YAML file mapping scores and signals to actions.
 
-Rules are read top to bottom and the first whose conditions all hold decides. Actions are
-ordered by severity (``allow < flag < degrade < throttle < block``) so that an account and
-its cluster can be given the more severe of two decisions.
+Rules are read top to bottom and the first whose conditions all hold decides. Actions and
+their severity come from ``distillguard.actions`` (``allow < flag < ... < throttle < block``),
+so that an account and its cluster can be given the more severe of two decisions. Every rule
+has a name (the audit log's actor is ``policy:<name>``) and a lifetime: what a rule decides
+expires after its ``ttl_s`` (or the policy's ``action_ttl_s``) unless the policy decides it
+again on new evidence.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from distillguard.errors import ConfigError, NotFound
+from distillguard.actions import ACTION_NAMES, SEVERITY, validate_params
+from distillguard.errors import ConfigError, DistillGuardError, NotFound
 from distillguard.monitor.signals import AccountSignals
 
-ACTIONS = ("allow", "flag", "degrade", "throttle", "block")
-SEVERITY = {a: i for i, a in enumerate(ACTIONS)}
+ACTIONS = ACTION_NAMES
+__all__ = ["ACTIONS", "SEVERITY", "Policy", "Rule", "load_policy", "parse_policy"]
 SIGNAL_NAMES = tuple(AccountSignals.__dataclass_fields__)
 DEFAULT_POLICY = "default_policy.yaml"
 
@@ -32,10 +36,20 @@ class Rule:
     cluster_size_at_least: int = 1
     signals: tuple[tuple[str, float], ...] = ()  # (signal name, lower bound)
     retry_after: float | None = None  # seconds a throttled client is told to wait
+    name: str = ""  # the audit's actor is policy:<name>; "" -> rule<i>-<action> when parsed
+    ttl_s: float | None = None  # lifetime of what this rule decides; None: the policy's
+    params: tuple[tuple[str, object], ...] = ()  # the action's parameters (actions registry)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ConfigError(f"unknown policy action {self.action!r}; use one of {ACTIONS}")
+        if self.ttl_s is not None and not 0 < self.ttl_s < float("inf"):
+            raise ConfigError(f"policy rule {self.name!r}: ttl_s must be a positive number")
+        if self.action != "allow":
+            try:
+                validate_params(self.action, dict(self.params))
+            except DistillGuardError as exc:
+                raise ConfigError(f"policy rule {self.name!r}: {exc.message}") from exc
         for name, _ in self.signals:
             if name not in SIGNAL_NAMES:
                 raise ConfigError(f"unknown signal {name!r} in policy; use one of {SIGNAL_NAMES}")
@@ -64,12 +78,22 @@ class Policy:
     min_requests: int = 20  # no action on thinner evidence (one-request accounts)
     throttle_rpm: int = 2  # requests per minute a throttled account keeps
     source: str = "built-in"
+    # How long a policy action lasts unless its rule says: a day, so that a false positive
+    # costs an honest app at most a day even if nobody looks, while a campaign that goes on
+    # is decided again (on its new evidence) as soon as the action expires.
+    action_ttl_s: float = 86_400.0
 
     def __post_init__(self) -> None:
         if self.default not in ACTIONS:
             raise ConfigError(f"unknown default action {self.default!r}")
         if self.min_requests < 1 or self.throttle_rpm < 0:
             raise ConfigError("policy min_requests must be >= 1 and throttle_rpm >= 0")
+        if not 0 < self.action_ttl_s < float("inf"):
+            raise ConfigError("policy action_ttl_s must be a positive number of seconds")
+
+    def ttl_of(self, rule: Rule) -> float:
+        """Seconds an action decided by ``rule`` lasts."""
+        return rule.ttl_s if rule.ttl_s is not None else self.action_ttl_s
 
     def decide(
         self,
@@ -98,6 +122,12 @@ class Policy:
 def _rule(d: Any, i: int) -> Rule:
     if not isinstance(d, dict) or "action" not in d:
         raise ConfigError(f"policy rule {i + 1} must be a mapping with an 'action'")
+    unknown_keys = set(d) - {"action", "when", "retry_after", "name", "ttl_s", "params"}
+    if unknown_keys:
+        raise ConfigError(f"policy rule {i + 1}: unknown keys {sorted(unknown_keys)}")
+    params = d.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"policy rule {i + 1}: 'params' must be a mapping")
     when = d.get("when") or {}
     if not isinstance(when, dict):
         raise ConfigError(f"policy rule {i + 1}: 'when' must be a mapping")
@@ -121,6 +151,9 @@ def _rule(d: Any, i: int) -> Rule:
             cluster_size_at_least=int(when.get("cluster_size_at_least", 1)),
             signals=tuple((str(k), float(v)) for k, v in sigs.items()),
             retry_after=None if d.get("retry_after") is None else float(d["retry_after"]),
+            name=str(d.get("name") or f"rule{i + 1}-{d['action']}"),
+            ttl_s=None if d.get("ttl_s") is None else float(d["ttl_s"]),
+            params=tuple(sorted((str(k), v) for k, v in params.items())),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"policy rule {i + 1}: {exc}") from exc
@@ -133,7 +166,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         raise ConfigError(f"policy {source} is not valid YAML: {exc}") from exc
     if not isinstance(d, dict) or not isinstance(d.get("rules"), list):
         raise ConfigError(f"policy {source} must be a mapping with a 'rules' list")
-    unknown = set(d) - {"rules", "default", "min_requests", "throttle_rpm"}
+    unknown = set(d) - {"rules", "default", "min_requests", "throttle_rpm", "action_ttl_s"}
     if unknown:
         raise ConfigError(f"policy {source}: unknown keys {sorted(unknown)}")
     return Policy(
@@ -142,6 +175,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         min_requests=int(d.get("min_requests", 20)),
         throttle_rpm=int(d.get("throttle_rpm", 2)),
         source=source,
+        action_ttl_s=float(d.get("action_ttl_s", 86_400.0)),
     )
 
 

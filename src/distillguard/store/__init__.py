@@ -1,4 +1,5 @@
-"""The store: accounts and API keys, the exchange log, enforcement actions, and their export.
+"""The store: accounts and API keys, the exchange log, enforcement actions and
+the audit log, and their export.
 
 SQLAlchemy 2 over SQLite (embedded default, WAL) or PostgreSQL (by URL), with Alembic
 migrations shipped inside the package. Data access is keyword-only functions over a
@@ -20,6 +21,16 @@ from distillguard.store.accounts import (
     revoke_key,
     set_account_status,
 )
+from distillguard.store.actions import (
+    ActionRecord,
+    AuditRecord,
+    active_actions,
+    apply_action,
+    lift_action,
+    list_actions,
+    list_audit,
+    record_audit,
+)
 from distillguard.store.db import (
     autocommit_connection,
     make_engine,
@@ -28,25 +39,25 @@ from distillguard.store.db import (
     session_scope,
 )
 from distillguard.store.exchanges import (
-    ActionRecord,
     ExchangeLog,
     ExchangeRecord,
     count_exchanges,
     iter_exchanges,
-    list_actions,
     new_exchange_id,
     recent_exchanges,
-    record_action,
 )
 from distillguard.store.export import export_traffic, export_traffic_summary, import_traffic
 
 __all__ = [
     "AccountInfo",
     "ActionRecord",
+    "AuditRecord",
     "ExchangeLog",
     "ExchangeRecord",
     "KeyIdentity",
     "KeyInfo",
+    "active_actions",
+    "apply_action",
     "authenticate",
     "autocommit_connection",
     "count_exchanges",
@@ -57,14 +68,16 @@ __all__ = [
     "get_account",
     "import_traffic",
     "iter_exchanges",
+    "lift_action",
     "list_accounts",
     "list_actions",
+    "list_audit",
     "list_keys",
     "make_engine",
     "migrate",
     "new_exchange_id",
     "recent_exchanges",
-    "record_action",
+    "record_audit",
     "require_current_schema",
     "revoke_key",
     "session_scope",

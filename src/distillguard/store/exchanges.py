@@ -38,11 +38,11 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from distillguard.errors import InputError, StoreError
 from distillguard.store.db import as_store_error, clean_text
-from distillguard.store.schema import Action, Exchange
+from distillguard.store.schema import Exchange
 
 
 def new_exchange_id() -> str:
@@ -553,82 +553,3 @@ def iter_exchanges(
                 yield _from_row(row)
     except SQLAlchemyError as exc:
         raise as_store_error(exc, engine) from exc
-
-
-# --- enforcement actions ------------------------------------------------------------------
-
-ACTIONS = ("allow", "throttle", "flag", "block", "degrade", "suspend", "reinstate")
-
-
-@dataclass(frozen=True)
-class ActionRecord:
-    id: int
-    ts: float
-    account_id: str
-    cluster_id: str | None
-    action: str
-    score: float
-    reasons: tuple[str, ...]
-
-
-def record_action(
-    session: Session,
-    *,
-    account_id: str,
-    cluster_id: str | None,
-    action: str,
-    reasons: list[str] | tuple[str, ...],
-    score: float,
-    ts: float | None = None,
-) -> None:
-    """Keep an enforcement decision as evidence (who, what, why, when)."""
-    if action not in ACTIONS:
-        raise InputError(f"action must be one of {ACTIONS}, got {action!r}", param="action")
-    session.add(
-        Action(
-            ts=time.time() if ts is None else ts,
-            account_id=account_id,
-            cluster_id=cluster_id,
-            action=action,
-            score=float(score),
-            reasons=[str(r) for r in reasons],
-        )
-    )
-    session.flush()
-
-
-def list_actions(
-    session: Session,
-    *,
-    account_id: str | None = None,
-    since: float | None = None,
-    limit: int | None = None,
-) -> list[ActionRecord]:
-    """Actions in time order (newest last), optionally for one account and/or since a time;
-    with ``limit``, the newest ``limit`` of them (still oldest first)."""
-    query = select(Action)
-    if account_id is not None:
-        query = query.where(Action.account_id == account_id)
-    if since is not None:
-        query = query.where(Action.ts >= since)
-    if limit is not None:
-        if limit < 1:
-            raise InputError(f"limit must be >= 1, got {limit}", param="limit")
-        newest = query.order_by(Action.ts.desc(), Action.id.desc()).limit(limit).subquery()
-        query = select(aliased(Action, newest))
-        order: tuple[Any, Any] = (newest.c.ts, newest.c.id)
-    else:
-        order = (Action.ts, Action.id)
-    query = query.order_by(*order)
-    return [
-        ActionRecord(
-            id=a.id,
-            ts=a.ts,
-            account_id=a.account_id,
-            cluster_id=a.cluster_id,
-            action=a.action,
-            score=a.score,
-            reasons=tuple(a.reasons or ()),
-        )
-        for a in session.scalars(query)
-    ]

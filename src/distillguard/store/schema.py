@@ -1,4 +1,4 @@
-"""The database schema: four tables, typed SQLAlchemy 2 declarative models.
+"""The database schema: five tables, typed SQLAlchemy 2 declarative models.
 
 The Alembic migrations in ``migrations/versions`` create exactly these tables; a test asks
 Alembic's autogenerate to compare the two and fails on any difference, so a change here
@@ -119,15 +119,54 @@ class Exchange(Base):
 
 
 class Action(Base):
-    """An enforcement action taken on an account (throttle, flag, block, degrade)."""
+    """An enforcement action on an account: the one source of truth of enforcement.
+
+    Active while ``lifted_at`` is NULL and ``expires_at`` is in the future; the gateway's
+    caches (per process, Redis) only mirror these rows. Names and params come from the
+    registry in ``distillguard.actions``. ``evidence_fingerprint`` names the evidence a policy
+    acted on, so that a lifted action is not re-applied for the same evidence.
+    """
 
     __tablename__ = "actions"
-    __table_args__ = (Index("ix_actions_account_id_ts", "account_id", "ts"),)
+    __table_args__ = (
+        Index("ix_actions_account_id_ts", "account_id", "ts"),
+        Index("ix_actions_expires_at", "expires_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     ts: Mapped[float] = mapped_column(Double)
     account_id: Mapped[str] = mapped_column(String(40))
     cluster_id: Mapped[str | None] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(20))
-    score: Mapped[float] = mapped_column(Double)
-    reasons: Mapped[list[str]] = mapped_column(JsonDocument)
+    score: Mapped[float | None] = mapped_column(Double)  # None: applied by a person
+    reasons: Mapped[list[str]] = mapped_column(JsonDocument)  # the detector's words
+    params: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    actor: Mapped[str] = mapped_column(String(200))  # admin:<name>, cli:<user>, policy:<rule>
+    reason: Mapped[str] = mapped_column(Text)  # why, in the actor's words
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+    evidence_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Double)
+    lifted_at: Mapped[float | None] = mapped_column(Double)
+    lifted_by: Mapped[str | None] = mapped_column(String(200))
+    lift_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEvent(Base):
+    """Who did what to which account or key, when and why: actions applied and lifted,
+    account status changes, keys created and revoked, failed admin logins (never a token)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_ts", "ts"),
+        Index("ix_audit_events_account_id_ts", "account_id", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Double)
+    actor: Mapped[str] = mapped_column(String(200))
+    event: Mapped[str] = mapped_column(String(40))  # e.g. action.apply, key.revoke
+    account_id: Mapped[str | None] = mapped_column(String(40))
+    target: Mapped[str | None] = mapped_column(String(100))  # action id, key id
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    ip: Mapped[str | None] = mapped_column(String(64))
