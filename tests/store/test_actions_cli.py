@@ -82,8 +82,16 @@ def test_status_changes_and_keys_are_audited_with_the_cli_user(db_url: str) -> N
     with session_scope(engine) as s:
         events = [(e.event, e.target, e.reason, e.details) for e in list_audit(s)]
     engine.dispose()
+    created = {
+        "rpm": None,
+        "tpm": None,
+        "alias": None,
+        "expires_at": None,
+        "token_budget": None,
+        "spend_budget_usd": None,
+    }
     assert events == [
-        ("key.create", key_id, None, {"rpm": None, "tpm": None}),
+        ("key.create", key_id, None, created),
         ("key.revoke", key_id, None, {}),
         ("account.status", None, "chargeback", {"from": "active", "to": "suspended"}),
     ]
