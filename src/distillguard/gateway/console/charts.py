@@ -77,7 +77,7 @@ def bar_chart(
             height=v / peak * plot_h,
             title=f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(s))} UTC: {_short(v)}",
         )
-        for i, (s, v) in enumerate(zip(starts, values))
+        for i, (s, v) in enumerate(zip(starts, values, strict=True))
     )
     y_labels = tuple((4 + plot_h - f * plot_h, _short(f * peak)) for f in (0.0, 0.5, 1.0))
     span = width_s * n

@@ -102,9 +102,9 @@ def traffic_series(
     if account_id is not None:
         query = query.where(Exchange.account_id == account_id)
     counts = {int(i): (int(n), int(t or 0)) for i, n, t in session.execute(query.group_by(index))}
-    counts[num_buckets - 1] = tuple(  # the end itself falls in the last interval
-        a + b for a, b in zip(counts.get(num_buckets - 1, (0, 0)), counts.pop(num_buckets, (0, 0)))
-    )
+    overflow = counts.pop(num_buckets, (0, 0))  # ts == end: it belongs to the last interval
+    last = counts.get(num_buckets - 1, (0, 0))
+    counts[num_buckets - 1] = (last[0] + overflow[0], last[1] + overflow[1])
     return Series(
         start=start,
         width_s=width,

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any
 
@@ -57,7 +57,7 @@ class ConsoleConfig:
     session_ttl_s: float = 8 * 3600.0  # one working day; after it the analyst signs in again
     page_size: int = 20  # prompts/actions per page: a screenful, and a cheap LIMIT query
     significance: float = 1e-3  # watermark p-value under which the evidence page names a match
-    login: LoginLimits = LoginLimits()
+    login: LoginLimits = field(default_factory=LoginLimits)  # failed sign-ins per IP
 
     def __post_init__(self) -> None:
         if self.session_ttl_s <= 0:
