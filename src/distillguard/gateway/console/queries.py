@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, cast, func, or_, select
+from sqlalchemy import Integer, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from distillguard.store.schema import Account, Action, ApiKey, Exchange
@@ -91,25 +91,40 @@ def traffic_series(
     num_buckets: int = 48,
     account_id: str | None = None,
 ) -> Series:
-    """Requests and tokens per interval over ``[end - span_s, end]``: one GROUP BY query."""
+    """Requests and tokens per interval over ``[end - span_s, end]``: two GROUP BY queries.
+
+    Requests come from an index alone (ts, or account_id+ts). Tokens need the rows: when the
+    window holds most of the log, one sequential scan beats an index walk that fetches every
+    row at random (3-4x on SQLite, measured), so the index is then bypassed (``ts + 0``)."""
     start = end - span_s
     width = span_s / num_buckets
     index = _bucket_index(session, start, width).label("bucket")
-    tokens = func.sum(
-        func.coalesce(Exchange.prompt_tokens, 0) + func.coalesce(Exchange.completion_tokens, 0)
-    )
-    query = select(index, func.count(), tokens).where(Exchange.ts >= start, Exchange.ts <= end)
+    where = [Exchange.ts >= start, Exchange.ts <= end]
     if account_id is not None:
-        query = query.where(Exchange.account_id == account_id)
-    counts = {int(i): (int(n), int(t or 0)) for i, n, t in session.execute(query.group_by(index))}
-    overflow = counts.pop(num_buckets, (0, 0))  # ts == end: it belongs to the last interval
-    last = counts.get(num_buckets - 1, (0, 0))
-    counts[num_buckets - 1] = (last[0] + overflow[0], last[1] + overflow[1])
+        where.append(Exchange.account_id == account_id)
+    requests = {
+        int(i): int(n)
+        for i, n in session.execute(select(index, func.count()).where(*where).group_by(index))
+    }
+    in_window = sum(requests.values())
+    tokens: dict[int, int] = {}
+    if in_window:
+        total = session.scalar(select(func.count()).select_from(Exchange)) or 1
+        if account_id is None and in_window > total // 4:
+            where = [(Exchange.ts + 0) >= start, (Exchange.ts + 0) <= end]
+        used = func.sum(
+            func.coalesce(Exchange.prompt_tokens, 0) + func.coalesce(Exchange.completion_tokens, 0)
+        )
+        query = select(index, used).where(*where).group_by(index)
+        tokens = {int(i): int(t or 0) for i, t in session.execute(query)}
+    for counts in (requests, tokens):  # ts == end belongs to the last interval
+        counts[num_buckets - 1] = counts.get(num_buckets - 1, 0) + counts.pop(num_buckets, 0)
     return Series(
         start=start,
         width_s=width,
         buckets=tuple(
-            Bucket(start + i * width, *counts.get(i, (0, 0))) for i in range(num_buckets)
+            Bucket(start + i * width, requests.get(i, 0), tokens.get(i, 0))
+            for i in range(num_buckets)
         ),
     )
 
@@ -193,9 +208,10 @@ def ip_prefix(ip: str) -> str:
 
 
 def linked_accounts(
-    session: Session, *, account: Account, max_prefixes: int = 20, limit: int = 50
+    session: Session, *, account: Account, max_prefixes: int = 5, limit: int = 50
 ) -> list[LinkedAccount]:
-    """Accounts sharing the payment fingerprint or a network the account's traffic came from."""
+    """Accounts sharing the payment fingerprint or one of the networks the account's traffic
+    came from most (its ``max_prefixes`` busiest /24s: each more costs a pass over the log)."""
     links: dict[str, LinkedAccount] = {}
     if account.payment_fingerprint:
         same = select(Account.id, Account.name).where(
@@ -203,22 +219,32 @@ def linked_accounts(
         )
         for other_id, name in session.execute(same.limit(limit)):
             links[other_id] = LinkedAccount(other_id, name, "same payment fingerprint")
-    ips = session.scalars(
-        select(Exchange.ip).where(Exchange.account_id == account.id).distinct().limit(500)
-    ).all()
-    prefixes = sorted({ip_prefix(ip) for ip in ips if ip})[:max_prefixes]
+    recent_ips = (
+        select(Exchange.ip)
+        .where(Exchange.account_id == account.id)
+        .order_by(Exchange.ts.desc())
+        .limit(1000)
+    )
+    used: dict[str, int] = {}
+    for ip in session.scalars(recent_ips):
+        if ip:
+            used[ip_prefix(ip)] = used.get(ip_prefix(ip), 0) + 1
+    prefixes = sorted(used, key=lambda p: -used[p])[:max_prefixes]
     if prefixes:
         shared = (
-            select(Exchange.account_id, Account.name, Exchange.ip)
-            .join(Account, Account.id == Exchange.account_id)
+            select(Exchange.account_id, func.min(Exchange.ip))
             .where(
                 Exchange.account_id != account.id,
                 or_(*(Exchange.ip.startswith(p, autoescape=True) for p in prefixes)),
             )
-            .group_by(Exchange.account_id, Account.name, Exchange.ip)
-            .limit(limit * 4)
+            .group_by(Exchange.account_id)
+            .limit(limit)
+            .subquery()
         )
-        for other_id, name, ip in session.execute(shared):
+        query = select(shared.c.account_id, Account.name, shared.c[1]).join(
+            Account, Account.id == shared.c.account_id
+        )
+        for other_id, name, ip in session.execute(query):
             if other_id not in links and len(links) < limit:
                 links[other_id] = LinkedAccount(other_id, name, f"shares network {ip_prefix(ip)}*")
     return list(links.values())
@@ -253,13 +279,16 @@ def search(session: Session, query: str, *, limit: int = 50) -> list[SearchHit]:
     for account_id, name, key_id in session.execute(by_key):
         hits.setdefault(account_id, SearchHit(account_id, name, f"owns key {key_id}"))
     if any(c.isdigit() for c in q) and all(c in "0123456789abcdefABCDEF.:" for c in q):
-        by_ip = (
-            select(Exchange.account_id, Account.name, func.count())
-            .join(Account, Account.id == Exchange.account_id)
-            .where(and_(Exchange.ip.startswith(q, autoescape=True)))
-            .group_by(Exchange.account_id, Account.name)
+        seen = (
+            select(Exchange.account_id, func.count().label("n"))
+            .where(Exchange.ip.startswith(q), Exchange.account_id.is_not(None))
+            .group_by(Exchange.account_id)
             .order_by(func.count().desc())
             .limit(limit)
+            .subquery()
+        )
+        by_ip = select(seen.c.account_id, Account.name, seen.c.n).join(
+            Account, Account.id == seen.c.account_id
         )
         for account_id, name, n in session.execute(by_ip):
             hits.setdefault(
