@@ -69,6 +69,21 @@ def sign_in(driver: Any, base_url: str, token: str) -> None:
     click_and_load(driver, "sign-in")
 
 
+def full_page_png(driver: Any) -> bytes:
+    """The whole page, not only the window (Chromium's DevTools capture beyond the viewport)."""
+    import base64
+
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+        },
+    )
+    return base64.b64decode(shot["data"])
+
+
 def save_screenshots(
     base_url: str, token: str, out_dir: Path, *, account: str | None = None
 ) -> list[Path]:
@@ -86,10 +101,7 @@ def save_screenshots(
         for name, path in pages:
             driver.get(base_url + path)
             target = out_dir / f"console-{name}.png"
-            # The whole page: size the window to the document before the shot.
-            height = driver.execute_script("return document.body.scrollHeight")
-            driver.set_window_size(1400, min(max(int(height) + 40, 600), 4000))
-            driver.save_screenshot(str(target))
+            target.write_bytes(full_page_png(driver))
             saved.append(target)
     finally:
         driver.quit()
