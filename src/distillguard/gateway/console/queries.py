@@ -139,7 +139,7 @@ def top_accounts(session: Session, *, since: float, limit: int = 10) -> list[Acc
         .order_by(n.desc())
         .limit(limit)
     )
-    return [AccountCount(a, name, int(c)) for a, name, c in session.execute(query)]
+    return [AccountCount(str(a), name, int(c)) for a, name, c in session.execute(query)]
 
 
 def acted_on(session: Session, *, limit: int = 50) -> list[tuple[Action, str | None]]:

@@ -211,8 +211,8 @@ def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
     guard.succeeded(ip)
     config = _config(request)
     cookie, _ = issue(admin, config.session_ttl_s)
-    response = RedirectResponse("/console", status_code=303)
-    response.set_cookie(
+    redirect = RedirectResponse("/console", status_code=303)
+    redirect.set_cookie(
         COOKIE_NAME,
         cookie,
         max_age=int(config.session_ttl_s),
@@ -221,7 +221,7 @@ def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
         httponly=True,
         samesite="strict",
     )
-    return response
+    return redirect
 
 
 @router.post("/logout")

@@ -78,7 +78,9 @@ def verify(admin_token: str, cookie: str | None, now: float | None = None) -> Co
 
 
 def csrf_matches(session: ConsoleSession, submitted: str | None) -> bool:
-    return bool(submitted) and hmac.compare_digest(session.csrf.encode(), submitted.encode())
+    if not submitted:
+        return False
+    return hmac.compare_digest(session.csrf.encode(), submitted.encode())
 
 
 def token_matches(admin_token: str, submitted: str) -> bool:
