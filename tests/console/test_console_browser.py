@@ -11,6 +11,7 @@ from distillguard.gateway.console.browser import (
     browser_available,
     chromium_driver,
     click_and_load,
+    save_screenshots,
     sign_in,
 )
 
@@ -33,7 +34,7 @@ def ask(client: openai.OpenAI, content: str) -> str:
     return answer.choices[0].message.content or ""
 
 
-def test_console_in_chromium(gateway_server, driver):
+def test_console_in_chromium(gateway_server, driver, tmp_path):
     from selenium.webdriver.common.by import By
 
     gateway = gateway_server()
@@ -96,3 +97,13 @@ def test_console_in_chromium(gateway_server, driver):
     click_and_load(driver, "detect")
     shown = driver.find_elements(By.ID, "result") or driver.find_elements(By.ID, "error")
     assert shown and "Traceback" not in driver.page_source
+
+    # The demo's screenshots: one full-page PNG per page, signed in by its own browser.
+    shots = save_screenshots(base, token, tmp_path / "shots", account=account_id)
+    assert [s.name for s in shots] == [
+        "console-overview.png",
+        "console-account.png",
+        "console-search.png",
+        "console-evidence.png",
+    ]
+    assert all(s.read_bytes().startswith(b"\x89PNG") for s in shots)

@@ -4,6 +4,7 @@ clear error pages, search. (The browser tests drive the same pages through Chrom
 from __future__ import annotations
 
 import re
+import secrets
 
 import httpx
 import openai
@@ -36,9 +37,19 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
-@pytest.fixture
-def gateway(gateway_server):
-    return gateway_server()
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, mock_upstream):
+    """One real gateway for the module's tests that do not count failed logins (those
+    share a per-IP budget, so that test starts its own)."""
+    from distillguard.gateway.process import GatewayProcess
+
+    server = GatewayProcess(
+        home=tmp_path_factory.mktemp("console-gateway"),
+        admin_token=secrets.token_urlsafe(16),
+        upstream=mock_upstream.url,
+    ).start()
+    yield server
+    server.stop()
 
 
 def test_nothing_is_readable_without_a_session(gateway):
@@ -59,7 +70,7 @@ def test_nothing_is_readable_without_a_session(gateway):
 
 def test_forged_csrf_is_refused_and_changes_nothing(gateway):
     base, token = gateway
-    account_id, _, secret = gateway.create_key("victim")
+    account_id, _, secret = gateway.create_key("csrf-victim")
     cookies = sign_in(base, token)
     page = httpx.get(f"{base}/console/accounts/{account_id}", cookies=cookies)
     assert page.status_code == 200
@@ -118,8 +129,8 @@ def test_clear_messages_for_bad_input(gateway):
     assert "Nothing matches zz&lt;b&gt;." in nothing.text
 
 
-def test_failed_logins_are_rate_limited_per_ip(gateway):
-    base, token = gateway
+def test_failed_logins_are_rate_limited_per_ip(gateway_server):
+    base, token = gateway_server()
     for _ in range(5):
         response = httpx.post(f"{base}/console/login", data={"token": "wrong"})
         assert response.status_code == 401
