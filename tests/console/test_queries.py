@@ -90,3 +90,32 @@ def test_paging_links_and_search(log):
             ("beta", "1 requests from IPs starting 192.168.")
         ]
         assert queries.search(session, "%") == [] and queries.search(session, "  ") == []
+
+
+def test_largest_clusters_group_the_monitors_flags():
+    from distillguard.gateway.console.routes import largest_clusters
+
+    flags = [
+        {
+            "account_id": "a",
+            "score": 0.9,
+            "cluster_id": "c1",
+            "cluster_size": 3,
+            "evidence": ["shared /24 10.0.0"],
+        },
+        {
+            "account_id": "b",
+            "score": 0.7,
+            "cluster_id": "c1",
+            "cluster_size": 3,
+            "evidence": ["same template"],
+        },
+        {"account_id": "d", "score": 0.95, "cluster_id": "c2", "cluster_size": 2, "evidence": []},
+        {"account_id": "e", "score": 0.99, "cluster_id": "e", "cluster_size": 1},
+    ]
+    clusters = largest_clusters(flags)
+    assert [(c.cluster_id, c.size, c.flagged, c.score) for c in clusters] == [
+        ("c1", 3, ("a", "b"), 0.9),
+        ("c2", 2, ("d",), 0.95),
+    ]
+    assert clusters[0].evidence == ("same template", "shared /24 10.0.0")

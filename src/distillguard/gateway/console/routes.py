@@ -257,6 +257,34 @@ def _risk_bands(flags: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return list(bands.items())
 
 
+@dataclass(frozen=True)
+class ClusterSummary:
+    cluster_id: str
+    size: int  # members the monitor links together
+    flagged: tuple[str, ...]  # account ids of its members with a standing action
+    score: float  # the highest member score
+    evidence: tuple[str, ...]  # the links that tie it, in words
+
+
+def largest_clusters(flags: list[dict[str, Any]], limit: int = 5) -> list[ClusterSummary]:
+    """The monitor's clusters (more than one member), largest first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for flag in flags:
+        if flag.get("cluster_id") and int(flag.get("cluster_size", 1)) > 1:
+            groups.setdefault(str(flag["cluster_id"]), []).append(flag)
+    clusters = [
+        ClusterSummary(
+            cluster_id=cid,
+            size=max(int(f.get("cluster_size", 1)) for f in members),
+            flagged=tuple(str(f["account_id"]) for f in members),
+            score=max(float(f.get("score", 0.0)) for f in members),
+            evidence=tuple(sorted({str(e) for f in members for e in f.get("evidence", [])}))[:6],
+        )
+        for cid, members in groups.items()
+    ]
+    return sorted(clusters, key=lambda c: (-c.size, -c.score))[:limit]
+
+
 @router.get("")
 def overview(request: Request, hours: Annotated[int, Query()] = 24) -> HTMLResponse:
     require_session(request)
@@ -288,6 +316,7 @@ def overview(request: Request, hours: Annotated[int, Query()] = 24) -> HTMLRespo
         recent=recent,
         flags=flags,
         risk_bands=_risk_bands(flags or []),
+        clusters=largest_clusters(flags or []),
     )
 
 
