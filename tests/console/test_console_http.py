@@ -66,6 +66,12 @@ def test_nothing_is_readable_without_a_session(gateway):
     for page in PAGES[:1] + PAGES[2:]:
         assert httpx.get(base + page, cookies=cookies).status_code == 200, page
     assert httpx.get(base + "/console/static/../app.py", cookies=cookies).status_code == 404
+    csrf = csrf_of(httpx.get(f"{base}/console", cookies=cookies).text)
+    out = httpx.post(f"{base}/console/logout", data={"csrf": csrf}, cookies=cookies)
+    assert out.status_code == 303 and out.headers["location"] == "/console/login"
+    assert (
+        f"{COOKIE_NAME}=" in out.headers["set-cookie"] and "Max-Age=0" in out.headers["set-cookie"]
+    )
 
 
 def test_forged_csrf_is_refused_and_changes_nothing(gateway):
