@@ -487,9 +487,45 @@ def prove(state: DemoState) -> None:
         console.print(f"open it in a browser: {html.as_uri()}")
 
 
+# --- act 6: the operator console --------------------------------------------------------------
+
+
+@act("6. The operator console: what the analyst sees")
+def operator_console(state: DemoState) -> None:
+    from distillguard.gateway.console.browser import browser_available, save_screenshots
+
+    gateway = state.server
+    flags = gateway.admin_get("/flags")["data"]
+    caught = flags[0]["account_id"] if flags else None
+    problem = browser_available()
+    if problem:
+        console.print(f"[yellow]console screenshots skipped: {problem}[/yellow]")
+    else:
+        out_dir = get_settings().home / "console"
+        for shot in save_screenshots(
+            gateway.base_url, gateway.admin_token, out_dir, account=caught
+        ):
+            console.print(f"screenshot: {shot}")
+    console.print(
+        f"console: [bold]{gateway.base_url}/console[/bold] (sign in with the admin token)"
+    )
+    if caught:
+        console.print(
+            f"the campaign it caught, on view: [bold]{gateway.base_url}/console/accounts/"
+            f"{caught}[/bold]"
+        )
+
+
 # --- the driver -----------------------------------------------------------------------------
 
-ACTS: list[Callable[[DemoState], None]] = [serve, watermark, monitor, distill, prove]
+ACTS: list[Callable[[DemoState], None]] = [
+    serve,
+    watermark,
+    monitor,
+    distill,
+    prove,
+    operator_console,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,6 +182,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 
     app.include_router(ops_router)
     app.include_router(admin_router)
+    from distillguard.gateway.console import mount_console
+
+    mount_console(app)  # /console: the operator's pages, behind its own session
     return app
 
 

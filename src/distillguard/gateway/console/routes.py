@@ -1,0 +1,543 @@
+"""``/console``: the operator console's pages (server-rendered, autoescaped Jinja2).
+
+Every route but the login form needs the signed session cookie; every POST that changes state
+needs the session's CSRF token. Errors render as a page with a sentence, never a stack trace
+(``ConsoleRoute``). Database work runs in FastAPI's thread pool (plain ``def`` handlers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import select
+
+from distillguard.errors import DistillGuardError, InputError
+from distillguard.gateway.console import charts, queries
+from distillguard.gateway.console.session import (
+    COOKIE_NAME,
+    ConsoleSession,
+    LoginGuard,
+    LoginLimits,
+    SessionError,
+    csrf_matches,
+    issue,
+    token_matches,
+    verify,
+)
+from distillguard.store import accounts as store_accounts
+from distillguard.store import exchanges as store_exchanges
+from distillguard.store.db import session_scope
+from distillguard.store.schema import Account
+
+log = logging.getLogger("distillguard.gateway.console")
+
+TEMPLATES = Environment(
+    loader=PackageLoader("distillguard.gateway.console", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+)
+TEMPLATES.filters["utc"] = lambda ts: (
+    "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+)
+STATIC_TYPES = {".css": "text/css; charset=utf-8"}
+WINDOWS_H = (1, 6, 24, 168)  # the overview's time windows (hours)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    session_ttl_s: float = 8 * 3600.0  # one working day; after it the analyst signs in again
+    page_size: int = 20  # prompts/actions per page: a screenful, and a cheap LIMIT query
+    significance: float = 1e-3  # watermark p-value under which the evidence page names a match
+    login: LoginLimits = field(default_factory=LoginLimits)  # failed sign-ins per IP
+
+    def __post_init__(self) -> None:
+        if self.session_ttl_s <= 0:
+            raise ValueError("session_ttl_s must be > 0")
+        if not 1 <= self.page_size <= 500:
+            raise ValueError("page_size must be in [1, 500]")
+        if not 0 < self.significance < 1:
+            raise ValueError("significance must be in (0, 1)")
+
+
+class LoginRequired(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class ConsolePage(Exception):
+    """A page with a message and a status (the console's error answer)."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        self.status, self.title, self.message = status, title, message
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("csrf", getattr(request.state, "console_csrf", None))
+    html = TEMPLATES.get_template(name).render(request=request, **context)
+    response = HTMLResponse(html, status_code=status)
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+class ConsoleRoute(APIRoute):
+    """Turns every failure of a console handler into a page: sign-in redirect, a message
+    with its status, or (unexpected) a generic 500 page with the details only in the log."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def run(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LoginRequired as exc:
+                return render(request, "login.html", status=401, error=exc.message, csrf=None)
+            except ConsolePage as exc:
+                return render(
+                    request, "message.html", status=exc.status, title=exc.title, message=exc.message
+                )
+            except DistillGuardError as exc:
+                return render(
+                    request,
+                    "message.html",
+                    status=exc.status_code,
+                    title=type(exc).__name__,
+                    message=exc.message,
+                )
+            except Exception:
+                log.exception("console page failed: %s", request.url.path)
+                return render(
+                    request,
+                    "message.html",
+                    status=500,
+                    title="Something went wrong",
+                    message="The page could not be built; the details are in the gateway's log.",
+                )
+
+        return run
+
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.gateway
+
+
+def _config(request: Request) -> ConsoleConfig:
+    return request.app.state.console_config
+
+
+def _guard(request: Request) -> LoginGuard:
+    return request.app.state.console_login_guard
+
+
+def _admin_token(request: Request) -> str:
+    token = _state(request).admin_token
+    if not token:
+        raise ConsolePage(
+            403, "Console off", "No admin token is configured (DISTILLGUARD_ADMIN_TOKEN)."
+        )
+    return token
+
+
+def require_session(request: Request) -> ConsoleSession:
+    token = _admin_token(request)
+    try:
+        session = verify(token, request.cookies.get(COOKIE_NAME))
+    except SessionError as exc:
+        raise LoginRequired(exc.message) from None
+    request.state.console_csrf = session.csrf
+    return session
+
+
+def require_csrf(request: Request, submitted: str | None) -> ConsoleSession:
+    session = require_session(request)
+    if not csrf_matches(session, submitted):
+        raise ConsolePage(
+            403,
+            "Form refused",
+            "The form's security token does not match your session; reload the page and retry.",
+        )
+    return session
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+# --- sign in / out --------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_form(request: Request) -> HTMLResponse:
+    return render(request, "login.html", csrf=None)
+
+
+@router.post("/login")
+def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
+    admin = _admin_token(request)
+    ip = _client_ip(request)
+    guard = _guard(request)
+    wait = guard.retry_after(ip)
+    if wait > 0:
+        response = render(
+            request,
+            "login.html",
+            status=429,
+            csrf=None,
+            error=f"Too many failed sign-ins from {ip}; try again in {math.ceil(wait)} s.",
+        )
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
+    if not token or not token_matches(admin, token):
+        guard.failed(ip)
+        log.warning("console: failed sign-in from %s", ip)
+        return render(request, "login.html", status=401, csrf=None, error="Wrong admin token.")
+    guard.succeeded(ip)
+    config = _config(request)
+    cookie, _ = issue(admin, config.session_ttl_s)
+    redirect = RedirectResponse("/console", status_code=303)
+    redirect.set_cookie(
+        COOKIE_NAME,
+        cookie,
+        max_age=int(config.session_ttl_s),
+        path="/console",
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+    return redirect
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    require_csrf(request, csrf)
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(COOKIE_NAME, path="/console", secure=True, httponly=True)
+    return response
+
+
+@router.get("/static/{name}")
+def static(request: Request, name: str) -> Response:
+    require_session(request)
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    files = resources.files("distillguard.gateway.console") / "static"
+    if suffix not in STATIC_TYPES or "/" in name or name.startswith("."):
+        raise ConsolePage(404, "Not found", "No such file.")
+    path = files / name
+    if not path.is_file():
+        raise ConsolePage(404, "Not found", "No such file.")
+    return Response(path.read_bytes(), media_type=STATIC_TYPES[suffix])
+
+
+# --- overview ------------------------------------------------------------------------------
+
+
+def _risk_bands(flags: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    bands = {"high (score >= 0.8)": 0, "medium (0.5-0.8)": 0, "low (< 0.5)": 0}
+    for flag in flags:
+        score = float(flag.get("score", 0.0))
+        key = "high (score >= 0.8)" if score >= 0.8 else "medium (0.5-0.8)"
+        bands[key if score >= 0.5 else "low (< 0.5)"] += 1
+    return list(bands.items())
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    cluster_id: str
+    size: int  # members the monitor links together
+    flagged: tuple[str, ...]  # account ids of its members with a standing action
+    score: float  # the highest member score
+    evidence: tuple[str, ...]  # the links that tie it, in words
+
+
+def largest_clusters(flags: list[dict[str, Any]], limit: int = 5) -> list[ClusterSummary]:
+    """The monitor's clusters (more than one member), largest first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for flag in flags:
+        if flag.get("cluster_id") and int(flag.get("cluster_size", 1)) > 1:
+            groups.setdefault(str(flag["cluster_id"]), []).append(flag)
+    clusters = [
+        ClusterSummary(
+            cluster_id=cid,
+            size=max(int(f.get("cluster_size", 1)) for f in members),
+            flagged=tuple(str(f["account_id"]) for f in members),
+            score=max(float(f.get("score", 0.0)) for f in members),
+            evidence=tuple(sorted({str(e) for f in members for e in f.get("evidence", [])}))[:6],
+        )
+        for cid, members in groups.items()
+    ]
+    return sorted(clusters, key=lambda c: (-c.size, -c.score))[:limit]
+
+
+@router.get("")
+def overview(request: Request, hours: Annotated[int, Query()] = 24) -> HTMLResponse:
+    require_session(request)
+    if hours not in WINDOWS_H:
+        raise InputError(f"the window must be one of {WINDOWS_H} hours, got {hours}")
+    state = _state(request)
+    with session_scope(state.engine) as session:
+        end = queries.latest_ts(session) or time.time()
+        series = queries.traffic_series(session, end=end, span_s=hours * 3600.0)
+        top = queries.top_accounts(session, since=series.start)
+        acted = queries.acted_on(session)
+        recent = queries.recent_actions(session, limit=15)
+    flags = state.monitor.flags() if state.monitor is not None else None
+    starts = [b.start for b in series.buckets]
+    return render(
+        request,
+        "overview.html",
+        hours=hours,
+        windows=WINDOWS_H,
+        end=end,
+        requests_chart=charts.bar_chart(
+            "Requests", starts, [b.requests for b in series.buckets], series.width_s
+        ),
+        tokens_chart=charts.bar_chart(
+            "Tokens", starts, [b.tokens for b in series.buckets], series.width_s
+        ),
+        top=top,
+        acted=acted,
+        recent=recent,
+        flags=flags,
+        risk_bands=_risk_bands(flags or []),
+        clusters=largest_clusters(flags or []),
+    )
+
+
+# --- account -------------------------------------------------------------------------------
+
+
+def _load_account(session: Any, account: str) -> Account:
+    row = session.get(Account, account) or session.scalar(
+        select(Account).where(Account.name == account)
+    )
+    if row is None:
+        raise ConsolePage(404, "Unknown account", f"No account has the id or name {account!r}.")
+    return row
+
+
+NOTICES = {"applied": "Action applied.", "lifted": "Action lifted."}
+
+
+def _account_page(
+    request: Request,
+    account: str,
+    *,
+    page: int = 0,
+    show_prompts: bool = False,
+    notice: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    state = _state(request)
+    size = _config(request).page_size
+    with session_scope(state.engine) as session:
+        row = _load_account(session, account)
+        info = store_accounts.get_account(session, account=row.id)
+        end = queries.latest_ts(session, row.id) or time.time()
+        series = queries.traffic_series(session, end=end, span_s=24 * 3600.0, account_id=row.id)
+        prompts = queries.account_prompts(
+            session, account_id=row.id, limit=size + 1, offset=page * size
+        )
+        linked = queries.linked_accounts(session, account=row)
+        actions = queries.recent_actions(session, account_id=row.id, limit=100)
+        keys = store_accounts.list_keys(session, account=row.id)
+    flag = None
+    if state.monitor is not None:
+        flag = next((f for f in state.monitor.flags() if f.get("account_id") == row.id), None)
+    latest = actions[0][0] if actions else None
+    return render(
+        request,
+        "account.html",
+        status=status,
+        account=info,
+        keys=keys,
+        chart=charts.bar_chart(
+            "Requests (24 h to its latest request)",
+            [b.start for b in series.buckets],
+            [b.requests for b in series.buckets],
+            series.width_s,
+        ),
+        total_requests=series.total_requests,
+        prompts=prompts[:size],
+        page=page,
+        has_next=len(prompts) > size,
+        show_prompts=show_prompts,
+        linked=linked,
+        actions=actions,
+        latest=latest,
+        flag=flag,
+        notice=NOTICES.get(notice or ""),
+        error=error,
+    )
+
+
+@router.get("/accounts/{account}")
+def account_page(
+    request: Request,
+    account: str,
+    page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    show: Annotated[int, Query(ge=0, le=1)] = 0,
+    notice: Annotated[str | None, Query()] = None,
+) -> HTMLResponse:
+    require_session(request)
+    return _account_page(request, account, page=page, show_prompts=bool(show), notice=notice)
+
+
+def _apply_status(request: Request, account: str, *, status: str, action: str, reason: str) -> str:
+    """Suspend or reinstate through the store, and keep the decision in the actions table:
+    the same store calls as ``POST /admin/accounts/{account}/status`` (the next API request
+    of every replica sees the status)."""
+    with session_scope(_state(request).engine) as session:
+        row = _load_account(session, account)
+        store_accounts.set_account_status(session, account=row.id, status=status)
+        store_exchanges.record_action(
+            session,
+            account_id=row.id,
+            cluster_id=None,
+            action=action,
+            reasons=[f"console operator at {_client_ip(request)}: {reason}"],
+            score=0.0,
+        )
+        log.info("console: %s %s (%s)", action, row.id, reason)
+        return row.id
+
+
+def _change(request: Request, account: str, csrf: str, reason: str, lift: bool) -> Response:
+    require_csrf(request, csrf)
+    reason = reason.strip()
+    if not reason:
+        return _account_page(
+            request, account, error="A reason is required: say why, for the audit.", status=400
+        )
+    if len(reason) > 2000:
+        return _account_page(
+            request, account, error="The reason is too long (2000 characters at most).", status=400
+        )
+    account_id = _apply_status(
+        request,
+        account,
+        status="active" if lift else "suspended",
+        action="reinstate" if lift else "suspend",
+        reason=reason,
+    )
+    notice = "lifted" if lift else "applied"
+    return RedirectResponse(f"/console/accounts/{account_id}?notice={notice}", status_code=303)
+
+
+@router.post("/accounts/{account}/actions")
+def apply_action(
+    request: Request,
+    account: str,
+    csrf: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    return _change(request, account, csrf, reason, lift=False)
+
+
+@router.post("/accounts/{account}/lift")
+def lift_action(
+    request: Request,
+    account: str,
+    csrf: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    return _change(request, account, csrf, reason, lift=True)
+
+
+# --- evidence ------------------------------------------------------------------------------
+
+MAX_EVIDENCE_CHARS = 200_000
+
+
+@router.get("/evidence")
+def evidence_form(request: Request) -> HTMLResponse:
+    require_session(request)
+    return render(request, "evidence.html", result=None, text="")
+
+
+@router.post("/evidence")
+def evidence(
+    request: Request, csrf: Annotated[str, Form()] = "", text: Annotated[str, Form()] = ""
+) -> HTMLResponse:
+    require_csrf(request, csrf)
+    if not text.strip():
+        return render(
+            request,
+            "evidence.html",
+            status=400,
+            result=None,
+            text=text,
+            error="Paste the text to test.",
+        )
+    if len(text) > MAX_EVIDENCE_CHARS:
+        return render(
+            request,
+            "evidence.html",
+            status=413,
+            result=None,
+            text="",
+            error=f"The text is too long ({len(text)} characters; {MAX_EVIDENCE_CHARS} at most).",
+        )
+    from distillguard.gateway.routes_watermark import _detectors
+
+    state = _state(request)
+    with session_scope(state.engine) as session:
+        account_ids = [a.id for a in store_accounts.list_accounts(session)][:10_000]
+    try:
+        detector = _detectors(request).get(state, None, None)
+        result = detector.detect_batch([text], accounts=account_ids)[0]
+    except DistillGuardError as exc:
+        return render(
+            request,
+            "evidence.html",
+            status=exc.status_code,
+            result=None,
+            text=text,
+            error=f"Detection could not run: {exc.message}",
+        )
+    if isinstance(result, DistillGuardError):
+        return render(
+            request, "evidence.html", status=400, result=None, text=text, error=result.message
+        )
+    alpha = _config(request).significance
+    named = [m for m in result.accounts if m.p_value_corrected < alpha]
+    return render(
+        request,
+        "evidence.html",
+        result=result,
+        significant=result.p_value < alpha,
+        alpha=alpha,
+        named=named,
+        text=text,
+    )
+
+
+# --- search --------------------------------------------------------------------------------
+
+
+@router.get("/search")
+def search(request: Request, q: Annotated[str, Query(max_length=200)] = "") -> HTMLResponse:
+    require_session(request)
+    with session_scope(_state(request).engine) as session:
+        hits = queries.search(session, q)
+    return render(request, "search.html", q=q, hits=hits)
+
+
+__all__ = ["ConsoleConfig", "router"]
