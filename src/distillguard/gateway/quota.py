@@ -23,7 +23,7 @@ from distillguard.store.accounts import (
 from distillguard.store.db import session_scope
 
 if TYPE_CHECKING:
-    from distillguard.gateway.app import GatewayState
+    from distillguard.gateway.runtime import GatewayState
 
 log = logging.getLogger("distillguard.gateway")
 

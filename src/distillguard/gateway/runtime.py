@@ -16,7 +16,8 @@ from sqlalchemy import Engine
 from distillguard.config import Settings
 from distillguard.gateway.auth import KeyAuthenticator
 from distillguard.gateway.backend import Backend
-from distillguard.gateway.limits import RateLimiter
+from distillguard.gateway.clientip import ClientResolver
+from distillguard.gateway.limits import RateLimiter, UnauthenticatedBudget
 from distillguard.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("distillguard.gateway")
@@ -35,6 +36,8 @@ class GatewayState:
     metrics: GatewayMetrics
     monitor: Any | None  # monitor.online.OnlineMonitor, or None when not installed / disabled
     admin_token: str | None
+    client_resolver: ClientResolver  # who the client is (trusted proxies only)
+    unauth_budget: UnauthenticatedBudget  # logged requests without a valid key, per IP
     started_at: float = 0.0
     recorded_actions: dict[str, str] = field(default_factory=dict)  # account -> last recorded
 

@@ -30,15 +30,14 @@ from distillguard.store.db import (
 from distillguard.store.exchanges import (
     ActionRecord,
     ExchangeLog,
-    ExchangeRecord,
     count_exchanges,
     iter_exchanges,
     list_actions,
-    new_exchange_id,
     recent_exchanges,
     record_action,
 )
 from distillguard.store.export import export_traffic, export_traffic_summary, import_traffic
+from distillguard.wire.exchange import ExchangeRecord, new_exchange_id
 
 __all__ = [
     "AccountInfo",
