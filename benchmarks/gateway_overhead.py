@@ -206,7 +206,7 @@ def main() -> None:
         _wait_ready(upstream)
         for name, gateway in gateways.items():
             gateway.start()
-            _, _, secret = gateway.create_key(rpm=10**9, tpm=10**12)
+            _, _, secret = gateway.create_key(rpm=10**9, tpm=2 * 10**9)
             targets[name] = (gateway.base_url, secret)
             assert gateway.process is not None
             pids[name] = gateway.process.pid

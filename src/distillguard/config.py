@@ -33,6 +33,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -81,11 +82,21 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1)  # local generation: requests decoded together
     batch_wait_ms: float = Field(default=2.0, ge=0)  # local generation: how long to gather
     request_timeout_s: float = Field(default=30.0, gt=0)  # a slow body is cut off after this
+    header_timeout_s: float = Field(default=10.0, gt=0)  # an unfinished request head: 408
     default_rpm: int = Field(default=600, ge=1)  # per-key requests/minute unless the key says
     default_tpm: int = Field(default=200_000, ge=1)  # per-key tokens/minute unless the key says
     policy_file: Path | None = None  # YAML policy for online enforcement (None: built-in)
     online_monitor: bool = True  # gateway asks monitor.online before serving (False: no policy)
     log_level: str = "info"  # the gateway's JSON log: debug | info | warning | error
+    # Networks (CIDR, comma-separated) of the reverse proxies in front of the gateway. Only a
+    # peer inside one of them may name the client with X-Forwarded-For; empty (the default):
+    # the header is ignored and the TCP peer is the client (a client must never pick its IP).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Requests without a valid key, per client IP and minute, that get a log row (with at most
+    # unauth_logged_body_bytes of their body); beyond it they are answered 429 and only counted:
+    # anyone can send them, so they must cost the server little and never fill its disk.
+    unauth_log_per_minute: int = Field(default=60, ge=0)
+    unauth_logged_body_bytes: int = Field(default=1024, ge=0, le=65_536)
 
     # --- operations ---------------------------------------------------------------------
     # /readyz gives each dependency (database, Redis, upstream) this long to answer: a probe
@@ -141,6 +152,13 @@ class Settings(BaseSettings):
             _SecretFilesSource(settings_cls),
             _TomlFileSource(settings_cls, config_file_path()),
         )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def resolved_database_url(self) -> str:

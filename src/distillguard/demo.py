@@ -90,6 +90,10 @@ def serve(state: DemoState) -> None:
         env={
             "DISTILLGUARD_WATERMARK_SECRET": os.environ["DISTILLGUARD_WATERMARK_SECRET"],
             "DISTILLGUARD_POLICY_FILE": str(write_demo_policy(state.workdir)),
+            # The simulated population reaches the gateway through loopback with each account's
+            # own address in X-Forwarded-For: here loopback plays the trusted load balancer.
+            # Never a default: a gateway trusts no proxy unless told (gateway/clientip.py).
+            "DISTILLGUARD_TRUSTED_PROXIES": "127.0.0.1/32",
         },
     ).start(timeout=180)
     state.gateway = gateway

@@ -68,9 +68,9 @@ def _build_app(behaviour: MockBehaviour) -> web.Application:
             return _error(401, "invalid api key")
         body = await request.json()
         prompt = body["messages"][-1]["content"]
+        behaviour.calls[prompt] += 1
         if prompt.startswith("INVALID"):
             return _error(400, "prompt rejected")
-        behaviour.calls[prompt] += 1
         now = time.monotonic()
         if prompt in behaviour._last_429:
             behaviour.retry_gaps.append(now - behaviour._last_429.pop(prompt))

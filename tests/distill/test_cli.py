@@ -113,3 +113,18 @@ def test_harvest_command_reports_bad_prompt_lines(mock_openai: MockServer, tmp_p
     assert result.exit_code == 0, result.output
     assert "1 bad prompt lines" in result.output and "2 new" in result.output
     assert len([json.loads(line) for line in out.read_text().splitlines()]) == 2
+
+
+def test_harvest_reruns_exit_zero_after_the_server_rejects_a_prompt(
+    mock_openai: MockServer, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one"}\n{"prompt": "INVALID two"}\n')
+    out = tmp_path / "d.jsonl"
+    command = ["distill", "harvest", "--base-url", mock_openai.base_url, "--api-key", API_KEY,
+               "--prompts", str(prompts), "--out", str(out), "--no-progress"]  # fmt: skip
+    for _ in range(2):  # before: exit 1 and "rerun to retry", on every rerun
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert "1 prompts rejected" in result.output and "d.rejected.jsonl" in result.output
+    assert len(out.read_text().splitlines()) == 1

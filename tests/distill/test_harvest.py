@@ -128,11 +128,23 @@ def test_giving_up_keeps_what_was_harvested_and_a_rerun_finishes(
     assert len(ids) == len(set(ids)) == 6
 
 
-def test_invalid_prompts_are_counted_not_fatal(mock_openai: MockServer, tmp_path: Path) -> None:
+def test_invalid_prompts_are_recorded_as_failed_and_skipped_by_reruns(
+    mock_openai: MockServer, tmp_path: Path
+) -> None:
+    """Issue #16 item 12: a 400 is the server's permanent answer, not a transient failure."""
+    from distillguard.distill.harvest import rejected_path
+
     prompts = [*_prompts(3), Prompt("bad", "INVALID prompt")]
-    result = harvest(prompts, tmp_path / "d.jsonl", _config(mock_openai))
+    out = tmp_path / "d.jsonl"
+    result = harvest(prompts, out, _config(mock_openai))
     assert result.written == 3 and result.failed == 1 and result.failed_ids == ("bad",)
-    assert not result.complete
+    assert result.complete  # every prompt has its answer or its recorded refusal
+    [rejected] = _lines(rejected_path(out))
+    assert rejected["id"] == "bad" and rejected["status"] == 400 and rejected["error"]
+    assert mock_openai.behaviour.calls["INVALID prompt"] == 1  # permanent: not retried
+    again = harvest(prompts, out, _config(mock_openai))
+    assert again.complete and again.previously_rejected == 1 and again.failed == 0
+    assert mock_openai.behaviour.calls["INVALID prompt"] == 1  # nor asked again by the rerun
 
 
 def test_wrong_key_and_unreachable_server_give_clear_errors(

@@ -378,3 +378,20 @@ def test_learning_curve_trains_per_count_and_plots(
             sample_counts=[40],
             eval_config=EvalConfig(samples=8),
         )
+
+
+def test_held_out_prompts_longer_than_the_teacher_are_skipped_and_counted(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Issue #16 item 12: the first held-out prompt that did not fit crashed the evaluation."""
+    prompts = tmp_path / "held_out.jsonl"
+    lines = [{"prompt": "word " * 2_000}] + [{"prompt": f"a short question {i}"} for i in range(3)]
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    [report] = evaluate_students(
+        [tiny_model_dir],
+        teacher_dir=tiny_model_dir,
+        prompts_path=prompts,
+        config=EvalConfig(samples=4, max_new_tokens=8),
+    )
+    assert report.skipped_prompts == 1 and report.samples == 3
+    assert report.top1_agreement == 1.0  # the teacher against itself on what fits

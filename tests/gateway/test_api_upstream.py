@@ -387,12 +387,13 @@ def test_healthz_and_metrics(gw: GatewayProcess) -> None:
         "distillguard_tokens_total",
         frozenset({"model": "mock-model", "kind": "completion"}.items()),
     )
-    before = metric_samples(httpx.get(f"{gw.base_url}/metrics").text)
+    admin = {"authorization": f"Bearer {gw.admin_token}"}  # metrics are for admins only
+    before = metric_samples(httpx.get(f"{gw.base_url}/metrics", headers=admin).text)
     _, _, secret = gw.create_key()
     sdk(gw, secret).chat.completions.create(model="mock-model", messages=CHAT)
     health = httpx.get(f"{gw.base_url}/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok"}  # says nothing else
-    after = metric_samples(httpx.get(f"{gw.base_url}/metrics").text)
+    after = metric_samples(httpx.get(f"{gw.base_url}/metrics", headers=admin).text)
     # other tests share this gateway: compare with the figures before this one request
     assert after[served] - before.get(served, 0) == 1
     assert after[latency] - before.get(latency, 0) == 1

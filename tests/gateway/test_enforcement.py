@@ -9,6 +9,7 @@ is tested.
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -55,15 +56,20 @@ def test_degrade_then_block_with_actions_recorded(gateway_server, mock_upstream,
 def test_unreachable_redis_fails_closed_with_503(gateway_server) -> None:
     from distillguard.gateway.process import free_port
 
-    gw = gateway_server(redis_url=f"redis://127.0.0.1:{free_port()}/0", online_monitor="false")
+    redis_port = free_port()
+    gw = gateway_server(redis_url=f"redis://127.0.0.1:{redis_port}/0", online_monitor="false")
     _, _, secret = gw.create_key()
     client = openai.OpenAI(base_url=gw.api_url, api_key=secret, max_retries=0, timeout=20)
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(
             model="mock-model", messages=[{"role": "user", "content": "hi"}]
         )
-    assert caught.value.status_code == 503 and "rate limiter" in caught.value.message
+    assert caught.value.status_code == 503 and caught.value.code == "rate_limiter_unavailable"
+    # no internal address in what the client reads
+    assert str(redis_port) not in caught.value.message and "127.0.0.1" not in caught.value.message
     assert [r["status"] for r in gw.exchanges()] == [503]  # refused, and logged
+    ready = httpx.get(f"{gw.base_url}/readyz")  # and readiness says so
+    assert ready.status_code == 503 and "redis" in ready.json()["failed"]
 
 
 def test_unreachable_upstream_is_502_and_logged(gateway_server) -> None:

@@ -14,7 +14,7 @@ from distillguard.traffic import read_labels, read_traffic
 def test_live_run_provisions_accounts_and_is_logged_by_the_gateway(
     gateway_server, tmp_path: Path, shared_data: Path
 ) -> None:
-    gw = gateway_server(default_rpm=100_000)
+    gw = gateway_server(default_rpm=100_000, trusted_proxies="127.0.0.1/32")
     base_url, admin_token = gw
     cfg = SimConfig(accounts=6, campaigns=1, seed=3, days=1)
     live = LiveConfig(
@@ -67,7 +67,12 @@ def test_live_accounts_keep_their_addresses_so_a_hydra_is_linked_and_flagged(
     account now keeps its own addresses, and a cluster action is listed with its evidence."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY_FLAG_CLUSTERS)
-    gw = gateway_server(default_rpm=100_000, online_monitor="true", policy_file=policy)
+    gw = gateway_server(
+        default_rpm=100_000,
+        online_monitor="true",
+        policy_file=policy,
+        trusted_proxies="127.0.0.1/32",
+    )
     cfg = SimConfig(accounts=6, campaigns=2, seed=3, days=1)  # a single campaign and a hydra
     live = LiveConfig(
         base_url=gw.base_url,

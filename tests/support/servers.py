@@ -7,7 +7,8 @@ N``, what the overhead benchmark uses). Model names choose its behaviour:
 
 - ``mock-model``: a fixed answer quoting the last message, streamed in 4 chunks when asked;
 - ``mock-slow``: 200 chunks, 20 ms apart (a stream a client can walk away from);
-- ``mock-refuse``: a 400 OpenAI error (errors pass through the proxy unchanged).
+- ``mock-refuse``: a 400 OpenAI error (errors pass through the proxy unchanged);
+- ``mock-long``: a ~1,000-token answer to any prompt.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import orjson
 
 from distillguard.gateway.process import free_port
 
-MOCK_MODELS = ("mock-model", "mock-slow", "mock-refuse")
+MOCK_MODELS = ("mock-model", "mock-slow", "mock-refuse", "mock-long")
 
 
 # --- the mock upstream ----------------------------------------------------------------------
 
 
 def _answer_text(body: dict[str, Any]) -> str:
+    if body.get("model") == "mock-long":  # ~1,000 tokens whatever the prompt: a TPM test
+        return "lorem ipsum " * 350
     if "messages" in body:
         messages = body.get("messages") or [{}]
         last = messages[-1].get("content") or ""

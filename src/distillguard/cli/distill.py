@@ -110,9 +110,14 @@ def distill_harvest(
         console.print(f"{result.bad_lines} bad prompt lines were skipped")
     if result.truncated_bytes:
         console.print(f"removed a half-written last line ({result.truncated_bytes} bytes)")
-    if result.failed:
-        console.print(f"[yellow]{result.failed} prompts rejected by the server; rerun to retry[/]")
-        raise typer.Exit(1)
+    if result.failed or result.previously_rejected:
+        from distillguard.distill.harvest import rejected_path
+
+        console.print(
+            f"[yellow]{result.failed + result.previously_rejected} prompts rejected by the "
+            f"server (a permanent 4xx), recorded in {rejected_path(out)}; delete that file to "
+            "try them again[/]"
+        )
 
 
 @distill_app.command("train")
@@ -235,6 +240,11 @@ def distill_eval(
             f"{report.held_out_loss:.3f}",
         )
     _console().print(table)
+    if reports and reports[0].skipped_prompts:
+        _console().print(
+            f"[yellow]{reports[0].skipped_prompts} held-out prompts skipped: longer than the "
+            "teacher's context with room for the answer[/]"
+        )
 
 
 @distill_app.command("curve")

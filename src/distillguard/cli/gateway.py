@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -154,6 +155,10 @@ def gateway_serve(
             "[yellow]several workers without DISTILLGUARD_REDIS_URL: each enforces its own "
             "rate limits[/yellow]"
         )
+    from distillguard.gateway.clientip import parse_networks
+    from distillguard.gateway.protocol import GuardedHttpToolsProtocol
+
+    parse_networks(settings.trusted_proxies)  # a bad network fails here, not in every worker
     what = settings.upstream_url or settings.model_dir
     console.print(f"distillguard gateway on http://{settings.host}:{settings.port} serving {what}")
     # Several workers share their Prometheus values through a directory (see gateway.metrics);
@@ -168,7 +173,12 @@ def gateway_serve(
             port=settings.port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=functools.partial(  # type: ignore[arg-type]
+                GuardedHttpToolsProtocol, header_timeout_s=settings.header_timeout_s
+            ),
+            # The gateway decides the client IP itself, from trusted proxies only
+            # (clientip.py): uvicorn's handling would believe X-Forwarded-For from loopback.
+            proxy_headers=False,
             access_log=False,  # the gateway writes its own JSON access log
             log_config=None,
             log_level=settings.log_level,

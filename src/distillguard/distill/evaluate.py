@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class StudentReport:
     held_out_loss: float  # student NLL of the teacher's answer tokens, nats/token
     positions: int  # answer positions scored
     samples: int  # held-out sequences
+    skipped_prompts: int = 0  # held-out prompts longer than the teacher's context (not scored)
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,21 @@ def compare_on_rows(
     )
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    rows: list[HarvestRecord]
+    skipped_prompts: int  # prompts that do not fit the teacher's context with the answer
+
+
 def held_out_rows(
     teacher_dir: Path, *, data_path: Path | None, prompts_path: Path | None, config: EvalConfig
-) -> list[HarvestRecord]:
+) -> HeldOut:
     """Held-out sequences: the dataset's last ``samples`` rows, or the teacher's fresh answers
     to the *last* ``samples`` prompts of ``prompts_path`` (the CLI's default is the shared honest
     set, whose first prompts are what ``train_student`` uses when it has no dataset)."""
     if data_path is not None:
         rows = load_rows(data_path)
-        return rows[-config.samples :]
+        return HeldOut(rows[-config.samples :], 0)
     from distillguard.distill.harvest import LocalHarvestParams, harvest_local, read_prompts
     from distillguard.models.engine import GenerationEngine
 
@@ -163,8 +170,14 @@ def held_out_rows(
         raise InputError("held-out answers need a dataset or prompts for the teacher: --prompts")
     prompts = list(read_prompts(Path(prompts_path)).prompts)[-config.samples :]
     engine = GenerationEngine.from_dir(Path(teacher_dir), num_threads=config.num_threads)
+    # A prompt that leaves no room for the answer in the teacher's context cannot be answered
+    # (the engine refuses it): skipped and counted, never the end of the evaluation.
+    room = engine.context_length - config.max_new_tokens
+    fitting = [
+        p for p in prompts if len(engine.encode_chat([{"role": "user", "content": p.text}])) <= room
+    ]
     params = LocalHarvestParams(max_new_tokens=config.max_new_tokens, seed=config.seed)
-    return harvest_local(engine, prompts, params)
+    return HeldOut(harvest_local(engine, fitting, params), len(prompts) - len(fitting))
 
 
 def evaluate_students(
@@ -179,23 +192,32 @@ def evaluate_students(
     from distillguard.models.llama import load_model
 
     teacher, teacher_tok = load_model(Path(teacher_dir))
-    rows = held_out_rows(teacher_dir, data_path=data_path, prompts_path=prompts_path, config=config)
+    held_out = held_out_rows(
+        teacher_dir, data_path=data_path, prompts_path=prompts_path, config=config
+    )
+    rows = held_out.rows
     if not rows:
-        raise InputError("no held-out sample to evaluate on")
+        raise InputError(
+            "no held-out sample to evaluate on"
+            + (
+                f" ({held_out.skipped_prompts} prompts longer than the teacher's context)"
+                if held_out.skipped_prompts
+                else ""
+            )
+        )
     reports = []
     for student_dir in student_dirs:
         student, student_tok = load_model(Path(student_dir))
-        reports.append(
-            compare_on_rows(
-                student,
-                student_tok,
-                teacher,
-                teacher_tok,
-                rows,
-                student_dir=Path(student_dir),
-                config=config,
-            )
+        report = compare_on_rows(
+            student,
+            student_tok,
+            teacher,
+            teacher_tok,
+            rows,
+            student_dir=Path(student_dir),
+            config=config,
         )
+        reports.append(replace(report, skipped_prompts=held_out.skipped_prompts))
     return reports
 
 

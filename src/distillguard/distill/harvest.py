@@ -9,7 +9,9 @@ Requests go through the official ``openai`` SDK with its own retries turned off:
 retries 429, 5xx, time-outs and connection failures itself with exponential backoff, and
 waits what the server's ``Retry-After`` asks when it says so. A wrong key or unknown model
 stops the run at once (nothing written is lost); a prompt the server rejects as invalid
-(400/413/422) is counted and reported, and a later run tries it again.
+(400/413/422) is a permanent answer: it is recorded as a failed prompt in
+``<out stem>.rejected.jsonl`` beside the dataset (id, status, the server's message), and later
+runs skip it (delete that file to try those prompts again).
 
 ``harvest_local`` produces the same records straight from a ``GenerationEngine`` without
 HTTP, for fast experiments (forensics' dose-response runs).
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from distillguard.distill.records import (
     DatasetWriter,
@@ -91,8 +95,9 @@ class HarvestResult:
     total_prompts: int
     already_done: int  # found in the dataset when the run started (resume)
     written: int  # new records this run
-    failed: int  # prompts the server rejected as invalid (retried by the next run)
+    failed: int  # prompts the server rejected as invalid this run (see rejected_path)
     failed_ids: tuple[str, ...]
+    previously_rejected: int  # rejected by an earlier run: skipped
     retries: int  # retried requests (429, 5xx, time-outs)
     bad_lines: int  # prompt lines that held no prompt
     truncated_bytes: int  # a half-written last line removed on resume
@@ -101,7 +106,36 @@ class HarvestResult:
 
     @property
     def complete(self) -> bool:
-        return self.already_done + self.written == self.total_prompts
+        """Every prompt has its record or the server's recorded refusal."""
+        return (
+            self.already_done + self.written + self.failed + self.previously_rejected
+            == self.total_prompts
+        )
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    """The server's permanent refusal of one prompt (400/413/422)."""
+
+    status: int
+    message: str
+
+
+def rejected_path(out: Path) -> Path:
+    """Where a harvest into ``out`` records the prompts the server rejected."""
+    return out.with_name(f"{out.stem}.rejected.jsonl")
+
+
+def _read_rejected(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    ids: set[str] = set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            ids.add(str(orjson.loads(line)["id"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue  # a half-written last line: that prompt is simply tried again
+    return ids
 
 
 class _EmptyAnswer(Exception):
@@ -161,8 +195,8 @@ def _logprobs_to_json(choice: Any) -> list[dict[str, Any]] | None:
 
 async def _request_one(
     client: Any, prompt: Prompt, config: HarvestConfig, model: str, counters: dict[str, int]
-) -> HarvestRecord | None:
-    """One prompt with retries. None: the server rejected it as invalid (counted by caller)."""
+) -> HarvestRecord | _Rejected:
+    """One prompt with retries, or the server's permanent refusal of it."""
     import openai
 
     content = f"{prompt.text}\n\n{COT_INSTRUCTION}" if config.cot else prompt.text
@@ -205,16 +239,14 @@ async def _request_one(
             raise _Abort(PermissionDenied(f"the API denied access (403): {exc.message}")) from exc
         except openai.NotFoundError as exc:
             raise _Abort(NotFound(f"model or endpoint not found (404): {exc.message}")) from exc
-        except (openai.BadRequestError, openai.UnprocessableEntityError):
-            counters["failed"] += 1
-            return None
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            return _Rejected(exc.status_code, exc.message)
         except openai.RateLimitError as exc:
             last_error = f"429 rate limited: {exc.message}"
             wait = _retry_after_seconds(exc.response.headers)
         except openai.APIStatusError as exc:
             if exc.status_code == 413:
-                counters["failed"] += 1
-                return None
+                return _Rejected(exc.status_code, exc.message)
             if exc.status_code < 500 and exc.status_code != 408:
                 raise _Abort(UpstreamError(f"HTTP {exc.status_code}: {exc.message}")) from exc
             last_error = f"HTTP {exc.status_code}: {exc.message}"
@@ -256,9 +288,14 @@ async def harvest_async(
     started = time.perf_counter()
     counters = {"failed": 0, "retries": 0, "tokens": 0, "written": 0}
     failed_ids: list[str] = []
+    rejected_file = rejected_path(out)
+    rejected_before = _read_rejected(rejected_file)
     with DatasetWriter(out) as writer:
         already = sum(1 for p in prompts if p.id in writer.done_ids)
-        todo = [p for p in prompts if p.id not in writer.done_ids]
+        todo = [p for p in prompts if p.id not in writer.done_ids and p.id not in rejected_before]
+        previously_rejected = sum(
+            1 for p in prompts if p.id in rejected_before and p.id not in writer.done_ids
+        )
         client = openai.AsyncOpenAI(
             base_url=config.base_url,
             api_key=config.api_key,
@@ -278,8 +315,11 @@ async def harvest_async(
                     except asyncio.QueueEmpty:
                         return
                     record = await _request_one(client, prompt, config, model, counters)
-                    if record is None:
+                    if isinstance(record, _Rejected):
                         failed_ids.append(prompt.id)
+                        line = {"id": prompt.id, "status": record.status, "error": record.message}
+                        with rejected_file.open("ab") as rejected:  # kept across reruns
+                            rejected.write(orjson.dumps(line) + b"\n")
                     else:
                         writer.append(record)  # sync fsync in the loop: one writer, no races
                         counters["written"] += 1
@@ -305,6 +345,7 @@ async def harvest_async(
         written=counters["written"],
         failed=len(failed_ids),
         failed_ids=tuple(failed_ids),
+        previously_rejected=previously_rejected,
         retries=counters["retries"],
         bad_lines=bad_lines,
         truncated_bytes=truncated,

@@ -21,14 +21,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from distillguard.config import Settings, get_settings
 from distillguard.errors import ConfigError, DistillGuardError
-from distillguard.gateway.auth import KeyAuthenticator
+from distillguard.gateway.auth import KeyAuthenticator, _require_admin
 from distillguard.gateway.backend import Backend
+from distillguard.gateway.clientip import ClientResolver
 from distillguard.gateway.errors import install_handlers
-from distillguard.gateway.limits import make_limiter
+from distillguard.gateway.limits import UnauthenticatedBudget, make_limiter
 from distillguard.gateway.metrics import GatewayMetrics
 from distillguard.gateway.routes_openai import OPENAI_PATHS, handle_models, handle_openai
 from distillguard.gateway.runtime import GatewayState
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     settings = settings or get_settings()
     if settings.upstream_url and settings.model_dir:
         raise ConfigError("give either a model directory or an upstream URL, not both")
+    client_resolver = ClientResolver(settings.trusted_proxies)  # ConfigError before serving
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -140,6 +142,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                 redis_url=settings.redis_url,
                 count_error=lambda component: metrics.state_errors.labels(component).inc(),
             ),
+            client_resolver=client_resolver,
+            unauth_budget=UnauthenticatedBudget(settings.unauth_log_per_minute),
             started_at=time.time(),
         )
         app.state.gateway = state
@@ -174,9 +178,17 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url="/admin/openapi.json",
+        openapi_url=None,  # served below, behind the admin token
     )
     install_handlers(app)
+
+    @app.get("/admin/openapi.json", include_in_schema=False, dependencies=[Depends(_require_admin)])
+    async def openapi_document() -> dict[str, Any]:
+        """The admin and ops API's OpenAPI document, with the OpenAI routes merged in."""
+        from distillguard.wire.openapi import with_openai_paths
+
+        return with_openai_paths(app.openapi())
+
     from distillguard.gateway.routes_admin import router as admin_router
     from distillguard.gateway.routes_ops import router as ops_router
 

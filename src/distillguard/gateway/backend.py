@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from distillguard.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from distillguard.wire.openai import ChatCompletionRequest, CompletionRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
 

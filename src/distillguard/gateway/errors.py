@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distillguard.errors import DistillGuardError, InputError, RateLimited
+from distillguard.wire.openai import error_body
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -32,6 +32,14 @@ _HTTP_TYPES = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+}
+
+
+_SERVER_SIDE_MESSAGES = {
+    "UpstreamError": "the model server failed to answer; retry later",
+    "StoreError": "the service is temporarily unavailable; retry later",
+    "ConfigError": "the service is misconfigured; contact the operator",
+    "ModelError": "the model failed to answer; retry later",
 }
 
 
@@ -65,14 +73,6 @@ class ClientGone(Exception):
     """The client disconnected before its request body was complete (nothing to answer)."""
 
 
-def error_body(
-    message: str, error_type: str, *, param: str | None = None, code: str | None = None
-) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    )
-
-
 def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
@@ -94,7 +94,10 @@ def to_error_response(exc: BaseException) -> ErrorResponse:
     if isinstance(exc, DistillGuardError):
         status = exc.status_code
         message = exc.message
-        body = error_body(message, exc.error_type, param=exc.param, code=exc.code)
+        # A server-side failure's details (upstream and Redis addresses, database errors) go
+        # to the log only; the client learns what failed and that it may retry.
+        shown = _SERVER_SIDE_MESSAGES.get(type(exc).__name__, message) if status >= 500 else message
+        body = error_body(shown, exc.error_type, param=exc.param, code=exc.code)
         if isinstance(exc, RateLimited):
             # Whole seconds, rounded up, as HTTP wants; the exact value in a second header.
             seconds = max(1, int(-(-exc.retry_after // 1)))

@@ -19,12 +19,17 @@ the real usage once the response is complete. A request that fails still counts 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from distillguard.errors import ConfigError, RateLimited, StoreError
+
+log = logging.getLogger("distillguard.gateway")
 
 WINDOW_S = 60.0  # "per minute": the window of both limits
 
@@ -99,6 +104,10 @@ class RateLimiter(Protocol):
 
     async def settle(self, reservation: Reservation, tokens: int) -> None: ...
 
+    async def check_rpm(self, key_id: str, *, rpm: int) -> None:
+        """RateLimited when the key has no request left in the window (admits nothing): lets
+        the gateway refuse an expensive request before it pays for its preparation."""
+
     async def close(self) -> None: ...
 
 
@@ -169,6 +178,18 @@ class MemoryLimiter:
         reset = entries[0][0] + WINDOW_S - now  # the oldest counted request leaves then
         state = WindowState(rpm, rpm - len(entries), reset, tpm, int(tpm - window.tokens), reset)
         return Reservation(key_id, request_id, tokens, entry, state)
+
+    async def check_rpm(self, key_id: str, *, rpm: int) -> None:
+        window = self._windows.get(key_id)
+        if window is None:
+            return
+        now = self._clock()
+        live = [ts for ts, _ in window.entries if ts > now - WINDOW_S]
+        if len(live) >= rpm:
+            raise RateLimited(
+                f"rate limit reached: {rpm} requests per minute for this key",
+                retry_after=max(live[len(live) - rpm] + WINDOW_S - now, 0.001),
+            )
 
     async def settle(self, reservation: Reservation, tokens: int) -> None:
         entry = reservation.entry
@@ -243,6 +264,14 @@ return 1
 """
 
 
+# KEYS: 1 zset as above; ARGV: window ms. Requests of the key inside the window (Redis' clock).
+_COUNT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')
+"""
+
+
 class RedisLimiter:
     """Exact sliding-window limits shared by every replica that uses one Redis."""
 
@@ -258,6 +287,9 @@ class RedisLimiter:
         self._prefix = prefix
         self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._settle = self._redis.register_script(_SETTLE_LUA)
+        self._count = self._redis.register_script(_COUNT_LUA)
+        self._pending_settles: list[tuple[str, str, int, asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     def _keys(self, key_id: str) -> list[str]:
         # One hash tag per key id: the three keys live on one Redis Cluster slot.
@@ -275,8 +307,12 @@ class RedisLimiter:
                 args=[int(WINDOW_S * 1000), rpm, tpm, request_id, tokens],
             )
         except self._errors as exc:
-            # Fail closed: without the shared window no replica can keep the limit.
-            raise StoreError(f"rate limiter unavailable (Redis): {exc}") from exc
+            # Fail closed: without the shared window no replica can keep the limit. The
+            # client's message names no internal address; the log has the details.
+            log.warning("rate limiter: Redis failed: %s", exc)
+            raise StoreError(
+                "rate limiter unavailable; retry shortly", code="rate_limiter_unavailable"
+            ) from exc
         if not admitted:
             retry = max(float(retry_ms) / 1000.0, 0.001)
             if which == b"tpm":
@@ -296,18 +332,103 @@ class RedisLimiter:
         state = WindowState(rpm, rpm - count, reset, tpm, tpm - used, reset)
         return Reservation(key_id, request_id, tokens, window=state)
 
+    async def check_rpm(self, key_id: str, *, rpm: int) -> None:
+        try:
+            count = await self._count(keys=self._keys(key_id)[:1], args=[int(WINDOW_S * 1000)])
+        except self._errors as exc:
+            log.warning("rate limiter: Redis failed: %s", exc)
+            raise StoreError(
+                "rate limiter unavailable; retry shortly", code="rate_limiter_unavailable"
+            ) from exc
+        if count >= rpm:
+            raise RateLimited(
+                f"rate limit reached: {rpm} requests per minute for this key",
+                retry_after=1.0,
+            )
+
     async def settle(self, reservation: Reservation, tokens: int) -> None:
+        """Correct the reservation; returns once Redis applied it. Corrections queued while a
+        round trip is under way share the next one (one pipeline): under load one round trip
+        settles many requests (a round trip per request cost half the gateway's throughput)."""
         if tokens == reservation.tokens:
             return
-        await self._settle(
-            keys=self._keys(reservation.key_id), args=[reservation.request_id, tokens]
-        )
         reservation.tokens = tokens
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_settles.append((reservation.key_id, reservation.request_id, tokens, done))
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_settles())
+        await asyncio.shield(done)
+
+    async def _flush_settles(self) -> None:
+        try:
+            while self._pending_settles:
+                batch, self._pending_settles = self._pending_settles, []
+                error: BaseException | None = None
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for key_id, request_id, tokens, _ in batch:
+                            await self._settle(
+                                keys=self._keys(key_id), args=[request_id, tokens], client=pipe
+                            )
+                        await pipe.execute()
+                except Exception as exc:  # every waiter gets an answer, whatever failed
+                    # The reservations stay at their (larger) estimate until they leave the
+                    # window: the limit errs on the safe side.
+                    log.warning("rate limiter: %d settlements lost (Redis: %s)", len(batch), exc)
+                    error = StoreError("rate limiter unavailable; settlement not applied")
+                for *_, done in batch:
+                    if not done.done():
+                        if error is None:
+                            done.set_result(None)
+                        else:
+                            done.set_exception(error)
+        finally:
+            self._flushing = None
 
     async def close(self) -> None:
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing
         await self._redis.aclose()
 
 
 def make_limiter(redis_url: str | None) -> RateLimiter:
     """Redis when a URL is configured (replicas share limits), memory otherwise."""
     return RedisLimiter(redis_url) if redis_url else MemoryLimiter()
+
+
+class UnauthenticatedBudget:
+    """How many requests without a valid key each client IP may have logged per minute.
+
+    Anyone can send such requests, so each must cost little: within the budget an attempt
+    gets a (truncated) log row; beyond it the gateway answers 429 and only counts it. One
+    process, memory only (an attacker spread over replicas gets the budget once per replica,
+    still bounded), and at most ``max_ips`` addresses are tracked (the least recently seen
+    one is forgotten first), so a flood from many addresses cannot grow the table.
+    """
+
+    def __init__(self, per_minute: int, *, max_ips: int = 65_536, clock=time.monotonic) -> None:
+        if per_minute < 0 or max_ips < 1:
+            raise ConfigError("unauth_log_per_minute must be >= 0 and max_ips >= 1")
+        self.per_minute = per_minute
+        self._max_ips = max_ips
+        self._clock = clock
+        self._windows: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def admit(self, ip: str) -> float | None:
+        """None: log this attempt; else the seconds until the IP may be logged again."""
+        now = self._clock()
+        window = self._windows.get(ip)
+        if window is None:
+            window = self._windows[ip] = deque()
+            if len(self._windows) > self._max_ips:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(ip)
+        horizon = now - WINDOW_S
+        while window and window[0] <= horizon:
+            window.popleft()
+        if len(window) >= self.per_minute:
+            return max(window[0] + WINDOW_S - now, 0.001) if window else WINDOW_S
+        window.append(now)
+        return None

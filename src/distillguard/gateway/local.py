@@ -19,6 +19,7 @@ thread); this module only translates between OpenAI's shapes and the engine's:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ import orjson
 from distillguard.config import Settings
 from distillguard.errors import ContextTooLong, NotFound
 from distillguard.gateway.backend import Job, Outcome, Reply
+from distillguard.wire import openai as wire
 
 log = logging.getLogger("distillguard.gateway.local")
 
@@ -45,6 +47,9 @@ class _Prepared:
     params: list[Any]  # one GenerationParams per choice
     want_logprobs: bool
     top_k: int
+
+
+_SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF  # `seed + i` of the n choices stays a valid 64-bit seed
 
 
 class LocalBackend:
@@ -66,6 +71,7 @@ class LocalBackend:
         self.watermark_key_id = watermark_key_id
         self._pieces: dict[int, tuple[str, list[int]]] = {}
         self._created = int(time.time())
+        self._system_fingerprint = "fp_" + hashlib.sha256(name.encode()).hexdigest()[:10]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
@@ -176,7 +182,7 @@ class LocalBackend:
                 temperature=1.0 if request.temperature is None else request.temperature,
                 top_p=1.0 if request.top_p is None else request.top_p,
                 stop=request.stop_sequences(),
-                seed=None if request.seed is None else request.seed + i,
+                seed=None if request.seed is None else (request.seed + i) & _SEED_MASK,
                 logprobs=want_logprobs,
                 top_logprobs=top_k,
                 tag=job.account_id,
@@ -247,38 +253,21 @@ class LocalBackend:
                     if prepared.want_logprobs
                     else None
                 )
-                choices.append(
-                    {
-                        "index": index,
-                        "message": {"role": "assistant", "content": text},
-                        "logprobs": logprobs,
-                        "finish_reason": finish,
-                    }
-                )
+                choices.append(wire.chat_choice(index, text, logprobs, finish))
             else:
-                choices.append(
-                    {
-                        "index": index,
-                        "text": text,
-                        "logprobs": self._legacy_logprobs(tokens, prepared),
-                        "finish_reason": finish,
-                    }
-                )
+                logprobs = self._legacy_logprobs(tokens, prepared)
+                choices.append(wire.text_choice(index, text, logprobs, finish))
         prompt_tokens = len(prepared.prompt_ids)
         outcome.prompt_tokens, outcome.completion_tokens = prompt_tokens, completion_tokens
-        body = {
-            "id": ("chatcmpl-" if job.is_chat else "cmpl-") + job.request_id,
-            "object": "chat.completion" if job.is_chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            "system_fingerprint": self._fingerprint(),
-        }
+        body = wire.completion(
+            chat=job.is_chat,
+            request_id=job.request_id,
+            created=int(time.time()),
+            model=self.name,
+            choices=choices,
+            usage=wire.usage(prompt_tokens, completion_tokens),
+            system_fingerprint=self._fingerprint(),
+        )
         return Reply(200, orjson.dumps(body))
 
     def _legacy_logprobs(self, tokens: list[Any], prepared: _Prepared) -> dict[str, Any] | None:
@@ -299,24 +288,23 @@ class LocalBackend:
         }
 
     def _fingerprint(self) -> str:
-        wm = f"{self.watermark_scheme}-{self.watermark_key_id}" if self.watermark_scheme else "nowm"
-        return f"dg-{wm}"
+        # Names the served model only: the watermark's scheme and key are the provider's
+        # secret (a client that knows them knows what to scrub).
+        return self._system_fingerprint
 
     async def stream(self, job: Job, outcome: Outcome) -> AsyncIterator[tuple[bytes, str]]:
         prepared = self._prepare(job)
         chat = job.is_chat
-        ident = ("chatcmpl-" if chat else "cmpl-") + job.request_id
-        created = int(time.time())
-        base = {
-            "id": ident,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created,
-            "model": self.name,
-            "system_fingerprint": self._fingerprint(),
-        }
+        base = wire.chunk_base(
+            chat=chat,
+            request_id=job.request_id,
+            created=int(time.time()),
+            model=self.name,
+            system_fingerprint=self._fingerprint(),
+        )
 
         def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
+            return wire.sse_frame({**base, "choices": choices, **extra})
 
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
@@ -336,12 +324,7 @@ class LocalBackend:
                 yield (
                     frame(
                         [
-                            {
-                                "index": i,
-                                "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
+                            wire.chat_delta(i, {"role": "assistant", "content": ""})
                             for i in range(len(tasks))
                         ]
                     ),
@@ -364,50 +347,25 @@ class LocalBackend:
                             if prepared.want_logprobs and not is_eos
                             else None
                         )
-                        choice = {
-                            "index": index,
-                            "delta": {"content": text},
-                            "logprobs": logprobs,
-                            "finish_reason": None,
-                        }
+                        choice = wire.chat_delta(index, {"content": text}, logprobs)
                     else:
                         logprobs = (
                             self._legacy_logprobs([event], prepared)
                             if prepared.want_logprobs and not is_eos
                             else None
                         )
-                        choice = {
-                            "index": index,
-                            "text": text,
-                            "logprobs": logprobs,
-                            "finish_reason": None,
-                        }
+                        choice = wire.text_choice(index, text, logprobs, None)
                     yield frame([choice]), text if index == 0 else ""
                 if event.finish_reason is not None:
                     open_rows -= 1
                     end = (
-                        {
-                            "index": index,
-                            "delta": {},
-                            "logprobs": None,
-                            "finish_reason": event.finish_reason,
-                        }
+                        wire.chat_delta(index, {}, None, event.finish_reason)
                         if chat
-                        else {
-                            "index": index,
-                            "text": "",
-                            "logprobs": None,
-                            "finish_reason": event.finish_reason,
-                        }
+                        else wire.text_choice(index, "", None, event.finish_reason)
                     )
                     yield frame([end]), ""
             if job.request.include_usage():
-                usage = {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                }
-                yield frame([], usage=usage), ""
+                yield frame([], usage=wire.usage(prompt_tokens, completion_tokens)), ""
         finally:
             for task in tasks:  # a client gone mid-stream frees its batch rows at once
                 task.cancel()

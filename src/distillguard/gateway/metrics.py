@@ -109,6 +109,16 @@ class GatewayMetrics:
             ["action"],
             registry=self.registry,
         )
+        self.rejected_forwarded_for = Counter(
+            "distillguard_forwarded_for_rejected",
+            "X-Forwarded-For headers from a trusted proxy that were not IP lists (ignored)",
+            registry=self.registry,
+        )
+        self.unlogged_unauthenticated = Counter(
+            "distillguard_unauthenticated_unlogged",
+            "requests without a valid key over their IP's log budget (429, no log row)",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "distillguard_requests_in_flight",
             "requests being served",

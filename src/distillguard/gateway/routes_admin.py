@@ -38,8 +38,9 @@ class NewAccount(BaseModel):
 class NewKey(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     account: str = Field(min_length=1)  # id or name
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    # The columns are 32-bit INTEGERs: a larger limit would fail the insert (a 500 before).
+    rpm: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    tpm: int | None = Field(default=None, ge=1, le=2**31 - 1)
     alias: str | None = Field(default=None, min_length=1, max_length=200)
     expires_at: float | None = None  # Unix seconds
     expires_in_s: float | None = Field(default=None, gt=0)  # or: this long from now

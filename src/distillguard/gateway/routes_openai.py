@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import inspect
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from distillguard.errors import (
+    AuthError,
     InputError,
     PayloadTooLarge,
     PermissionDenied,
@@ -44,9 +44,10 @@ from distillguard.gateway.errors import (
 from distillguard.gateway.limits import ratelimit_headers
 from distillguard.gateway.metrics import log_exchange
 from distillguard.gateway.quota import charge_key, check_key
-from distillguard.gateway.schemas import parse_request
 from distillguard.store.accounts import check_expiry
-from distillguard.store.exchanges import ExchangeRecord
+from distillguard.wire import openai as wire
+from distillguard.wire.exchange import ExchangeRecord, new_exchange_id
+from distillguard.wire.openai import parse_request
 
 if TYPE_CHECKING:
     from distillguard.gateway.runtime import GatewayState
@@ -62,6 +63,13 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _LOGGED_RAW_CHARS = 4096  # an unparsable body is logged as its first characters
+# Deepest JSON nesting a request may have. orjson parses 1,024 levels but serializes only 255:
+# a body between the two would be served and then fail its log row. No OpenAI request nests
+# beyond ~10 levels (tool schemas included); 64 leaves room and stays far below 255.
+MAX_JSON_DEPTH = 64
+# Bodies above this size have their prompt tokens counted on a worker thread (a 1 MB prompt
+# takes ~100 ms to tokenize: on the event loop that would stall every other tenant).
+_TOKENIZE_OFF_LOOP_BYTES = 64 * 1024
 
 
 @dataclass
@@ -82,29 +90,31 @@ class Attempt:
     error: str | None = None
 
     @classmethod
-    def arriving(cls, scope: dict, **fields: Any) -> Attempt:
-        """The attempt for a request that just arrived: id, clock, path, client, user agent."""
+    def arriving(cls, state: GatewayState, scope: dict, **fields: Any) -> Attempt:
+        """The attempt for a request that just arrived: id, clock, path, client, user agent.
+        The client IP is the TCP peer unless that is a trusted proxy (``clientip``)."""
         client = scope.get("client")
+        peer = client[0] if client else ""
+        address = state.client_resolver.resolve(peer, _header(scope, b"x-forwarded-for"))
+        if address.header_rejected:
+            state.metrics.rejected_forwarded_for.inc()
         ua = _header(scope, b"user-agent")
         return cls(
             request_id=new_request_id(),
             ts=time.time(),
             started=time.perf_counter(),
             endpoint=scope["path"],
-            ip=client[0] if client else "",
+            ip=address.ip,
             user_agent=ua.decode("latin-1") if ua is not None else None,
             **fields,
         )
 
 
-_ID_PREFIX = secrets.token_hex(4)  # per process: ids from several replicas never collide
-_ID_COUNTER = itertools.count()
-
-
 def new_request_id() -> str:
-    """Unique, time-ordered exchange id (ms clock, process prefix, counter): cheaper than a
-    uuid4 per request, and ordered ids keep the log's primary-key index compact."""
-    return f"{time.time_ns() // 1_000_000:012x}{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFF:06x}"
+    """Unique exchange id: a ms clock (keeps the log's primary-key index compact) and 64
+    random bits. Random, not a counter: ids a client sees must not reveal how much traffic
+    the gateway serves."""
+    return new_exchange_id()
 
 
 def _header(scope: dict, name: bytes) -> bytes | None:
@@ -148,6 +158,42 @@ async def _read_body(scope: dict, receive, limit: int, timeout_s: float) -> byte
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def _read_prefix(receive, keep: int, timeout_s: float) -> tuple[bytes, int, bool]:
+    """At most ``keep`` bytes of a body nobody will serve (the key was refused): (prefix,
+    bytes received, whether the body ended). Stops reading as soon as ``keep`` bytes are in:
+    a rejected request must cost the server little."""
+    chunks: list[bytes] = []
+    size = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while size < keep:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)[:keep], size, True
+    return b"".join(chunks)[:keep], size, False
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests deeper than ``limit`` containers (iterative: a
+    hostile body must not exhaust the stack). Visits containers only; strings and numbers,
+    most of a request's bytes, cost nothing."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
 def _decode(raw: bytes, attempt: Attempt) -> dict[str, Any]:
     """The JSON object in the body; InputError (400) for anything else."""
     try:
@@ -158,15 +204,23 @@ def _decode(raw: bytes, attempt: Attempt) -> dict[str, Any]:
         raise InputError(
             f"request body is not valid JSON ({reason}): {exc}", code="invalid_json"
         ) from None
-    attempt.logged_body = body
     if not isinstance(body, dict):
+        # The log keeps a JSON object per request: a bare number or string stored as a column
+        # value gets SQLite's numeric affinity and no longer reads back as JSON.
+        attempt.logged_body = {"_unparsed": raw[:_LOGGED_RAW_CHARS].decode("utf-8", "replace")}
         raise InputError("request body must be a JSON object", code="invalid_json")
+    if _too_deep(body, MAX_JSON_DEPTH):
+        attempt.logged_body = {"_unparsed": raw[:_LOGGED_RAW_CHARS].decode("utf-8", "replace")}
+        raise InputError(
+            f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json"
+        )
+    attempt.logged_body = body
     return body
 
 
 async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None:
     """The ASGI handler for both completion endpoints (see the module docstring)."""
-    attempt = Attempt.arriving(scope)
+    attempt = Attempt.arriving(state, scope)
     outcome = Outcome()
     reservation = None
     state.metrics.in_flight.inc()
@@ -174,29 +228,54 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         if scope["method"] != "POST":
             raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
         settings = state.settings
+        # The key first: a request without a valid one is read only as far as its log needs.
+        try:
+            identity = state.auth.authenticate(_header(scope, b"authorization"))
+        except (AuthError, PermissionDenied) as refused:
+            await _refuse_unauthenticated(state, attempt, refused, receive, send)
+            raise _StreamEnded() from None
+        attempt.identity = identity
+        await check_key(state, identity)  # expiry, token and spend budgets
         raw = attempt.raw = await _read_body(
             scope, receive, settings.max_body_bytes, settings.request_timeout_s
         )
-        identity = attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
-        await check_key(state, identity)  # expiry, token and spend budgets
         body = _decode(raw, attempt)
         model = body.get("model")
         attempt.model = model if isinstance(model, str) else None
         request = parse_request(attempt.endpoint, body)
         state.backend.check_model(request.model)
         job = Job(attempt.endpoint, body, raw, request, attempt.request_id, identity.account_id)
+        rpm = identity.rpm or settings.default_rpm
+        tpm = identity.tpm or settings.default_tpm
 
-        prompt_tokens = state.backend.count_prompt_tokens(job)
-        # Reserve the output the request may produce; settled to the real usage afterwards.
-        output = request.output_limit() or state.backend.default_output_tokens
-        reserved = prompt_tokens + output * request.n
-        reservation = await state.limiter.acquire(
-            identity.key_id,
-            request_id=attempt.request_id,
-            rpm=identity.rpm or settings.default_rpm,
-            tpm=identity.tpm or settings.default_tpm,
-            tokens=reserved,
-        )
+        if len(raw) > _TOKENIZE_OFF_LOOP_BYTES:
+            # A large prompt: refuse a key that is out of requests before paying to tokenize
+            # it, then tokenize on a worker thread, never on the loop every tenant shares.
+            await state.limiter.check_rpm(identity.key_id, rpm=rpm)
+            prompt_tokens = await asyncio.to_thread(state.backend.count_prompt_tokens, job)
+        else:
+            prompt_tokens = state.backend.count_prompt_tokens(job)
+        # Reserve the most the request may produce; settled to the real usage afterwards.
+        # Without max_tokens the worst case is the backend's default output (capped at the
+        # key's whole budget): reserving only the prompt let concurrent requests overrun TPM.
+        output = request.output_limit()
+        if output is not None:
+            reserved = prompt_tokens + output * request.n
+        else:
+            worst = prompt_tokens + state.backend.default_output_tokens * request.n
+            reserved = max(prompt_tokens, min(worst, tpm))
+        try:
+            reservation = await state.limiter.acquire(
+                identity.key_id, request_id=attempt.request_id, rpm=rpm, tpm=tpm, tokens=reserved
+            )
+        except RateLimited as limited:
+            hint_codes = ("tokens_per_minute_exceeded", "request_too_large")
+            if output is None and limited.code in hint_codes:
+                limited.message += (
+                    f" (without max_tokens a request reserves up to {reserved} tokens; "
+                    "set max_tokens to reserve less)"
+                )
+            raise
         await _enforce(state, attempt, job, identity, body)
 
         limit_headers = ratelimit_headers(reservation.window)  # OpenAI's x-ratelimit-*
@@ -207,7 +286,10 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             attempt.status = reply.status
             attempt.error = outcome.error
             if not await _write_log(state, attempt, outcome):
-                raise StoreError("the exchange could not be logged; not answering unlogged")
+                raise StoreError(
+                    "the exchange could not be logged; not answering unlogged",
+                    code="exchange_not_logged",
+                )
             headers = [(b"content-type", reply.content_type), *limit_headers]
             await _respond(send, attempt, reply.status, headers, reply.body)
     except ClientGone:
@@ -223,9 +305,15 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             send, attempt, reply.status, [(b"content-type", reply.content_type)], reply.body
         )
     except _StreamEnded:
-        pass  # streamed (fully or until the client left), logged inside
+        pass  # answered (a stream, or a refused key) and logged inside
     except Exception as exc:  # every failure answers in OpenAI's shape, and is logged
         err = to_error_response(exc)
+        if attempt.identity is None:  # e.g. a wrong method: bounded like a refused key
+            over = _over_unauthenticated_budget(state, attempt)
+            if over is not None:
+                headers = [*over.headers, (b"connection", b"close")]
+                await _respond(send, attempt, over.status, headers, over.body)
+                return
         attempt.status = err.status
         attempt.error = err.message
         headers = list(err.headers)
@@ -241,23 +329,80 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             used = (outcome.prompt_tokens or 0) + (outcome.completion_tokens or 0)
             if outcome.prompt_tokens is None and outcome.completion_tokens is None:
                 used = reservation.tokens if attempt.status == 200 else 0
-            with contextlib.suppress(Exception):
+            try:
                 await state.limiter.settle(reservation, used)
+            except Exception:
+                log.exception("could not settle a rate-limit reservation")
         if attempt.identity is not None and attempt.identity.budgeted:
             await charge_key(
                 state, attempt.identity, outcome.prompt_tokens or 0, outcome.completion_tokens or 0
             )
         if state.monitor is not None and attempt.identity is not None and attempt.status == 200:
             try:
-                state.monitor.record(
+                recorded = state.monitor.record(
                     account_id=attempt.identity.account_id,
                     response_text=outcome.text or "",
                     completion_tokens=outcome.completion_tokens or 0,
                     ts=attempt.ts,
                 )
+                if inspect.isawaitable(recorded):
+                    await recorded
             except Exception:
                 log.exception("online monitor failed to record an exchange")
                 state.metrics.state_errors.labels("monitor").inc()
+
+
+def _bounded_body(prefix: bytes, received: int, complete: bool) -> dict[str, Any]:
+    """The log's copy of a refused request's body: the JSON object when it was small enough
+    to read whole, its first bytes as text otherwise."""
+    if complete:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            body = orjson.loads(prefix)
+            if isinstance(body, dict) and not _too_deep(body, MAX_JSON_DEPTH):
+                return body
+    text = prefix.decode("utf-8", "replace")
+    return {"_unparsed": text, "_bytes_read": received, "_truncated": not complete}
+
+
+def _over_unauthenticated_budget(state: GatewayState, attempt: Attempt) -> Any:
+    """The 429 for a request without a valid key from an IP over its log budget (counted, no
+    row), or None: log it. Every refusal before a key was accepted goes through here."""
+    retry_after = state.unauth_budget.admit(attempt.ip)
+    if retry_after is None:
+        return None
+    state.metrics.unlogged_unauthenticated.inc()
+    return to_error_response(
+        RateLimited(
+            "too many requests without a valid API key from this address; "
+            "send a valid key or retry later",
+            retry_after=retry_after,
+            code="too_many_unauthenticated",
+        )
+    )
+
+
+async def _refuse_unauthenticated(
+    state: GatewayState, attempt: Attempt, refused: Exception, receive, send
+) -> None:
+    """Answer a request whose key was refused. Anyone can send these, so each is cheap and
+    bounded: only the first ``unauth_logged_body_bytes`` of the body are read and logged, and
+    an IP over ``unauth_log_per_minute`` such requests gets 429 with no row (counted)."""
+    settings = state.settings
+    keep = settings.unauth_logged_body_bytes
+    prefix, received, complete = await _read_prefix(receive, keep, settings.request_timeout_s)
+    err = to_error_response(refused)
+    headers = list(err.headers)
+    if not complete:
+        headers.append((b"connection", b"close"))  # the rest of the body is not read
+    over = _over_unauthenticated_budget(state, attempt)
+    if over is not None:
+        await _respond(send, attempt, over.status, [*over.headers, *headers[1:]], over.body)
+        return
+    attempt.logged_body = _bounded_body(prefix, received, complete)
+    attempt.status = err.status
+    attempt.error = err.message
+    await _write_log(state, attempt, Outcome())
+    await _respond(send, attempt, err.status, headers, err.body)
 
 
 async def _respond(
@@ -332,8 +477,18 @@ async def _serve_stream(
             )
         finally:
             disconnected.cancel()
-        await _write_log(state, attempt, outcome)
-        await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+        if await _write_log(state, attempt, outcome):
+            await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+        else:
+            # Nothing is served unlogged: without its row the stream ends in an error, never
+            # in [DONE] (clients treat a stream without [DONE] as failed).
+            failed = to_error_response(
+                StoreError(
+                    "the exchange could not be logged; this answer is void",
+                    code="exchange_not_logged",
+                )
+            )
+            await send({"type": "http.response.body", "body": b"data: " + failed.body + b"\n\n"})
         raise _StreamEnded()
     finally:
         await frames.aclose()  # stops the upstream request or the local generation row
@@ -358,16 +513,19 @@ async def _enforce(
     if action == "allow":
         return
     state.metrics.actions.labels(action).inc()
+    # Refusals say what the client may do, never why the detector decided: the reasons are
+    # an evasion guide. They stay in the actions table for the operator.
     if action == "block":
         raise PermissionDenied(
-            "access to this API is suspended for this account; contact support",
+            "this account's access to the API is suspended; contact support",
             code="account_blocked",
         )
     if action == "throttle":
+        retry_after = decision.retry_after or 60.0
         raise RateLimited(
-            "this account is limited to a few requests a minute; retry later",
-            retry_after=decision.retry_after or 60.0,
-            code="policy_throttle",
+            f"this account is temporarily rate limited; retry after {retry_after:.0f} s",
+            retry_after=retry_after,
+            code="account_throttled",
         )
     if action in ("degrade", "cap_logprobs"):  # cap_logprobs: at most what degrade removes
         job.degrade = True
@@ -445,27 +603,25 @@ async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) ->
 
 async def handle_models(state: GatewayState, scope: dict, receive, send) -> None:
     """``GET /v1/models``: the served models, for an authenticated key (logged like the rest)."""
-    attempt = Attempt.arriving(scope, logged_body={})
+    attempt = Attempt.arriving(state, scope, logged_body={})
     outcome = Outcome()
     try:
         if scope["method"] != "GET":
             raise MethodNotAllowed(f"{scope['method']} is not allowed here; use GET")
         attempt.identity = state.auth.authenticate(_header(scope, b"authorization"))
         check_expiry(attempt.identity)
-        created = int(state.started_at)
         body = orjson.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {"id": m, "object": "model", "created": created, "owned_by": "distillguard"}
-                    for m in state.backend.model_ids()
-                ],
-            }
+            wire.model_list(state.backend.model_ids(), created=int(state.started_at))
         )
         await _write_log(state, attempt, outcome)
         await _respond(send, attempt, 200, _JSON_HEADERS, body)
     except Exception as exc:
         err = to_error_response(exc)
+        if attempt.identity is None:
+            over = _over_unauthenticated_budget(state, attempt)
+            if over is not None:
+                await _respond(send, attempt, over.status, list(over.headers), over.body)
+                return
         attempt.status, attempt.error = err.status, err.message
         await _write_log(state, attempt, outcome)
         await _respond(send, attempt, err.status, list(err.headers), err.body)

@@ -18,13 +18,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from distillguard.errors import DistillGuardError
-from distillguard.gateway.auth import check_admin_token
+from distillguard.gateway.auth import _require_admin, check_admin_token
 
 router = APIRouter(tags=["ops"])
 
@@ -124,6 +124,8 @@ async def readyz(request: Request) -> Response:
     return _json(body, 503 if failed else 200)
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(_require_admin)])
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics, admin token required: they count enforcement actions (silent flags
+    included), which no client may see."""
     return Response(request.app.state.gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 from distillguard.config import Settings
 from distillguard.gateway.auth import KeyAuthenticator
 from distillguard.gateway.backend import Backend
-from distillguard.gateway.limits import RateLimiter
+from distillguard.gateway.clientip import ClientResolver
+from distillguard.gateway.limits import RateLimiter, UnauthenticatedBudget
 from distillguard.gateway.metrics import GatewayMetrics
 from distillguard.gateway.state import AdminLoginGuard, EnforcementState
 
@@ -34,4 +35,6 @@ class GatewayState:
     admin_token: str | None
     enforcement: EnforcementState  # actions in force (the table's cache) and the policy's path
     login_guard: AdminLoginGuard  # failed admin logins per client IP
+    client_resolver: ClientResolver  # who the client is (trusted proxies only)
+    unauth_budget: UnauthenticatedBudget  # logged requests without a valid key, per IP
     started_at: float = 0.0

@@ -43,9 +43,11 @@ def _estimate_tokens(text: str) -> int:
 class UpstreamBackend:
     watermark_scheme: str | None = None  # the upstream owns its sampling
     watermark_key_id: int | None = None
-    # Without max_tokens the upstream decides the length: only the prompt is reserved, and the
-    # real usage is charged when the answer is complete.
-    default_output_tokens = 0
+    # Without max_tokens the upstream decides the length: the limiter reserves this much per
+    # choice (capped at the key's whole TPM), the worst case of a typical served model, and
+    # settles to the real usage once the answer is complete. Reserving only the prompt let a
+    # wave of 64 concurrent requests take 4.5x a key's TPM.
+    default_output_tokens = 4096
 
     def __init__(
         self,

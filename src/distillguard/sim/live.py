@@ -8,8 +8,9 @@ alone knows the account behind a key).
 
 Requests go out in the population's (simulated) time order, as fast as ``concurrency`` allows;
 each simulated account keeps its user agent and its own IP addresses, which reach the gateway
-as ``X-Forwarded-For`` (the gateway's server trusts that header from localhost only, as behind
-a local load balancer); without it every simulated account would share 127.0.0.1, and the
+as ``X-Forwarded-For``, which the gateway believes only from a trusted proxy: run it with
+``DISTILLGUARD_TRUSTED_PROXIES=127.0.0.1/32`` (loopback as the local load balancer; the demo
+does); without it every simulated account would share 127.0.0.1, and the
 cross-account linking would see one address where the population has hundreds. Prompts longer
 than ``max_prompt_chars`` are cut in the middle (the head and tail of a template stay, which is
 what template mining reads), so that a small local model's context does not answer a real

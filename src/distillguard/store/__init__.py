@@ -40,13 +40,12 @@ from distillguard.store.db import (
 )
 from distillguard.store.exchanges import (
     ExchangeLog,
-    ExchangeRecord,
     count_exchanges,
     iter_exchanges,
-    new_exchange_id,
     recent_exchanges,
 )
 from distillguard.store.export import export_traffic, export_traffic_summary, import_traffic
+from distillguard.wire.exchange import ExchangeRecord, new_exchange_id
 
 __all__ = [
     "AccountInfo",

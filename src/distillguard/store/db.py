@@ -73,18 +73,35 @@ def clean_json(value: Any) -> Any:
 
 
 def dumps_json(value: Any) -> str:
-    """Serializer for JSON columns: orjson on the hot path, a cleaning pass only when needed."""
+    """Serializer for JSON columns: orjson on the hot path, a cleaning pass only when needed.
+    Never raises: a value that cannot be stored as JSON at all (nested deeper than orjson's
+    255 levels) is stored as its text, so the row that carries it is never lost."""
     try:
         text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except (TypeError, orjson.JSONEncodeError):
-        return orjson.dumps(clean_json(value)).decode()
+        return _dumps_cleaned(value)
     # "\u0000" inside a JSON string is valid JSON but PostgreSQL's jsonb refuses it.
     if "\\u0000" in text:
-        return orjson.dumps(clean_json(value)).decode()
+        return _dumps_cleaned(value)
     return text
 
 
-def loads_json(text: str | bytes) -> Any:
+_UNSTORABLE_CHARS = 4096  # what is kept of a value JSON cannot hold
+
+
+def _dumps_cleaned(value: Any) -> str:
+    try:
+        return orjson.dumps(clean_json(value)).decode()
+    except (TypeError, orjson.JSONEncodeError, RecursionError):
+        return orjson.dumps({"_unstorable": clean_text(repr(value)[:_UNSTORABLE_CHARS])}).decode()
+
+
+def loads_json(text: str | bytes | float | int) -> Any:
+    """Deserializer for JSON columns. SQLite stores a bare JSON number with numeric affinity
+    and hands it back as a number, not text: such a value reads back as itself (older logs
+    hold such rows; they must never break the readers)."""
+    if isinstance(text, int | float):
+        return text
     return orjson.loads(text)
 
 

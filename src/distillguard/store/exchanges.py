@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -32,7 +31,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, select
@@ -43,38 +42,8 @@ from sqlalchemy.orm import Session
 from distillguard.errors import InputError, StoreError
 from distillguard.store.db import as_store_error, clean_text
 from distillguard.store.schema import Exchange
+from distillguard.wire.exchange import RECORD_FIELDS, ExchangeRecord
 
-
-def new_exchange_id() -> str:
-    """Unique and roughly time-ordered: 12 hex digits of milliseconds, then 64 random bits."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ExchangeRecord:
-    """One API exchange as the gateway saw it (the traffic log's fields plus serving details)."""
-
-    id: str = field(default_factory=new_exchange_id)
-    ts: float = field(default_factory=time.time)  # arrival, Unix seconds
-    account_id: str | None = None  # None: the request never authenticated
-    key_id: str | None = None
-    ip: str = ""
-    user_agent: str | None = None
-    payment_fingerprint: str | None = None
-    endpoint: str = ""
-    request: Any = field(default_factory=dict)  # the body as sent (any JSON value)
-    response_text: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    status: int = 200
-    latency_ms: float | None = None  # time to last byte
-    model: str | None = None
-    error: str | None = None
-    watermark_scheme: str | None = None
-    watermark_key_id: int | None = None
-
-
-RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ExchangeRecord))
 _INSERT = insert(Exchange)
 # Every text column with its length limit (None: unbounded). PostgreSQL enforces VARCHAR
 # lengths and SQLite does not: a client's 1,000-character model name must not make the same
@@ -97,8 +66,13 @@ def record_to_row(record: ExchangeRecord) -> dict[str, Any]:
             value = str(value)
         value = clean_text(value)  # NUL and lone surrogates would fail the insert
         row[name] = value if limit is None or len(value) <= limit else value[:limit]
-    if row["request"] is None:
+    request = row["request"]
+    if request is None:
         row["request"] = {}
+    elif not isinstance(request, dict):
+        # Always an object: SQLite gives a bare JSON number numeric affinity (it then no
+        # longer reads back as JSON), and readers may rely on `request.get(...)`.
+        row["request"] = {"_value": request}
     return row
 
 

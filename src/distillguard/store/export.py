@@ -35,11 +35,10 @@ from distillguard.store.exchanges import (
     record_to_row,
 )
 from distillguard.store.schema import Exchange
-from distillguard.traffic import JsonlReader, JsonlWriter, SkippedLine, TrafficRecord
+from distillguard.traffic import JsonlReader, JsonlWriter, SkippedLine
 
 PROGRESS_EVERY = 1000  # rows between progress callbacks
 IMPORT_BATCH = 1000  # rows per import transaction: bounded memory, few commits
-UNKNOWN_IP = "0.0.0.0"  # the unspecified address: parses as an IP where a client had none
 
 
 @dataclass(frozen=True)
@@ -50,31 +49,8 @@ class ExportSummary:
 
 
 def traffic_line(record: ExchangeRecord) -> dict[str, Any]:
-    """The spec §1 object for one attributed exchange, plus the optional serving fields."""
-    if record.account_id is None or record.key_id is None:
-        raise ValueError(f"exchange {record.id} never authenticated: it has no account or key")
-    request = record.request if isinstance(record.request, dict) else {"_unparsed": record.request}
-    line = TrafficRecord(
-        id=record.id,
-        ts=record.ts,
-        account_id=record.account_id,
-        key_id=record.key_id,
-        ip=record.ip or UNKNOWN_IP,
-        endpoint=record.endpoint,
-        request=request,
-        status=record.status,
-        user_agent=record.user_agent,
-        payment_fingerprint=record.payment_fingerprint,
-        response_text=record.response_text,
-        prompt_tokens=record.prompt_tokens,
-        completion_tokens=record.completion_tokens,
-        latency_ms=record.latency_ms,
-    ).to_dict()
-    line["model"] = record.model
-    line["error"] = record.error
-    line["watermark_scheme"] = record.watermark_scheme
-    line["watermark_key_id"] = record.watermark_key_id
-    return line
+    """The spec §1 object for one attributed exchange (``ExchangeRecord.to_traffic``)."""
+    return record.to_traffic()
 
 
 def export_traffic(
@@ -132,34 +108,9 @@ class ImportSummary:
         return text
 
 
-def _optional(d: dict[str, Any], name: str, kind: type) -> Any:
-    value = d.get(name)
-    return value if isinstance(value, kind) and not isinstance(value, bool) else None
-
-
 def _parse_line(d: dict[str, Any]) -> ExchangeRecord:
-    """One traffic line as an exchange: spec §1 validated by ``TrafficRecord.from_dict``."""
-    t = TrafficRecord.from_dict(d)  # ValueError names the first bad field
-    return ExchangeRecord(
-        id=t.id,
-        ts=t.ts,
-        account_id=t.account_id,
-        key_id=t.key_id,
-        ip=t.ip,
-        user_agent=t.user_agent,
-        payment_fingerprint=t.payment_fingerprint,
-        endpoint=t.endpoint,
-        request=t.request,
-        response_text=t.response_text,
-        prompt_tokens=t.prompt_tokens,
-        completion_tokens=t.completion_tokens,
-        status=t.status,
-        latency_ms=t.latency_ms,
-        model=_optional(d, "model", str),
-        error=_optional(d, "error", str),
-        watermark_scheme=_optional(d, "watermark_scheme", str),
-        watermark_key_id=_optional(d, "watermark_key_id", int),
-    )
+    """One traffic line as an exchange (``ExchangeRecord.from_traffic``)."""
+    return ExchangeRecord.from_traffic(d)
 
 
 def _insert_new(engine: Engine, records: list[ExchangeRecord]) -> int:

@@ -1,4 +1,9 @@
-"""OpenAI's request and response bodies as pydantic models.
+"""OpenAI's wire shapes: requests, responses, stream chunks, errors, model lists.
+
+The one module that knows them. Requests are pydantic models, validated once per request;
+responses are built by the functions at the end of this module as plain dicts (``orjson``
+serialises them faster than a model would) and the response models document the same shapes
+and let tests validate them.
 
 Requests are validated strictly (``"0.5"`` is not a temperature, ``2.0`` is not an ``n``):
 a wrong type is the client's error and gets a 400 naming the field, never a silent coercion.
@@ -6,14 +11,13 @@ Fields OpenAI has and we do not interpret (``tools``, ``user``, ``presence_penal
 kept (``extra="allow"``) so the upstream proxy forwards them unchanged; the local backend
 ignores them.
 
-Responses are built as plain dicts on the hot path (``orjson`` serialises them faster than a
-model would); the response models here document the shapes and let tests validate them.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The largest output a request may ask for. Larger values are a client bug, not a request:
@@ -60,7 +64,8 @@ class _Sampling(_Strict):
     top_p: TopP | None = None
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # OpenAI's seed is a 64-bit integer; a larger one (2**64 - 1 + n) broke the local sampler.
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: MaxTokens | None = None
@@ -216,3 +221,98 @@ def parse_request(endpoint: str, body: dict[str, Any]) -> ChatCompletionRequest 
     if endpoint == "/v1/chat/completions":
         return ChatCompletionRequest.model_validate(body)
     return CompletionRequest.model_validate(body)
+
+
+# --- response builders (plain dicts for orjson; the shapes of the models above) ----------------
+
+Json = dict[str, Any]
+FinishReason = str | None  # "stop" | "length" (the engine's and OpenAI's reasons)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Json:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_id(request_id: str, *, chat: bool) -> str:
+    """The response id for the exchange ``request_id`` (its log row)."""
+    return ("chatcmpl-" if chat else "cmpl-") + request_id
+
+
+def chat_choice(index: int, text: str, logprobs: Json | None, finish: FinishReason) -> Json:
+    message = {"role": "assistant", "content": text}
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+
+
+def text_choice(index: int, text: str, logprobs: Json | None, finish: FinishReason) -> Json:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def completion(
+    *,
+    chat: bool,
+    request_id: str,
+    created: int,
+    model: str,
+    choices: list[Json],
+    usage: Json | None,
+    system_fingerprint: str | None,
+) -> Json:
+    """A whole ``chat.completion`` or ``text_completion`` body."""
+    body: Json = {
+        "id": completion_id(request_id, chat=chat),
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
+    if system_fingerprint is not None:
+        body["system_fingerprint"] = system_fingerprint
+    return body
+
+
+def chunk_base(
+    *, chat: bool, request_id: str, created: int, model: str, system_fingerprint: str | None
+) -> Json:
+    """The fields every chunk of one stream repeats (``choices`` added per chunk)."""
+    return {
+        "id": completion_id(request_id, chat=chat),
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": system_fingerprint,
+    }
+
+
+def chat_delta(
+    index: int, delta: Json, logprobs: Json | None = None, finish: FinishReason = None
+) -> Json:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+
+def sse_frame(payload: Json) -> bytes:
+    """One server-sent event carrying ``payload``."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def model_list(model_ids: list[str], *, created: int, owned_by: str = "distillguard") -> Json:
+    return {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": created, "owned_by": owned_by}
+            for m in model_ids
+        ],
+    }
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> bytes:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    )
