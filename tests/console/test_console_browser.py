@@ -72,7 +72,7 @@ def test_console_in_chromium(gateway_server, driver, tmp_path):
     assert ask(client, "still served before the action")
     driver.find_element(By.ID, "apply-reason").send_keys("extraction campaign <b>bold</b>")
     click_and_load(driver, "apply")
-    assert text("notice") == "Action applied." and text("status") == "suspended"
+    assert text("notice") == "Action applied." and text("status") == "blocked"
     assert "extraction campaign <b>bold</b>" in text("actions")
     with pytest.raises(openai.PermissionDeniedError):
         ask(client, "refused now")
@@ -83,13 +83,13 @@ def test_console_in_chromium(gateway_server, driver, tmp_path):
     assert text("notice") == "Action lifted." and text("status") == "active"
     assert ask(client, "served again")
     actions = text("actions")
-    assert "suspend" in actions and "reinstate" in actions and "research lab" in actions
+    assert "block" in actions and "lifted by console:" in actions and "research lab" in actions
 
     # Search (key id) and the overview's acted-on list.
     driver.get(f"{base}/console/search?q={key_id}")
     assert f"owns key {key_id}" in text("hits")
     driver.get(f"{base}/console")
-    assert "reinstate" in text("recent")
+    assert "block" in text("recent") and "lifted" in text("recent")
 
     # Evidence: a result or a clear message, never a stack trace.
     driver.get(f"{base}/console/evidence")

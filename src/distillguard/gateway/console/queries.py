@@ -6,6 +6,7 @@ Plain functions over a SQLAlchemy session that return frozen records; the routes
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,8 +149,13 @@ def acted_on(session: Session, *, limit: int = 50) -> list[tuple[Action, str | N
     query = (
         select(Action, Account.name)
         .outerjoin(Account, Account.id == Action.account_id)
-        .where(Action.id.in_(latest), Action.action.not_in(ENDED_ACTIONS))
-        .order_by(Action.score.desc(), Action.ts.desc())
+        .where(
+            Action.id.in_(latest),
+            Action.action.not_in(ENDED_ACTIONS),
+            Action.lifted_at.is_(None),
+            Action.expires_at > time.time(),
+        )
+        .order_by(Action.score.desc().nulls_last(), Action.ts.desc())
         .limit(limit)
     )
     return [(a, name) for a, name in session.execute(query)]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any
 
+import anyio.from_thread
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -35,7 +36,7 @@ from distillguard.gateway.console.session import (
     verify,
 )
 from distillguard.store import accounts as store_accounts
-from distillguard.store import exchanges as store_exchanges
+from distillguard.store import actions as store_actions
 from distillguard.store.db import session_scope
 from distillguard.store.schema import Account
 
@@ -358,6 +359,10 @@ def _account_page(
         linked = queries.linked_accounts(session, account=row)
         actions = queries.recent_actions(session, account_id=row.id, limit=100)
         keys = store_accounts.list_keys(session, account=row.id)
+        blocked = any(
+            a.account_id == row.id and a.action == "block"
+            for a in store_actions.active_actions(session)
+        )
     flag = None
     if state.monitor is not None:
         flag = next((f for f in state.monitor.flags() if f.get("account_id") == row.id), None)
@@ -381,6 +386,7 @@ def _account_page(
         show_prompts=show_prompts,
         linked=linked,
         actions=actions,
+        blocked=blocked,
         latest=latest,
         flag=flag,
         notice=NOTICES.get(notice or ""),
@@ -400,23 +406,37 @@ def account_page(
     return _account_page(request, account, page=page, show_prompts=bool(show), notice=notice)
 
 
-def _apply_status(request: Request, account: str, *, status: str, action: str, reason: str) -> str:
-    """Suspend or reinstate through the store, and keep the decision in the actions table:
-    the same store calls as ``POST /admin/accounts/{account}/status`` (the next API request
-    of every replica sees the status)."""
-    with session_scope(_state(request).engine) as session:
+CONSOLE_BLOCK_TTL_S = 30 * 24 * 3600.0  # a console block lasts 30 days unless lifted sooner
+
+
+def _apply_status(request: Request, account: str, *, lift: bool, reason: str) -> str:
+    """Block the account, or lift every action in force on it, through the audited actions
+    path the admin API uses (``store.actions``: actor, reason, expiry, audit row), then have
+    every replica reload (this one before the page returns)."""
+    state = _state(request)
+    actor = f"console:{_client_ip(request)}"
+    with session_scope(state.engine) as session:
         row = _load_account(session, account)
-        store_accounts.set_account_status(session, account=row.id, status=status)
-        store_exchanges.record_action(
-            session,
-            account_id=row.id,
-            cluster_id=None,
-            action=action,
-            reasons=[f"console operator at {_client_ip(request)}: {reason}"],
-            score=0.0,
-        )
-        log.info("console: %s %s (%s)", action, row.id, reason)
-        return row.id
+        if lift:
+            for action in store_actions.active_actions(session):
+                if action.account_id == row.id:
+                    store_actions.lift_action(
+                        session, action_id=action.id, reason=reason, actor=actor
+                    )
+        else:
+            store_actions.apply_action(
+                session,
+                account=row.id,
+                action="block",
+                reason=reason,
+                ttl_s=CONSOLE_BLOCK_TTL_S,
+                actor=actor,
+            )
+        account_id = row.id
+    # handlers run on anyio's worker threads: hop back to the loop to publish the change
+    anyio.from_thread.run(state.enforcement.publish_change)
+    log.info("console: %s %s (%s)", "lift" if lift else "block", account_id, reason)
+    return account_id
 
 
 def _change(request: Request, account: str, csrf: str, reason: str, lift: bool) -> Response:
@@ -430,13 +450,7 @@ def _change(request: Request, account: str, csrf: str, reason: str, lift: bool) 
         return _account_page(
             request, account, error="The reason is too long (2000 characters at most).", status=400
         )
-    account_id = _apply_status(
-        request,
-        account,
-        status="active" if lift else "suspended",
-        action="reinstate" if lift else "suspend",
-        reason=reason,
-    )
+    account_id = _apply_status(request, account, lift=lift, reason=reason)
     notice = "lifted" if lift else "applied"
     return RedirectResponse(f"/console/accounts/{account_id}?notice={notice}", status_code=303)
 
