@@ -78,9 +78,9 @@ def test_independent_suspect_gets_none() -> None:
     assert false_verdicts == 0
 
 
-def test_siblings_that_cannot_be_told_apart_give_the_family() -> None:
-    """Two candidates with one style (siblings): a third model of that style, which learned
-    from neither in particular, is named as their family, not as one of them."""
+def test_siblings_are_tested_as_a_family_and_never_named_alone() -> None:
+    """Two candidates with one style (siblings) and a suspect of that style that learned from
+    neither in particular: the family is tested as a unit, and no single sibling is named."""
     cands, rng = _world(7, num_candidates=9)
     topics = [[f"t{i}w{j}" for j in range(15)] for i in range(NUM_PROMPTS)]
     style = [f"s2x{j}" for j in range(25)] + ["the", "and", "is"]  # cand2's habits
@@ -88,8 +88,13 @@ def test_siblings_that_cannot_be_told_apart_give_the_family() -> None:
     suspect = AnswerSet("student", _style_model(rng, topics, style))
     config = replace(CONFIG, families={"cand2": "vendor", "cand9": "vendor"})
     result = attribute(suspect, cands, config)
-    assert result.verdict == "family:vendor" and result.verdict_level == "family"
-    assert "cand2" in result.sibling_note and "cand9" in result.sibling_note
+    assert result.verdict not in ("cand2", "cand9")
+    family = next(c for c in result.candidates if c.name == "family:vendor")
+    assert family.share == pytest.approx(1.0)  # every answer went to one of the siblings
+    assert result.verdict in (None, "family:vendor")
+    # a planted student of cand2 (its own answers, noised) is told apart from the sibling
+    student = AnswerSet("student", _noisy_copy(cands[2].answers, rng, noise=0.3))
+    assert attribute(student, cands, config).verdict in ("cand2", "family:vendor")
 
 
 def test_candidates_on_other_prompts() -> None:

@@ -7,7 +7,11 @@ them, and turns the classifier into a calibrated test with a "none of these" ans
 
 1. **Classifier.** Character (inside word boundaries) and word n-grams, hashed (stateless, so
    nothing is fitted on the suspect's text), TF-IDF weighted on the training answers, and a
-   Complement Naive Bayes classifier over the K candidates, trained on the candidates' answers
+   nearest-centroid classifier (cosine to each candidate's mean answer vector; a hub
+   centroid close to everyone is handled by the null, not the classifier; on the tuning
+   quarter of the prompts it named 41 % of single answers among 13 models, Complement NB 26 %,
+   a linear SVM 50 % at 7x the cost, too slow for the leave-one-out null on 2 cores) over the
+   K candidates, trained on the candidates' answers
    to prompts *other* than the suspect's when they have enough (else on all their answers).
 2. **Statistic.** The suspect's *vote share* for candidate c: the fraction of its answers the
    classifier assigns to c.
@@ -51,9 +55,6 @@ class AttributionConfig:
     # Hashed feature space per analyzer: 2^18 keeps collisions rare enough for ~10^4 answers
     # while the classifier's dense (K, F) tables stay ~25 MB.
     hash_bits: int = 18
-    # Complement NB smoothing: small enough that rare habits count, large enough that one
-    # answer's unique words do not decide its class.
-    smoothing: float = 0.3
     # Fewer suspect answers than this gives vote shares too coarse to be worth a p-value.
     min_prompts: int = 50
     # Candidates need this many answers to other prompts than the suspect's to be trained on
@@ -75,8 +76,6 @@ class AttributionConfig:
                 raise InputError(f"{name} must satisfy 1 <= low <= high <= 8, got {(lo, hi)}")
         if not 10 <= self.hash_bits <= 24:
             raise InputError("hash_bits must be in [10, 24]")
-        if self.smoothing <= 0:
-            raise InputError("smoothing must be > 0")
         if self.min_prompts < 10 or self.min_train_prompts < 10:
             raise InputError("min_prompts and min_train_prompts must be >= 10")
         if self.min_candidates < 5:
@@ -127,7 +126,7 @@ class AttributionResult:
     def to_dict(self) -> dict:
         return {
             "test": "attribution",
-            "method": "idiosyncrasy classifier (char/word n-grams, Complement NB), LOO null",
+            "method": "idiosyncrasy classifier (char/word n-grams, nearest centroid), LOO null",
             "suspect": self.suspect,
             "suspect_prompts": self.suspect_prompts,
             "same_prompts": self.same_prompts,
@@ -199,11 +198,11 @@ def featurize(texts: Sequence[str], config: AttributionConfig) -> sparse.csr_mat
 class FittedClassifier:
     classes: tuple[str, ...]
     transformer: object  # TfidfTransformer fitted on the training answers
-    model: object  # ComplementNB
+    centroids: np.ndarray  # (K, F) L2-normalised mean TF-IDF vector of each class
 
     def vote_shares(self, features: sparse.csr_matrix) -> dict[str, float]:
         """Fraction of the rows (N, F) assigned to each class."""
-        scores = self.model.predict_log_proba(self.transformer.transform(features))  # (N, K)
+        scores = np.asarray(self.transformer.transform(features) @ self.centroids.T)  # (N, K)
         counts = np.bincount(scores.argmax(axis=1), minlength=len(self.classes))  # (K,)
         return dict(zip(self.classes, (counts / features.shape[0]).tolist(), strict=True))
 
@@ -211,16 +210,19 @@ class FittedClassifier:
 def fit_classifier(
     train: Mapping[str, sparse.csr_matrix], config: AttributionConfig
 ) -> FittedClassifier:
-    """TF-IDF + Complement NB over the classes of ``train`` (name -> (N_c, F) counts)."""
+    """TF-IDF + nearest centroid over the classes of ``train`` (name -> (N_c, F) counts)."""
     from sklearn.feature_extraction.text import TfidfTransformer
-    from sklearn.naive_bayes import ComplementNB
+    from sklearn.preprocessing import normalize
 
     classes = tuple(sorted(train))
     features = sparse.vstack([train[c] for c in classes]).tocsr()  # (sum N_c, F)
     labels = np.repeat(np.arange(len(classes)), [train[c].shape[0] for c in classes])
     transformer = TfidfTransformer(sublinear_tf=True).fit(features)
-    model = ComplementNB(alpha=config.smoothing).fit(transformer.transform(features), labels)
-    return FittedClassifier(classes, transformer, model)
+    weighted = transformer.transform(features)  # (sum N_c, F), rows L2-normalised
+    centroids = np.vstack(
+        [np.asarray(weighted[labels == k].mean(axis=0)) for k in range(len(classes))]
+    )  # (K, F)
+    return FittedClassifier(classes, transformer, normalize(centroids))
 
 
 FitCache = MutableMapping[frozenset[str], FittedClassifier]
