@@ -1,4 +1,5 @@
-"""CLI for proofs of distillation: ``prove radioactivity``, ``prove attribute``, ``prove report``.
+"""CLI for proofs of distillation: ``prove radioactivity``, ``attribute``, ``report``,
+``keygen`` (the evidence signing key pair) and ``verify`` (a signed report and its inputs).
 
 Each command parses its options, calls ``distillguard.forensics`` and prints a summary with
 rich; ``--out`` writes the result as JSON (the input of ``prove report``), with the exact
