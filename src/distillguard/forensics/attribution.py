@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import sparse, stats
@@ -197,7 +198,7 @@ def featurize(texts: Sequence[str], config: AttributionConfig) -> sparse.csr_mat
 @dataclass(frozen=True)
 class FittedClassifier:
     classes: tuple[str, ...]
-    transformer: object  # TfidfTransformer fitted on the training answers
+    transformer: Any  # TfidfTransformer fitted on the training answers
     centroids: np.ndarray  # (K, F) L2-normalised mean TF-IDF vector of each class
 
     def vote_shares(self, features: sparse.csr_matrix) -> dict[str, float]:

@@ -204,13 +204,15 @@ def verify_document(
         ) from exc
 
     given = {Path(p).name: Path(p) for p in input_files}
-    for path in input_files:
-        if not Path(path).is_file():
-            raise InputError(f"input file not found: {path}")
-    checked, missing, bad = [], [], []
+    for given_path in input_files:
+        if not Path(given_path).is_file():
+            raise InputError(f"input file not found: {given_path}")
+    checked: list[str] = []
+    missing: list[str] = []
+    bad: list[str] = []
     for item in document.get("inputs") or []:
         name = str(item["name"])
-        path = given.get(name)
+        path: Path | None = given.get(name)
         if path is None and search_dir is not None and (Path(search_dir) / name).is_file():
             path = Path(search_dir) / name
         if path is None:
