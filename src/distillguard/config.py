@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     watermark_secret: SecretStr | None = None
     intel_key: SecretStr | None = None  # community key: keyed hashes in shared STIX indicators
+    # ed25519 private key (PEM, from `distillguard prove keygen`) that signs evidence reports;
+    # a path, not the key, so the key never sits in an environment dump.
+    evidence_signing_key_file: Path | None = None
 
     # --- enforcement and the admin API ------------------------------------------------------
     # How often each replica re-reads the active enforcement actions from the database: the

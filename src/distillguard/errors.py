@@ -19,7 +19,8 @@ stderr and ``exit_code``. Nothing below an edge catches these to return ``None``
     ├── ModelError             a directory is not a usable model, vocab mismatch (exit 5)
     ├── StoreError             database unreachable or schema out of date  (503, exit 6)
     ├── WatermarkError         unknown scheme or key id, no secret          (exit 7)
-    └── InsufficientData       too little text/tokens for a meaningful test (exit 8)
+    ├── InsufficientData       too little text/tokens for a meaningful test (exit 8)
+    └── EvidenceTampered       a signed report or one of its inputs does not verify (exit 9)
 """
 
 from __future__ import annotations
@@ -142,3 +143,11 @@ class InsufficientData(DistillGuardError):
     status_code = 400
     error_type = "invalid_request_error"
     exit_code = 8
+
+
+class EvidenceTampered(DistillGuardError):
+    """A signed evidence report, or an input it lists, is not what was signed."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    exit_code = 9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,13 @@ from distillguard.forensics.attribution import (
     AnswerSet,
     AttributionConfig,
     attribute,
-    double_center,
     read_answers,
     read_candidates,
+    read_families,
 )
 
 NUM_PROMPTS = 80
-CONFIG = AttributionConfig(permutations=199, min_matched_prompts=40)
+CONFIG = AttributionConfig(min_prompts=30, min_train_prompts=30, hash_bits=16)
 
 
 def _style_model(rng: np.random.Generator, topics: list[list[str]], style: list[str]) -> dict:
@@ -57,52 +58,80 @@ def test_planted_teacher_is_found() -> None:
     cands, rng = _world(1)
     suspect = AnswerSet("student", _noisy_copy(cands[2].answers, rng, noise=0.5))
     result = attribute(suspect, cands, CONFIG)
-    assert result.verdict == "cand2"
-    assert result.matched_prompts == NUM_PROMPTS
+    assert result.verdict == "cand2" and result.verdict_level == "model"
+    assert result.same_prompts  # the candidates only answered the suspect's prompts
     top = result.candidates[0]
-    assert top.name == "cand2" and top.p_model_holm < 0.05 and top.p_prompt < 0.05
+    assert top.name == "cand2" and top.p_holm <= CONFIG.alpha and top.share > top.null_mean
     assert all(not c.attributed for c in result.candidates[1:])
 
 
 def test_independent_suspect_gets_none() -> None:
     false_verdicts = 0
-    for seed in range(5):
+    for seed in range(4):
         cands, rng = _world(100 + seed)
         topics = [[f"t{i}w{j}" for j in range(15)] for i in range(NUM_PROMPTS)]
         style = [f"indep{j}" for j in range(25)] + ["the", "and", "is"]
         suspect = AnswerSet("indep", _style_model(rng, topics, style))
         result = attribute(suspect, cands, CONFIG)
         false_verdicts += result.verdict is not None
-        # model-level p-values of an unrelated suspect are not piled up near 0
-        assert np.median([c.p_model for c in result.candidates]) > 0.05
+        assert result.verdict_level == "none"
     assert false_verdicts == 0
 
 
-def test_double_center_removes_topic_and_hubness() -> None:
-    rng = np.random.default_rng(0)
-    base = rng.random((5, 5, 3))
-    sim = (base + base.transpose(1, 0, 2)) / 2
-    hub = sim + 0.7  # a constant topic shift on every pair
-    hub[2, :, :] += 0.3  # model 2 is close to everyone
-    hub[:, 2, :] += 0.3
-    np.testing.assert_allclose(double_center(hub), double_center(sim), atol=1e-12)
+def test_siblings_are_tested_as_a_family_and_never_named_alone() -> None:
+    """Two candidates with one style (siblings) and a suspect of that style that learned from
+    neither in particular: the family is tested as a unit, and no single sibling is named."""
+    cands, rng = _world(7, num_candidates=9)
+    topics = [[f"t{i}w{j}" for j in range(15)] for i in range(NUM_PROMPTS)]
+    style = [f"s2x{j}" for j in range(25)] + ["the", "and", "is"]  # cand2's habits
+    cands = [*cands, AnswerSet("cand9", _style_model(rng, topics, style))]
+    suspect = AnswerSet("student", _style_model(rng, topics, style))
+    config = replace(CONFIG, families={"cand2": "vendor", "cand9": "vendor"})
+    result = attribute(suspect, cands, config)
+    assert result.verdict not in ("cand2", "cand9")
+    family = next(c for c in result.candidates if c.name == "family:vendor")
+    assert family.share == pytest.approx(1.0)  # every answer went to one of the siblings
+    assert result.verdict in (None, "family:vendor")
+    # a planted student of cand2 (its own answers, noised) is told apart from the sibling
+    student = AnswerSet("student", _noisy_copy(cands[2].answers, rng, noise=0.3))
+    assert attribute(student, cands, config).verdict in ("cand2", "family:vendor")
 
 
-def test_mismatched_prompts_are_refused(tmp_path: Path) -> None:
-    cands, _ = _world(3)
-    suspect = AnswerSet("s", {f"other prompt {i}": "x y z" for i in range(NUM_PROMPTS)})
-    with pytest.raises(InputError, match="prompts must match"):
-        attribute(suspect, cands, CONFIG)
+def test_candidates_on_other_prompts() -> None:
+    """Candidates trained on other prompts than the suspect's (no shared prompt at all)."""
+    cands, rng = _world(11)
+    student = _noisy_copy(cands[4].answers, rng, noise=0.5)
+    half = NUM_PROMPTS // 2
+    suspect = AnswerSet("student", {p: a for i, (p, a) in enumerate(student.items()) if i < half})
+    trained = [
+        AnswerSet(c.name, {p: a for i, (p, a) in enumerate(c.answers.items()) if i >= half})
+        for c in cands
+    ]
+    result = attribute(suspect, trained, CONFIG)
+    assert not result.same_prompts
+    assert result.verdict == "cand4"
 
 
-def test_too_few_candidates_and_bad_config() -> None:
+def test_too_few_candidates_answers_and_bad_config(tmp_path: Path) -> None:
     cands, _ = _world(4)
     with pytest.raises(InputError, match="candidates"):
         attribute(AnswerSet("s", cands[0].answers), cands[:3], CONFIG)
+    short = AnswerSet("s", dict(list(cands[0].answers.items())[:10]))
+    with pytest.raises(InputError, match="suspect has 10 answers"):
+        attribute(short, cands[1:], CONFIG)
+    with pytest.raises(InputError, match="too many candidates share its family"):
+        attribute(
+            AnswerSet("s", cands[0].answers),
+            cands[1:],
+            replace(CONFIG, families={c.name: "one" for c in cands[1:4]}),
+        )
     with pytest.raises(InputError):
         AttributionConfig(alpha=1.5)
     with pytest.raises(InputError):
         AttributionConfig(char_ngrams=(4, 2))
+    (tmp_path / "fam.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="expected a JSON object"):
+        read_families(tmp_path / "fam.json")
 
 
 def test_reading_files_counts_bad_lines(tmp_path: Path) -> None:
@@ -126,12 +155,20 @@ def test_reading_files_counts_bad_lines(tmp_path: Path) -> None:
 
 
 def test_real_documented_pair(shared_data: Path) -> None:
-    """alpaca-7b was fine-tuned on text-davinci-003 outputs: found on 200 real prompts."""
-    outputs = shared_data / "outputs"
-    sets = read_candidates(outputs)
+    """alpaca-7b was fine-tuned on text-davinci-003 outputs: found from 120 real answers, the
+    candidates trained on 200 other prompts."""
+    sets = read_candidates(shared_data / "outputs")
+    prompts = sorted(sets[0].answers)
+    test, train = set(prompts[:120]), set(prompts[200:400])
     suspect = next(s for s in sets if s.name == "alpaca-7b")
-    prompts = sorted(suspect.answers)[:200]
-    config = AttributionConfig(permutations=199)
-    result = attribute(suspect, [s for s in sets if s.name != "alpaca-7b"], config, prompts=prompts)
+    suspect = AnswerSet(suspect.name, {p: a for p, a in suspect.answers.items() if p in test})
+    cands = [
+        AnswerSet(s.name, {p: a for p, a in s.answers.items() if p in train or p in test})
+        for s in sets
+        if s.name != "alpaca-7b"
+    ]
+    config = AttributionConfig(hash_bits=18)
+    result = attribute(suspect, cands, config)
+    assert not result.same_prompts
     assert result.verdict == "text_davinci_003"
-    assert result.matched_prompts == 200
+    assert result.candidates[0].p_holm <= 0.01

@@ -59,8 +59,6 @@ def test_attribute_cli_names_the_teacher_and_writes_json(tmp_path: Path) -> None
             str(cdir),
             "--out",
             str(out),
-            "--permutations",
-            "199",
             "--min-prompts",
             "40",
         ],
@@ -72,15 +70,15 @@ def test_attribute_cli_names_the_teacher_and_writes_json(tmp_path: Path) -> None
     assert data["command"].startswith("distillguard prove attribute")
 
 
-def test_attribute_cli_refuses_mismatched_prompts(tmp_path: Path) -> None:
+def test_attribute_cli_refuses_too_few_answers(tmp_path: Path) -> None:
     cdir, _ = _candidates(tmp_path)
-    _write(tmp_path / "s.jsonl", {f"another prompt {i}": "x" for i in range(60)})
+    _write(tmp_path / "s.jsonl", {f"another prompt {i}": "x" for i in range(12)})
     result = runner.invoke(
         app,
         ["prove", "attribute", "--suspect", str(tmp_path / "s.jsonl"), "--candidates", str(cdir)],
     )
     assert isinstance(result.exception, InputError)
-    assert "0 of the suspect's 60 prompts" in result.exception.message
+    assert "the suspect has 12 answers; need >= 50" in result.exception.message
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""CLI for proofs of distillation: ``prove radioactivity``, ``prove attribute``, ``prove report``.
+"""CLI for proofs of distillation: ``prove radioactivity``, ``attribute``, ``report``,
+``keygen`` (the evidence signing key pair) and ``verify`` (a signed report and its inputs).
 
 Each command parses its options, calls ``distillguard.forensics`` and prints a summary with
 rich; ``--out`` writes the result as JSON (the input of ``prove report``), with the exact
@@ -78,10 +79,15 @@ def prove_attribute(
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
-    alpha: Annotated[float, typer.Option(help="Family-wise level across candidates.")] = 0.05,
-    permutations: Annotated[int, typer.Option(help="Monte-Carlo permutations.")] = 9_999,
-    min_prompts: Annotated[int, typer.Option(help="Refuse below this many shared prompts.")] = 50,
-    seed: Annotated[int, typer.Option(help="Seed of the permutation draws.")] = 0,
+    families: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON {"candidate": "family"}: siblings are not each other\'s null, and a '
+            "family is named when siblings cannot be told apart."
+        ),
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Family-wise level across candidates.")] = 0.01,
+    min_prompts: Annotated[int, typer.Option(help="Refuse below this many suspect answers.")] = 50,
 ) -> None:
     """Which candidate teacher's answers do the suspect's answers come from (watermark-free)?"""
     from distillguard.forensics.attribution import (
@@ -89,30 +95,35 @@ def prove_attribute(
         attribute,
         read_answers,
         read_candidates,
+        read_families,
     )
 
     config = AttributionConfig(
-        alpha=alpha, permutations=permutations, min_matched_prompts=min_prompts, seed=seed
+        alpha=alpha,
+        min_prompts=min_prompts,
+        families=read_families(families) if families is not None else {},
     )
     suspect_set = read_answers(suspect)
     cands = read_candidates(candidates, exclude=(suspect.stem,))
     skipped = suspect_set.skipped_lines + sum(c.skipped_lines for c in cands)
-    with console.status(f"comparing {suspect_set.name} with {len(cands)} candidates..."):
+    with console.status(f"learning {len(cands)} candidates' habits (leave-one-out null)..."):
         result = attribute(suspect_set, cands, config)
+    mode = "same prompts as the suspect" if result.same_prompts else "other prompts"
     table = Table(
         title=f"attribution of {result.suspect} "
-        f"({result.matched_prompts} of {result.suspect_prompts} prompts matched)"
+        f"({result.suspect_prompts} answers; candidates trained on {mode})"
     )
-    for col in ("rank", "candidate", "effect", "z", "p (Holm)", "p (prompt perm.)", "attributed"):
+    for col in ("rank", "candidate", "family", "share", "null mean", "z", "p (Holm)", "attributed"):
         table.add_column(col)
     for c in result.candidates:
         table.add_row(
             str(c.rank),
             c.name,
-            f"{c.effect:.4f}",
+            c.family,
+            f"{c.share:.3f}",
+            f"{c.null_mean:.3f}",
             f"{c.z:.2f}",
-            _fmt_p(c.p_model_holm),
-            _fmt_p(c.p_prompt),
+            _fmt_p(c.p_holm),
             "YES" if c.attributed else "",
         )
     console.print(table)
@@ -123,6 +134,8 @@ def prove_attribute(
         f"verdict: [bold]{verdict}[/bold] (alpha={alpha:g}, Holm over "
         f"{len(result.candidates)} candidates)"
     )
+    if result.sibling_note:
+        console.print(f"[yellow]{result.sibling_note}[/yellow]")
     _write_json(ctx, out, result.to_dict() | {"skipped_lines": skipped})
 
 
@@ -277,8 +290,17 @@ def prove_report(
     verdicts: Annotated[Path | None, typer.Option(help="Monitor verdicts JSONL.")] = None,
     title: Annotated[str | None, typer.Option(help="Report title.")] = None,
     alpha: Annotated[float, typer.Option(help="Level for the headline verdict.")] = 1e-3,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="ed25519 private key (PEM) that signs the JSON "
+            "(default: setting evidence_signing_key_file)."
+        ),
+    ] = None,
 ) -> None:
-    """Write one self-contained HTML evidence page (and the same data as JSON)."""
+    """Write one self-contained HTML evidence page and the same data as signed JSON."""
+    from distillguard.config import get_settings
+    from distillguard.forensics.custody import describe_inputs
     from distillguard.forensics.report import (
         build_report,
         load_evidence,
@@ -286,11 +308,103 @@ def prove_report(
         write_report,
     )
 
+    key_file = signing_key or get_settings().evidence_signing_key_file
+    if key_file is None:
+        console.print(
+            "[yellow]no evidence signing key (--signing-key or DISTILLGUARD_EVIDENCE_SIGNING_KEY_"
+            "FILE; create one with `distillguard prove keygen`): the report is NOT signed and "
+            "`prove verify` will reject it[/yellow]"
+        )
     items = load_evidence(evidence)
     involved = sorted({a["account"] for ev in items for a in ev.get("accounts") or []})
+    inputs = describe_inputs([*evidence, *([verdicts] if verdicts else [])])
     report = build_report(
-        items, verdicts=load_verdicts(verdicts, involved), title=title, alpha=alpha
+        items,
+        verdicts=load_verdicts(verdicts, involved),
+        title=title,
+        alpha=alpha,
+        inputs=inputs,
     )
     with console.status("rendering plots..."):
-        html_path, json_path = write_report(report, out)
-    console.print(f"{report.verdict}\nreport: [bold]{html_path}[/bold] (data: {json_path})")
+        html_path, json_path = write_report(report, out, signing_key_file=key_file)
+    signed = "signed" if key_file is not None else "[yellow]unsigned[/yellow]"
+    console.print(
+        f"{report.verdict}\nreport: [bold]{html_path}[/bold] (data: {json_path}, {signed})"
+    )
+
+
+@prove_app.command("keygen")
+def prove_keygen(
+    out_dir: Annotated[Path, typer.Option(help="Folder for the key pair.")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing key pair.")] = False,
+) -> None:
+    """Create an ed25519 key pair for signing evidence reports (private key mode 0600)."""
+    from distillguard.forensics.custody import generate_keypair, key_fingerprint, load_public_key
+
+    private, public = generate_keypair(out_dir, overwrite=force)
+    fingerprint = key_fingerprint(load_public_key(public))
+    console.print(
+        f"private key: [bold]{private}[/bold] (keep it secret; point "
+        f"DISTILLGUARD_EVIDENCE_SIGNING_KEY_FILE at it)\npublic key: [bold]{public}[/bold] "
+        f"(give it to reviewers)\nfingerprint: {fingerprint}"
+    )
+
+
+@prove_app.command("verify")
+def prove_verify(
+    report: Annotated[Path, typer.Argument(help="The signed report JSON.")],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The signer's public key (PEM). Without it only integrity is checked, "
+            "against the key the report itself carries."
+        ),
+    ] = None,
+    input_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--input", help="An input file of the report (repeatable; default: beside it)."
+        ),
+    ] = None,
+    require_inputs: Annotated[
+        bool, typer.Option(help="Fail when a listed input is neither given nor found.")
+    ] = True,
+) -> None:
+    """Check a report's signature and the SHA-256 of every input it lists."""
+    from distillguard.errors import EvidenceTampered
+    from distillguard.forensics.custody import verify_document
+
+    if not report.is_file():
+        raise InputError(f"report not found: {report}")
+    try:
+        document = json.loads(report.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvidenceTampered(f"{report} is not JSON (damaged or not a report): {exc}") from exc
+    if not isinstance(document, dict):
+        raise EvidenceTampered(f"{report} is not a distillguard report (not a JSON object)")
+    result = verify_document(
+        document,
+        public_key_file=public_key,
+        input_files=input_file or [],
+        search_dir=report.parent,
+    )
+    if result.inputs_missing and require_inputs:
+        raise EvidenceTampered(
+            f"signature valid, but listed inputs were not found: {', '.join(result.inputs_missing)}"
+            f" (give them with --input, put them beside the report, or --no-require-inputs)"
+        )
+    whose = (
+        f"by the given public key {result.key_fingerprint}"
+        if result.trusted_key
+        else f"by the key the report carries ({result.key_fingerprint}); pass --public-key to "
+        "check who signed it"
+    )
+    console.print(f"[green]signature valid[/green], signed {whose}")
+    console.print(
+        f"inputs verified: {len(result.inputs_checked)}"
+        + (
+            f"; not checked (missing): {', '.join(result.inputs_missing)}"
+            if result.inputs_missing
+            else ""
+        )
+    )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillguard import __version__
 from distillguard.errors import InputError
 
 TEMPLATE = Path(__file__).with_name("report.html")
@@ -34,13 +35,22 @@ class ReportData:
     evidence: tuple[dict[str, Any], ...]
     verdicts: tuple[dict[str, Any], ...]  # monitor verdicts of the accounts involved
     alpha: float
+    statement: str = ""  # the claim, test, p-value and meaning, for a non-specialist reader
+    inputs: tuple[dict[str, Any], ...] = ()  # every input file: name, bytes, SHA-256
+    key_ids: tuple[str, ...] = ()  # watermark key ids involved (never a key or secret)
+    tool_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "title": self.title,
             "generated": self.generated,
+            "tool": "distillguard",
+            "tool_version": self.tool_version,
             "verdict": self.verdict,
+            "statement": self.statement,
             "alpha": self.alpha,
+            "inputs": list(self.inputs),
+            "key_ids": list(self.key_ids),
             "evidence": list(self.evidence),
             "verdicts": list(self.verdicts),
         }
@@ -98,6 +108,7 @@ def build_report(
     verdicts: Sequence[dict] = (),
     title: str | None = None,
     alpha: float = 1e-3,
+    inputs: Sequence[dict[str, Any]] = (),
 ) -> ReportData:
     """Decide the headline from the evidence: any radioactivity test below ``alpha`` or an
     attribution verdict makes it positive."""
@@ -127,7 +138,89 @@ def build_report(
         evidence=tuple(evidence),
         verdicts=tuple(verdicts),
         alpha=alpha,
+        statement=plain_statement(evidence, alpha),
+        inputs=tuple(inputs),
+        key_ids=tuple(
+            sorted({f"{ev.get('scheme', '?')}:{ev['key_id']}" for ev in evidence if "key_id" in ev})
+        ),
+        tool_version=__version__,
     )
+
+
+def _odds(p: float) -> str:
+    if p <= 0:
+        return "less than once in 10^300 attempts"
+    n = 1.0 / p
+    return (
+        f"about once in {n:,.0f} attempts"
+        if n < 1e6
+        else f"about once in 10^{math.log10(n):.0f} attempts"
+    )
+
+
+def _strongest(evidence: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The (evidence, test or candidate) with the smallest p-value over all evidence."""
+    best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+    for ev in evidence:
+        if ev["test"] == "radioactivity":
+            items = [(float(t["p_value"]), t) for t in ev.get("tests", [])]
+        elif ev["test"] == "attribution":
+            items = [(float(c["p_holm"]), c) for c in ev.get("candidates", [])]
+        else:
+            items = []
+        for p, item in items:
+            if best is None or p < best[0]:
+                best = (p, ev, item)
+    return None if best is None else (best[1], best[2])
+
+
+def plain_statement(evidence: Sequence[dict[str, Any]], alpha: float) -> str:
+    """One paragraph a lawyer can read: the claim, the test, the p-value and its meaning."""
+    found = _strongest(evidence)
+    if found is None:
+        return (
+            "This report holds benchmark measurements only; it makes no claim about any "
+            "particular model."
+        )
+    ev, item = found
+    suspect = str(ev.get("suspect", "the suspect model"))
+    if ev["test"] == "radioactivity":
+        p = float(item["p_value"])
+        claim = (
+            f"Claim: the model '{suspect}' was trained on answers produced by our service. "
+            f"Our answers carry a hidden statistical pattern (watermark scheme {ev['scheme']}, "
+            f"key id {ev['key_id']}) that does not change what they say. "
+            f"Test: we measured how often the text of '{suspect}' follows that pattern "
+            f"({item['test']}, {item['num_scored']:,} units scored); a model that never learned "
+            f"from our answers follows it only by chance. The same test run with random keys "
+            f"is shown below as a check that chance behaves as the test assumes."
+        )
+    else:
+        p = float(item["p_holm"])
+        claim = (
+            f"Claim: the answers of '{suspect}' were learned from the answers of "
+            f"'{item['name']}'. Test: a classifier learned the writing habits of each of "
+            f"{len(ev['candidates'])} candidate models from their own answers and scored "
+            f"the answers of '{suspect}'; the score for '{item['name']}' is compared with the "
+            f"scores that unrelated models receive, and corrected (Holm) for testing "
+            f"{len(ev['candidates'])} candidates at once."
+        )
+    meaning = (
+        f" Result: p = {p:.3g}. Meaning: if the claim were false, a result at least this "
+        f"extreme would arise by chance {_odds(p)}. "
+    )
+    if p < alpha:
+        meaning += (
+            f"This is below the level of {alpha:g} fixed before the test, so the report "
+            f"supports the claim. A small p-value measures how unlikely chance is; it does not "
+            f"by itself say how much of the model's training came from us."
+        )
+    else:
+        meaning += (
+            f"This is not below the level of {alpha:g} fixed before the test, so the report "
+            f"does not support the claim (which does not prove the opposite)."
+        )
+    return claim + meaning
 
 
 # --------------------------------------------------------------------------- plots
@@ -188,19 +281,19 @@ def plot_null(test: dict[str, Any]) -> str:
 
 def plot_attribution(ev: dict[str, Any]) -> str:
     fig, ax = _figure(7.0, 3.2)
-    null = ev.get("null_effects") or []
+    null = ev.get("null_shares") or []
     if null:
         ax.hist(
             null,
-            bins=max(5, min(30, len(null) // 2)),
+            bins=max(5, min(30, len(null) // 4)),
             color="#8da0cb",
-            label="effects of pairs among the candidates (null pool)",
+            label="shares of held-out unrelated models (null)",
         )
     for c in ev["candidates"][:3]:
         color = "#c62828" if c["attributed"] else "#555555"
-        ax.axvline(c["effect"], color=color, lw=2, label=f"{c['name']} (z={c['z']:.1f})")
-    ax.set_xlabel("relational effect E(suspect, candidate)")
-    ax.set_ylabel("pairs")
+        ax.axvline(c["share"], color=color, lw=2, label=f"{c['name']} (z={c['z']:.1f})")
+    ax.set_xlabel("share of the suspect's answers assigned to the candidate")
+    ax.set_ylabel("held-out model x candidate")
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -337,31 +430,35 @@ def _radioactivity_card(ev: dict[str, Any], alpha: float) -> list[Block]:
 
 def _attribution_card(ev: dict[str, Any]) -> list[Block]:
     verdict = ev.get("verdict") or "none of these"
+    mode = "the suspect's own prompts" if ev.get("same_prompts") else "other prompts"
     blocks = [
         Block(
             "heading", text="Teacher attribution of ", code=str(ev["suspect"]), after=f": {verdict}"
         ),
         Block(
             "note",
-            text=f"{ev['matched_prompts']:,} of {ev['suspect_prompts']:,} prompts "
-            "matched by instruction text; model-level p from a predictive t-test against "
-            "pairs among the other candidates, Holm-corrected; prompt-level p from a "
-            "label permutation test.",
+            text=f"{ev['suspect_prompts']:,} answers of the suspect; candidates learned from "
+            f"their answers to {mode}. Share: fraction of the suspect's answers a classifier of "
+            "the candidates' writing habits assigns to each; p from a predictive t-test against "
+            "the shares of held-out unrelated models, Holm-corrected across candidates.",
         ),
     ]
+    if ev.get("sibling_note"):
+        blocks.append(Block("note", text=str(ev["sibling_note"])))
     rows = [
         [
             c["rank"],
             c["name"],
-            c["effect"],
+            c["family"],
+            c["share"],
+            c["null_mean"],
             c["z"],
-            c["p_model_holm"],
-            c["p_prompt"],
+            c["p_holm"],
             "yes" if c["attributed"] else "",
         ]
         for c in ev["candidates"]
     ]
-    head = ["rank", "candidate", "effect", "z", "p (Holm)", "p (prompt perm.)", "attributed"]
+    head = ["rank", "candidate", "family", "share", "null mean", "z", "p (Holm)", "significant"]
     blocks.append(_table(head, rows, [c["attributed"] for c in ev["candidates"]]))
     blocks.append(Block("plot", text=plot_attribution(ev)))
     return blocks + _command(ev)
@@ -422,17 +519,15 @@ def _summary_table(evidence: Sequence[dict[str, Any]], alpha: float) -> Block | 
         elif ev["test"] == "attribution":
             top = ev["candidates"][0]
             finding = f"taught by {ev['verdict']}" if ev.get("verdict") else "none of these"
-            rows.append([str(ev["suspect"]), "attribution", f"{top['p_model_holm']:.3g}", finding])
+            rows.append([str(ev["suspect"]), "attribution", f"{top['p_holm']:.3g}", finding])
             hits.append(bool(ev.get("verdict")))
     if not rows:
         return None
     return _table(["suspect", "test", "p-value", "finding"], rows, hits)
 
 
-def render_html(report: ReportData) -> str:
+def render_html(report: ReportData, signature: dict[str, Any] | None = None) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-    from distillguard import __version__
 
     groups = []
     for kind, heading in (
@@ -474,14 +569,30 @@ def render_html(report: ReportData) -> str:
         groups=groups,
         verdicts=_verdicts_table(report.verdicts),
         settings=settings,
+        statement=report.statement,
+        inputs=report.inputs,
+        key_ids=report.key_ids,
+        signature=signature,
     )
 
 
-def write_report(report: ReportData, out: Path) -> tuple[Path, Path]:
-    """Write ``out`` (HTML) and the same data as JSON beside it; returns both paths."""
+def write_report(
+    report: ReportData, out: Path, *, signing_key_file: Path | None = None
+) -> tuple[Path, Path]:
+    """Write ``out`` (HTML) and the same data as JSON beside it; returns both paths.
+
+    With ``signing_key_file`` the JSON carries an ed25519 signature over its canonical form
+    (``distillguard prove verify`` checks it) and the page shows the key's fingerprint.
+    """
+    from distillguard.forensics.custody import sign_document
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(report), encoding="utf-8")
+    # Signed after a JSON round trip, so the verifier sees exactly the values that were signed.
+    document = json.loads(json.dumps(report.to_dict(), default=str))
+    if signing_key_file is not None:
+        document = sign_document(document, signing_key_file)
+    out.write_text(render_html(report, document.get("signature")), encoding="utf-8")
     json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps(report.to_dict(), indent=1, default=str), encoding="utf-8")
+    json_path.write_text(json.dumps(document, indent=1), encoding="utf-8")
     return out, json_path
