@@ -459,11 +459,25 @@ def prove(state: DemoState) -> None:
                     f"(Holm p = {match['p_holm']:.1e})"
                 )
     html = out_dir / "report.html"
-    command = [sys.executable, "-m", "distillguard", "prove", "report", "--out", str(html)]
+    keys = out_dir / "signing-key"
+    prove = [sys.executable, "-m", "distillguard", "prove"]
+    subprocess.run(
+        [*prove, "keygen", "--out-dir", str(keys), "--force"], check=True, capture_output=True
+    )
+    private_key = keys / "evidence-signing.key"  # beside it: evidence-signing.pub
+    command = [*prove, "report", "--out", str(html), "--signing-key", str(private_key)]
     for path in evidence:
         command += ["--evidence", str(path)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     console.print(f"evidence report: [bold]{html}[/bold] (and {html.with_suffix('.json').name})")
+    # The chain of custody: the signed JSON and every input's SHA-256 check out.
+    verified = subprocess.run(
+        [*prove, "verify", str(html.with_suffix(".json")), *(f"--input={p}" for p in evidence)],
+        capture_output=True,
+        text=True,
+    )
+    verdict = "verified" if verified.returncode == 0 else f"NOT verified: {verified.stdout}"
+    console.print(f"signature and input hashes ({private_key.name}): {verdict.strip()}")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser:
         shot = out_dir / "report.png"
