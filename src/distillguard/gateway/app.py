@@ -41,7 +41,7 @@ log = logging.getLogger("distillguard.gateway")
 class GatewayApp(FastAPI):
     """FastAPI, with the OpenAI API paths short-circuited to the raw ASGI handler."""
 
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             if path in OPENAI_PATHS:

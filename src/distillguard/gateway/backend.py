@@ -10,7 +10,7 @@ including for a stream cut off half way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,7 +87,7 @@ class Backend(Protocol):
 
     async def complete(self, job: Job, outcome: Outcome) -> Reply: ...
 
-    def stream(self, job: Job, outcome: Outcome) -> AsyncIterator[tuple[bytes, str]]:
+    def stream(self, job: Job, outcome: Outcome) -> AsyncGenerator[tuple[bytes, str], None]:
         """(SSE frame ``data: ...\\n\\n``, first choice's new text) pairs, without the final
         ``[DONE]``, which the route sends after the log row is committed; the route adds the
         text to ``outcome`` once the frame is sent. Raises ``UpstreamStatus`` before the first

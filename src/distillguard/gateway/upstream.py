@@ -15,7 +15,7 @@ Streams are passed on event by event. Two things change on the way:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -143,7 +143,7 @@ class UpstreamBackend:
         content_type = resp.header(b"content-type", b"application/json") or b"application/json"
         return Reply(status, body, content_type)
 
-    async def stream(self, job: Job, outcome: Outcome) -> AsyncIterator[tuple[bytes, str]]:
+    async def stream(self, job: Job, outcome: Outcome) -> AsyncGenerator[tuple[bytes, str], None]:
         client_wants_usage = job.request.include_usage()
         resp = await self._http.request(
             "POST",

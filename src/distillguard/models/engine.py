@@ -536,9 +536,10 @@ class GenerationEngine:
         """Sample one token per row, emit events, drop finished rows, run one forward pass."""
         live = [i for i, r in enumerate(batch.rows) if not r.cancelled]
         if len(live) < len(batch.rows):
-            batch = _select(batch, live)
-            if batch is None:
+            kept = _select(batch, live)
+            if kept is None:
                 return None
+            batch = kept
         rows, logits = batch.rows, batch.logits  # logits (B, V)
         self.stats.decode_steps += 1
         self.stats.rows_per_step[len(rows)] += 1
@@ -561,9 +562,10 @@ class GenerationEngine:
         self.stats.tokens_generated += len(rows)
         del logits
         if len(keep) < len(rows):
-            batch = _select(batch, keep)
-            if batch is None:
+            kept = _select(batch, keep)
+            if kept is None:
                 return None
+            batch = kept
             tokens = tokens[keep]
         step = tokens.unsqueeze(-1)  # (B, 1)
         batch.ids = torch.cat([batch.ids, step], dim=-1)
@@ -616,10 +618,11 @@ class GenerationEngine:
             return chosen, tops
         picked = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).clamp(min=LOGPROB_FLOOR)
         k = max(r.params.top_logprobs for r in rows)
-        top_vals = top_ids = None
+        top_vals: list[Any] | None = None
+        top_ids: list[Any] | None = None
         if k:
-            top_vals, top_ids = logprobs.topk(k, dim=-1)  # (B, k)
-            top_vals, top_ids = top_vals.clamp(min=LOGPROB_FLOOR).tolist(), top_ids.tolist()
+            vals, ids = logprobs.topk(k, dim=-1)  # (B, k)
+            top_vals, top_ids = vals.clamp(min=LOGPROB_FLOOR).tolist(), ids.tolist()
         picked_list = picked.tolist()
         for i, r in enumerate(rows):
             if r.params.logprobs or r.params.top_logprobs:
@@ -643,7 +646,7 @@ class GenerationEngine:
 def _mergeable(cache: Any) -> bool:
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(
-        type(layer).__name__ in ("DynamicLayer", "KVLayer") for layer in layers
+        type(layer).__name__ in ("DynamicLayer", "KVLayer") for layer in layers or ()
     )
 
 

@@ -145,11 +145,9 @@ def account_views(
         for m in cl.members:
             member_of[m] = (cl, pooled)
     views = []
-    c: Cluster | None
-    merged: AccountSignals | None
     for a in sorted(signals):
-        c, merged = member_of.get(a) or (None, None)
-        views.append(AccountView(a, signals[a], c, merged))
+        cluster, cluster_signals = member_of.get(a, (None, None))
+        views.append(AccountView(a, signals[a], cluster, cluster_signals))
     return views
 
 
