@@ -298,7 +298,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         try:
             field = fields[key]
             # the field's type with its constraints (ge=, le=, ...)
-            checked = (
+            checked: Any = (
                 Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
             )
             TypeAdapter(checked).validate_python(value, strict=_strict(field.annotation, value))

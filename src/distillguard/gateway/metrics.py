@@ -141,10 +141,10 @@ class GatewayMetrics:
         label = self._model_labels.get(model or "")
         if label is not None:
             return label
-        served = model is not None and model in self._served_models()
-        label = model if served and len(self._model_labels) < _MAX_MODEL_LABELS else "other"
-        if served:  # remember served names only: made-up ones must not fill the cache
-            self._model_labels[model or ""] = label
+        if model is None or model not in self._served_models():
+            return "other"  # made-up names are not remembered: they must not fill the cache
+        label = model if len(self._model_labels) < _MAX_MODEL_LABELS else "other"
+        self._model_labels[model] = label
         return label
 
     def observe(
