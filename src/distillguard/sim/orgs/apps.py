@@ -38,6 +38,7 @@ from distillguard.sim.orgs.people import (
     conversations,
 )
 from distillguard.sim.orgs.sources import clip
+from distillguard.sim.orgs.texts import broad_prompt
 from distillguard.sim.orgs.timing import DAY, HOUR, cron, drain, onoff, poisson_day
 from distillguard.sim.orgs.world import (
     CHAT,
@@ -559,8 +560,6 @@ def router_program(per_day: float, harvest_per_day: float, harvesters: tuple[str
     """End users' conversations in every zone; optionally a few end users harvesting."""
 
     def program(r: Random, env: Env) -> Iterator[Call]:
-        from distillguard.sim.orgs.campaigns import broad_prompt  # campaigns import us
-
         starts = poisson_day(r, env.start, env.end, per_day / 3, 0.0, "global")
         honest = ((t, c, turn, None) for t, c, turn in conversations(r, starts, 3.0, 60.0))
         bad = (

@@ -30,6 +30,7 @@ from distillguard.sim.orgs.identity import (
     vps_block,
 )
 from distillguard.sim.orgs.people import ZONES, Maker, chat_answer
+from distillguard.sim.orgs.texts import broad_prompt
 from distillguard.sim.orgs.timing import DAY, HOUR, onoff, poisson_day, sessions
 from distillguard.sim.orgs.world import (
     CHAT,
@@ -55,19 +56,6 @@ COT_SUFFIXES = (
     "\n\nShow all your work.",
     "",
 )
-
-
-def broad_prompt(r: Random, env: Env) -> str:
-    """A draw from the whole capability space: people's prompts, sweeps, tasks, math."""
-    src = env.sources
-    k = r.random()
-    if k < 0.4:
-        return r.choice(src.chat_prompts)
-    if k < 0.65:
-        return texts.capability_prompt(r)
-    if k < 0.85 and src.t0_prompts:
-        return r.choice(src.t0_prompts)
-    return r.choice(src.gsm8k_train)[0]
 
 
 def _cards(rng: Random, accounts: int, per_card: int, none_share: float) -> list[str | None]:
