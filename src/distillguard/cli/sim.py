@@ -14,7 +14,7 @@ sim_app = typer.Typer(help="Simulate API traffic with ground truth.", no_args_is
 
 
 @sim_app.command("orgs")
-def orgs_cmd(
+def sim_orgs(
     out: Annotated[Path, typer.Option("--out", help="Directory for traffic, accounts, labels.")],
     accounts: Annotated[int, typer.Option("--accounts", help="Accounts in all (>= 100).")] = 2000,
     days: Annotated[float, typer.Option("--days", help="Simulated days (1-366).")] = 14.0,
@@ -26,33 +26,30 @@ def orgs_cmd(
         bool, typer.Option("--gzip/--no-gzip", help="Write traffic.jsonl.gz.")
     ] = False,
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="shared/data (default: settings).")
+        Path | None,
+        typer.Option("--data-dir", help="The shared data sets (default: DISTILLGUARD_DATA_DIR)."),
     ] = None,
 ) -> None:
     """Write an organisations-and-infrastructure world: traffic, accounts and labels."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from distillguard.config import get_settings
+    from distillguard.progress import progress_bar
     from distillguard.sim.orgs import OrgsConfig, generate_orgs
 
     config = OrgsConfig(accounts=accounts, days=days, seed=seed, split=split)
-    data = data_dir or get_settings().data_dir
+    data = data_dir or get_settings().require_data_dir()
     console = Console()
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}% of the period, {task.fields[n]:,} exchanges"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as prog:
-        task = prog.add_task("simulating", total=1.0, n=0)
+    with progress_bar(console=console, transient=True) as prog:
+        task = prog.add_task("simulating (share of the period)", total=1.0)
         res = generate_orgs(
             config,
             data_dir=data,
             out=out,
             gzip_traffic=gzip_traffic,
-            on_progress=lambda f, n: prog.update(task, completed=f, n=n),
+            on_progress=lambda f, n: prog.update(
+                task, completed=f, description=f"simulating: {n:,} exchanges"
+            ),
         )
     console.print(
         f"wrote {res.exchanges:,} exchanges of {res.accounts:,} accounts "

@@ -185,6 +185,8 @@ def exchanges(actor: Actor, env: Env, rng: Random) -> Iterator[dict[str, Any]]:
         ua = ua_fixed or (rng.choices(uas, ua_w)[0] if ua_w else rng.choice(uas))
         req = call.request
         ok = status == 200
+        ptok: int | None
+        ctok: int | None
         if ok:
             ptok = tokens_of(prompt_text(req) or str(req.get("input", ""))) + 4 * len(
                 req.get("messages") or ()
