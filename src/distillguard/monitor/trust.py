@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from distillguard.errors import ConfigError, InputError
+from distillguard.traffic import JsonlReader
 
 VERIFICATION = ("none", "email", "org", "enterprise")
 DEFAULT_TIERS = {"standard": 0.0, "verified": 2.0, "partner": 4.0}
@@ -198,34 +199,31 @@ def creation_keys(
     return out
 
 
+def _account_info(d: dict[str, Any]) -> AccountInfo:
+    acct = d.get("account_id")
+    if not isinstance(acct, str) or not acct:
+        raise ValueError("account_id must be a non-empty string")
+    created = d.get("created_ts")
+    if created is not None and not isinstance(created, int | float):
+        raise ValueError("created_ts must be a number")
+    ver = d.get("verification") or "none"
+    if ver not in VERIFICATION:
+        raise ValueError(f"verification must be one of {VERIFICATION}")
+    return AccountInfo(
+        acct,
+        None if created is None else float(created),
+        d.get("org_id"),
+        ver,
+        d.get("declared_use"),
+    )
+
+
 def read_accounts(path: Path) -> dict[str, AccountInfo]:
-    """The accounts file (JSON Lines); a malformed line is an error naming its number."""
-    out: dict[str, AccountInfo] = {}
-    try:
-        lines: Iterable[str] = Path(path).read_text().splitlines()
-    except FileNotFoundError as exc:
-        raise InputError(f"accounts file not found: {path}") from exc
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-            acct = d["account_id"]
-            if not isinstance(acct, str) or not acct:
-                raise ValueError("account_id must be a non-empty string")
-            created = d.get("created_ts")
-            if created is not None and not isinstance(created, int | float):
-                raise ValueError("created_ts must be a number")
-            ver = d.get("verification") or "none"
-            if ver not in VERIFICATION:
-                raise ValueError(f"verification must be one of {VERIFICATION}")
-            out[acct] = AccountInfo(
-                acct,
-                None if created is None else float(created),
-                d.get("org_id"),
-                ver,
-                d.get("declared_use"),
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{path}: line {n}: {exc}") from exc
+    """The accounts file (JSON Lines) through the one JSONL reader; it must be clean: a
+    malformed line is an InputError naming its number and why."""
+    if not Path(path).is_file():
+        raise InputError(f"accounts file not found: {path}")
+    reader = JsonlReader(path, _account_info)
+    out = {info.account_id: info for info in reader}
+    reader.summary().raise_if_skipped()
     return out

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from random import Random
 
-import orjson
-
 from distillguard.errors import NotFound
+from distillguard.traffic import read_objects
 
 SPLITS = ("a", "b")
 # Our own salt: changing it re-deals every item; no other generator uses it.
@@ -86,11 +85,9 @@ def clip(text: str, max_chars: int) -> str:
 def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise NotFound(f"data file not found: {path} (the shared data directory is incomplete)")
-    out = []
-    with open(path, "rb") as fh:
-        for line in fh:
-            if line.strip():
-                out.append(orjson.loads(line))
+    reader = read_objects(path)  # the one JSONL reader; a shipped data file must be clean
+    out = list(reader)
+    reader.summary().raise_if_skipped()
     return out
 
 
