@@ -121,8 +121,19 @@ def test_harvest_reruns_exit_zero_after_the_server_rejects_a_prompt(
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "one"}\n{"prompt": "INVALID two"}\n')
     out = tmp_path / "d.jsonl"
-    command = ["distill", "harvest", "--base-url", mock_openai.base_url, "--api-key", API_KEY,
-               "--prompts", str(prompts), "--out", str(out), "--no-progress"]  # fmt: skip
+    command = [
+        "distill",
+        "harvest",
+        "--base-url",
+        mock_openai.base_url,
+        "--api-key",
+        API_KEY,
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     for _ in range(2):  # before: exit 1 and "rerun to retry", on every rerun
         result = runner.invoke(app, command)
         assert result.exit_code == 0, result.output

@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,7 @@ class LocalBackend:
         from distillguard.models.engine import GenerationParams
 
         request = job.request
-        if job.is_chat:
+        if isinstance(request, wire.ChatCompletionRequest):
             messages = [
                 {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in request.messages
@@ -292,7 +292,7 @@ class LocalBackend:
         # secret (a client that knows them knows what to scrub).
         return self._system_fingerprint
 
-    async def stream(self, job: Job, outcome: Outcome) -> AsyncIterator[tuple[bytes, str]]:
+    async def stream(self, job: Job, outcome: Outcome) -> AsyncGenerator[tuple[bytes, str], None]:
         prepared = self._prepare(job)
         chat = job.is_chat
         base = wire.chunk_base(

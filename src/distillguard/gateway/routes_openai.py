@@ -592,7 +592,7 @@ async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) ->
             "account_id": record.account_id,
             "key_id": record.key_id,
             "ip": attempt.ip,
-            "latency_ms": round(record.latency_ms, 3),
+            "latency_ms": None if record.latency_ms is None else round(record.latency_ms, 3),
             "prompt_tokens": outcome.prompt_tokens,
             "completion_tokens": outcome.completion_tokens,
             "error": attempt.error,
