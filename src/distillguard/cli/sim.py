@@ -17,7 +17,7 @@ sim_app = typer.Typer(help="Simulate API traffic with ground truth.", no_args_is
 def sim_orgs(
     out: Annotated[Path, typer.Option("--out", help="Directory for traffic, accounts, labels.")],
     accounts: Annotated[int, typer.Option("--accounts", help="Accounts in all (>= 100).")] = 2000,
-    days: Annotated[float, typer.Option("--days", help="Simulated days (1-366).")] = 14.0,
+    days: Annotated[float, typer.Option("--days", help="Simulated days (1-366).")] = 7.0,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same files.")] = 0,
     split: Annotated[
         str, typer.Option("--split", help="Half of the prompt sources: a (fit) or b (report).")

@@ -75,6 +75,9 @@ def _org(
     ua_old = sdk_ua(rng)
     ua_new = ua_python("1.97.0") if "Python" in ua_old else ua_js("5.1.0")
     tier = rng.choice(verification)
+    span = mk.env.end - mk.env.start
+    # half the organisations deploy a newer SDK during the period (the user agent changes)
+    upgrade = (mk.env.start + rng.uniform(0.2, 0.9) * span, ua_new) if rng.random() < 0.5 else None
     out = []
     for i in range(accounts):
         scale = 1.0 if i == 0 else rng.uniform(0.02, 0.1)  # staging sees a trickle
@@ -82,7 +85,7 @@ def _org(
             Actor(
                 account_id=mk.account_id(),
                 org_id=org,
-                created_ts=created + i * rng.uniform(0, 30) * DAY,
+                created_ts=min(created + i * rng.uniform(0, 30) * DAY, mk.env.start - DAY),
                 verification=tier,
                 declared_use=declared,
                 persona=persona,
@@ -90,9 +93,8 @@ def _org(
                 campaign_id=None,
                 keys=mk.keys(rng.randint(1, 3)),
                 egress=Egress(fixed=nat),
-                # a deploy mid-period upgrades the SDK: both versions appear, the new one later
-                user_agents=(ua_old, ua_new),
-                ua_weights=(3, 1),
+                user_agents=(ua_old,),
+                ua_upgrade=upgrade,
                 payment=card,
                 program=program_for(tz, scale, mk.seed()),
             )
@@ -164,7 +166,7 @@ def translation(mk: Maker) -> list[Actor]:
     def program_for(tz: float, scale: float, seed: int):
         g = Random(seed)
         base = scale * g.uniform(100, 600)
-        on_rate = scale * g.uniform(0.1, 0.5)
+        on_rate = scale * g.uniform(0.05, 0.25)
         langs = g.sample(texts.LANGS[1:], g.randint(2, 5))
 
         def program(r: Random, env: Env) -> Iterator[Call]:
@@ -286,11 +288,14 @@ def code_assistant(mk: Maker) -> list[Actor]:
 
 
 def etl_classify(mk: Maker) -> list[Actor]:
+    # every third organisation (the first included) still runs an old pipeline on
+    # /v1/completions with logprobs
+    legacy = mk.nth("app-etl-classify") % 3 == 0
+
     def program_for(tz: float, scale: float, seed: int):
         g = Random(seed)
-        batch = int(scale * g.uniform(300, 2500)) + 5
+        batch = int(scale * g.uniform(150, 1200)) + 5
         kind = g.choice(("review", "ticket", "invoice"))
-        legacy = g.random() < 0.35  # an old pipeline on /v1/completions with logprobs
         hour = g.uniform(1, 4)
 
         def program(r: Random, env: Env) -> Iterator[Call]:

@@ -82,6 +82,7 @@ def _actor(
     program,
     keys: int = 1,
     org: str | None = None,
+    key_mode: str = "spread",
 ) -> Actor:
     return Actor(
         account_id=mk.account_id(),
@@ -97,6 +98,7 @@ def _actor(
         user_agents=uas,
         payment=payment,
         program=program,
+        key_mode=key_mode,
     )
 
 
@@ -145,7 +147,7 @@ def harvest_swarm(mk: Maker, size: int, cid: str) -> list[Actor]:
             if rng.random() < 0.75
             else rng.choice(("python-requests/2.32.3", ua_python("1.51.2")))
         )
-        rate = rng.uniform(0.006, 0.02)  # requests/s while the queue is open
+        rate = rng.uniform(0.005, 0.015)  # requests/s while the queue is open
 
         def program(
             r: Random, env: Env, created: float = created, rate: float = rate
@@ -430,6 +432,8 @@ def harvest_hydra_cot(mk: Maker, size: int, cid: str) -> list[Actor]:
                 (sdk_ua(rng),),
                 cards[i],
                 program,
+                keys=rng.randint(1, 3),
+                key_mode="rotate",
             )
         )
     return out
@@ -446,7 +450,7 @@ def harvest_bulk(mk: Maker, size: int, cid: str) -> list[Actor]:
             src = env.sources
             items = [*src.t0_prompts, *(q for q, _ in src.gsm8k_train)]
             i = r.randrange(len(items))
-            for ts in onoff(r, env.start, env.end, rate, 8 * 60.0, 52 * 60.0):
+            for ts in onoff(r, env.start, env.end, rate, 6 * 60.0, 84 * 60.0):
                 q = items[i % len(items)]
                 i += 1
                 n = r.choice((2, 4))
@@ -476,7 +480,9 @@ def harvest_bulk(mk: Maker, size: int, cid: str) -> list[Actor]:
                 (ua_python("1.68.2"),),
                 payment_fingerprint(rng),
                 program,
+                keys=3,
                 org=mk.org_id(),
+                key_mode="rotate",
             )
         )
     return out

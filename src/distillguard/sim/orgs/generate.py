@@ -57,7 +57,7 @@ class OrgsConfig:
     # each type keeps a minimum so every persona exists in a small world).
     accounts: int = 2000
     # Simulated days; at least one so that daily jobs and people's days happen.
-    days: float = 14.0
+    days: float = 7.0
     seed: int = 0
     # Which half of the real prompt sources to draw from: "a" to fit, "b" to report on.
     split: str = "a"

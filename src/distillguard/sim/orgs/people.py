@@ -76,6 +76,7 @@ class Maker:
     def __init__(self, rng: Random, env: Env) -> None:
         self.rng = rng
         self.env = env
+        self._made: dict[str, int] = {}
 
     def account_id(self) -> str:
         return new_id(self.rng, "acct_", 48)
@@ -94,6 +95,12 @@ class Maker:
 
     def seed(self) -> int:
         return self.rng.getrandbits(63)
+
+    def nth(self, kind: str) -> int:
+        """How many of ``kind`` were made before this one (0 for the first)."""
+        n = self._made.get(kind, 0)
+        self._made[kind] = n + 1
+        return n
 
 
 def conversations(
@@ -140,7 +147,7 @@ def person(mk: Maker, heavy: bool) -> list[Actor]:
     """One person with an account of their own: chat sessions on their local day."""
     rng = mk.rng
     tz, country = mk.zone()
-    per_day = rng.lognormvariate(2.3, 0.5) if heavy else rng.lognormvariate(-0.7, 0.9)
+    per_day = rng.lognormvariate(1.8, 0.5) if heavy else rng.lognormvariate(-0.7, 0.9)
     turns = rng.uniform(4, 9) if heavy else rng.uniform(1.5, 3.5)
     streams = rng.random() < 0.7
     adopt = rng.expovariate(1 / (2 * DAY)) if heavy else rng.expovariate(1 / (6 * DAY))

@@ -61,11 +61,11 @@ class Sources:
     news_articles: tuple[str, ...]  # article bodies for the news digest app
     passages: tuple[str, ...]  # document-store passages (Shakespeare + long model answers)
     answers: tuple[str, ...]  # real model outputs, any prompt: the answer-length pool
-    answer_for: dict[str, tuple[str, ...]]  # normalised instruction -> its real outputs
+    answer_for: dict[str, tuple[str, ...]]  # prompt (as in chat_prompts) -> its real outputs
 
     def answer(self, rng: Random, prompt: str | None, max_chars: int) -> str:
         """A plausible answer no longer than ``max_chars`` (a real one for a known prompt)."""
-        pool = self.answer_for.get(normalise(prompt)) if prompt else None
+        pool = self.answer_for.get(prompt) if prompt else None
         text = rng.choice(pool) if pool else rng.choice(self.answers)
         return clip(text, max_chars)
 
@@ -164,7 +164,7 @@ def load_sources(data_dir: Path, split: str) -> Sources:
         news_articles=tuple(news),
         passages=tuple(passages),
         answers=tuple(answers),
-        answer_for={k: tuple(v) for k, v in answer_for.items() if split_of(chat[k]) == split},
+        answer_for={chat[k]: tuple(v) for k, v in answer_for.items() if split_of(chat[k]) == split},
     )
 
 

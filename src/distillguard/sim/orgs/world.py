@@ -62,7 +62,6 @@ class Call:
     choices: list[dict[str, Any]] | None = None  # n > 1 or tool calls
     response: dict[str, Any] | None = None  # non-chat bodies (embeddings)
     invalid: str | None = None  # a client error the gateway rejects with 400 (why, for us)
-    key: int = 0  # which of the account's keys sent it
 
 
 Program = Callable[[Random, Env], Iterator[Call]]
@@ -85,7 +84,11 @@ class Actor:
     user_agents: tuple[str, ...]
     payment: str | None
     program: Program = field(repr=False)
-    ua_weights: tuple[float, ...] | None = None
+    # (when, user agent): a deploy upgrades the client; before it ``user_agents`` are used
+    ua_upgrade: tuple[float, str] | None = None
+    # "spread": several services share the keys at random; "rotate": one key after another
+    # over the period (a harvester cycling keys)
+    key_mode: str = "spread"
     retries: int = 2  # the official SDKs retry twice by default
 
     def __post_init__(self) -> None:
@@ -97,6 +100,8 @@ class Actor:
             raise ValueError("a campaign account needs a campaign_id, an honest one none")
         if not self.keys or not self.user_agents:
             raise ValueError("an account needs at least one key and one user agent")
+        if self.key_mode not in ("spread", "rotate"):
+            raise ValueError("key_mode must be spread or rotate")
 
     def account_row(self) -> dict[str, Any]:
         return {
@@ -159,8 +164,11 @@ def exchanges(actor: Actor, env: Env, rng: Random) -> Iterator[dict[str, Any]]:
     window: deque[float] = deque()
     pending: list[tuple[float, int, Call, int]] = []
     seq = 0
-    uas, ua_w = actor.user_agents, actor.ua_weights
+    uas = actor.user_agents
     ua_fixed = uas[0] if len(uas) == 1 else None
+    upgrade_ts, upgraded_ua = actor.ua_upgrade or (env.end, "")
+    keys = actor.keys
+    span = env.end - env.start
 
     def play(ts: float, call: Call, attempt: int) -> dict[str, Any]:
         nonlocal seq
@@ -182,7 +190,13 @@ def exchanges(actor: Actor, env: Env, rng: Random) -> Iterator[dict[str, Any]]:
                 back += rng.uniform(1.0, 20.0)
             seq += 1
             heapq.heappush(pending, (ts + back, seq, call, attempt + 1))
-        ua = ua_fixed or (rng.choices(uas, ua_w)[0] if ua_w else rng.choice(uas))
+        ua = upgraded_ua if ts >= upgrade_ts else ua_fixed or rng.choice(uas)
+        if len(keys) == 1:
+            key = keys[0]
+        elif actor.key_mode == "rotate":
+            key = keys[min(len(keys) - 1, int((ts - env.start) / span * len(keys)))]
+        else:  # the first key (production) carries most of the traffic
+            key = keys[0] if rng.random() < 0.7 else rng.choice(keys)
         req = call.request
         ok = status == 200
         ptok: int | None
@@ -202,7 +216,7 @@ def exchanges(actor: Actor, env: Env, rng: Random) -> Iterator[dict[str, Any]]:
             "id": f"{prefix if ok else 'req_'}{rng.getrandbits(96):024x}",
             "ts": round(ts, 3),
             "account_id": actor.account_id,
-            "key_id": actor.keys[call.key % len(actor.keys)],
+            "key_id": key,
             "ip": book.address(rng, ts),
             "user_agent": ua,
             "payment_fingerprint": actor.payment,
@@ -224,6 +238,8 @@ def exchanges(actor: Actor, env: Env, rng: Random) -> Iterator[dict[str, Any]]:
     for call in actor.program(rng, env):
         if call.ts >= env.end:
             break
+        if call.ts < actor.created_ts:
+            continue  # an account made during the period sends nothing before it exists
         if call.ts < latest - REORDER_S:
             raise RuntimeError(
                 f"the {actor.persona} program went back in time by "
