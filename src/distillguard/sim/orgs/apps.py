@@ -305,7 +305,7 @@ def etl_classify(mk: Maker) -> list[Actor]:
             for t0, size in heapq.merge(
                 ((t, batch) for t in runs), ((t, r.randint(0, batch // 40 + 1)) for t in hourly)
             ):
-                for ts in drain(r, max(t0, busy), size, r.choice((4, 6, 8)), 0.6):
+                for ts in drain(r, max(t0, busy), size, r.choice((2, 4, 6)), 0.6):
                     busy = ts
                     rec, truth = texts.etl_record(r, kind)
                     if legacy:

@@ -129,6 +129,7 @@ def harvest_swarm(mk: Maker, size: int, cid: str) -> list[Actor]:
     rng = mk.rng
     blocks = [vps_block(rng, h) for h in rng.sample(("hetzner", "digitalocean", "ovh"), 2)]
     burst = mk.env.start - rng.uniform(1, 5) * DAY
+    span = mk.env.end - mk.env.start
     cards = _cards(rng, size, 5, 0.15)
     schedule_seed = mk.seed()  # the coordinator's on/off windows, shared by every worker
     main_ua = ua_python("1.54.3")
@@ -137,7 +138,8 @@ def harvest_swarm(mk: Maker, size: int, cid: str) -> list[Actor]:
         if i < int(size * 0.6):
             created = burst + rng.uniform(0, 36 * HOUR)
         else:
-            created = burst + rng.uniform(0, 12 * DAY)  # later waves; some during the period
+            # later waves, some during the (first half of the) period
+            created = burst + rng.uniform(0, min(12 * DAY, mk.env.start - burst + 0.5 * span))
         fixed = tuple(f"{rng.choice(blocks)}.{rng.randrange(2, 250)}" for _ in range(2))
         egress = Egress(
             fixed=fixed, rotate="proxy" if rng.random() < 0.3 else None, fixed_share=0.35
@@ -338,7 +340,7 @@ def harvest_multilingual(mk: Maker, size: int, cid: str) -> list[Actor]:
                 mk,
                 "harvest-multilingual",
                 cid,
-                mk.created(20, -3),
+                mk.young(20, 0.2),
                 rng.choice(("none", "email")),
                 rng.choice(LIES),
                 egress,
@@ -425,7 +427,7 @@ def harvest_hydra_cot(mk: Maker, size: int, cid: str) -> list[Actor]:
                 mk,
                 "harvest-hydra-cot",
                 cid,
-                mk.created(14, -5),
+                mk.young(14, 0.25),
                 rng.choice(("none", "email")),
                 rng.choice(LIES),
                 egress,
@@ -520,7 +522,7 @@ def harvest_paraphrase(mk: Maker, size: int, cid: str) -> list[Actor]:
                 mk,
                 "harvest-paraphrase",
                 cid,
-                mk.created(10, -2),
+                mk.young(10, 0.2),
                 "email",
                 rng.choice(LIES),
                 egress,

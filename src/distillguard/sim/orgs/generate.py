@@ -131,8 +131,15 @@ def build_world(config: OrgsConfig, sources: Sources) -> tuple[Env, list[Actor]]
     if n_people < 2:
         raise InputError(f"--accounts {config.accounts} leaves no room for people; use more")
     n_heavy = max(1, round(n_people * config.heavy_share))
-    for i in range(n_people):
-        actors += people.person(mk, heavy=i < n_heavy)
+    made = 0
+    while made < n_people:
+        heavy = made < n_heavy
+        if made + 2 <= n_people and mk.rng.random() < 0.06:
+            actors += people.household(mk, heavy)
+            made += 2
+        else:
+            actors += people.person(mk, heavy)
+            made += 1
     Random(f"sim-orgs/order/{config.seed}").shuffle(actors)  # persona never follows from order
     return env, actors
 

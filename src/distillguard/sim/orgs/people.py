@@ -18,8 +18,10 @@ import orjson
 
 from distillguard.sim.orgs import texts
 from distillguard.sim.orgs.identity import (
+    RESIDENTIAL,
     UNIVERSITY_NAT,
     Egress,
+    ip_in,
     new_id,
     payment_fingerprint,
     person_ua,
@@ -90,6 +92,13 @@ class Maker:
     def created(self, days_before_max: float, days_before_min: float = 0.0) -> float:
         return self.env.start - self.rng.uniform(days_before_min, days_before_max) * DAY
 
+    def young(self, days_before_max: float, during_share: float) -> float:
+        """A recent sign-up: within ``days_before_max`` days before the period, or (with
+        probability ``during_share``) in the first half of the period itself."""
+        if self.rng.random() < during_share:
+            return self.env.start + self.rng.uniform(0.0, 0.5) * (self.env.end - self.env.start)
+        return self.created(days_before_max, 0.0)
+
     def zone(self) -> tuple[float, str]:
         return self.rng.choice(ZONES)
 
@@ -143,10 +152,26 @@ def _person_model(rng: Random, env: Env, ts: float, adopt_delay: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def person(mk: Maker, heavy: bool) -> list[Actor]:
-    """One person with an account of their own: chat sessions on their local day."""
+def household(mk: Maker, heavy: bool) -> list[Actor]:
+    """Two people under one roof: one card, one home address (and their phones)."""
     rng = mk.rng
     tz, country = mk.zone()
+    card = payment_fingerprint(rng)
+    home = Egress(
+        fixed=(ip_in(rng.choice(RESIDENTIAL[country]), rng),), rotate="mobile", fixed_share=0.75
+    )
+    return [
+        *person(mk, heavy, (tz, country, home, card)),
+        *person(mk, False, (tz, country, home, card)),
+    ]
+
+
+def person(
+    mk: Maker, heavy: bool, home: tuple[float, str, Egress, str] | None = None
+) -> list[Actor]:
+    """One person with an account of their own: chat sessions on their local day."""
+    rng = mk.rng
+    tz, country = mk.zone() if home is None else home[:2]
     per_day = rng.lognormvariate(1.8, 0.5) if heavy else rng.lognormvariate(-0.7, 0.9)
     turns = rng.uniform(4, 9) if heavy else rng.uniform(1.5, 3.5)
     streams = rng.random() < 0.7
@@ -181,21 +206,29 @@ def person(mk: Maker, heavy: bool) -> list[Actor]:
             msgs.append({"role": "assistant", "content": clip(text, 600)})
             yield reply(ts, req, text)
 
-    home = Egress(rotate="mobile" if rng.random() < 0.25 else "home", country=country)
+    if home is None:
+        egress = Egress(rotate="mobile" if rng.random() < 0.25 else "home", country=country)
+        card = payment_fingerprint(rng) if rng.random() < 0.8 else None
+    else:
+        egress, card = home[2], home[3]
+    # 15 % signed up recently, some during the period: young and honest
+    created = mk.young(20, 0.3) if rng.random() < 0.15 else mk.created(900, 20)
     return [
         Actor(
             account_id=mk.account_id(),
             org_id=None,
-            created_ts=mk.created(700, 0 if heavy else -3),
+            created_ts=created,
             verification=rng.choice(("none", "email", "email")),
-            declared_use=rng.choice((None, "personal use", "personal assistant", "learning")),
+            declared_use=rng.choice(
+                (None, "personal use", "personal assistant", "learning", "research")
+            ),
             persona="person-heavy" if heavy else "person-casual",
             label="honest",
             campaign_id=None,
             keys=mk.keys(1),
-            egress=home,
+            egress=egress,
             user_agents=(person_ua(rng),),
-            payment=payment_fingerprint(rng) if rng.random() < 0.8 else None,
+            payment=card,
             program=program,
         )
     ]
