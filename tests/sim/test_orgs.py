@@ -68,8 +68,28 @@ def test_files_follow_the_traffic_format(world) -> None:
     endpoints = Counter(r.endpoint for r in recs)
     assert set(endpoints) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
+    # requests carry the parameters real clients send, each by some persona
+    features = Counter()
+    for r in recs:
+        for name in (
+            "stream",
+            "tools",
+            "response_format",
+            "logprobs",
+            "seed",
+            "user",
+            "reasoning_effort",
+            "temperature",
+            "max_tokens",
+        ):
+            features[name] += name in r.request
+        features["n>1"] += (r.request.get("n") or 1) > 1
+    assert all(features[f] > 0 for f in (*features, "n>1")), features
+
     labels = list(read_labels(world.labels_path))
     accounts = _rows(world.accounts_path)
+    created = {a["account_id"]: a["created_ts"] for a in accounts}
+    assert all(r.ts >= created[r.account_id] for r in recs)  # nothing before sign-up
     ids = [lab.account_id for lab in labels]
     assert len(ids) == len(set(ids)) == world.accounts == SMALL["accounts"]
     assert {a["account_id"] for a in accounts} == set(ids)

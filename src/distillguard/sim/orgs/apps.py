@@ -104,12 +104,16 @@ def _org(
 
 def rag_docs(mk: Maker) -> list[Actor]:
     def program_for(tz: float, scale: float, seed: int):
-        per_day = scale * Random(seed).uniform(150, 900)
+        g = Random(seed)
+        per_day = scale * g.uniform(150, 900)
+        first = g.getrandbits(32)
 
         def program(r: Random, env: Env) -> Iterator[Call]:
-            src = env.sources
+            # the organisation's own document store: 300 consecutive passages of the pool
+            pool = env.sources.passages
+            store = [pool[(first + i) % len(pool)] for i in range(min(300, len(pool)))]
             for ts in poisson_day(r, env.start, env.end, per_day, tz, "office"):
-                docs = r.sample(src.passages, 3)
+                docs = r.sample(store, 3)
                 words = [w.strip(",.;:!?'") for w in docs[0].split() if w[:1].isupper()]
                 name = r.choice(words) if words else "the author"
                 q = r.choice(
@@ -288,8 +292,8 @@ def code_assistant(mk: Maker) -> list[Actor]:
 
 
 def etl_classify(mk: Maker) -> list[Actor]:
-    # every third organisation (the first included) still runs an old pipeline on
-    # /v1/completions with logprobs
+    # every third organisation (the first included) is half-way through a migration: an old
+    # pipeline on /v1/completions with logprobs still serves half of its records
     legacy = mk.nth("app-etl-classify") % 3 == 0
 
     def program_for(tz: float, scale: float, seed: int):
@@ -308,7 +312,7 @@ def etl_classify(mk: Maker) -> list[Actor]:
                 for ts in drain(r, max(t0, busy), size, r.choice((2, 4, 6)), 0.6):
                     busy = ts
                     rec, truth = texts.etl_record(r, kind)
-                    if legacy:
+                    if legacy and r.random() < 0.5:  # half migrated to chat + JSON
                         req = {
                             "model": "atlas-1-mini",
                             "prompt": "Classify the record as "

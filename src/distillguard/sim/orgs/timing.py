@@ -10,6 +10,7 @@ an account's stream costs constant memory however long the simulated period.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterator
 from random import Random
@@ -215,8 +216,6 @@ def drain(
     Each worker sends its next item when its previous answer arrives (log-normal latency), so
     the rate is concurrency / latency with the jitter a real pool has.
     """
-    import heapq
-
     free = [t0 + rng.uniform(0.0, 0.3) for _ in range(max(1, concurrency))]
     heapq.heapify(free)
     for _ in range(items):
@@ -238,9 +237,3 @@ def onoff(
                 break
             yield t
         t = stop + rng.expovariate(1.0 / off_mean_s)
-
-
-def merge_sorted(*streams: Iterator[float]) -> Iterator[float]:
-    import heapq
-
-    return heapq.merge(*streams)
