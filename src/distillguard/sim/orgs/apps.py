@@ -358,7 +358,7 @@ def edu_tutor(mk: Maker) -> list[Actor]:
         def program(r: Random, env: Env) -> Iterator[Call]:
             starts = poisson_day(r, env.start, env.end, per_day / 2.5, tz, "student")
             state: dict[int, list[dict[str, Any]]] = {}
-            for ts, conv, turn in conversations(r, starts, 2.5, 90.0):
+            for ts, conv, turn, last in conversations(r, starts, 2.5, 90.0):
                 msgs = state.pop(conv, None)
                 if turn == 0 or msgs is None:
                     q, a = texts.school_exercise(r)
@@ -388,11 +388,11 @@ def edu_tutor(mk: Maker) -> list[Actor]:
                     temperature=0.5,
                     max_tokens=600,
                     reasoning_effort="low" if think else None,
-                    user=new_id(r, "stu_", 32),
+                    user=f"stu_{(conv * 2654435761) % 40009:05d}",  # a pool of students
                 )
                 text = a + " " + clip(r.choice(env.sources.answers), r.randint(200, 1200))
                 msgs.append({"role": "assistant", "content": clip(text, 400)})
-                if len(state) < 5000:
+                if not last:  # only open conversations are remembered
                     state[conv] = msgs
                 yield reply(ts, req, text)
 
@@ -418,7 +418,7 @@ def support_program_for(tz: float, scale: float, seed: int):
     def program(r: Random, env: Env) -> Iterator[Call]:
         starts = poisson_day(r, env.start, env.end, per_day, tz, "person")
         state: dict[int, list[dict[str, Any]]] = {}
-        for ts, conv, turn in conversations(r, starts, 3.0, 45.0):
+        for ts, conv, turn, last in conversations(r, starts, 3.0, 45.0):
             msgs = state.pop(conv, None)
             if turn == 0 or msgs is None:
                 msgs = [system_msg(texts.support_system(company))]
@@ -433,7 +433,7 @@ def support_program_for(tz: float, scale: float, seed: int):
             )
             text = clip(r.choice(env.sources.answers), r.randint(80, 500))
             msgs.append({"role": "assistant", "content": text})
-            if len(state) < 5000:
+            if not last:  # only open conversations are remembered
                 state[conv] = msgs
             yield reply(ts, req, text)
 
@@ -570,7 +570,7 @@ def router_program(per_day: float, harvest_per_day: float, harvesters: tuple[str
 
     def program(r: Random, env: Env) -> Iterator[Call]:
         starts = poisson_day(r, env.start, env.end, per_day / 3, 0.0, "global")
-        honest = ((t, c, turn, None) for t, c, turn in conversations(r, starts, 3.0, 60.0))
+        honest = ((t, c, turn, None) for t, c, turn, _ in conversations(r, starts, 3.0, 60.0))
         bad = (
             (
                 (t, 0, 0, r.choice(harvesters))

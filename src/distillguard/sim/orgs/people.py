@@ -114,26 +114,29 @@ class Maker:
 
 def conversations(
     rng: Random, starts: Iterator[float], turns_mean: float, think_s: float
-) -> Iterator[tuple[float, int, int]]:
-    """Many overlapping conversations (an app's customers): yields (ts, conversation, turn).
+) -> Iterator[tuple[float, int, int, bool]]:
+    """Many overlapping conversations (an app's customers).
 
-    A heap holds the next turn of each open conversation only: memory is the number of
-    conversations open at once, not their total.
+    Yields (ts, conversation, turn, last): ``last`` tells the caller it may forget the
+    conversation. A heap holds the next turn of each open conversation only: memory is the
+    number of conversations open at once, not their total.
     """
     heap: list[tuple[float, int, int]] = []
     p_stop = 1.0 / max(1.0, turns_mean)
+
+    def turn_of(item: tuple[float, int, int]) -> Iterator[tuple[float, int, int, bool]]:
+        t, c, turn = item
+        last = rng.random() < p_stop
+        yield t, c, turn, last
+        if not last:
+            heapq.heappush(heap, (t + think_s * rng.lognormvariate(0, 0.6), c, turn + 1))
+
     for conv, t0 in enumerate(starts):
         while heap and heap[0][0] <= t0:
-            t, c, turn = heapq.heappop(heap)
-            yield t, c, turn
-            if rng.random() >= p_stop:
-                heapq.heappush(heap, (t + think_s * rng.lognormvariate(0, 0.6), c, turn + 1))
+            yield from turn_of(heapq.heappop(heap))
         heapq.heappush(heap, (t0, conv, 0))
     while heap:
-        t, c, turn = heapq.heappop(heap)
-        yield t, c, turn
-        if rng.random() >= p_stop:
-            heapq.heappush(heap, (t + think_s * rng.lognormvariate(0, 0.6), c, turn + 1))
+        yield from turn_of(heapq.heappop(heap))
 
 
 def chat_answer(env: Env, rng: Random, prompt: str, max_tokens: int | None) -> str:
