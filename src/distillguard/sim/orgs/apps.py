@@ -19,6 +19,7 @@ import orjson
 from distillguard.sim.orgs import texts
 from distillguard.sim.orgs.identity import (
     CLOUD_REGIONS,
+    VPS_HOSTS,
     Egress,
     cloud_nat,
     new_id,
@@ -26,9 +27,8 @@ from distillguard.sim.orgs.identity import (
     sdk_ua,
     ua_js,
     ua_python,
+    vps_block,
 )
-
-# (UTC offset hours, residential country) people and organisations live in.
 from distillguard.sim.orgs.people import (
     FOLLOW_UPS,
     ZONE_REGION,
@@ -70,6 +70,9 @@ def _org(
     tz, country = mk.zone()
     region = ZONE_REGION[country] if rng.random() < 0.7 else rng.choice(tuple(CLOUD_REGIONS))
     nat = cloud_nat(rng, region, rng.randint(1, 3))
+    if rng.random() < 0.2:  # a small company on rented VPS servers, like many campaigns
+        block = vps_block(rng, rng.choice(tuple(VPS_HOSTS)))
+        nat = tuple(f"{block}.{rng.randrange(2, 250)}" for _ in range(rng.randint(1, 2)))
     card = payment_fingerprint(rng)
     created = mk.created(900, 20)
     ua_old = sdk_ua(rng)

@@ -20,12 +20,14 @@ from distillguard.sim.orgs import texts
 from distillguard.sim.orgs.identity import (
     RESIDENTIAL,
     UNIVERSITY_NAT,
+    VPS_HOSTS,
     Egress,
     ip_in,
     new_id,
     payment_fingerprint,
     person_ua,
     ua_python,
+    vps_block,
 )
 from distillguard.sim.orgs.sources import clip
 from distillguard.sim.orgs.timing import DAY, HOUR, sessions
@@ -211,6 +213,9 @@ def person(
 
     if home is None:
         egress = Egress(rotate="mobile" if rng.random() < 0.25 else "home", country=country)
+        if heavy and rng.random() < 0.15:  # scripts on the person's own VPS, chat from home
+            vps = f"{vps_block(rng, rng.choice(tuple(VPS_HOSTS)))}.{rng.randrange(2, 250)}"
+            egress = Egress(fixed=(vps,), rotate="home", country=country, fixed_share=0.5)
         card = payment_fingerprint(rng) if rng.random() < 0.8 else None
     else:
         egress, card = home[2], home[3]
@@ -223,7 +228,15 @@ def person(
             created_ts=created,
             verification=rng.choice(("none", "email", "email")),
             declared_use=rng.choice(
-                (None, "personal use", "personal assistant", "learning", "research")
+                (
+                    None,
+                    "personal use",
+                    "personal assistant",
+                    "learning",
+                    "research",
+                    "chatbot for my website",
+                    "content generation",
+                )
             ),
             persona="person-heavy" if heavy else "person-casual",
             label="honest",
