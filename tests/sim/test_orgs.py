@@ -203,6 +203,7 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, shared_data: Path) -> None:
     runner = CliRunner()
     cases = [
         (["--accounts", "50"], "at least 100"),
+        (["--accounts", "1000000"], "at most"),
         (["--days", "0"], "--days"),
         (["--split", "c"], "--split"),
     ]

@@ -32,6 +32,9 @@ from distillguard.traffic import JsonlWriter
 # 2026-09-07 00:00 UTC, a Monday: a fixed epoch keeps a seed's output identical forever.
 EPOCH = 1788739200.0
 MIN_ACCOUNTS = 100
+# Each account holds a generator and a few pending records (about 20-40 KiB): this many stay
+# within a few GiB.
+MAX_ACCOUNTS = 100_000
 
 HONEST_APPS: dict[str, Callable[[people.Maker], list[Actor]]] = {
     "app-rag-docs": apps.rag_docs,
@@ -73,6 +76,11 @@ class OrgsConfig:
     heavy_share: float = 0.12
 
     def __post_init__(self) -> None:
+        if self.accounts > MAX_ACCOUNTS:
+            raise InputError(
+                f"--accounts must be at most {MAX_ACCOUNTS:,} (memory grows with accounts), "
+                f"got {self.accounts:,}"
+            )
         if self.accounts < MIN_ACCOUNTS:
             raise InputError(
                 f"--accounts must be at least {MIN_ACCOUNTS} so that every persona "
