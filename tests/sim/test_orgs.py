@@ -109,7 +109,23 @@ def test_every_persona_is_present_and_sends_traffic(world) -> None:
     assert set(world.by_persona) == set(PERSONAS)
     assert all(n > 0 for n in world.by_persona.values())
     campaigns = {lab.campaign_id for lab in labels if lab.campaign_id}
-    assert len(campaigns) == len(CAMPAIGN_PERSONAS)
+    assert len(campaigns) >= len(CAMPAIGN_PERSONAS)  # one or more actors of each type
+    per_campaign = Counter(lab.persona for lab in labels if lab.campaign_id)
+    assert all(per_campaign[p] >= 1 for p in CAMPAIGN_PERSONAS)
+
+
+def test_large_campaign_types_have_two_independent_actors(shared_data: Path) -> None:
+    _, actors = build_world(OrgsConfig(accounts=2000, days=7), load_sources(shared_data, "b"))
+    by_type: dict[str, set] = defaultdict(set)
+    cards: dict[str, set] = defaultdict(set)
+    for a in actors:
+        if a.campaign_id:
+            by_type[a.persona].add(a.campaign_id)
+            cards[a.campaign_id].add(a.payment)
+    assert len(by_type["harvest-swarm"]) == len(by_type["harvest-hydra-cot"]) == 2
+    assert len(by_type["harvest-bulk"]) == 1
+    one, two = sorted(by_type["harvest-swarm"])
+    assert not (cards[one] & cards[two]) - {None}  # two actors, no card in common
 
 
 def test_same_seed_same_bytes_other_seed_other_world(world, shared_data: Path, tmp_path) -> None:

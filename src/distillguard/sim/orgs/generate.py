@@ -123,7 +123,14 @@ def build_world(config: OrgsConfig, sources: Sources) -> tuple[Env, list[Actor]]
     actors: list[Actor] = []
     for i, (build, at_2000, minimum) in enumerate(CAMPAIGNS.values()):
         size = max(minimum, round(at_2000 * scale))
-        actors += build(mk, size, f"camp-{config.seed}-{i:02d}-{mk.seed() % 10**6:06d}")
+        # Large types are run by two independent actors (own infrastructure, own cards): a
+        # detector must not merge them into one cluster because they behave alike.
+        second = size * 2 // 5 if at_2000 >= 10 and size >= 2 * minimum else 0
+        for k, part in enumerate((size - second, second)):
+            if part:
+                actors += build(
+                    mk, part, f"camp-{config.seed}-{i:02d}{'ab'[k]}-{mk.seed() % 10**6:06d}"
+                )
     n_honest = config.accounts - len(actors)
     n_orgs = max(1, round(n_honest * config.orgs_per_honest_account))
     for name, build_app in HONEST_APPS.items():
