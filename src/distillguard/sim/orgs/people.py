@@ -181,7 +181,7 @@ def person(
     turns = rng.uniform(4, 9) if heavy else rng.uniform(1.5, 3.5)
     streams = rng.random() < 0.7
     adopt = rng.expovariate(1 / (2 * DAY)) if heavy else rng.expovariate(1 / (6 * DAY))
-    temp = rng.choice((None, None, 0.7, 1.0))
+    temp = rng.choice((None, None, 0.6, 0.7, 1.0))
     coder = heavy and rng.random() < 0.5
 
     def program(r: Random, env: Env) -> Iterator[Call]:
