@@ -508,7 +508,7 @@ def harvest_paraphrase(mk: Maker, size: int, cid: str) -> list[Actor]:
                     req = chat_request(
                         env.newest(ts),
                         [user_msg(q)],
-                        temperature=r.uniform(0.9, 1.2),
+                        temperature=round(r.uniform(0.9, 1.2), 1),
                         max_tokens=2048,
                     )
                     yield reply(ts, req, chat_answer(env, r, seed, 2048))

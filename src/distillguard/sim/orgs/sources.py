@@ -61,7 +61,7 @@ class Sources:
     news_articles: tuple[str, ...]  # article bodies for the news digest app
     passages: tuple[str, ...]  # document-store passages (Shakespeare + long model answers)
     answers: tuple[str, ...]  # real model outputs, any prompt: the answer-length pool
-    answer_for: dict[str, tuple[str, ...]]  # prompt (as in chat_prompts) -> its real outputs
+    answer_for: dict[str, tuple[str, ...]]  # prompt (as sent) -> its real outputs/solution
 
     def answer(self, rng: Random, prompt: str | None, max_chars: int) -> str:
         """A plausible answer no longer than ``max_chars`` (a real one for a known prompt)."""
@@ -149,6 +149,13 @@ def load_sources(data_dir: Path, split: str) -> Sources:
         rows = _jsonl(data_dir / "gsm8k" / name)
         return tuple((r["question"], r["answer"]) for r in rows if split_of(r["question"]) == split)
 
+    train, test = gsm("train.jsonl"), gsm("test.jsonl")
+    answers_by_prompt = {
+        chat[k]: tuple(v) for k, v in answer_for.items() if split_of(chat[k]) == split
+    }
+    # a math question is answered with its worked solution, whoever asks it
+    answers_by_prompt.update((q, (a,)) for q, a in (*train, *test))
+
     corpus = data_dir / "corpora" / "tinyshakespeare.txt"
     if not corpus.is_file():
         raise NotFound(f"data file not found: {corpus}")
@@ -158,13 +165,13 @@ def load_sources(data_dir: Path, split: str) -> Sources:
     return Sources(
         split=split,
         chat_prompts=tuple(p for k, p in sorted(chat.items()) if split_of(p) == split),
-        gsm8k_train=gsm("train.jsonl"),
-        gsm8k_test=gsm("test.jsonl"),
+        gsm8k_train=train,
+        gsm8k_test=test,
         t0_prompts=tuple(t0),
         news_articles=tuple(news),
         passages=tuple(passages),
         answers=tuple(answers),
-        answer_for={chat[k]: tuple(v) for k, v in answer_for.items() if split_of(chat[k]) == split},
+        answer_for=answers_by_prompt,
     )
 
 
