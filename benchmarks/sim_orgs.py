@@ -22,8 +22,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from distillguard.progress import tracked
 from distillguard.sim.orgs import CAMPAIGN_PERSONAS, OrgsConfig, generate_orgs
 from distillguard.traffic import read_labels, read_traffic
 
@@ -118,21 +118,15 @@ def main() -> int:
         return 2
     out = args.out or Path(tempfile.mkdtemp(prefix="sim_orgs_"))
     config = OrgsConfig(accounts=args.accounts, days=args.days, seed=args.seed, split=args.split)
-    cols = (
-        "{task.description}",
-        BarColumn(),
-        TextColumn("{task.fields[n]:,} exchanges"),
-        TimeElapsedColumn(),
-    )
+    hours = max(1, round(args.days * 24))
     try:
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        with Progress(*cols, transient=True) as prog:
-            task = prog.add_task("generating", total=1.0, n=0)
+        with tracked("simulated hours", total=hours, transient=True) as update:
             res = generate_orgs(
                 config,
                 data_dir=args.data,
                 out=out,
-                on_progress=lambda f, n: prog.update(task, completed=f, n=n),
+                on_progress=lambda fraction, _n: update(round(fraction * hours)),
             )
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -584,7 +584,7 @@ def router_program(per_day: float, harvest_per_day: float, harvesters: tuple[str
         )
         for ts, conv, turn, harvester in heapq.merge(honest, bad):
             if harvester is not None:
-                q = broad_prompt(r, env)
+                q = texts.broad_prompt(r, env.sources)
                 user = harvester
                 model = env.newest(ts)
             else:

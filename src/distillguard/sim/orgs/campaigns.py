@@ -161,7 +161,7 @@ def harvest_swarm(mk: Maker, size: int, cid: str) -> list[Actor]:
                     continue
                 t = max(t, w0 + r.uniform(0, 30))
                 while t < w1:
-                    q = broad_prompt(r, env)
+                    q = texts.broad_prompt(r, env.sources)
                     mt = r.choice((None, 2048, 4096))
                     req = chat_request(
                         env.newest(t),
@@ -202,7 +202,7 @@ def harvest_low_slow(mk: Maker, size: int, cid: str) -> list[Actor]:
             r: Random, env: Env, tz: float = tz, per_day: float = per_day
         ) -> Iterator[Call]:
             for ts, _turn in sessions(r, env.start, env.end, per_day, tz, "person", 2.5, 120.0):
-                q = broad_prompt(r, env)
+                q = texts.broad_prompt(r, env.sources)
                 req = chat_request(
                     env.newest(ts),
                     [user_msg(q)],
@@ -250,7 +250,7 @@ def harvest_cover(mk: Maker, size: int, cid: str) -> list[Actor]:
                 if call is not None:
                     yield call
                     continue
-                q = broad_prompt(r, env)
+                q = texts.broad_prompt(r, env.sources)
                 req = chat_request(
                     "atlas-1-mini",
                     [user_msg(q)],
@@ -320,7 +320,7 @@ def harvest_multilingual(mk: Maker, size: int, cid: str) -> list[Actor]:
         def program(r: Random, env: Env, per_day=per_day, langs=langs) -> Iterator[Call]:
             for ts in poisson_day(r, env.start, env.end, per_day, 0.0, "global"):
                 lang = r.choice(langs)
-                q = texts.MULTILINGUAL_FRAMES[lang].format(p=broad_prompt(r, env))
+                q = texts.MULTILINGUAL_FRAMES[lang].format(p=texts.broad_prompt(r, env.sources))
                 if r.random() < 0.2:
                     src, _en = texts.parallel_text(r, lang, r.randint(1, 3))
                     q = f"{src}\n\n{q}"
@@ -366,7 +366,7 @@ def harvest_model_hopper(mk: Maker, size: int, cid: str) -> list[Actor]:
             before = poisson_day(r, env.start, min(switch, env.end), low, 0.0, "global")
             after = poisson_day(r, min(switch, env.end), env.end, high, 0.0, "global")
             for ts in heapq.merge(before, after):
-                q = broad_prompt(r, env)
+                q = texts.broad_prompt(r, env.sources)
                 model = "atlas-2" if ts >= switch else "atlas-1"
                 req = chat_request(model, [user_msg(q)], max_tokens=4096)
                 yield reply(ts, req, chat_answer(env, r, q, 4096))
@@ -407,7 +407,7 @@ def harvest_hydra_cot(mk: Maker, size: int, cid: str) -> list[Actor]:
                 if r.random() < 0.5:
                     q, a = r.choice(src.gsm8k_train)
                 else:
-                    q, a = broad_prompt(r, env), None
+                    q, a = texts.broad_prompt(r, env.sources), None
                 think = r.random() < 0.5
                 req = chat_request(
                     "atlas-1-think" if think else env.newest(ts),
@@ -501,7 +501,7 @@ def harvest_paraphrase(mk: Maker, size: int, cid: str) -> list[Actor]:
 
         def program(r: Random, env: Env, per_day=per_day) -> Iterator[Call]:
             for t0 in poisson_day(r, env.start, env.end, per_day, 0.0, "global"):
-                seed = broad_prompt(r, env)
+                seed = texts.broad_prompt(r, env.sources)
                 ts = t0
                 for _ in range(r.randint(3, 6)):
                     q = texts.paraphrase(r, seed)

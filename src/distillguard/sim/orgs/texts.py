@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from distillguard.sim.orgs.world import Env
 
+from distillguard.sim.orgs.sources import Sources
+
 # --- a parallel lexicon: concept -> word in each language (English first) -------------------
 
 LANGS = ("en", "es", "de", "fr", "pt", "it", "nl", "ru")
@@ -374,6 +376,18 @@ CAPABILITY_TASKS = [
     "What is the history of {t}?",
     "Write an essay about {t}.",
 ]
+
+
+def broad_prompt(r: Random, sources: Sources) -> str:
+    """A draw from the whole capability space: people's prompts, sweeps, tasks, math."""
+    k = r.random()
+    if k < 0.4:
+        return r.choice(sources.chat_prompts)
+    if k < 0.65:
+        return capability_prompt(r)
+    if k < 0.85 and sources.t0_prompts:
+        return r.choice(sources.t0_prompts)
+    return r.choice(sources.gsm8k_train)[0]
 
 
 def capability_prompt(rng: Random) -> str:

@@ -207,7 +207,11 @@ def exchanges(actor: Actor, env: Env, rng: Random) -> Iterator[dict[str, Any]]:
             )
             ctok = call.completion_tokens
             stream_slow = 1.15 if req.get("stream") else 1.0
-            latency = rng.uniform(180, 650) + ctok * rng.uniform(11, 24) * stream_slow + ptok * 0.02
+            latency = (
+                rng.uniform(180, 650)
+                + call.completion_tokens * rng.uniform(11, 24) * stream_slow
+                + ptok * 0.02
+            )
         else:
             ptok = ctok = None
             latency = rng.uniform(4, 40)
