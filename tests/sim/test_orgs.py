@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distillguard.cli import app
+from distillguard.errors import InputError
 from distillguard.sim.orgs import (
     CAMPAIGN_PERSONAS,
     PERSONAS,
@@ -277,3 +278,13 @@ def test_memory_does_not_grow_with_the_period(tmp_path: Path, shared_data: Path)
     (n1, rss1), (n4, rss4) = peaks["1"], peaks["4"]
     assert n4 > 3 * n1
     assert rss4 < rss1 * 1.15 + 20_000, peaks  # KB: at most a few MB of drift
+
+
+def test_a_malformed_data_file_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "honest.jsonl").write_text('{"prompt": "hi", "source": "x"}\nnot json\n{"x": 1}\n')
+    with pytest.raises(InputError) as err:
+        load_sources(tmp_path, "a")
+    assert "honest.jsonl" in err.value.message
+    assert "2 malformed lines" in err.value.message and "line 2" in err.value.message

@@ -18,9 +18,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
+from typing import Any
 
 from distillguard.errors import NotFound
-from distillguard.traffic import read_objects
+from distillguard.traffic import JsonlReader
 
 SPLITS = ("a", "b")
 # Our own salt: changing it re-deals every item; no other generator uses it.
@@ -82,10 +83,22 @@ def clip(text: str, max_chars: int) -> str:
     return cut
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every record of a data file through the project's one JSON Lines reader.
+
+    A data set is read whole or not at all: a malformed line (or one without a text field this
+    generator needs) is an error naming the file and the line, never a silent gap.
+    """
     if not path.is_file():
         raise NotFound(f"data file not found: {path} (the shared data directory is incomplete)")
-    reader = read_objects(path)  # the one JSONL reader; a shipped data file must be clean
+
+    def parse(d: dict[str, Any]) -> dict[str, Any]:
+        for name in fields:
+            if not isinstance(d.get(name), str):
+                raise ValueError(f"field {name!r} must be a string")
+        return d
+
+    reader = JsonlReader(path, parse)  # the one JSONL reader; a shipped data file must be clean
     out = list(reader)
     reader.summary().raise_if_skipped()
     return out
@@ -115,7 +128,7 @@ def load_sources(data_dir: Path, split: str) -> Sources:
         raise NotFound(f"data directory not found: {data_dir}")
 
     chat: dict[str, str] = {}
-    for d in _jsonl(data_dir / "prompts" / "honest.jsonl"):
+    for d in _jsonl(data_dir / "prompts" / "honest.jsonl", ("prompt",)):
         chat.setdefault(normalise(d["prompt"]), d["prompt"])
     answer_for: dict[str, list[str]] = {}
     answers: list[str] = []
@@ -123,11 +136,11 @@ def load_sources(data_dir: Path, split: str) -> Sources:
     if not outputs_dir.is_dir():
         raise NotFound(f"data directory not found: {outputs_dir}")
     for f in sorted(outputs_dir.glob("*.jsonl")):
-        for d in _jsonl(f):
+        for d in _jsonl(f, ("instruction",)):
             key = normalise(d["instruction"])
             chat.setdefault(key, d["instruction"])
-            out = d.get("output") or ""
-            if len(out) >= 20:
+            out = d.get("output")
+            if isinstance(out, str) and len(out) >= 20:
                 answer_for.setdefault(key, []).append(out)
                 # The answer pool is split like the prompts, so no text crosses the halves.
                 if split_of(d["instruction"]) == split:
@@ -135,7 +148,7 @@ def load_sources(data_dir: Path, split: str) -> Sources:
 
     t0: list[str] = []
     news: list[str] = []
-    for d in _jsonl(data_dir / "prompts" / "campaign.jsonl"):
+    for d in _jsonl(data_dir / "prompts" / "campaign.jsonl", ("prompt", "source")):
         if not d["source"].startswith("t0/"):
             continue  # GSM8K questions are read with their solutions below
         body = news_body(d["prompt"]) if "multi_news" in d["source"] else None
@@ -146,7 +159,7 @@ def load_sources(data_dir: Path, split: str) -> Sources:
             news.append(body)
 
     def gsm(name: str) -> tuple[tuple[str, str], ...]:
-        rows = _jsonl(data_dir / "gsm8k" / name)
+        rows = _jsonl(data_dir / "gsm8k" / name, ("question", "answer"))
         return tuple((r["question"], r["answer"]) for r in rows if split_of(r["question"]) == split)
 
     train, test = gsm("train.jsonl"), gsm("test.jsonl")
