@@ -38,7 +38,6 @@ from distillguard.sim.orgs.people import (
     conversations,
 )
 from distillguard.sim.orgs.sources import clip
-from distillguard.sim.orgs.texts import broad_prompt
 from distillguard.sim.orgs.timing import DAY, HOUR, cron, drain, onoff, poisson_day
 from distillguard.sim.orgs.world import (
     CHAT,

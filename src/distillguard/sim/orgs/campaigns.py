@@ -30,7 +30,6 @@ from distillguard.sim.orgs.identity import (
     vps_block,
 )
 from distillguard.sim.orgs.people import ZONES, Maker, chat_answer
-from distillguard.sim.orgs.texts import broad_prompt
 from distillguard.sim.orgs.timing import DAY, HOUR, onoff, poisson_day, sessions
 from distillguard.sim.orgs.world import (
     CHAT,

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from importlib import resources
 from random import Random
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from distillguard.sim.orgs.world import Env
 
 from distillguard.sim.orgs.sources import Sources
 
@@ -439,17 +435,3 @@ MULTILINGUAL_FRAMES = {
     "nl": "Antwoord uitgebreid in het Nederlands:\n{p}",
     "ru": "Ответь подробно на русском языке:\n{p}",
 }
-
-
-def broad_prompt(r: Random, env: Env) -> str:
-    """A draw from the whole capability space: people's prompts, sweeps, tasks, math (here,
-    below apps and campaigns, which both draw from it)."""
-    src = env.sources
-    k = r.random()
-    if k < 0.4:
-        return r.choice(src.chat_prompts)
-    if k < 0.65:
-        return capability_prompt(r)
-    if k < 0.85 and src.t0_prompts:
-        return r.choice(src.t0_prompts)
-    return r.choice(src.gsm8k_train)[0]
