@@ -31,8 +31,17 @@ def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
     }
 
 
+def scrape(gw: GatewayProcess) -> str:
+    """/metrics as a Prometheus scraper configured with the admin token reads it."""
+    response = httpx.get(
+        f"{gw.base_url}/metrics", headers={"Authorization": f"Bearer {gw.admin_token}"}
+    )
+    assert response.status_code == 200, response.text
+    return response.text
+
+
 def chat_200_count(gw: GatewayProcess) -> float:
-    samples = metric_samples(httpx.get(f"{gw.base_url}/metrics").text)
+    samples = metric_samples(scrape(gw))
     labels = {"endpoint": "/v1/chat/completions", "model": "mock-model", "status": "200"}
     return samples.get(("distillguard_requests_total", frozenset(labels.items())), 0.0)
 
@@ -156,7 +165,7 @@ def test_two_workers_count_together(tmp_path: Path, mock_upstream) -> None:
             model="mock-model", messages=CHAT, stream=True
         )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        samples = metric_samples(httpx.get(f"{gw.base_url}/metrics").text)
+        samples = metric_samples(scrape(gw))
         chat = frozenset({"endpoint": "/v1/chat/completions", "model": "mock-model"}.items())
         assert samples[("distillguard_time_to_first_token_seconds_count", chat)] == 1
     assert not list(scratch.glob("distillguard-metrics-*"))
