@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import http.client
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -381,9 +382,10 @@ def test_nul_in_admin_urls_is_a_404_on_every_backend(gateway_server, db_url: str
 @pytest.mark.redis
 def test_replicas_share_the_failed_login_budget_through_redis(gateway_server) -> None:
     _redis_or_skip()
-    import random
-
-    ip = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+    # An address no earlier run used: the counter lives in the shared Redis for a whole window,
+    # and the global `random` may have been seeded by an earlier test (a fixed address then).
+    rng = secrets.SystemRandom()
+    ip = f"127.{rng.randint(1, 254)}.{rng.randint(1, 254)}.{rng.randint(2, 254)}"
     settings = {
         "online_monitor": "false",
         "redis_url": REDIS_URL,
