@@ -31,22 +31,7 @@ def test_replay_catches_campaigns_and_serves_people(small_traffic: tuple[Path, P
     m = OnlineMonitor(load_policy())
     acted: dict[str, str] = {}
     for rec in read_traffic(traffic):
-        d = m.check(
-            account_id=rec.account_id,
-            key_id=rec.key_id,
-            payment_fingerprint=rec.payment_fingerprint,
-            ip=rec.ip,
-            user_agent=rec.user_agent,
-            endpoint=rec.endpoint,
-            request=rec.request,
-            ts=rec.ts,
-        )
-        m.record(
-            account_id=rec.account_id,
-            response_text=rec.response_text,
-            completion_tokens=rec.completion_tokens,
-            ts=rec.ts,
-        )
+        d = m.replay(rec)
         if d.action != "allow":
             acted.setdefault(rec.account_id, d.action)
     honest_acted = [a for a in acted if labels[a].label == "honest"]

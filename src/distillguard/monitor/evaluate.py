@@ -220,22 +220,7 @@ def online_replay(
     honest_acted: set[str] = set()
     first, last = math.inf, -math.inf
     for n, rec in enumerate(records, 1):
-        d = monitor.check(
-            account_id=rec.account_id,
-            key_id=rec.key_id,
-            payment_fingerprint=rec.payment_fingerprint,
-            ip=rec.ip,
-            user_agent=rec.user_agent,
-            endpoint=rec.endpoint,
-            request=rec.request,
-            ts=rec.ts,
-        )
-        monitor.record(
-            account_id=rec.account_id,
-            response_text=rec.response_text,
-            completion_tokens=rec.completion_tokens,
-            ts=rec.ts,
-        )
+        d = monitor.replay(rec)
         first, last = min(first, rec.ts), max(last, rec.ts)
         lab = labs.get(rec.account_id)
         if lab is not None and lab.campaign_id:

@@ -46,6 +46,7 @@ from distillguard.monitor.signals import (
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
+    from distillguard.traffic import TrafficRecord
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,27 @@ class OnlineMonitor:
                     response_text=response_text,
                     ok=response_text is not None,
                 )
+
+    def replay(self, rec: TrafficRecord) -> Decision:
+        """One logged exchange through the monitor as the gateway sees it: ``check`` on
+        arrival, then ``record`` of the answer (evaluation and benchmark replays)."""
+        decision = self.check(
+            account_id=rec.account_id,
+            key_id=rec.key_id,
+            payment_fingerprint=rec.payment_fingerprint,
+            ip=rec.ip,
+            user_agent=rec.user_agent,
+            endpoint=rec.endpoint,
+            request=rec.request,
+            ts=rec.ts,
+        )
+        self.record(
+            account_id=rec.account_id,
+            response_text=rec.response_text,
+            completion_tokens=rec.completion_tokens,
+            ts=rec.ts,
+        )
+        return decision
 
     def close(self) -> None:
         """Stop the maintenance thread (if any); pending link updates are applied first."""
