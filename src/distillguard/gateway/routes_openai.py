@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -339,14 +338,12 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             )
         if state.monitor is not None and attempt.identity is not None and attempt.status == 200:
             try:
-                recorded = state.monitor.record(
+                state.monitor.record(
                     account_id=attempt.identity.account_id,
                     response_text=outcome.text or "",
                     completion_tokens=outcome.completion_tokens or 0,
                     ts=attempt.ts,
                 )
-                if inspect.isawaitable(recorded):
-                    await recorded
             except Exception:
                 log.exception("online monitor failed to record an exchange")
                 state.metrics.state_errors.labels("monitor").inc()
