@@ -47,8 +47,10 @@ def _marker(name: str, vocab: int) -> EngineMarker:
 
 @pytest.mark.parametrize("name", ["kgw", "gumbel", "synthid"])
 def test_generate_with_the_processor_is_detected_and_plain_generate_is_not(
-    name, model_and_tokenizer
+    name, model_and_tokenizer, shared_data
 ) -> None:
+    # shared_data: the strength asserted below needs a model trained on real answers; the
+    # built-in fallback text leaves too little entropy to name an account at 1e-2.
     from distillguard.watermark.engines.transformers import WatermarkLogitsProcessor
 
     model, tok = model_and_tokenizer

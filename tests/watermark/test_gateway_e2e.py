@@ -28,8 +28,10 @@ def _post(url: str, body: dict, token: str | None) -> tuple[int, dict]:
 
 
 def test_gateway_answers_are_marked_attributed_and_detected_by_admins(
-    gateway_server, tiny_model_dir
+    gateway_server, tiny_model_dir, shared_data
 ) -> None:
+    # shared_data: p < 1e-3 on ~30-token answers needs a model trained on real answers; the
+    # built-in fallback text leaves too little entropy for that.
     gw = gateway_server(
         model_dir=tiny_model_dir,
         watermark="kgw",

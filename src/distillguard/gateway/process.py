@@ -83,7 +83,9 @@ class GatewayProcess:
     def __iter__(self):
         return iter((self.base_url, self.admin_token))
 
-    def start(self, *, timeout: float = 60.0) -> GatewayProcess:
+    def start(self, *, timeout: float = 180.0) -> GatewayProcess:
+        # A deadline against a hang, not a speed check: on a busy 2-core machine importing
+        # torch and loading a model alone can take a minute.
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLGUARD_")}
         env.update(
             {

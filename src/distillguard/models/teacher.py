@@ -156,6 +156,27 @@ Students trained on a teacher's answers inherit some of the teacher's habits. Ca
 can find those habits again in the student's own answers."""
 
 
+def fallback_texts(*, seed: int = 0, count: int = 400) -> list[str]:
+    """Varied training text when the real data is absent: sentences of words drawn from
+    ``FALLBACK_TEXT``'s vocabulary with Zipf-like weights.
+
+    Five paragraphs repeated would be memorised, leaving a model with almost no entropy to
+    carry a watermark; drawn sentences keep many plausible next words at every step, as real
+    text does, so the tests that need a watermark to show behave as they do on real data.
+    """
+    import random
+
+    words = sorted({w.strip(".,").lower() for w in FALLBACK_TEXT.split()} - {""})
+    rng = random.Random(seed)
+    rng.shuffle(words)  # the Zipf rank of a word is arbitrary but fixed by the seed
+    weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(words))]
+    texts = []
+    for _ in range(count):
+        sentence = rng.choices(words, weights=weights, k=rng.randint(8, 24))
+        texts.append(" ".join(sentence).capitalize() + ".")
+    return texts
+
+
 def build_tiny_model(
     out_dir: Path,
     *,
@@ -165,13 +186,13 @@ def build_tiny_model(
     progress: bool = False,
 ) -> Path:
     """A real `tiny` chat model for tests, built in seconds: 600 real (instruction, answer)
-    pairs spread over every ``outputs/*.jsonl`` file, or ``FALLBACK_TEXT`` without the data."""
+    pairs spread over every ``outputs/*.jsonl`` file, or ``fallback_texts()`` without the data."""
     from distillguard.models.llama import TrainConfig, build_model
 
     pairs: list[tuple[str, str]] = []
     if data_dir is not None and any((Path(data_dir) / "outputs").glob("*.jsonl")):
         pairs = read_chat_pairs(Path(data_dir))[::16][:600]
-    texts = [] if pairs else FALLBACK_TEXT.split("\n\n") * 20
+    texts = [] if pairs else fallback_texts(seed=seed)
     config = TrainConfig(size="tiny", max_steps=max_steps, seq_len=128, seed=seed)
     build_model(
         out_dir=Path(out_dir), config=config, texts=texts, chat_pairs=pairs, progress=progress
