@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from distillguard.config import Settings
 from distillguard.errors import ContextTooLong, InputError, NotFound
@@ -93,6 +94,7 @@ _NO_OP: dict[str, tuple[Any, ...]] = {
     "tools": ([],),
     "tool_choice": ("none",),
     "logit_bias": ({},),
+    "response_format": ({"type": "text"},),
     "frequency_penalty": (0, 0.0),
     "presence_penalty": (0, 0.0),
     "reasoning_effort": ("none",),
@@ -223,6 +225,8 @@ class LocalBackend:
             )
         for name in sorted(request.model_fields_set - _HONOURED):
             value = getattr(request, name)
+            if isinstance(value, BaseModel):  # e.g. response_format: compared as sent
+                value = value.model_dump(exclude_none=True)
             if value is None or value in _NO_OP.get(name, ()):
                 continue
             if name == "text" and value == _TEXT_FORMAT:
