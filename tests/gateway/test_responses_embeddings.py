@@ -332,3 +332,27 @@ def test_unknown_top_level_field_is_400_naming_it(gw: GatewayProcess, mock_upstr
     assert mock_upstream.requests[-1]["top_k"] == 5
     statuses = [r["status"] for r in rows_of(gw, account_id)]
     assert statuses == [400, 400, 200]  # refusals are logged too
+
+
+# --- x-ratelimit-* on the new endpoints ------------------------------------------------------
+
+
+def test_ratelimit_headers_on_streams_and_upstream_refusals(gw: GatewayProcess) -> None:
+    _, _, secret = gw.create_key(rpm=5, tpm=100_000)
+    client = sdk(gw, secret)
+    with client.responses.with_streaming_response.create(
+        model="mock-model", input="x", stream=True
+    ) as streamed:
+        assert streamed.headers["x-ratelimit-remaining-requests"] == "4"
+        assert streamed.headers["x-ratelimit-limit-tokens"] == "100000"
+        assert "".join(streamed.iter_lines())
+    # an upstream that refuses a stream: its error, with the window the request was charged to
+    refused = httpx.post(
+        f"{gw.api_url}/chat/completions",
+        headers={"authorization": f"Bearer {secret}"},
+        json={"model": "mock-refuse", "messages": CHAT, "stream": True},
+        timeout=20,
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "mock_refusal"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "3"
+    assert refused.headers["x-ratelimit-reset-requests"]

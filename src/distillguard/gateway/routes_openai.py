@@ -228,6 +228,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
     attempt = Attempt.arriving(state, scope)
     outcome = Outcome()
     reservation = None
+    limit_headers: list[tuple[bytes, bytes]] = []  # OpenAI's x-ratelimit-*, once admitted
     state.metrics.in_flight.inc()
     try:
         if scope["method"] != "POST":
@@ -307,9 +308,8 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         attempt.error = outcome.error
         await _write_log(state, attempt, outcome)
         reply = refused.reply
-        await _respond(
-            send, attempt, reply.status, [(b"content-type", reply.content_type)], reply.body
-        )
+        headers = [(b"content-type", reply.content_type), *limit_headers]
+        await _respond(send, attempt, reply.status, headers, reply.body)
     except _StreamEnded:
         pass  # answered (a stream, or a refused key) and logged inside
     except Exception as exc:  # every failure answers in OpenAI's shape, and is logged
