@@ -500,6 +500,31 @@ class TextCompletion(BaseModel):
     usage: Usage | None
 
 
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or base64 float32 with encoding_format=base64
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: dict[str, int] | None
+
+
+class ResponseObject(BaseModel):
+    """A Responses API answer (the fields every answer has; outputs as OpenAI sends them)."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: str
+    model: str
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
