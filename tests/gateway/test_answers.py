@@ -56,7 +56,11 @@ def test_chat_choices_keep_legacy_function_calls_and_ignore_foreign_shapes() -> 
         {"type": "function", "function": {"name": "f", "arguments": "{}"}}
     ]
     assert one["text"] == "b"
-    assert chat_choices({"choices": None}) == []
+    assert chat_choices({"choices": None}) == [] and chat_choices({"choices": 5}) == []
+    acc = ChoiceAccumulator(chat=True)
+    assert acc.feed({"choices": 5}) == "" and acc.feed(_chunk(0, {"tool_calls": 7})) == ""
+    assert embeddings_log({"data": 3})["count"] == 0
+    assert responses_choice({"output": "text"})["text"] is None
 
 
 def test_responses_choice_reads_truncation_and_refusals() -> None:

@@ -141,6 +141,10 @@ class UpstreamBackend:
         if job.degrade and any(f in job.body for f in _LOGPROB_FIELDS):
             # Degraded service: no log-probabilities (the richest signal for distillation).
             body = {k: v for k, v in job.body.items() if k not in _LOGPROB_FIELDS}
+        if job.degrade and isinstance(job.body.get("include"), list):
+            # The Responses API asks for them in `include` ("message.output_text.logprobs").
+            body = dict(body if body is not None else job.body)
+            body["include"] = [i for i in job.body["include"] if "logprobs" not in str(i)]
         # Usage in the stream: chat and completions only (a Responses stream ends with it).
         if want_usage and job.endpoint in _USAGE_IN_STREAM and not job.request.include_usage():
             body = dict(body if body is not None else job.body)

@@ -46,6 +46,11 @@ def logged_choice(
     }
 
 
+def _list(value: Any) -> list[Any]:
+    """``value`` when it is a list, else empty: a foreign shape is read as far as it goes."""
+    return value if isinstance(value, list) else []
+
+
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -58,7 +63,7 @@ def _index(choice: Json, default: int) -> int:
 def chat_choices(body: Json) -> list[LoggedChoice]:
     """Every choice of a ``chat.completion`` body, in index order."""
     out = []
-    for position, choice in enumerate(body.get("choices") or ()):
+    for position, choice in enumerate(_list(body.get("choices"))):
         if not isinstance(choice, dict):
             continue
         raw_message = choice.get("message")
@@ -87,7 +92,7 @@ def completion_choices(body: Json) -> list[LoggedChoice]:
             _str_or_none(choice.get("text")),
             _str_or_none(choice.get("finish_reason")),
         )
-        for position, choice in enumerate(body.get("choices") or ())
+        for position, choice in enumerate(_list(body.get("choices")))
         if isinstance(choice, dict)
     ]
     return sorted(out, key=lambda c: c["index"])
@@ -115,7 +120,7 @@ class ChoiceAccumulator:
         """Take one decoded chunk; returns the new text of choice 0 (what ``response_text``
         grows by)."""
         new_text = ""
-        for position, choice in enumerate(chunk.get("choices") or ()):
+        for position, choice in enumerate(_list(chunk.get("choices"))):
             if not isinstance(choice, dict):
                 continue
             index = _index(choice, position)
@@ -138,7 +143,7 @@ class ChoiceAccumulator:
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
             self._refusal.setdefault(index, []).append(refusal)
-        for position, piece in enumerate(delta.get("tool_calls") or ()):
+        for position, piece in enumerate(_list(delta.get("tool_calls"))):
             if not isinstance(piece, dict):
                 continue
             calls = self._calls.setdefault(index, {})
@@ -177,9 +182,9 @@ def responses_text(response: Json) -> str | None:
     """The answer's ``output_text``: every ``output_text`` part of every message, joined."""
     parts = [
         part.get("text")
-        for item in response.get("output") or ()
+        for item in _list(response.get("output"))
         if isinstance(item, dict) and item.get("type") == "message"
-        for part in item.get("content") or ()
+        for part in _list(item.get("content"))
         if isinstance(part, dict) and part.get("type") == "output_text"
     ]
     text = "".join(p for p in parts if isinstance(p, str))
@@ -191,7 +196,7 @@ def responses_choice(response: Json) -> LoggedChoice:
     arguments), refusal, and a chat-like finish reason, so readers handle one shape."""
     calls: list[Json] = []
     refusals: list[str] = []
-    for item in response.get("output") or ():
+    for item in _list(response.get("output")):
         if not isinstance(item, dict):
             continue
         if item.get("type") == "function_call":
@@ -205,7 +210,7 @@ def responses_choice(response: Json) -> LoggedChoice:
         elif item.get("type") == "message":
             refusals.extend(
                 part["refusal"]
-                for part in item.get("content") or ()
+                for part in _list(item.get("content"))
                 if isinstance(part, dict) and isinstance(part.get("refusal"), str)
             )
     details = response.get("incomplete_details")
@@ -250,7 +255,7 @@ def responses_usage(response: Json) -> tuple[int | None, int | None]:
 def embeddings_log(body: Json) -> Json:
     """An embeddings answer without its vectors: how many, of what dimension, and usage.
     (A base64 vector of float32 has len * 3 / 4 / 4 dimensions.)"""
-    data = [d for d in body.get("data") or () if isinstance(d, dict)]
+    data = [d for d in _list(body.get("data")) if isinstance(d, dict)]
     dims = None
     if data:
         vector = data[0].get("embedding")
