@@ -98,7 +98,6 @@ def test_responses_are_served_by_the_local_model(server: ThreadedServer, account
         ({"input": "hi", "tools": [{"type": "function", "name": "f"}]}, "tools"),
         ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
         ({"input": "hi", "text": {"format": {"type": "json_object"}}}, "text"),
-        ({"input": "hi", "stream": True}, "stream"),
         ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
     ],
 )
@@ -107,6 +106,22 @@ def test_responses_fields_the_model_cannot_honour_are_400(account, kwargs, param
     with pytest.raises(openai.BadRequestError) as bad:
         client.responses.create(model="tiny", **kwargs)
     assert bad.value.body["param"].startswith(param), bad.value.body
+
+
+def test_responses_stream_matches_the_unstreamed_answer(server: ThreadedServer, account) -> None:
+    account_id, client = account
+    kwargs = {"model": "tiny", "input": "Name a colour.", "max_output_tokens": 6}
+    whole = client.responses.create(**kwargs, temperature=0.0)
+    events = list(client.responses.create(**kwargs, temperature=0.0, stream=True))
+    assert events[0].type == "response.created"
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == whole.output_text == events[-1].response.output_text
+    assert events[-1].response.usage.output_tokens == whole.usage.output_tokens
+    _, streamed = rows_of(server, account_id)
+    assert streamed["response_text"] == (deltas or None) and streamed["status"] == 200
+    assert streamed["response"]["id"] == events[-1].response.id
+    assert streamed["choices"][0]["text"] == (deltas or None)
 
 
 def test_embeddings_are_refused_with_an_openai_error(server: ThreadedServer, account) -> None:

@@ -15,7 +15,8 @@ thread); this module only translates between OpenAI's shapes and the engine's:
 - the watermark: the engine samples through ``build_scheme(...)`` with the account id as the
   row's tag (per-account keys), and every exchange logs the scheme and key id;
 - ``/v1/responses`` with text input: served through the chat path (``instructions`` as the
-  system message), answered as a Responses ``response`` object; ``/v1/embeddings``: a 400
+  system message), answered as a Responses ``response`` object or streamed as its named
+  events; ``/v1/embeddings``: a 400
   (a causal LM here serves no embeddings);
 - what the model cannot honour (tools, images, response_format, logit_bias, penalties,
   reasoning_effort, ...): a 400 whose ``param`` names the field (``check_request``), never a
@@ -243,13 +244,6 @@ class LocalBackend:
         if isinstance(request, wire.ChatCompletionRequest):
             _check_chat_messages(request)
         elif isinstance(request, wire.ResponsesRequest):
-            if request.stream:
-                raise InputError(
-                    "streamed /v1/responses is served only in --upstream mode; "
-                    "send stream=false, or stream through /v1/chat/completions",
-                    param="stream",
-                    code="unsupported_parameter",
-                )
             _responses_messages(request)  # InputError for what it cannot read
 
     # -- request preparation ---------------------------------------------------------------
@@ -448,7 +442,74 @@ class LocalBackend:
         # secret (a client that knows them knows what to scrub).
         return self._system_fingerprint
 
+    async def _responses_stream(
+        self, job: Job, outcome: Outcome
+    ) -> AsyncGenerator[tuple[bytes, str], None]:
+        """A Responses stream as OpenAI names its events: ``response.created``, one
+        ``response.output_text.delta`` per released piece, then ``response.completed`` (or
+        ``response.incomplete`` at the length limit) carrying the whole ``response``."""
+        prepared = self._prepare(job)
+        request = job.request
+        assert isinstance(request, wire.ResponsesRequest)
+        sequence = 0
+
+        def event(kind: str, **fields: Any) -> bytes:
+            nonlocal sequence
+            frame = b"event: " + kind.encode() + b"\n"
+            frame += wire.sse_frame({"type": kind, "sequence_number": sequence, **fields})
+            sequence += 1
+            return frame
+
+        def whole(text: str, truncated: bool, output_tokens: int) -> dict[str, Any]:
+            return wire.response_object(
+                request_id=job.request_id,
+                created=created,
+                model=self.name,
+                text=text,
+                truncated=truncated,
+                input_tokens=len(prepared.prompt_ids),
+                output_tokens=output_tokens,
+                request=request,
+            )
+
+        created = int(time.time())
+        outcome.prompt_tokens = len(prepared.prompt_ids)
+        started = {**whole("", False, 0), "status": "in_progress", "output": [], "usage": None}
+        yield event("response.created", response=started), ""
+        pieces: list[str] = []
+        finish = None
+        tokens = 0
+        events = self.engine.stream(prepared.prompt_ids, prepared.params[0])
+        try:
+            async for token in events:
+                if not self._is_eos_event(token):
+                    tokens += 1
+                    outcome.completion_tokens = tokens
+                if token.text:
+                    pieces.append(token.text)
+                    delta = event(
+                        "response.output_text.delta",
+                        item_id="msg_" + job.request_id,
+                        output_index=0,
+                        content_index=0,
+                        delta=token.text,
+                        logprobs=[],
+                    )
+                    yield delta, token.text
+                finish = token.finish_reason or finish
+        finally:
+            await events.aclose()  # a client gone mid-stream frees its batch row at once
+        body = whole("".join(pieces), finish == "length", tokens)
+        outcome.response = answers.responses_log(body)
+        outcome.choices = [answers.responses_choice(body)]
+        last = "response.incomplete" if finish == "length" else "response.completed"
+        yield event(last, response=body), ""
+
     async def stream(self, job: Job, outcome: Outcome) -> AsyncGenerator[tuple[bytes, str], None]:
+        if job.is_responses:
+            async for item in self._responses_stream(job, outcome):
+                yield item
+            return
         prepared = self._prepare(job)
         chat = job.is_chat
         base = wire.chunk_base(
