@@ -56,9 +56,15 @@ class TrafficRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: float | None = None
+    # Optional (docs/traffic-log-extensions.md): every choice of the answer, each
+    # {"index", "text", "finish_reason", "tool_calls", "refusal"}; None when not logged.
+    choices: list[dict[str, Any]] | None = field(default=None, hash=False, compare=True)
+    # Optional: the answer of an endpoint that is not chat text (/v1/responses: its outputs;
+    # /v1/embeddings: count and dims, never the vectors).
+    response: dict[str, Any] | None = field(default=None, hash=False, compare=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        line = {
             "id": self.id,
             "ts": self.ts,
             "account_id": self.account_id,
@@ -74,6 +80,12 @@ class TrafficRecord:
             "status": self.status,
             "latency_ms": self.latency_ms,
         }
+        # Written only when present: a line without them is a plain spec §1 line.
+        if self.choices is not None:
+            line["choices"] = self.choices
+        if self.response is not None:
+            line["response"] = self.response
+        return line
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrafficRecord:
@@ -97,6 +109,8 @@ class TrafficRecord:
                     g("completion_tokens"),
                     g("latency_ms"),
                 )
+                and g("choices") is None
+                and g("response") is None
             )
         ):
             return cls(
@@ -130,6 +144,8 @@ class TrafficRecord:
             prompt_tokens=_opt_int(d, "prompt_tokens"),
             completion_tokens=_opt_int(d, "completion_tokens"),
             latency_ms=_opt_num(d, "latency_ms"),
+            choices=_opt_choices(d),
+            response=_opt_dict(d, "response"),
         )
 
 
@@ -271,6 +287,46 @@ def _req_ts(d: dict[str, Any]) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
         raise ValueError("field 'ts' must be a finite non-negative number (Unix seconds)")
     return float(v)
+
+
+def _opt_dict(d: dict[str, Any], name: str) -> dict[str, Any] | None:
+    v = d.get(name)
+    if v is not None and not isinstance(v, dict):
+        raise ValueError(f"field {name!r} must be a JSON object or null")
+    return v
+
+
+# The types of one logged choice's fields (docs/traffic-log-extensions.md).
+_CHOICE_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("text", str, "a string or null"),
+    ("finish_reason", str, "a string or null"),
+    ("tool_calls", list, "a list or null"),
+    ("refusal", str, "a string or null"),
+)
+
+
+def _opt_choices(d: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The optional ``choices`` list, each item checked: a ValueError names the first bad one
+    (``choices[1].tool_calls``)."""
+    v = d.get("choices")
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise ValueError("field 'choices' must be a list or null")
+    for i, choice in enumerate(v):
+        if not isinstance(choice, dict):
+            raise ValueError(f"field 'choices[{i}]' must be a JSON object")
+        index = choice.get("index")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"field 'choices[{i}].index' must be a non-negative integer")
+        for name, kind, what in _CHOICE_FIELDS:
+            value = choice.get(name)
+            if value is not None and not isinstance(value, kind):
+                raise ValueError(f"field 'choices[{i}].{name}' must be {what}")
+        for j, call in enumerate(choice.get("tool_calls") or ()):
+            if not isinstance(call, dict):
+                raise ValueError(f"field 'choices[{i}].tool_calls[{j}]' must be a JSON object")
+    return v
 
 
 def _req_dict(d: dict[str, Any], name: str) -> dict[str, Any]:

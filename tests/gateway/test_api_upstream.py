@@ -416,5 +416,5 @@ def test_wrong_method_and_unknown_path_are_openai_errors(gw: GatewayProcess) -> 
     auth = {"authorization": f"Bearer {secret}"}
     wrong = httpx.get(f"{gw.api_url}/chat/completions", headers=auth)
     assert assert_openai_error(wrong, 405, "invalid_request_error")["code"] == "method_not_allowed"
-    missing = httpx.post(f"{gw.api_url}/embeddings", json={"input": "x"}, headers=auth)
+    missing = httpx.post(f"{gw.api_url}/images/generations", json={"prompt": "x"}, headers=auth)
     assert_openai_error(missing, 404, "not_found_error")

@@ -4,8 +4,10 @@ reader with nothing skipped."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
 from distillguard.store import (
@@ -20,7 +22,7 @@ from distillguard.store import (
 )
 from distillguard.store.exchanges import get_exchange
 from distillguard.store.export import import_traffic, traffic_line
-from distillguard.traffic import read_traffic
+from distillguard.traffic import TrafficRecord, read_traffic
 
 # The fields of spec §1, in its order.
 SPEC_FIELDS = [
@@ -195,3 +197,100 @@ def test_import_skips_and_counts_bad_lines_and_duplicates(engine: Engine, tmp_pa
     with session_scope(engine) as s:
         assert count_exchanges(s) == 2
         assert get_exchange(s, exchange_id="x4").model is None  # the bad optional value dropped
+
+
+# --- the complete answer (docs/traffic-log-extensions.md) ------------------------------------
+
+CHOICES = [
+    {"index": 0, "text": "4", "finish_reason": "stop", "tool_calls": None, "refusal": None},
+    {
+        "index": 1,
+        "text": None,
+        "finish_reason": "tool_calls",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "add", "arguments": '{"a": 2, "b": 2}'},
+            }
+        ],
+        "refusal": None,
+    },
+    {"index": 2, "text": None, "finish_reason": "stop", "tool_calls": None, "refusal": "No."},
+]
+EMBEDDING_RESPONSE = {"object": "list", "model": "emb", "count": 2, "dims": 8, "usage": None}
+
+
+def _complete_records() -> list[ExchangeRecord]:
+    base = {"account_id": "acct_c", "key_id": "00000000000000cc", "ip": "192.0.2.1"}
+    return [
+        ExchangeRecord(
+            ts=1_764_000_200.0,
+            endpoint="/v1/chat/completions",
+            request={"model": "m", "messages": [{"role": "user", "content": "2+2"}], "n": 3},
+            response_text="4",
+            choices=CHOICES,
+            **base,
+        ),
+        ExchangeRecord(
+            ts=1_764_000_201.0,
+            endpoint="/v1/embeddings",
+            request={"model": "emb", "input": ["a", "b"]},
+            response=EMBEDDING_RESPONSE,
+            **base,
+        ),
+    ]
+
+
+def test_choices_and_response_survive_the_log_export_and_import(
+    engine: Engine, tmp_path: Path
+) -> None:
+    _write(engine, _complete_records())
+    out = tmp_path / "traffic.jsonl"
+    assert export_traffic(engine, out) == 2
+    chat, embeddings = [json.loads(line) for line in out.read_text().splitlines()]
+    assert chat["choices"] == CHOICES and chat["response_text"] == "4"
+    assert "response" not in chat or chat["response"] is None
+    assert embeddings["response"] == EMBEDDING_RESPONSE and embeddings.get("choices") is None
+    read = list(read_traffic(out))
+    assert read[0].choices == CHOICES and read[1].response == EMBEDDING_RESPONSE
+    # import into a fresh database, export again: the same lines
+    other = make_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    migrate(engine=other)
+    assert import_traffic(other, out).inserted == 2
+    again = tmp_path / "again.jsonl"
+    export_traffic(other, again)
+    assert again.read_text() == out.read_text()
+    other.dispose()
+
+
+def test_old_lines_without_the_extension_still_read() -> None:
+    line = traffic_line(_records()[0])
+    for name in ("choices", "response"):
+        line.pop(name, None)
+    record = TrafficRecord.from_dict(line)
+    assert record.choices is None and record.response is None
+    assert "choices" not in record.to_dict()  # written only when present
+
+
+@pytest.mark.parametrize(
+    ("choices", "reason"),
+    [
+        ("not a list", "'choices' must be a list"),
+        ([{"text": "x"}], "'choices[0].index'"),
+        ([{"index": 0, "text": 3}], "'choices[0].text'"),
+        ([{"index": 0, "tool_calls": "call"}], "'choices[0].tool_calls'"),
+        ([{"index": 0, "tool_calls": ["call"]}], "'choices[0].tool_calls[0]'"),
+        ([{"index": 0}, {"index": 1, "refusal": 1}], "'choices[1].refusal'"),
+    ],
+)
+def test_malformed_choices_are_refused_naming_the_field(choices: object, reason: str) -> None:
+    line = traffic_line(_records()[0]) | {"choices": choices}
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        TrafficRecord.from_dict(line)
+
+
+def test_a_response_that_is_not_an_object_is_refused() -> None:
+    line = traffic_line(_records()[0]) | {"response": ["vectors"]}
+    with pytest.raises(ValueError, match="'response' must be a JSON object"):
+        TrafficRecord.from_dict(line)

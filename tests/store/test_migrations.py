@@ -41,6 +41,8 @@ EXCHANGE_COLUMNS = {
     "error",
     "watermark_scheme",
     "watermark_key_id",
+    "choices",  # 0005: every choice (tool calls, refusals)
+    "response",  # 0005: the /v1/responses and /v1/embeddings answer
 }
 
 

@@ -14,7 +14,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from distillguard.wire.openai import ChatCompletionRequest, CompletionRequest
+from distillguard.wire.answers import ChoiceAccumulator, LoggedChoice
+from distillguard.wire.openai import CHAT_PATH, RESPONSES_PATH, AnyRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -23,10 +24,10 @@ SSE_DONE = b"data: [DONE]\n\n"
 class Job:
     """One validated request on its way to a backend."""
 
-    endpoint: str  # "/v1/chat/completions" | "/v1/completions"
+    endpoint: str  # one of wire.openai.REQUEST_PATHS
     body: dict[str, Any]  # the decoded JSON body (forwarded upstream)
     raw: bytes  # the body as received (forwarded unchanged when nothing was altered)
-    request: ChatCompletionRequest | CompletionRequest
+    request: AnyRequest
     request_id: str
     account_id: str
     degrade: bool = False  # online monitor asked to serve a reduced answer
@@ -34,21 +35,38 @@ class Job:
 
     @property
     def is_chat(self) -> bool:
-        return self.endpoint == "/v1/chat/completions"
+        return self.endpoint == CHAT_PATH
+
+    @property
+    def is_responses(self) -> bool:
+        return self.endpoint == RESPONSES_PATH
 
 
 @dataclass
 class Outcome:
-    """What was actually served (first choice's text, token counts): the log row's content."""
+    """What was actually served: the log row's content. ``text_parts`` is choice 0's text
+    (``response_text``); ``choices`` every choice (``wire.answers``), set by a backend once the
+    answer is whole, or assembled from a stream by ``stream_choices`` as far as it got;
+    ``response`` the compact answer object of /v1/responses and /v1/embeddings."""
 
     text_parts: list[str] = field(default_factory=list)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    choices: list[LoggedChoice] | None = None
+    stream_choices: ChoiceAccumulator | None = None
+    response: dict[str, Any] | None = None
 
     @property
     def text(self) -> str | None:
         return "".join(self.text_parts) if self.text_parts else None
+
+    def logged_choices(self) -> list[LoggedChoice] | None:
+        if self.choices is not None:
+            return self.choices
+        if self.stream_choices is not None:
+            return self.stream_choices.choices() or None
+        return None
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,11 @@ class Backend(Protocol):
 
     def check_model(self, model: str) -> None:
         """NotFound for a model this backend does not serve."""
+
+    def check_request(self, request: AnyRequest) -> None:
+        """InputError (400, ``param`` naming the field) for a request this backend cannot
+        serve as asked: unknown top-level fields; locally, every field the model cannot
+        honour. Never a silent 200 that ignored part of the request."""
 
     def count_prompt_tokens(self, job: Job) -> int:
         """Exact where the tokenizer is known, an estimate (chars / 4) otherwise."""

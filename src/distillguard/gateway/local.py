@@ -13,7 +13,14 @@ thread); this module only translates between OpenAI's shapes and the engine's:
 - streaming: one chunk per released piece of text (or per token when log-probs are asked),
   a final chunk with ``finish_reason``, and a usage chunk with ``stream_options``;
 - the watermark: the engine samples through ``build_scheme(...)`` with the account id as the
-  row's tag (per-account keys), and every exchange logs the scheme and key id.
+  row's tag (per-account keys), and every exchange logs the scheme and key id;
+- ``/v1/responses`` with text input: served through the chat path (``instructions`` as the
+  system message), answered as a Responses ``response`` object or streamed as its named
+  events; ``/v1/embeddings``: a 400
+  (a causal LM here serves no embeddings);
+- what the model cannot honour (tools, images, response_format, logit_bias, penalties,
+  reasoning_effort, ...): a 400 whose ``param`` names the field (``check_request``), never a
+  200 that silently ignored it.
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from distillguard.config import Settings
-from distillguard.errors import ContextTooLong, NotFound
+from distillguard.errors import ContextTooLong, InputError, NotFound
 from distillguard.gateway.backend import Job, Outcome, Reply
+from distillguard.wire import answers
 from distillguard.wire import openai as wire
 
 log = logging.getLogger("distillguard.gateway.local")
@@ -50,6 +59,70 @@ class _Prepared:
 
 
 _SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF  # `seed + i` of the n choices stays a valid 64-bit seed
+
+# The fields the local engine honours (sampling, length, stop, n, seed, log-probabilities,
+# streaming) or that do not change an answer (end-user ids, cache keys, metadata, which the
+# log keeps). Every other field a request sets is refused unless it holds its no-op value.
+_HONOURED = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "input",
+        "instructions",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "metadata",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+    }
+)
+# Values of an unhonoured field that ask for nothing (the API's defaults): accepted.
+_NO_OP: dict[str, tuple[Any, ...]] = {
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "logit_bias": ({},),
+    "response_format": ({"type": "text"},),
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "reasoning_effort": ("none",),
+    "modalities": (["text"],),
+    "service_tier": ("auto", "default"),
+    "store": (False,),
+    "echo": (False,),
+    "best_of": (1,),
+    "background": (False,),
+    "include": ([],),
+    "truncation": ("disabled",),
+}
+_TEXT_FORMAT = {"format": {"type": "text"}}  # Responses `text` that asks for plain text
+_WHY = {
+    "tools": "it has no tool calling",
+    "tool_choice": "it has no tool calling",
+    "parallel_tool_calls": "it has no tool calling",
+    "functions": "it has no tool calling",
+    "function_call": "it has no tool calling",
+    "response_format": "it cannot constrain its output to a format",
+    "text": "it cannot constrain its output to a format",
+    "logit_bias": "its sampler takes no logit bias",
+    "frequency_penalty": "its sampler applies no penalties",
+    "presence_penalty": "its sampler applies no penalties",
+    "reasoning_effort": "it is not a reasoning model",
+    "reasoning": "it is not a reasoning model",
+}
 
 
 class LocalBackend:
@@ -133,6 +206,46 @@ class LocalBackend:
                 code="model_not_found",
             )
 
+    # -- what the local model can serve ------------------------------------------------------
+
+    def check_request(self, request: wire.AnyRequest) -> None:
+        """InputError naming the first field (or content part) this model cannot honour."""
+        if isinstance(request, wire.EmbeddingsRequest):
+            raise InputError(
+                f"the model '{self.name}' generates text and serves no embeddings: "
+                "/v1/embeddings is served only in --upstream mode",
+                param="model",
+                code="embeddings_not_served",
+            )
+        unknown = sorted(request.model_extra or ())
+        if unknown:
+            raise InputError(
+                f"Unrecognized request argument(s) supplied: {', '.join(unknown)}",
+                param=unknown[0],
+                code="unknown_parameter",
+            )
+        for name in sorted(request.model_fields_set - _HONOURED):
+            value = getattr(request, name)
+            if isinstance(value, BaseModel):  # e.g. response_format: compared as sent
+                value = value.model_dump(exclude_none=True)
+            if value is None or value in _NO_OP.get(name, ()):
+                continue
+            if name == "text" and value == _TEXT_FORMAT:
+                continue
+            if name == "best_of" and value == request.n:
+                continue
+            raise InputError(
+                f"'{name}' is not supported by the local model '{self.name}'"
+                f" ({_WHY.get(name, 'it cannot honour it')}); remove it, or serve through "
+                "--upstream",
+                param=name,
+                code="unsupported_parameter",
+            )
+        if isinstance(request, wire.ChatCompletionRequest):
+            _check_chat_messages(request)
+        elif isinstance(request, wire.ResponsesRequest):
+            _responses_messages(request)  # InputError for what it cannot read
+
     # -- request preparation ---------------------------------------------------------------
 
     def _prepare(self, job: Job) -> _Prepared:
@@ -155,7 +268,12 @@ class LocalBackend:
         from distillguard.models.engine import GenerationParams
 
         request = job.request
-        if isinstance(request, wire.ChatCompletionRequest):
+        if isinstance(request, wire.EmbeddingsRequest):  # refused by check_request already
+            raise InputError("/v1/embeddings is not served locally", param="model")
+        if isinstance(request, wire.ResponsesRequest):
+            prompt_ids = self.engine.encode_chat(_responses_messages(request))
+            want_logprobs, top_k = False, 0
+        elif isinstance(request, wire.ChatCompletionRequest):
             messages = [
                 {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in request.messages
@@ -172,17 +290,18 @@ class LocalBackend:
             raise ContextTooLong(
                 f"the prompt has {len(prompt_ids)} tokens; this model's context is "
                 f"{self.engine.context_length}",
-                param="messages" if job.is_chat else "prompt",
+                param="prompt" if isinstance(request, wire.CompletionRequest) else "messages",
                 code="context_length_exceeded",
             )
         max_new = request.output_limit() or min(DEFAULT_MAX_TOKENS, room)
+        seed = getattr(request, "seed", None)  # the Responses API has none
         params = [
             GenerationParams(
                 max_new_tokens=max_new,
                 temperature=1.0 if request.temperature is None else request.temperature,
                 top_p=1.0 if request.top_p is None else request.top_p,
-                stop=request.stop_sequences(),
-                seed=None if request.seed is None else (request.seed + i) & _SEED_MASK,
+                stop=request.stop_sequences() if hasattr(request, "stop_sequences") else (),
+                seed=None if seed is None else (seed + i) & _SEED_MASK,
                 logprobs=want_logprobs,
                 top_logprobs=top_k,
                 tag=job.account_id,
@@ -238,8 +357,11 @@ class LocalBackend:
     async def complete(self, job: Job, outcome: Outcome) -> Reply:
         prepared = self._prepare(job)
         rows = await self._rows(job)
+        if job.is_responses:
+            return self._responses_reply(job, prepared, rows[0], outcome)
         completion_tokens = 0
         choices = []
+        logged = []
         for index, events in enumerate(rows):
             tokens = [e for e in events if not self._is_eos_event(e)]
             completion_tokens += len(tokens)
@@ -247,6 +369,7 @@ class LocalBackend:
             finish = events[-1].finish_reason if events else "length"
             if index == 0 and text:
                 outcome.text_parts.append(text)
+            logged.append(answers.logged_choice(index, text or None, finish))
             if job.is_chat:
                 logprobs = (
                     {"content": [self._chat_logprob(e) for e in tokens]}
@@ -259,6 +382,7 @@ class LocalBackend:
                 choices.append(wire.text_choice(index, text, logprobs, finish))
         prompt_tokens = len(prepared.prompt_ids)
         outcome.prompt_tokens, outcome.completion_tokens = prompt_tokens, completion_tokens
+        outcome.choices = logged
         body = wire.completion(
             chat=job.is_chat,
             request_id=job.request_id,
@@ -268,6 +392,32 @@ class LocalBackend:
             usage=wire.usage(prompt_tokens, completion_tokens),
             system_fingerprint=self._fingerprint(),
         )
+        return Reply(200, orjson.dumps(body))
+
+    def _responses_reply(
+        self, job: Job, prepared: _Prepared, events: list[Any], outcome: Outcome
+    ) -> Reply:
+        """One generated row as a Responses API ``response`` object."""
+        text = "".join(e.text for e in events)
+        finish = events[-1].finish_reason if events else "length"
+        output_tokens = sum(1 for e in events if not self._is_eos_event(e))
+        request = job.request
+        assert isinstance(request, wire.ResponsesRequest)
+        body = wire.response_object(
+            request_id=job.request_id,
+            created=int(time.time()),
+            model=self.name,
+            text=text,
+            truncated=finish == "length",
+            input_tokens=len(prepared.prompt_ids),
+            output_tokens=output_tokens,
+            request=request,
+        )
+        if text:
+            outcome.text_parts.append(text)
+        outcome.prompt_tokens, outcome.completion_tokens = len(prepared.prompt_ids), output_tokens
+        outcome.response = answers.responses_log(body)
+        outcome.choices = [answers.responses_choice(body)]
         return Reply(200, orjson.dumps(body))
 
     def _legacy_logprobs(self, tokens: list[Any], prepared: _Prepared) -> dict[str, Any] | None:
@@ -292,7 +442,74 @@ class LocalBackend:
         # secret (a client that knows them knows what to scrub).
         return self._system_fingerprint
 
+    async def _responses_stream(
+        self, job: Job, outcome: Outcome
+    ) -> AsyncGenerator[tuple[bytes, str], None]:
+        """A Responses stream as OpenAI names its events: ``response.created``, one
+        ``response.output_text.delta`` per released piece, then ``response.completed`` (or
+        ``response.incomplete`` at the length limit) carrying the whole ``response``."""
+        prepared = self._prepare(job)
+        request = job.request
+        assert isinstance(request, wire.ResponsesRequest)
+        sequence = 0
+
+        def event(kind: str, **fields: Any) -> bytes:
+            nonlocal sequence
+            frame = b"event: " + kind.encode() + b"\n"
+            frame += wire.sse_frame({"type": kind, "sequence_number": sequence, **fields})
+            sequence += 1
+            return frame
+
+        def whole(text: str, truncated: bool, output_tokens: int) -> dict[str, Any]:
+            return wire.response_object(
+                request_id=job.request_id,
+                created=created,
+                model=self.name,
+                text=text,
+                truncated=truncated,
+                input_tokens=len(prepared.prompt_ids),
+                output_tokens=output_tokens,
+                request=request,
+            )
+
+        created = int(time.time())
+        outcome.prompt_tokens = len(prepared.prompt_ids)
+        started = {**whole("", False, 0), "status": "in_progress", "output": [], "usage": None}
+        yield event("response.created", response=started), ""
+        pieces: list[str] = []
+        finish = None
+        tokens = 0
+        events = self.engine.stream(prepared.prompt_ids, prepared.params[0])
+        try:
+            async for token in events:
+                if not self._is_eos_event(token):
+                    tokens += 1
+                    outcome.completion_tokens = tokens
+                if token.text:
+                    pieces.append(token.text)
+                    delta = event(
+                        "response.output_text.delta",
+                        item_id="msg_" + job.request_id,
+                        output_index=0,
+                        content_index=0,
+                        delta=token.text,
+                        logprobs=[],
+                    )
+                    yield delta, token.text
+                finish = token.finish_reason or finish
+        finally:
+            await events.aclose()  # a client gone mid-stream frees its batch row at once
+        body = whole("".join(pieces), finish == "length", tokens)
+        outcome.response = answers.responses_log(body)
+        outcome.choices = [answers.responses_choice(body)]
+        last = "response.incomplete" if finish == "length" else "response.completed"
+        yield event(last, response=body), ""
+
     async def stream(self, job: Job, outcome: Outcome) -> AsyncGenerator[tuple[bytes, str], None]:
+        if job.is_responses:
+            async for item in self._responses_stream(job, outcome):
+                yield item
+            return
         prepared = self._prepare(job)
         chat = job.is_chat
         base = wire.chunk_base(
@@ -303,7 +520,11 @@ class LocalBackend:
             system_fingerprint=self._fingerprint(),
         )
 
+        # Every choice as sent so far, for the log (a stream cut short logs what went out).
+        accumulator = outcome.stream_choices = answers.ChoiceAccumulator(chat=chat)
+
         def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            accumulator.feed({"choices": choices})
             return wire.sse_frame({**base, "choices": choices, **extra})
 
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
@@ -370,3 +591,81 @@ class LocalBackend:
             for task in tasks:  # a client gone mid-stream frees its batch rows at once
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- reading requests the local model can serve ---------------------------------------------
+
+
+def _check_chat_messages(request: wire.ChatCompletionRequest) -> None:
+    """InputError naming the first message part the model cannot read (images, audio,
+    files) and the first earlier tool call it cannot replay."""
+    for i, message in enumerate(request.messages):
+        if message.tool_calls:
+            raise InputError(
+                "the local model has no tool calling: it cannot read an assistant message "
+                "with tool_calls",
+                param=f"messages.{i}.tool_calls",
+                code="unsupported_parameter",
+            )
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if part.type in wire.MEDIA_PART_TYPES:
+                raise InputError(
+                    f"content part type '{part.type}' is not supported by the local model "
+                    "(it reads text parts only); send text, or serve through --upstream",
+                    param=f"messages.{i}.content.{j}",
+                    code="unsupported_content_part",
+                )
+
+
+def _responses_messages(request: wire.ResponsesRequest) -> list[dict[str, str]]:
+    """The chat messages of a Responses request with text input: ``instructions`` as the
+    system message, then each message item's text. InputError naming the first item or part
+    that is not text (images, files, earlier tool calls and their outputs)."""
+    messages = []
+    if request.instructions:
+        messages.append({"role": "system", "content": request.instructions})
+    if isinstance(request.input, str):
+        messages.append({"role": "user", "content": request.input})
+        return messages
+    for i, item in enumerate(request.input):
+        kind = item.get("type", "message")
+        role = item.get("role")
+        if kind != "message" or role not in ("system", "developer", "user", "assistant"):
+            raise InputError(
+                f"input item type {kind!r} is not supported by the local model "
+                "(it reads text messages only)",
+                param=f"input.{i}",
+                code="unsupported_content_part",
+            )
+        content = item.get("content")
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            pieces = []
+            for j, part in enumerate(content):
+                part_type = part.get("type") if isinstance(part, dict) else None
+                if part_type not in ("input_text", "output_text", "text"):
+                    raise InputError(
+                        f"content part type {part_type!r} is not supported by the local model "
+                        "(it reads text parts only); send text, or serve through --upstream",
+                        param=f"input.{i}.content.{j}",
+                        code="unsupported_content_part",
+                    )
+                if not isinstance(part.get("text"), str):
+                    raise InputError(
+                        "a text part needs a string 'text'",
+                        param=f"input.{i}.content.{j}.text",
+                        code="invalid_value",
+                    )
+                pieces.append(part["text"])
+            text = "".join(pieces)
+        else:
+            raise InputError(
+                "a message needs 'content' (a string or a list of parts)",
+                param=f"input.{i}.content",
+                code="invalid_value",
+            )
+        messages.append({"role": "system" if role == "developer" else role, "content": text})
+    return messages

@@ -1,16 +1,20 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/completions``: the gateway's hot path.
+"""``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses``, ``/v1/embeddings``:
+the gateway's hot path.
 
 A raw ASGI handler (no FastAPI routing, dependency injection or middleware stack on this path:
 those cost more than everything below together). One request, top to bottom:
 
 1. read the body: 413 over ``max_body_bytes`` (Content-Length or counted bytes), 408 when it
    does not finish within ``request_timeout_s``;
-2. the key (``store.authenticate``, 401/403), the JSON (400), the fields (400), the model (404);
+2. the key (``store.authenticate``, 401/403), the JSON (400), the fields (400), the model (404),
+   what the backend cannot serve as asked (400 naming the field: unknown fields; locally,
+   tools, images, ...); inline image/audio/file bytes are replaced by a marker in the log;
 3. the key's RPM/TPM limiter (429 + Retry-After);
 4. the online monitor's decision (throttle 429, block 403, degrade, flag);
 5. the backend answers (upstream proxy or local generation), streamed or not;
 6. the exchange is committed to the log BEFORE the response's last byte leaves (the whole
    body, or a stream's final ``data: [DONE]``), so an answered request survives a SIGKILL;
+   the row holds every choice (tool calls, refusals) and the Responses/embeddings answer;
    failures, disconnects and refusals are logged the same way (account null when auth failed).
 """
 
@@ -45,8 +49,9 @@ from distillguard.gateway.metrics import log_exchange
 from distillguard.gateway.quota import charge_key, check_key
 from distillguard.store.accounts import check_expiry
 from distillguard.wire import openai as wire
+from distillguard.wire.answers import needs_redaction, redact_media
 from distillguard.wire.exchange import ExchangeRecord, new_exchange_id
-from distillguard.wire.openai import parse_request
+from distillguard.wire.openai import EMBEDDINGS_PATH, RESPONSES_PATH, parse_request
 
 if TYPE_CHECKING:
     from distillguard.gateway.runtime import GatewayState
@@ -54,7 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distillguard.gateway")
 
-OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+OPENAI_PATHS = wire.REQUEST_PATHS
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -213,15 +218,17 @@ def _decode(raw: bytes, attempt: Attempt) -> dict[str, Any]:
         raise InputError(
             f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json"
         )
-    attempt.logged_body = body
+    # Inline media (a base64 image) never reaches the log: a marker with its hash does.
+    attempt.logged_body = redact_media(body) if needs_redaction(body) else body
     return body
 
 
 async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None:
-    """The ASGI handler for both completion endpoints (see the module docstring)."""
+    """The ASGI handler for the four model endpoints (see the module docstring)."""
     attempt = Attempt.arriving(state, scope)
     outcome = Outcome()
     reservation = None
+    limit_headers: list[tuple[bytes, bytes]] = []  # OpenAI's x-ratelimit-*, once admitted
     state.metrics.in_flight.inc()
     try:
         if scope["method"] != "POST":
@@ -243,6 +250,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         attempt.model = model if isinstance(model, str) else None
         request = parse_request(attempt.endpoint, body)
         state.backend.check_model(request.model)
+        state.backend.check_request(request)  # 400 naming what it cannot serve as asked
         job = Job(attempt.endpoint, body, raw, request, attempt.request_id, identity.account_id)
         rpm = identity.rpm or settings.default_rpm
         tpm = identity.tpm or settings.default_tpm
@@ -300,9 +308,8 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         attempt.error = outcome.error
         await _write_log(state, attempt, outcome)
         reply = refused.reply
-        await _respond(
-            send, attempt, reply.status, [(b"content-type", reply.content_type)], reply.body
-        )
+        headers = [(b"content-type", reply.content_type), *limit_headers]
+        await _respond(send, attempt, reply.status, headers, reply.body)
     except _StreamEnded:
         pass  # answered (a stream, or a refused key) and logged inside
     except Exception as exc:  # every failure answers in OpenAI's shape, and is logged
@@ -356,7 +363,7 @@ def _bounded_body(prefix: bytes, received: int, complete: bool) -> dict[str, Any
         with contextlib.suppress(orjson.JSONDecodeError):
             body = orjson.loads(prefix)
             if isinstance(body, dict) and not _too_deep(body, MAX_JSON_DEPTH):
-                return body
+                return redact_media(body) if needs_redaction(body) else body
     text = prefix.decode("utf-8", "replace")
     return {"_unparsed": text, "_bytes_read": received, "_truncated": not complete}
 
@@ -475,7 +482,9 @@ async def _serve_stream(
         finally:
             disconnected.cancel()
         if await _write_log(state, attempt, outcome):
-            await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+            # The Responses API ends its stream with `response.completed`, not [DONE].
+            done = b"" if attempt.endpoint == RESPONSES_PATH else SSE_DONE
+            await send({"type": "http.response.body", "body": done, "more_body": False})
         else:
             # Nothing is served unlogged: without its row the stream ends in an error, never
             # in [DONE] (clients treat a stream without [DONE] as failed).
@@ -545,6 +554,8 @@ async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) ->
     when the log could not take it."""
     latency_s = time.perf_counter() - attempt.started
     identity = attempt.identity
+    # Marked answers only: an embedding is not sampled, a failure answered nothing.
+    marked = attempt.status == 200 and attempt.endpoint != EMBEDDINGS_PATH
     record = ExchangeRecord(
         id=attempt.request_id,
         ts=attempt.ts,
@@ -562,8 +573,10 @@ async def _write_log(state: GatewayState, attempt: Attempt, outcome: Outcome) ->
         latency_ms=latency_s * 1000.0,
         model=attempt.model,
         error=attempt.error,
-        watermark_scheme=state.backend.watermark_scheme if attempt.status == 200 else None,
-        watermark_key_id=state.backend.watermark_key_id if attempt.status == 200 else None,
+        watermark_scheme=state.backend.watermark_scheme if marked else None,
+        watermark_key_id=state.backend.watermark_key_id if marked else None,
+        choices=outcome.logged_choices(),
+        response=outcome.response,
     )
     written = True
     try:

@@ -20,14 +20,24 @@ from typing import Any
 
 import orjson
 
-from distillguard.errors import NotFound, UpstreamError
+from distillguard.errors import InputError, NotFound, UpstreamError
 from distillguard.gateway.backend import Job, Outcome, Reply, UpstreamStatus
 from distillguard.gateway.engine_marking import UpstreamMarking
 from distillguard.gateway.httpclient import HttpClient
+from distillguard.wire import answers
+from distillguard.wire.openai import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    EMBEDDINGS_PATH,
+    RESPONSES_PATH,
+    AnyRequest,
+    EmbeddingsRequest,
+)
 
 log = logging.getLogger("distillguard.gateway.upstream")
 
 _LOGPROB_FIELDS = ("logprobs", "top_logprobs")
+_USAGE_IN_STREAM = frozenset({CHAT_PATH, COMPLETIONS_PATH})
 
 
 def _base_url(url: str) -> str:
@@ -109,18 +119,37 @@ class UpstreamBackend:
                 f"The model '{model}' does not exist", param="model", code="model_not_found"
             )
 
+    def check_request(self, request: AnyRequest) -> None:
+        """Every OpenAI field is forwarded; an unknown top-level field is a 400 naming it
+        (engine extensions such as vLLM's ``top_k`` pass: ``wire.openai``)."""
+        unknown = request.unknown_fields()
+        if unknown:
+            raise InputError(
+                f"Unrecognized request argument(s) supplied: {', '.join(unknown)}",
+                param=unknown[0],
+                code="unknown_parameter",
+            )
+
     def count_prompt_tokens(self, job: Job) -> int:
-        return _estimate_tokens(job.request.prompt_text())
+        request = job.request
+        if isinstance(request, EmbeddingsRequest) and request.input_token_ids():
+            return request.input_token_ids()  # token ids: the count is exact
+        return _estimate_tokens(request.prompt_text())
 
     def _payload(self, job: Job, *, want_usage: bool) -> bytes:
         body: dict[str, Any] | None = None
         if job.degrade and any(f in job.body for f in _LOGPROB_FIELDS):
             # Degraded service: no log-probabilities (the richest signal for distillation).
             body = {k: v for k, v in job.body.items() if k not in _LOGPROB_FIELDS}
-        if want_usage and not job.request.include_usage():
+        if job.degrade and isinstance(job.body.get("include"), list):
+            # The Responses API asks for them in `include` ("message.output_text.logprobs").
+            body = dict(body if body is not None else job.body)
+            body["include"] = [i for i in job.body["include"] if "logprobs" not in str(i)]
+        # Usage in the stream: chat and completions only (a Responses stream ends with it).
+        if want_usage and job.endpoint in _USAGE_IN_STREAM and not job.request.include_usage():
             body = dict(body if body is not None else job.body)
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        if self.marking is not None:
+        if self.marking is not None and job.endpoint != EMBEDDINGS_PATH:  # vectors: unsampled
             body = self.marking.mark_body(body if body is not None else job.body, job.account_id)
         return job.raw if body is None else orjson.dumps(body)
 
@@ -137,7 +166,7 @@ class UpstreamBackend:
         if status >= 500:
             raise UpstreamError(f"upstream failed with status {status}: {body[:200]!r}")
         if status == 200:
-            _read_answer(body, outcome, chat=job.is_chat)
+            _read_answer(body, outcome, job.endpoint)
         else:
             outcome.error = f"upstream status {status}: {body[:500].decode('utf-8', 'replace')}"
         content_type = resp.header(b"content-type", b"application/json") or b"application/json"
@@ -159,62 +188,96 @@ class UpstreamBackend:
                     raise UpstreamError(f"upstream failed with status {resp.status}")
                 outcome.error = f"upstream status {resp.status}"
                 raise UpstreamStatus(resp.status, body)
+            if job.endpoint in _USAGE_IN_STREAM:
+                outcome.stream_choices = answers.ChoiceAccumulator(chat=job.is_chat)
             pending = b""
+            event = b""  # the Responses API names its events (`event: response.created`)
             async for chunk in resp.chunks(timeout_s=self._timeout_s):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
+                    if line.startswith(b"event:"):
+                        event = b"event: " + line[6:].strip() + b"\n"
+                        continue
                     if not line.startswith(b"data:"):
-                        continue  # blank separators, comments (": ping"), event names
+                        if not line.strip():
+                            event = b""  # an event ends at its blank line
+                        continue  # comments (": ping")
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
                         continue  # sent by the route once the row is committed
-                    text, is_usage_only = _read_chunk(payload, outcome, chat=job.is_chat)
+                    text, is_usage_only = _read_chunk(payload, outcome, job.endpoint)
                     if is_usage_only and not client_wants_usage:
                         continue
-                    yield b"data: " + payload + b"\n\n", text
+                    yield event + b"data: " + payload + b"\n\n", text
         finally:
             # Read to the end: back to the pool. Cut short (client gone): the connection is
             # closed, which also stops the upstream's generation.
             resp.release(reuse=True)
 
 
-def _read_answer(body: bytes, outcome: Outcome, *, chat: bool) -> None:
-    """Fill the log's text and token counts from a complete upstream answer."""
+def _read_answer(body: bytes, outcome: Outcome, endpoint: str) -> None:
+    """Fill the log's text, choices, answer object and token counts from a complete upstream
+    answer (every choice, tool calls and refusals included: ``wire.answers``)."""
     try:
         data = orjson.loads(body)
-        choices = data.get("choices") or []
-        first = next((c for c in choices if c.get("index", 0) == 0), None)
-        if first is not None:
-            text = (first.get("message") or {}).get("content") if chat else first.get("text")
-            if text:
-                outcome.text_parts.append(text)
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+        if endpoint == RESPONSES_PATH:
+            _read_response_object(data, outcome)
+            return
         usage = data.get("usage") or {}
         outcome.prompt_tokens = usage.get("prompt_tokens")
+        if endpoint == EMBEDDINGS_PATH:
+            outcome.response = answers.embeddings_log(data)
+            outcome.completion_tokens = 0  # embeddings generate nothing
+            return
         outcome.completion_tokens = usage.get("completion_tokens")
+        chat = endpoint == CHAT_PATH
+        choices = answers.chat_choices(data) if chat else answers.completion_choices(data)
+        outcome.choices = choices
+        text = answers.first_text(choices)
+        if text:
+            outcome.text_parts.append(text)
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         outcome.error = "upstream answer is not OpenAI-shaped JSON"
 
 
-def _read_chunk(payload: bytes, outcome: Outcome, *, chat: bool) -> tuple[str, bool]:
-    """The first choice's new text in one stream chunk (usage goes into ``outcome``), and
-    whether the chunk carries only usage."""
+def _read_response_object(response: dict[str, Any], outcome: Outcome) -> None:
+    """A Responses API ``response`` (whole, or a stream's final event) into the outcome."""
+    outcome.response = answers.responses_log(response)
+    outcome.choices = [answers.responses_choice(response)]
+    outcome.prompt_tokens, outcome.completion_tokens = answers.responses_usage(response)
+    text = answers.responses_text(response)
+    if text and not outcome.text_parts:  # a stream's deltas already carried it
+        outcome.text_parts.append(text)
+
+
+# The Responses stream events that carry the whole answer object (the last event of a stream).
+_FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _read_chunk(payload: bytes, outcome: Outcome, endpoint: str) -> tuple[str, bool]:
+    """Choice 0's new text in one stream event (every choice goes into the outcome's
+    accumulator, usage into its counts), and whether the event carries only usage."""
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return "", False
     if not isinstance(data, dict):
         return "", False
+    if endpoint == RESPONSES_PATH:
+        kind = data.get("type")
+        if kind == "response.output_text.delta":
+            delta = data.get("delta")
+            return (delta if isinstance(delta, str) else ""), False
+        if kind in _FINAL_RESPONSE_EVENTS and isinstance(data.get("response"), dict):
+            _read_response_object(data["response"], outcome)
+        return "", False
     usage = data.get("usage")
     if usage:
         outcome.prompt_tokens = usage.get("prompt_tokens")
         outcome.completion_tokens = usage.get("completion_tokens")
-    choices = data.get("choices") or []
-    new_text = ""
-    for choice in choices:
-        if choice.get("index", 0) != 0:
-            continue
-        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-        if text:
-            new_text += text
+    choices = data.get("choices")
+    new_text = outcome.stream_choices.feed(data) if outcome.stream_choices is not None else ""
     return new_text, bool(usage) and not choices

@@ -116,6 +116,11 @@ class Exchange(Base):
     error: Mapped[str | None] = mapped_column(Text)
     watermark_scheme: Mapped[str | None] = mapped_column(String(40))
     watermark_key_id: Mapped[int | None] = mapped_column(Integer)
+    # --- the complete answer (migration 0005; docs/traffic-log-extensions.md) -------------
+    # Every choice: [{"index", "text", "finish_reason", "tool_calls", "refusal"}].
+    choices: Mapped[Any] = mapped_column(JsonDocument, nullable=True)
+    # /v1/responses outputs; /v1/embeddings count and dims (never the vectors).
+    response: Mapped[Any] = mapped_column(JsonDocument, nullable=True)
 
 
 class Action(Base):

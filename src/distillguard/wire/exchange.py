@@ -46,6 +46,11 @@ class ExchangeRecord:
     error: str | None = None
     watermark_scheme: str | None = None
     watermark_key_id: int | None = None
+    # The complete answer (docs/traffic-log-extensions.md): every choice with its text, tool
+    # calls, refusal and finish reason; and, for /v1/responses and /v1/embeddings, the answer
+    # object (outputs; count and dims of the vectors, never the vectors).
+    choices: list[dict[str, Any]] | None = None
+    response: dict[str, Any] | None = None
 
     def to_traffic(self) -> dict[str, Any]:
         """The spec §1 object for an attributed exchange, plus the optional serving fields;
@@ -68,6 +73,8 @@ class ExchangeRecord:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             latency_ms=self.latency_ms,
+            choices=self.choices,
+            response=self.response,
         ).to_dict()
         line["model"] = self.model
         line["error"] = self.error
@@ -95,6 +102,8 @@ class ExchangeRecord:
             completion_tokens=t.completion_tokens,
             status=t.status,
             latency_ms=t.latency_ms,
+            choices=t.choices,
+            response=t.response,
             model=_optional(line, "model", str),
             error=_optional(line, "error", str),
             watermark_scheme=_optional(line, "watermark_scheme", str),

@@ -7,9 +7,12 @@ and let tests validate them.
 
 Requests are validated strictly (``"0.5"`` is not a temperature, ``2.0`` is not an ``n``):
 a wrong type is the client's error and gets a 400 naming the field, never a silent coercion.
-Fields OpenAI has and we do not interpret (``tools``, ``user``, ``presence_penalty``, ...) are
-kept (``extra="allow"``) so the upstream proxy forwards them unchanged; the local backend
-ignores them.
+Every top-level field of OpenAI's API (2026: tools, tool_choice, response_format, logit_bias,
+reasoning_effort, metadata, ...) is declared here with its type; the proxy forwards the body as
+sent. Unknown top-level fields are kept by pydantic (``extra="allow"``) only so that the
+backend can name them: ``unknown_fields()`` lists those that are not a known engine extension
+(``ENGINE_EXTENSION_FIELDS``), and both backends answer them with a 400 naming them. The local
+backend also refuses every field it cannot honour (``gateway.local``): never a silent 200.
 
 """
 
@@ -31,22 +34,79 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
 
+# --- content parts --------------------------------------------------------------------------
+
+# The part types a chat message's content may hold (OpenAI, 2026). Anything else is a 400
+# naming the type, in both modes: an upstream would refuse it too, and a typo must not reach
+# the log as if it had been answered.
+CONTENT_PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
+MEDIA_PART_TYPES = ("image_url", "input_audio", "file")  # parts whose bytes are never logged
+
+
 class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
+class ImageUrl(_Strict):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class AudioPart(_Strict):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(_Strict):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(_Strict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[
+    TextPart | ImagePart | AudioPart | FilePart | RefusalPart, Field(discriminator="type")
+]
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message answers this call
+    refusal: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _known_part_types(cls, value: Any) -> Any:
+        # Checked before the union: pydantic's own message names its internal union instead.
+        if isinstance(value, list):
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind not in CONTENT_PART_TYPES:
+                    raise ValueError(
+                        f"unsupported content part type {kind!r}; expected one of "
+                        + ", ".join(CONTENT_PART_TYPES)
+                    )
+        return value
 
     def text(self) -> str:
+        """The message's text parts joined (media parts contribute nothing)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
 
 
 class StreamOptions(_Strict):
@@ -56,6 +116,41 @@ class StreamOptions(_Strict):
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+LogitBias = dict[str, Annotated[int, Field(ge=-100, le=100)]]
+Metadata = Annotated[dict[str, str], Field(max_length=16)]  # OpenAI: at most 16 pairs
+
+# Engine extensions a proxied request may carry besides OpenAI's fields: the sampling knobs
+# vLLM and SGLang accept on their OpenAI endpoints (``extra_body`` in the SDK). Upstream mode
+# forwards these; any other unknown top-level field is a 400 naming it (a typo such as
+# ``temprature`` would otherwise be dropped by the engine and answered at defaults).
+ENGINE_EXTENSION_FIELDS = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "min_tokens",
+        "ignore_eos",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "include_stop_str_in_output",
+        "stop_token_ids",
+        "chat_template",
+        "chat_template_kwargs",
+        "add_generation_prompt",
+        "continue_final_message",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "structured_outputs",
+        "priority",
+        "vllm_xargs",  # the engine-marking field (gateway.engine_marking overwrites the account)
+        "custom_logit_processor",
+        "custom_params",
+        "return_tokens_as_token_ids",
+    }
+)
 
 
 class _Sampling(_Strict):
@@ -69,6 +164,10 @@ class _Sampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: MaxTokens | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    user: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -86,12 +185,57 @@ class _Sampling(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def unknown_fields(self) -> list[str]:
+        """Top-level fields that are neither OpenAI's nor a known engine extension."""
+        return sorted(k for k in self.model_extra or () if k not in ENGINE_EXTENSION_FIELDS)
+
+
+class FunctionSpec(_Strict):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(_Strict):
+    type: Literal["function", "custom"]
+    function: FunctionSpec | None = None
+    custom: dict[str, Any] | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+ToolChoice = Literal["none", "auto", "required"] | dict[str, Any]
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None  # deprecated by OpenAI, still accepted
+    function_call: str | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: str | None = None  # none | minimal | low | medium | high | ...
+    metadata: Metadata | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    verbosity: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    moderation: Any = None
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
@@ -105,11 +249,21 @@ class ChatCompletionRequest(_Sampling):
     def prompt_text(self) -> str:
         return "\n".join(m.text() for m in self.messages)
 
+    def has_media(self) -> bool:
+        """Whether any message holds an image, audio or file part (its bytes stay out of the
+        log: ``redact_media``)."""
+        return any(
+            isinstance(m.content, list) and any(p.type in MEDIA_PART_TYPES for p in m.content)
+            for m in self.messages
+        )
+
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(min_length=1)
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool = False
+    best_of: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
+    suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -123,6 +277,159 @@ class CompletionRequest(_Sampling):
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def has_media(self) -> bool:
+        return False
+
+
+class ResponsesRequest(_Strict):
+    """``POST /v1/responses`` (OpenAI's Responses API): one answer (no ``n``) to ``input``, a
+    string or a list of items (messages with ``input_text``/``input_image`` parts, earlier
+    outputs, tool results). Items are forwarded as sent; the local backend reads messages."""
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]] = Field(min_length=1)
+    instructions: str | None = None
+    max_output_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+    text: dict[str, Any] | None = None  # {"format": {"type": "text" | "json_schema" ...}}
+    reasoning: dict[str, Any] | None = None
+    metadata: Metadata | None = None
+    user: str | None = None
+    store: bool | None = None
+    background: bool | None = None
+    include: list[str] | None = None
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    truncation: str | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    context_management: Any = None
+    background_options: Any = None
+    access_programs: Any = None
+    image: Any = None
+    moderation: Any = None
+
+    @property
+    def n(self) -> int:
+        return 1  # one answer per request (not a Responses field: a body's `n` is unknown)
+
+    def output_limit(self) -> int | None:
+        return self.max_output_tokens
+
+    def include_usage(self) -> bool:
+        return False  # a Responses stream always ends with the usage (response.completed)
+
+    def prompt_text(self) -> str:
+        """The text of ``instructions`` and every text part of ``input`` (for estimates)."""
+        texts = [self.instructions or ""]
+        if isinstance(self.input, str):
+            texts.append(self.input)
+        else:
+            for item in self.input:
+                content = item.get("content")
+                if isinstance(content, str):
+                    texts.append(content)
+                elif isinstance(content, list):
+                    texts.extend(
+                        p["text"]
+                        for p in content
+                        if isinstance(p, dict) and isinstance(p.get("text"), str)
+                    )
+                elif isinstance(item.get("output"), str):
+                    texts.append(item["output"])
+        return "\n".join(t for t in texts if t)
+
+    def has_media(self) -> bool:
+        media = ("input_image", "input_file", "input_audio")
+        return isinstance(self.input, list) and any(
+            isinstance(item.get("content"), list)
+            and any(isinstance(p, dict) and p.get("type") in media for p in item["content"])
+            for item in self.input
+        )
+
+    def unknown_fields(self) -> list[str]:
+        return sorted(k for k in self.model_extra or () if k not in ENGINE_EXTENSION_FIELDS)
+
+
+EmbeddingInput = (
+    Annotated[str, Field(min_length=1)]
+    | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    | Annotated[list[int], Field(min_length=1)]
+    | Annotated[list[list[int]], Field(min_length=1, max_length=2048)]
+)
+
+
+class EmbeddingsRequest(_Strict):
+    """``POST /v1/embeddings``: vectors for one or more inputs (text or token ids)."""
+
+    model: str = Field(min_length=1)
+    input: EmbeddingInput
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    user: str | None = None
+
+    @property
+    def n(self) -> int:
+        return 1  # one row per request for the limiter (no generation)
+
+    @property
+    def stream(self) -> bool:
+        return False  # embeddings are never streamed
+
+    def output_limit(self) -> int | None:
+        return 0  # embeddings generate no tokens: only the input is charged
+
+    def include_usage(self) -> bool:
+        return False
+
+    def prompt_text(self) -> str:
+        value = self.input
+        if isinstance(value, str):
+            return value
+        return "\n".join(v for v in value if isinstance(v, str))
+
+    def input_token_ids(self) -> int:
+        """How many token ids the input gives directly (0 for text input)."""
+        value = self.input
+        if isinstance(value, str) or not value or isinstance(value[0], str):
+            return 0
+        if isinstance(value[0], int):
+            return len(value)
+        return sum(len(v) for v in value if isinstance(v, list))
+
+    def has_media(self) -> bool:
+        return False
+
+    def unknown_fields(self) -> list[str]:
+        return sorted(k for k in self.model_extra or () if k not in ENGINE_EXTENSION_FIELDS)
+
+
+AnyRequest = ChatCompletionRequest | CompletionRequest | ResponsesRequest | EmbeddingsRequest
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+RESPONSES_PATH = "/v1/responses"
+EMBEDDINGS_PATH = "/v1/embeddings"
+_REQUEST_MODELS: dict[str, type[AnyRequest]] = {
+    CHAT_PATH: ChatCompletionRequest,
+    COMPLETIONS_PATH: CompletionRequest,
+    RESPONSES_PATH: ResponsesRequest,
+    EMBEDDINGS_PATH: EmbeddingsRequest,
+}
+REQUEST_PATHS = frozenset(_REQUEST_MODELS)
 
 
 # --- responses (shapes of what the gateway returns) -----------------------------------------
@@ -193,6 +500,31 @@ class TextCompletion(BaseModel):
     usage: Usage | None
 
 
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or base64 float32 with encoding_format=base64
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: dict[str, int] | None
+
+
+class ResponseObject(BaseModel):
+    """A Responses API answer (the fields every answer has; outputs as OpenAI sends them)."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: str
+    model: str
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -216,11 +548,9 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def parse_request(endpoint: str, body: dict[str, Any]) -> ChatCompletionRequest | CompletionRequest:
+def parse_request(endpoint: str, body: dict[str, Any]) -> AnyRequest:
     """Validate a decoded body for ``endpoint``; raises pydantic's ValidationError."""
-    if endpoint == "/v1/chat/completions":
-        return ChatCompletionRequest.model_validate(body)
-    return CompletionRequest.model_validate(body)
+    return _REQUEST_MODELS[endpoint].model_validate(body)
 
 
 # --- response builders (plain dicts for orjson; the shapes of the models above) ----------------
@@ -292,6 +622,54 @@ def chat_delta(
     index: int, delta: Json, logprobs: Json | None = None, finish: FinishReason = None
 ) -> Json:
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+
+def response_object(
+    *,
+    request_id: str,
+    created: int,
+    model: str,
+    text: str,
+    truncated: bool,
+    input_tokens: int,
+    output_tokens: int,
+    request: ResponsesRequest,
+) -> Json:
+    """A whole Responses API ``response`` with one assistant message (``output_text``)."""
+    message = {
+        "type": "message",
+        "id": "msg_" + request_id,
+        "status": "incomplete" if truncated else "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    }
+    return {
+        "id": "resp_" + request_id,
+        "object": "response",
+        "created_at": created,
+        "status": "incomplete" if truncated else "completed",
+        "model": model,
+        "output": [message],
+        "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
+        "error": None,
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "metadata": request.metadata or {},
+        "parallel_tool_calls": False,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "tool_choice": "none",
+        "tools": [],
+        "text": {"format": {"type": "text"}},
+        "user": request.user,
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
 
 
 def sse_frame(payload: Json) -> bytes:

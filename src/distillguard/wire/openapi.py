@@ -1,9 +1,10 @@
 """The OpenAPI document of the OpenAI endpoints the raw ASGI handler serves.
 
-FastAPI documents only its own routes; ``/v1/chat/completions``, ``/v1/completions`` and
-``/v1/models`` bypass it (``gateway.app.GatewayApp``). This module describes them from the
-same pydantic models that validate them (``wire.openai``), so the admin's
-``/admin/openapi.json`` and the fuzzing suite see the whole API.
+FastAPI documents only its own routes; ``/v1/chat/completions``, ``/v1/completions``,
+``/v1/responses``, ``/v1/embeddings`` and ``/v1/models`` bypass it (``gateway.app.GatewayApp``).
+This module describes them from the same pydantic models that validate them
+(``wire.openai``), so the admin's ``/admin/openapi.json`` and the fuzzing suite see the whole
+API.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from distillguard.wire.openai import (
     ChatCompletion,
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingList,
+    EmbeddingsRequest,
     ErrorBody,
     ModelList,
+    ResponseObject,
+    ResponsesRequest,
     TextCompletion,
 )
 
@@ -42,8 +47,12 @@ def _components() -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
         (ChatCompletionRequest, "validation"),
         (CompletionRequest, "validation"),
+        (ResponsesRequest, "validation"),
+        (EmbeddingsRequest, "validation"),
         (ChatCompletion, "serialization"),
         (TextCompletion, "serialization"),
+        (ResponseObject, "serialization"),
+        (EmbeddingList, "serialization"),
         (ModelList, "serialization"),
         (ErrorBody, "serialization"),
     ]
@@ -62,7 +71,7 @@ def _responses(ok: str, *, streams: bool) -> dict[str, Any]:
     return responses
 
 
-def _post(request: str, ok: str, summary: str) -> dict[str, Any]:
+def _post(request: str, ok: str, summary: str, *, streams: bool = True) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
@@ -72,7 +81,7 @@ def _post(request: str, ok: str, summary: str) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": _REF.format(model=request)}}},
             },
-            "responses": _responses(ok, streams=True),
+            "responses": _responses(ok, streams=streams),
         }
     }
 
@@ -84,6 +93,10 @@ def openai_paths() -> tuple[dict[str, Any], dict[str, Any]]:
             "ChatCompletionRequest", "ChatCompletion", "Chat completion (OpenAI)"
         ),
         "/v1/completions": _post("CompletionRequest", "TextCompletion", "Completion (OpenAI)"),
+        "/v1/responses": _post("ResponsesRequest", "ResponseObject", "Response (OpenAI)"),
+        "/v1/embeddings": _post(
+            "EmbeddingsRequest", "EmbeddingList", "Embeddings (OpenAI)", streams=False
+        ),
         "/v1/models": {
             "get": {
                 "summary": "Served models (OpenAI)",
