@@ -95,9 +95,12 @@ def _cluster_page(
     cfg = _clusters(request).cfg
     members = cluster.members
     with session_scope(state.engine) as session:
-        names = dict(
-            session.execute(select(Account.id, Account.name).where(Account.id.in_(members)))
-        )
+        names: dict[str, str | None] = {
+            a: name
+            for a, name in session.execute(
+                select(Account.id, Account.name).where(Account.id.in_(members))
+            )
+        }
         traffic = {
             a: (int(n), first, last)
             for a, n, first, last in session.execute(
