@@ -22,8 +22,9 @@ import math
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.engine import Engine
@@ -95,12 +96,12 @@ class Snapshot:
         return next((c for c in self.clusters if c.cluster_id == cluster_id), None)
 
 
-def _top(rows: Iterable[tuple[str, str, int]], cap: int) -> dict[str, frozenset[str]]:
+def _top(rows: Iterable[Sequence[Any]], cap: int) -> dict[str, frozenset[str]]:
     """(account, key, count) rows -> each account's ``cap`` most used keys."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for account_id, key, n in rows:
         if account_id and key:
-            counts[account_id][key] += int(n)
+            counts[str(account_id)][str(key)] += int(n)
     return {a: frozenset(k for k, _ in c.most_common(cap)) for a, c in counts.items()}
 
 
@@ -116,8 +117,8 @@ def link_keys_from_log(
     """Every account active since ``since``: its link keys, and its first request's time."""
     window = [Exchange.ts >= since, Exchange.account_id.is_not(None)]
     n = func.count()
-    first = {
-        a: float(t)
+    first: dict[str, float] = {
+        str(a): float(t)
         for a, t in session.execute(
             select(Exchange.account_id, func.min(Exchange.ts))
             .where(*window)
@@ -144,12 +145,12 @@ def link_keys_from_log(
         ),
         cfg.max_keys,
     )
-    logged_payments = session.execute(
+    logged_payments: list[Sequence[Any]] = session.execute(
         select(Exchange.account_id, Exchange.payment_fingerprint, n)
         .where(*window, Exchange.payment_fingerprint.is_not(None))
         .group_by(Exchange.account_id, Exchange.payment_fingerprint)
-    ).all()
-    accounts = {
+    ).all()  # type: ignore[assignment]
+    accounts: dict[str, tuple[str | None, float | None]] = {
         a: (p, created)
         for a, p, created in session.execute(
             select(Account.id, Account.payment_fingerprint, Account.created_at)
@@ -163,7 +164,7 @@ def link_keys_from_log(
     keys = {}
     for a in first:
         created = accounts.get(a, (None, None))[1]
-        burst = frozenset()
+        burst: frozenset[str] = frozenset()
         if created is not None and (first[a] - created) / 86_400.0 <= young:
             burst = frozenset({f"day:{int(created // 86_400)}"})
         keys[a] = LinkKeys(
@@ -176,7 +177,7 @@ def link_keys_from_log(
     return keys, first
 
 
-def _timing(session: Session, window: list, cfg: ClusterConfig) -> dict[str, tuple[int, ...]]:
+def _timing(session: Session, window: list[Any], cfg: ClusterConfig) -> dict[str, tuple[int, ...]]:
     """Each account's bottom-k MinHash of its active 5 s buckets (None-free: accounts active
     in fewer than ``min_sync_buckets`` buckets have no timing signature)."""
     sig = cfg.signals
@@ -189,7 +190,7 @@ def _timing(session: Session, window: list, cfg: ClusterConfig) -> dict[str, tup
     hashes: dict[str, list[int]] = defaultdict(list)
     query = select(Exchange.account_id, bucket).where(*window).group_by(Exchange.account_id, bucket)
     for a, b in session.execute(query):
-        hashes[a].append(hasher.hash(int(b)))
+        hashes[str(a)].append(hasher.hash(int(b)))
     out = {}
     for a, values in hashes.items():
         if len(values) >= cfg.links.min_sync_buckets:

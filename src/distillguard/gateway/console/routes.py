@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.from_thread
@@ -23,7 +24,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
 from distillguard.errors import DistillGuardError, InputError
-from distillguard.gateway.console import charts, queries
+from distillguard.gateway.console import charts, queries, reports
 from distillguard.gateway.console.clusters import KIND_WORDS, ClusterCache, ClusterConfig, Snapshot
 from distillguard.gateway.console.session import (
     COOKIE_NAME,
@@ -543,10 +544,10 @@ MAX_EVIDENCE_CHARS = 200_000
 
 def render_evidence(request: Request, **context: Any) -> HTMLResponse:
     """The evidence page: the watermark test's form (and result) above the reports list."""
-    from distillguard.gateway.console.pages_reports import list_reports  # routes it adds
-
-    folder, reports = list_reports(request)
-    return render(request, "evidence.html", reports=reports, reports_dir=folder, **context)
+    settings = _state(request).settings
+    folder = Path(settings.resolved_reports_dir)
+    found = reports.list_reports(folder, reports.trusted_key(settings.evidence_signing_key_file))
+    return render(request, "evidence.html", reports=found, reports_dir=folder, **context)
 
 
 @router.get("/evidence")
