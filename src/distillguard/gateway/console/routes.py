@@ -50,7 +50,15 @@ TEMPLATES.filters["utc"] = lambda ts: (
     "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 )
 STATIC_TYPES = {".css": "text/css; charset=utf-8"}
-WINDOWS_H = (1, 6, 24, 168)  # the overview's time windows (hours)
+# The overview's windows (hours) and bars per window: whole minutes per bar, so the charts
+# read the per-minute rollup (1 h: 1 min bars, 6 h: 5 min, 24 h: 30 min, 7 d: 2 h).
+BARS = {1: 60, 6: 72, 24: 48, 168: 84}
+WINDOWS_H = tuple(BARS)
+
+
+def minute_end(ts: float | None) -> float:
+    """The minute boundary at or after ``ts`` (now without one): where a chart ends."""
+    return math.ceil((time.time() if ts is None else ts) / 60.0) * 60.0
 
 
 @dataclass(frozen=True)
@@ -302,8 +310,10 @@ def overview(request: Request, hours: Annotated[int, Query()] = 24) -> HTMLRespo
         raise InputError(f"the window must be one of {WINDOWS_H} hours, got {hours}")
     state = _state(request)
     with session_scope(state.engine) as session:
-        end = queries.latest_ts(session) or time.time()
-        series = queries.traffic_series(session, end=end, span_s=hours * 3600.0)
+        end = minute_end(queries.latest_ts(session))
+        series = queries.traffic_series(
+            session, end=end, span_s=hours * 3600.0, num_buckets=BARS[hours]
+        )
         top = queries.top_accounts(session, since=series.start)
         acted = queries.acted_on(session)
         recent = queries.recent_actions(session, limit=15)
@@ -374,7 +384,7 @@ def _account_page(
     with session_scope(state.engine) as session:
         row = _load_account(session, account)
         info = store_accounts.get_account(session, account=row.id)
-        end = queries.latest_ts(session, row.id) or time.time()
+        end = minute_end(queries.latest_ts(session, row.id))
         series = queries.traffic_series(session, end=end, span_s=24 * 3600.0, account_id=row.id)
         prompts = queries.account_prompts(
             session, account_id=row.id, limit=size + 1, offset=page * size
