@@ -60,7 +60,9 @@ KIND_WORDS = {  # how each kind of link reads on the page
 @dataclass(frozen=True)
 class ClusterConfig:
     window_s: float = 7 * 86_400.0  # log span linked, up to the latest request: a campaign week
-    ttl_s: float = 120.0  # a snapshot's lifetime: clusters move over hours, not seconds
+    # A snapshot's lifetime: clusters move over hours, and a computation over a large log
+    # costs seconds to minutes of one core in the gateway process (see docs/benchmarks.md).
+    ttl_s: float = 600.0
     max_keys: int = 8  # keys of each kind kept per account, as the monitor's sketch keeps
     template_prompts: int = 200  # latest prompts per member read for the template links
     signals: SignalConfig = field(default_factory=SignalConfig)  # buckets, MinHash, shingles

@@ -280,13 +280,10 @@ def linked_accounts(
         if ip:
             used[ip_prefix(ip)] = used.get(ip_prefix(ip), 0) + 1
     prefixes = sorted(used, key=lambda p: -used[p])[:max_prefixes]
-    if prefixes:
+    for prefix in prefixes:  # one index range each (an OR of ranges is a scan on SQLite)
         shared = (
             select(Exchange.account_id, func.min(Exchange.ip))
-            .where(
-                Exchange.account_id != account.id,
-                or_(*(ip_startswith(p) for p in prefixes)),
-            )
+            .where(ip_startswith(prefix), Exchange.account_id != account.id)
             .group_by(Exchange.account_id)
             .limit(limit)
             .subquery()
