@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from distillguard.gateway.console import pages_clusters, pages_reports  # noqa: F401 (routes)
+from distillguard.gateway.console import pages_clusters, pages_evidence  # noqa: F401 (routes)
 from distillguard.gateway.console.clusters import ClusterCache
 from distillguard.gateway.console.routes import ConsoleConfig, router
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.from_thread
@@ -24,7 +23,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
 from distillguard.errors import DistillGuardError, InputError
-from distillguard.gateway.console import charts, queries, reports
+from distillguard.gateway.console import charts, queries
 from distillguard.gateway.console.clusters import KIND_WORDS, ClusterCache, ClusterConfig, Snapshot
 from distillguard.gateway.console.session import (
     COOKIE_NAME,
@@ -544,76 +543,6 @@ def extend_action(
     log.info("console: extend action %d by %d days (%s)", action_id, days, reason.strip())
     return RedirectResponse(
         f"/console/accounts/{action.account_id}?notice=extended", status_code=303
-    )
-
-
-# --- evidence ------------------------------------------------------------------------------
-
-MAX_EVIDENCE_CHARS = 200_000
-
-
-def render_evidence(request: Request, **context: Any) -> HTMLResponse:
-    """The evidence page: the watermark test's form (and result) above the reports list."""
-    settings = _state(request).settings
-    folder = Path(settings.resolved_reports_dir)
-    found = reports.list_reports(folder, reports.trusted_key(settings.evidence_signing_key_file))
-    return render(request, "evidence.html", reports=found, reports_dir=folder, **context)
-
-
-@router.get("/evidence")
-def evidence_form(request: Request) -> HTMLResponse:
-    require_session(request)
-    return render_evidence(request, result=None, text="")
-
-
-@router.post("/evidence")
-def evidence(
-    request: Request, csrf: Annotated[str, Form()] = "", text: Annotated[str, Form()] = ""
-) -> HTMLResponse:
-    require_csrf(request, csrf)
-    if not text.strip():
-        return render_evidence(
-            request,
-            status=400,
-            result=None,
-            text=text,
-            error="Paste the text to test.",
-        )
-    if len(text) > MAX_EVIDENCE_CHARS:
-        return render_evidence(
-            request,
-            status=413,
-            result=None,
-            text="",
-            error=f"The text is too long ({len(text)} characters; {MAX_EVIDENCE_CHARS} at most).",
-        )
-    from distillguard.gateway.routes_watermark import _detectors
-
-    state = _state(request)
-    with session_scope(state.engine) as session:
-        account_ids = [a.id for a in store_accounts.list_accounts(session)][:10_000]
-    try:
-        detector = _detectors(request).get(state, None, None)
-        result = detector.detect_batch([text], accounts=account_ids)[0]
-    except DistillGuardError as exc:
-        return render_evidence(
-            request,
-            status=exc.status_code,
-            result=None,
-            text=text,
-            error=f"Detection could not run: {exc.message}",
-        )
-    if isinstance(result, DistillGuardError):
-        return render_evidence(request, status=400, result=None, text=text, error=result.message)
-    alpha = _config(request).significance
-    named = [m for m in result.accounts if m.p_value_corrected < alpha]
-    return render_evidence(
-        request,
-        result=result,
-        significant=result.p_value < alpha,
-        alpha=alpha,
-        named=named,
-        text=text,
     )
 
 
