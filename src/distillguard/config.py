@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # ed25519 private key (PEM, from `distillguard prove keygen`) that signs evidence reports;
     # a path, not the key, so the key never sits in an environment dump.
     evidence_signing_key_file: Path | None = None
+    # Where evidence reports (`prove report`: HTML + signed JSON) are kept; the console lists
+    # and serves them. None: {home}/reports.
+    reports_dir: Path | None = None
 
     # --- enforcement and the admin API ------------------------------------------------------
     # How often each replica re-reads the active enforcement actions from the database: the
@@ -169,6 +172,10 @@ class Settings(BaseSettings):
             return self.database_url
         self.home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.home / 'distillguard.db'}"
+
+    @property
+    def resolved_reports_dir(self) -> Path:
+        return self.reports_dir or self.home / "reports"
 
     def require_data_dir(self) -> Path:
         if self.data_dir is None:

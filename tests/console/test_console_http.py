@@ -135,16 +135,50 @@ def test_clear_messages_for_bad_input(gateway):
     assert "Nothing matches zz&lt;b&gt;." in nothing.text
 
 
-def test_failed_logins_are_rate_limited_per_ip(gateway_server):
-    base, token = gateway_server()
-    for _ in range(5):
-        response = httpx.post(f"{base}/console/login", data={"token": "wrong"})
-        assert response.status_code == 401
-        assert "Wrong admin token." in response.text
-    blocked = httpx.post(f"{base}/console/login", data={"token": token})
-    assert blocked.status_code == 429
-    assert int(blocked.headers["retry-after"]) > 0
-    assert "Too many failed sign-ins" in blocked.text
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _redis_or_skip() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except Exception as exc:
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+
+
+def test_failed_sign_ins_share_one_budget_across_replicas(gateway_server):
+    """Failures on one replica count on the other (Redis), and /console and /admin share the
+    admin credential's budget: a guesser gets one budget, not one per door and process."""
+    _redis_or_skip()
+    rng = secrets.SystemRandom()  # an address no earlier run used (the window is shared)
+    ip = f"127.{rng.randint(1, 254)}.{rng.randint(1, 254)}.{rng.randint(2, 254)}"
+    settings = {
+        "online_monitor": "false",
+        "redis_url": REDIS_URL,
+        "admin_login_max_failures": 3,
+        "admin_login_window_s": 600,
+    }
+    first, second = gateway_server(**settings), gateway_server(**settings)
+    transport = httpx.HTTPTransport(local_address=ip)
+    with httpx.Client(transport=transport) as client:
+        for gw in (first, second):
+            response = client.post(f"{gw.base_url}/console/login", data={"token": "wrong"})
+            assert response.status_code == 401 and "Wrong admin token." in response.text
+        admin = client.get(
+            f"{first.base_url}/admin/accounts", headers={"Authorization": "Bearer guess"}
+        )
+        assert admin.status_code == 403  # the third failure, through the admin API
+        for gw in (first, second):
+            blocked = client.post(f"{gw.base_url}/console/login", data={"token": gw.admin_token})
+            assert blocked.status_code == 429, gw.base_url
+            assert int(blocked.headers["retry-after"]) > 0
+            assert "Too many failed sign-ins" in blocked.text
+    # Another address is not affected.
+    assert (
+        httpx.post(f"{first.base_url}/console/login", data={"token": first.admin_token}).status_code
+        == 303
+    )
 
 
 def test_session_cookie_expires_and_is_bound_to_the_admin_token():

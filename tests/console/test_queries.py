@@ -92,30 +92,31 @@ def test_paging_links_and_search(log):
         assert queries.search(session, "%") == [] and queries.search(session, "  ") == []
 
 
-def test_largest_clusters_group_the_monitors_flags():
-    from distillguard.gateway.console.routes import largest_clusters
-
-    flags = [
-        {
-            "account_id": "a",
-            "score": 0.9,
-            "cluster_id": "c1",
-            "cluster_size": 3,
-            "evidence": ["shared /24 10.0.0"],
-        },
-        {
-            "account_id": "b",
-            "score": 0.7,
-            "cluster_id": "c1",
-            "cluster_size": 3,
-            "evidence": ["same template"],
-        },
-        {"account_id": "d", "score": 0.95, "cluster_id": "c2", "cluster_size": 2, "evidence": []},
-        {"account_id": "e", "score": 0.99, "cluster_id": "e", "cluster_size": 1},
-    ]
-    clusters = largest_clusters(flags)
-    assert [(c.cluster_id, c.size, c.flagged, c.score) for c in clusters] == [
-        ("c1", 3, ("a", "b"), 0.9),
-        ("c2", 2, ("d",), 0.95),
-    ]
-    assert clusters[0].evidence == ("same template", "shared /24 10.0.0")
+def test_the_rollups_match_the_log_they_summarise(log):
+    """The trigger-kept minute and hour rollups (0006) give the charts and the busiest
+    accounts exactly what the exchanges give, on minute-aligned windows."""
+    engine, ids = log
+    more = [_row(300 + i, 1000.0 + i * 7.5, None, "10.9.9.9", "x") for i in range(40)]
+    with engine.begin() as conn:  # unauthenticated traffic: in the totals only
+        conn.execute(insert(Exchange), more)
+    with session_scope(engine) as session:
+        for account in (None, "alpha", "gamma"):
+            account_id = ids[account] if account else None
+            # 960..1560 in 10 bars of one minute: read from traffic_minutes
+            fast = queries.traffic_series(
+                session, end=1560.0, span_s=600.0, num_buckets=10, account_id=account_id
+            )
+            # the same window in 20 bars of 30 s: read from the exchanges, then paired up
+            exact = queries.traffic_series(
+                session, end=1560.0, span_s=600.0, num_buckets=20, account_id=account_id
+            )
+            pairs = zip(exact.buckets[::2], exact.buckets[1::2], strict=True)
+            assert [b.requests for b in fast.buckets] == [a.requests + b.requests for a, b in pairs]
+            assert fast.total_tokens == exact.total_tokens and fast.total_requests > 0
+        all_traffic = queries.traffic_series(session, end=1560.0, span_s=600.0, num_buckets=10)
+        assert all_traffic.total_requests == 30 + 3 + 1 + 40
+        top = queries.top_accounts(session, since=0.0)
+        assert [(t.name, t.requests) for t in top] == [("alpha", 30), ("gamma", 3), ("beta", 1)]
+        # an IP prefix is a range on the (ip, account_id) index, not a LIKE over the log
+        assert [h.name for h in queries.search(session, "10.0.0.")] == ["alpha", "gamma"]
+        assert queries.search(session, "10.0.0.10") == []

@@ -21,6 +21,7 @@ from distillguard.store.db import (
 from distillguard.store.schema import Base
 
 TABLES = {"accounts", "api_keys", "exchanges", "actions", "audit_events"}
+TABLES |= {"traffic_minutes", "traffic_hours"}  # 0006: the console's rollups
 # spec/traffic-log.md §1 fields, plus the serving details the gateway records.
 EXCHANGE_COLUMNS = {
     "id",

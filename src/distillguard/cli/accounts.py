@@ -38,7 +38,7 @@ log_app = typer.Typer(
 )
 db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
 actions_app = typer.Typer(
-    help="Enforcement actions: apply or lift with a reason, list, and the audit log.",
+    help="Enforcement actions: apply, extend or lift with a reason, list, and the audit log.",
     no_args_is_help=True,
 )
 
@@ -430,6 +430,28 @@ def actions_lift(
         record = lift_action(session, action_id=action_id, reason=reason, actor=_actor())
     console.print(
         f"lifted action {record.id} ({record.action} on {record.account_id})", markup=False
+    )
+
+
+@actions_app.command("extend")
+def actions_extend(
+    action_id: Annotated[int, typer.Argument(help="The action's id (see `actions list`).")],
+    ttl_s: Annotated[float, typer.Option(help="New lifetime in seconds, counted from now.")],
+    reason: Annotated[str, typer.Option(help="Why (required; kept in the audit log).")],
+    db: DbOption = None,
+) -> None:
+    """Give an active action a new expiry (from now), with a reason."""
+    from distillguard.store import session_scope
+    from distillguard.store.actions import extend_action
+
+    with session_scope(_open(db)) as session:
+        record = extend_action(
+            session, action_id=action_id, ttl_s=ttl_s, reason=reason, actor=_actor()
+        )
+    expires = datetime.fromtimestamp(record.expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    console.print(
+        f"extended action {record.id} ({record.action} on {record.account_id}) to {expires}",
+        markup=False,
     )
 
 

@@ -71,6 +71,12 @@ class Lift(BaseModel):
     reason: str
 
 
+class Extend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl_s: float  # the new lifetime, counted from now
+    reason: str
+
+
 def _engine(request: Request):
     return request.app.state.gateway.engine
 
@@ -235,6 +241,31 @@ async def lift_action(
         with session_scope(_engine(request)) as session:
             return store_actions.lift_action(
                 session, action_id=action_id, reason=body.reason, actor=admin.actor
+            )
+
+    record = await asyncio.to_thread(work)
+    await request.app.state.gateway.enforcement.publish_change()
+    return record.as_dict(time.time())
+
+
+@router.post("/actions/{action_id}/extend")
+async def extend_action(
+    action_id: Annotated[int, Path(ge=1, le=store_actions.MAX_ACTION_ID)],
+    body: Extend,
+    request: Request,
+    admin: AdminAuth,
+) -> dict[str, Any]:
+    """Give an active action a new expiry, ``ttl_s`` from now, with a reason (400 ttl_s not
+    in (0, a year], 404 unknown, 409 lifted or expired)."""
+
+    def work() -> store_actions.ActionRecord:
+        with session_scope(_engine(request)) as session:
+            return store_actions.extend_action(
+                session,
+                action_id=action_id,
+                ttl_s=body.ttl_s,
+                reason=body.reason,
+                actor=admin.actor,
             )
 
     record = await asyncio.to_thread(work)

@@ -285,6 +285,54 @@ def lift_action(
     return _record(row)
 
 
+def extend_action(
+    session: Session,
+    *,
+    action_id: int,
+    ttl_s: float,
+    reason: str,
+    actor: str,
+    now: float | None = None,
+) -> ActionRecord:
+    """Give an active action a new expiry, ``ttl_s`` seconds from now (sooner or later than
+    the old one), audited with the old and new expiry. NotFound: no such action; Conflict:
+    lifted or expired (an ended action is applied anew, not revived)."""
+    reason = check_reason(reason)
+    ttl = check_ttl(ttl_s)
+    actor = _check_actor(actor)
+    ts = time.time() if now is None else now
+    if isinstance(action_id, bool) or not isinstance(action_id, int):
+        raise NotFound(f"no action with id {action_id!r}", param="action_id")
+    if not 1 <= action_id <= MAX_ACTION_ID:
+        raise NotFound(f"no action with id {action_id!r}", param="action_id")
+    row = session.scalar(select(Action).where(Action.id == action_id).with_for_update())
+    if row is None:
+        raise NotFound(f"no action with id {action_id}", param="action_id")
+    if row.lifted_at is not None:
+        raise Conflict(f"action {action_id} was lifted: apply a new one", code="already_lifted")
+    if row.expires_at <= ts:
+        raise Conflict(f"action {action_id} has expired: apply a new one", code="expired")
+    old = row.expires_at
+    row.expires_at = ts + ttl
+    session.flush()
+    record_audit(
+        session,
+        actor=actor,
+        event="action.extend",
+        account_id=row.account_id,
+        target=str(row.id),
+        reason=reason,
+        details={
+            "action": row.action,
+            "ttl_s": ttl,
+            "old_expires_at": old,
+            "expires_at": row.expires_at,
+        },
+        now=ts,
+    )
+    return _record(row)
+
+
 # --- reading ------------------------------------------------------------------------------
 
 

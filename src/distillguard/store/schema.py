@@ -96,6 +96,7 @@ class Exchange(Base):
     __table_args__ = (
         Index("ix_exchanges_account_id_ts", "account_id", "ts"),
         Index("ix_exchanges_ts", "ts"),
+        Index("ix_exchanges_ip_account", "ip", "account_id"),  # IP-prefix ranges (0006)
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -175,3 +176,29 @@ class AuditEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
     ip: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- traffic rollups (migration 0006): kept by a trigger on every insert into exchanges ---
+
+
+class TrafficMinute(Base):
+    """Requests and tokens per account and minute; account ``*`` is all traffic (the
+    unauthenticated included). Read by the console's charts; written only by the trigger."""
+
+    __tablename__ = "traffic_minutes"
+
+    account_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # floor(ts / 60)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class TrafficHour(Base):
+    """Requests and tokens per hour and account: the console's busiest accounts of a window."""
+
+    __tablename__ = "traffic_hours"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # floor(ts / 3600)
+    account_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)

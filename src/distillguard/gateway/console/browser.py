@@ -84,25 +84,47 @@ def full_page_png(driver: Any) -> bytes:
     return base64.b64decode(shot["data"])
 
 
+def wait_for_clusters(driver: Any, base_url: str, timeout: float = 120.0) -> None:
+    """Reload the overview until its clusters are linked (the first computation after a
+    gateway starts runs in the background)."""
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    def ready(d: Any) -> bool:
+        d.get(f"{base_url}/console")
+        return "Clusters are being linked" not in d.page_source
+
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(ready)
+
+
 def save_screenshots(
     base_url: str, token: str, out_dir: Path, *, account: str | None = None
 ) -> list[Path]:
-    """One PNG per page (overview, account, evidence, search) under ``out_dir``."""
+    """One PNG per page under ``out_dir``: overview, account, the account's cluster (when it
+    is in one), search, evidence."""
+    from selenium.webdriver.common.by import By
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    pages = [("overview", "/console")]
-    if account:
-        pages += [("account", f"/console/accounts/{account}?show=1")]
-        pages += [("search", f"/console/search?q={account}")]
-    pages += [("evidence", "/console/evidence")]
     driver = chromium_driver()
     saved = []
+
+    def shoot(name: str, path: str | None = None) -> None:
+        if path is not None:
+            driver.get(base_url + path)
+        target = out_dir / f"console-{name}.png"
+        target.write_bytes(full_page_png(driver))
+        saved.append(target)
+
     try:
         sign_in(driver, base_url, token)
-        for name, path in pages:
-            driver.get(base_url + path)
-            target = out_dir / f"console-{name}.png"
-            target.write_bytes(full_page_png(driver))
-            saved.append(target)
+        wait_for_clusters(driver, base_url)
+        shoot("overview")
+        if account:
+            shoot("account", f"/console/accounts/{account}?show=1")
+            links = driver.find_elements(By.ID, "cluster-link")
+            if links:
+                shoot("cluster", links[0].get_attribute("pathname"))
+            shoot("search", f"/console/search?q={account}")
+        shoot("evidence", "/console/evidence")
     finally:
         driver.quit()
     return saved

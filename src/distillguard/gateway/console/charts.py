@@ -6,6 +6,7 @@ browser that a pasted prompt could reach.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,3 +87,71 @@ def bar_chart(
         for i in range(0, len(starts), max(1, len(starts) // 4))
     )
     return BarChart(title, style.width, style.height, bars, y_labels, x_labels, _short(sum(values)))
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    key: str  # account id
+    label: str  # account name (or id)
+    x: float
+    y: float
+    marked: bool  # an action stands on it
+
+
+@dataclass(frozen=True)
+class GraphLine:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    kind: str  # the link kind this stroke draws (one stroke per kind, side by side)
+    title: str  # tooltip: the pair and every kind it shares
+
+
+@dataclass(frozen=True)
+class Graph:
+    size: int  # px, square
+    nodes: tuple[GraphNode, ...]
+    lines: tuple[GraphLine, ...]
+
+
+def network_graph(
+    nodes: Sequence[tuple[str, str, bool]],  # (N,) (id, label, marked)
+    edges: Sequence[tuple[str, str, tuple[str, ...], str]],  # (E,) (a, b, kinds, tooltip)
+    size: int = 560,
+    gap: float = 3.0,  # px between the parallel strokes of a pair sharing several kinds
+) -> Graph:
+    """Members on a circle (sorted, so a cluster always draws the same), one straight stroke
+    per kind of link between two members, offset side by side so each kind stays visible."""
+    centre, radius = size / 2, size / 2 - 70  # room for the labels outside the circle
+    n = max(1, len(nodes))
+    placed = {
+        key: GraphNode(
+            key,
+            label,
+            centre + radius * math.cos(2 * math.pi * i / n - math.pi / 2),
+            centre + radius * math.sin(2 * math.pi * i / n - math.pi / 2),
+            marked,
+        )
+        for i, (key, label, marked) in enumerate(nodes)
+    }
+    lines = []
+    for a, b, kinds, title in edges:
+        if a not in placed or b not in placed:
+            continue
+        pa, pb = placed[a], placed[b]
+        length = math.hypot(pb.x - pa.x, pb.y - pa.y) or 1.0
+        nx, ny = -(pb.y - pa.y) / length, (pb.x - pa.x) / length  # unit normal
+        for j, kind in enumerate(kinds):
+            shift = (j - (len(kinds) - 1) / 2) * gap
+            lines.append(
+                GraphLine(
+                    pa.x + nx * shift,
+                    pa.y + ny * shift,
+                    pb.x + nx * shift,
+                    pb.y + ny * shift,
+                    kind,
+                    title,
+                )
+            )
+    return Graph(size, tuple(placed.values()), tuple(lines))

@@ -13,9 +13,10 @@ from typing import Any
 from sqlalchemy import Integer, cast, func, or_, select
 from sqlalchemy.orm import Session
 
-from distillguard.store.schema import Account, Action, ApiKey, Exchange
+from distillguard.store.schema import Account, Action, ApiKey, Exchange, TrafficHour, TrafficMinute
 
 ENDED_ACTIONS = ("allow", "reinstate")  # an account whose latest action is one of these is clear
+ALL_TRAFFIC = "*"  # traffic_minutes' account id for all traffic (migration 0006)
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,18 @@ def traffic_series(
     num_buckets: int = 48,
     account_id: str | None = None,
 ) -> Series:
-    """Requests and tokens per interval over ``[end - span_s, end]``: two GROUP BY queries.
+    """Requests and tokens per interval over ``[end - span_s, end]``.
 
-    Requests come from an index alone (ts, or account_id+ts). Tokens need the rows: when the
-    window holds most of the log, one sequential scan beats an index walk that fetches every
-    row at random (3-4x on SQLite, measured), so the index is then bypassed (``ts + 0``)."""
+    When the intervals are whole minutes on minute boundaries (the console's windows), the
+    sums come from the per-minute rollup (``traffic_minutes``: one row per minute for all
+    traffic, one per account and minute), whatever the size of the log. Otherwise from the
+    exchanges themselves, two GROUP BY queries (requests from the ts index; tokens need the
+    rows: when the window holds most of the log one sequential scan beats an index walk that
+    fetches every row at random, so the index is then bypassed with ``ts + 0``)."""
     start = end - span_s
     width = span_s / num_buckets
+    if width % 60 == 0 and start % 60 == 0:
+        return _series_from_rollup(session, start, width, num_buckets, account_id)
     index = _bucket_index(session, start, width).label("bucket")
     where = [Exchange.ts >= start, Exchange.ts <= end]
     if account_id is not None:
@@ -118,7 +124,13 @@ def traffic_series(
         )
         query = select(index, used).where(*where).group_by(index)
         tokens = {int(i): int(t or 0) for i, t in session.execute(query)}
-    for counts in (requests, tokens):  # ts == end belongs to the last interval
+    return _series(start, width, num_buckets, requests, tokens)
+
+
+def _series(
+    start: float, width: float, num_buckets: int, requests: dict[int, int], tokens: dict[int, int]
+) -> Series:
+    for counts in (requests, tokens):  # the end itself belongs to the last interval
         counts[num_buckets - 1] = counts.get(num_buckets - 1, 0) + counts.pop(num_buckets, 0)
     return Series(
         start=start,
@@ -130,13 +142,33 @@ def traffic_series(
     )
 
 
+def _series_from_rollup(
+    session: Session, start: float, width: float, num_buckets: int, account_id: str | None
+) -> Series:
+    """Minute rows of the window (at most one per minute): binned in Python."""
+    first, per = int(start // 60), int(width // 60)
+    query = select(TrafficMinute.minute, TrafficMinute.requests, TrafficMinute.tokens).where(
+        TrafficMinute.account_id == (account_id if account_id is not None else ALL_TRAFFIC),
+        TrafficMinute.minute >= first,
+        TrafficMinute.minute <= first + num_buckets * per,
+    )
+    requests: dict[int, int] = {}
+    tokens: dict[int, int] = {}
+    for minute, n, used in session.execute(query):
+        i = (int(minute) - first) // per
+        requests[i] = requests.get(i, 0) + int(n)
+        tokens[i] = tokens.get(i, 0) + int(used)
+    return _series(start, width, num_buckets, requests, tokens)
+
+
 def top_accounts(session: Session, *, since: float, limit: int = 10) -> list[AccountCount]:
-    n = func.count().label("n")
+    """The busiest accounts since the whole hour ``since`` falls in (the hourly rollup)."""
+    n = func.sum(TrafficHour.requests).label("n")
     query = (
-        select(Exchange.account_id, Account.name, n)
-        .join(Account, Account.id == Exchange.account_id)
-        .where(Exchange.ts >= since)
-        .group_by(Exchange.account_id, Account.name)
+        select(TrafficHour.account_id, Account.name, n)
+        .join(Account, Account.id == TrafficHour.account_id)
+        .where(TrafficHour.hour >= int(since // 3600))
+        .group_by(TrafficHour.account_id, Account.name)
         .order_by(n.desc())
         .limit(limit)
     )
@@ -213,6 +245,18 @@ def ip_prefix(ip: str) -> str:
     return ".".join(ip.split(".")[:3]) + "."
 
 
+def ip_startswith(prefix: str) -> Any:
+    """``ip`` starts with ``prefix``: a range an index on ``ip`` answers on SQLite and
+    PostgreSQL alike (prefix <= ip < prefix'; LIKE alone needs a special index collation),
+    and the LIKE itself, so a database collation that is not byte order stays correct."""
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return (
+        (Exchange.ip >= prefix)
+        & (Exchange.ip < upper)
+        & Exchange.ip.startswith(prefix, autoescape=True)
+    )
+
+
 def linked_accounts(
     session: Session, *, account: Account, max_prefixes: int = 5, limit: int = 50
 ) -> list[LinkedAccount]:
@@ -236,13 +280,10 @@ def linked_accounts(
         if ip:
             used[ip_prefix(ip)] = used.get(ip_prefix(ip), 0) + 1
     prefixes = sorted(used, key=lambda p: -used[p])[:max_prefixes]
-    if prefixes:
+    for prefix in prefixes:  # one index range each (an OR of ranges is a scan on SQLite)
         shared = (
             select(Exchange.account_id, func.min(Exchange.ip))
-            .where(
-                Exchange.account_id != account.id,
-                or_(*(Exchange.ip.startswith(p, autoescape=True) for p in prefixes)),
-            )
+            .where(ip_startswith(prefix), Exchange.account_id != account.id)
             .group_by(Exchange.account_id)
             .limit(limit)
             .subquery()
@@ -287,7 +328,7 @@ def search(session: Session, query: str, *, limit: int = 50) -> list[SearchHit]:
     if any(c.isdigit() for c in q) and all(c in "0123456789abcdefABCDEF.:" for c in q):
         seen = (
             select(Exchange.account_id, func.count().label("n"))
-            .where(Exchange.ip.startswith(q), Exchange.account_id.is_not(None))
+            .where(ip_startswith(q), Exchange.account_id.is_not(None))
             .group_by(Exchange.account_id)
             .order_by(func.count().desc())
             .limit(limit)

@@ -24,11 +24,10 @@ from sqlalchemy import select
 
 from distillguard.errors import DistillGuardError, InputError
 from distillguard.gateway.console import charts, queries
+from distillguard.gateway.console.clusters import KIND_WORDS, ClusterCache, ClusterConfig, Snapshot
 from distillguard.gateway.console.session import (
     COOKIE_NAME,
     ConsoleSession,
-    LoginGuard,
-    LoginLimits,
     SessionError,
     csrf_matches,
     issue,
@@ -50,7 +49,15 @@ TEMPLATES.filters["utc"] = lambda ts: (
     "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 )
 STATIC_TYPES = {".css": "text/css; charset=utf-8"}
-WINDOWS_H = (1, 6, 24, 168)  # the overview's time windows (hours)
+# The overview's windows (hours) and bars per window: whole minutes per bar, so the charts
+# read the per-minute rollup (1 h: 1 min bars, 6 h: 5 min, 24 h: 30 min, 7 d: 2 h).
+BARS = {1: 60, 6: 72, 24: 48, 168: 84}
+WINDOWS_H = tuple(BARS)
+
+
+def minute_end(ts: float | None) -> float:
+    """The minute boundary at or after ``ts`` (now without one): where a chart ends."""
+    return math.ceil((time.time() if ts is None else ts) / 60.0) * 60.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class ConsoleConfig:
     session_ttl_s: float = 8 * 3600.0  # one working day; after it the analyst signs in again
     page_size: int = 20  # prompts/actions per page: a screenful, and a cheap LIMIT query
     significance: float = 1e-3  # watermark p-value under which the evidence page names a match
-    login: LoginLimits = field(default_factory=LoginLimits)  # failed sign-ins per IP
+    clusters: ClusterConfig = field(default_factory=ClusterConfig)  # linking over the log
 
     def __post_init__(self) -> None:
         if self.session_ttl_s <= 0:
@@ -143,8 +150,8 @@ def _config(request: Request) -> ConsoleConfig:
     return request.app.state.console_config
 
 
-def _guard(request: Request) -> LoginGuard:
-    return request.app.state.console_login_guard
+def _clusters(request: Request) -> ClusterCache:
+    return request.app.state.console_clusters
 
 
 def _admin_token(request: Request) -> str:
@@ -190,12 +197,18 @@ def login_form(request: Request) -> HTMLResponse:
 
 
 @router.post("/login")
-def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
+async def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
+    """Sign in. Failures count against the admin credential's per-IP budget, the one the
+    admin API counts against (with Redis, across every replica): /console is not a second
+    door with a budget of its own. Async: the guard talks to Redis on the loop."""
     admin = _admin_token(request)
     ip = _client_ip(request)
-    guard = _guard(request)
-    wait = guard.retry_after(ip)
-    if wait > 0:
+    state = _state(request)
+    guard = state.login_guard
+    now = time.monotonic()
+    wait = await guard.retry_after(ip, now)
+    if wait is not None:
+        state.metrics.admin_logins.labels("rate_limited").inc()
         response = render(
             request,
             "login.html",
@@ -206,11 +219,12 @@ def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
         response.headers["Retry-After"] = str(math.ceil(wait))
         return response
     if not token or not token_matches(admin, token):
-        guard.failed(ip)
+        await guard.failed(ip, now)
+        state.metrics.admin_logins.labels("rejected").inc()
         log.warning("console: failed sign-in from %s", ip)
         return render(request, "login.html", status=401, csrf=None, error="Wrong admin token.")
-    guard.succeeded(ip)
     config = _config(request)
+    _clusters(request).get(state.engine, wait=False)  # the overview's clusters, computing
     cookie, _ = issue(admin, config.session_ttl_s)
     redirect = RedirectResponse("/console", status_code=303)
     redirect.set_cookie(
@@ -261,29 +275,31 @@ def _risk_bands(flags: list[dict[str, Any]]) -> list[tuple[str, int]]:
 @dataclass(frozen=True)
 class ClusterSummary:
     cluster_id: str
-    size: int  # members the monitor links together
-    flagged: tuple[str, ...]  # account ids of its members with a standing action
-    score: float  # the highest member score
-    evidence: tuple[str, ...]  # the links that tie it, in words
+    size: int  # members linked together
+    acted: tuple[str, ...]  # member ids with an action in force
+    p_value: float | None  # the coordination test's family-wise p-value (None: not tested)
+    evidence: tuple[str, ...]  # the kinds of link that tie it, in words
 
 
-def largest_clusters(flags: list[dict[str, Any]], limit: int = 5) -> list[ClusterSummary]:
-    """The monitor's clusters (more than one member), largest first."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for flag in flags:
-        if flag.get("cluster_id") and int(flag.get("cluster_size", 1)) > 1:
-            groups.setdefault(str(flag["cluster_id"]), []).append(flag)
-    clusters = [
-        ClusterSummary(
-            cluster_id=cid,
-            size=max(int(f.get("cluster_size", 1)) for f in members),
-            flagged=tuple(str(f["account_id"]) for f in members),
-            score=max(float(f.get("score", 0.0)) for f in members),
-            evidence=tuple(sorted({str(e) for f in members for e in f.get("evidence", [])}))[:6],
+def largest_clusters(
+    snapshot: Snapshot | None, acted: set[str], limit: int = 5
+) -> list[ClusterSummary] | None:
+    """The largest linked clusters of the log (None: the first computation is running)."""
+    if snapshot is None:
+        return None
+    out = []
+    for c in snapshot.clusters[:limit]:
+        test = snapshot.tests.get(c.cluster_id)
+        out.append(
+            ClusterSummary(
+                cluster_id=c.cluster_id,
+                size=len(c.members),
+                acted=tuple(m for m in c.members if m in acted),
+                p_value=None if test is None else test.p_value,
+                evidence=tuple(KIND_WORDS.get(k, k) for k in c.evidence),
+            )
         )
-        for cid, members in groups.items()
-    ]
-    return sorted(clusters, key=lambda c: (-c.size, -c.score))[:limit]
+    return out
 
 
 @router.get("")
@@ -293,8 +309,10 @@ def overview(request: Request, hours: Annotated[int, Query()] = 24) -> HTMLRespo
         raise InputError(f"the window must be one of {WINDOWS_H} hours, got {hours}")
     state = _state(request)
     with session_scope(state.engine) as session:
-        end = queries.latest_ts(session) or time.time()
-        series = queries.traffic_series(session, end=end, span_s=hours * 3600.0)
+        end = minute_end(queries.latest_ts(session))
+        series = queries.traffic_series(
+            session, end=end, span_s=hours * 3600.0, num_buckets=BARS[hours]
+        )
         top = queries.top_accounts(session, since=series.start)
         acted = queries.acted_on(session)
         recent = queries.recent_actions(session, limit=15)
@@ -317,7 +335,10 @@ def overview(request: Request, hours: Annotated[int, Query()] = 24) -> HTMLRespo
         recent=recent,
         flags=flags,
         risk_bands=_risk_bands(flags or []),
-        clusters=largest_clusters(flags or []),
+        clusters=largest_clusters(
+            _clusters(request).get(state.engine, wait=False),
+            {action.account_id for action, _ in acted},
+        ),
     )
 
 
@@ -333,7 +354,18 @@ def _load_account(session: Any, account: str) -> Account:
     return row
 
 
-NOTICES = {"applied": "Action applied.", "lifted": "Action lifted."}
+NOTICES = {"applied": "Action applied.", "lifted": "Action lifted.", "extended": "Action extended."}
+EXTEND_DAYS = (1, 7, 30, 90)  # the new lifetimes the account page offers, from now
+
+
+def cluster_of(request: Request, account_id: str) -> tuple[str, int] | None:
+    """(cluster id, size) of the account's cluster in the current snapshot, if any (never
+    waits: the account page must not pay for a first computation)."""
+    snapshot = _clusters(request).get(_state(request).engine, wait=False)
+    if snapshot is None or account_id not in snapshot.member_of:
+        return None
+    found = snapshot.cluster(snapshot.member_of[account_id])
+    return (found.cluster_id, len(found.members)) if found else None
 
 
 def _account_page(
@@ -351,7 +383,7 @@ def _account_page(
     with session_scope(state.engine) as session:
         row = _load_account(session, account)
         info = store_accounts.get_account(session, account=row.id)
-        end = queries.latest_ts(session, row.id) or time.time()
+        end = minute_end(queries.latest_ts(session, row.id))
         series = queries.traffic_series(session, end=end, span_s=24 * 3600.0, account_id=row.id)
         prompts = queries.account_prompts(
             session, account_id=row.id, limit=size + 1, offset=page * size
@@ -359,10 +391,8 @@ def _account_page(
         linked = queries.linked_accounts(session, account=row)
         actions = queries.recent_actions(session, account_id=row.id, limit=100)
         keys = store_accounts.list_keys(session, account=row.id)
-        blocked = any(
-            a.account_id == row.id and a.action == "block"
-            for a in store_actions.active_actions(session)
-        )
+        in_force = [a for a in store_actions.active_actions(session) if a.account_id == row.id]
+        blocked = any(a.action == "block" for a in in_force)
     flag = None
     if state.monitor is not None:
         flag = next((f for f in state.monitor.flags() if f.get("account_id") == row.id), None)
@@ -385,7 +415,10 @@ def _account_page(
         has_next=len(prompts) > size,
         show_prompts=show_prompts,
         linked=linked,
+        cluster=cluster_of(request, row.id),
         actions=actions,
+        in_force={a.id for a in in_force},
+        extend_days=EXTEND_DAYS,
         blocked=blocked,
         latest=latest,
         flag=flag,
@@ -475,71 +508,41 @@ def lift_action(
     return _change(request, account, csrf, reason, lift=True)
 
 
-# --- evidence ------------------------------------------------------------------------------
-
-MAX_EVIDENCE_CHARS = 200_000
-
-
-@router.get("/evidence")
-def evidence_form(request: Request) -> HTMLResponse:
-    require_session(request)
-    return render(request, "evidence.html", result=None, text="")
-
-
-@router.post("/evidence")
-def evidence(
-    request: Request, csrf: Annotated[str, Form()] = "", text: Annotated[str, Form()] = ""
-) -> HTMLResponse:
+@router.post("/actions/{action_id}/extend")
+def extend_action(
+    request: Request,
+    action_id: int,
+    csrf: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+    days: Annotated[int, Form()] = 0,
+) -> Response:
+    """A new expiry for an action in force, ``days`` from now, through ``store.actions``
+    (audited like apply and lift)."""
     require_csrf(request, csrf)
-    if not text.strip():
-        return render(
-            request,
-            "evidence.html",
-            status=400,
-            result=None,
-            text=text,
-            error="Paste the text to test.",
-        )
-    if len(text) > MAX_EVIDENCE_CHARS:
-        return render(
-            request,
-            "evidence.html",
-            status=413,
-            result=None,
-            text="",
-            error=f"The text is too long ({len(text)} characters; {MAX_EVIDENCE_CHARS} at most).",
-        )
-    from distillguard.gateway.routes_watermark import _detectors
-
     state = _state(request)
     with session_scope(state.engine) as session:
-        account_ids = [a.id for a in store_accounts.list_accounts(session)][:10_000]
-    try:
-        detector = _detectors(request).get(state, None, None)
-        result = detector.detect_batch([text], accounts=account_ids)[0]
-    except DistillGuardError as exc:
-        return render(
+        action = store_actions.get_action(session, action_id=action_id)  # NotFound: 404 page
+    if not reason.strip():
+        return _account_page(
             request,
-            "evidence.html",
-            status=exc.status_code,
-            result=None,
-            text=text,
-            error=f"Detection could not run: {exc.message}",
+            action.account_id,
+            error="A reason is required to extend an action: say why, for the audit.",
+            status=400,
         )
-    if isinstance(result, DistillGuardError):
-        return render(
-            request, "evidence.html", status=400, result=None, text=text, error=result.message
+    if days not in EXTEND_DAYS:
+        raise InputError(f"the new lifetime must be one of {EXTEND_DAYS} days, got {days}")
+    with session_scope(state.engine) as session:
+        store_actions.extend_action(
+            session,
+            action_id=action_id,
+            ttl_s=days * 86_400.0,
+            reason=reason,
+            actor=f"console:{_client_ip(request)}",
         )
-    alpha = _config(request).significance
-    named = [m for m in result.accounts if m.p_value_corrected < alpha]
-    return render(
-        request,
-        "evidence.html",
-        result=result,
-        significant=result.p_value < alpha,
-        alpha=alpha,
-        named=named,
-        text=text,
+    anyio.from_thread.run(state.enforcement.publish_change)
+    log.info("console: extend action %d by %d days (%s)", action_id, days, reason.strip())
+    return RedirectResponse(
+        f"/console/accounts/{action.account_id}?notice=extended", status_code=303
     )
 
 

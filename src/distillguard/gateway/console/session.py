@@ -1,10 +1,11 @@
-"""The console's session: a signed cookie, its CSRF token, and the login guard.
+"""The console's session: a signed cookie and its CSRF token.
 
 The cookie holds ``{"exp": ..., "csrf": ...}`` signed with HMAC-SHA256 under a key derived
 from the admin token, so every replica verifies it without shared state, and changing the
 admin token ends every session. The CSRF token lives inside the signed cookie and must come
 back in each state-changing form (the synchronizer-token pattern; SameSite=Strict is the
-second fence). Failed logins are counted per client IP in a sliding window.
+second fence). Failed sign-ins count against the admin credential's budget per client IP
+(``gateway.state.AdminLoginGuard``: shared by every replica through Redis when configured).
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 
 COOKIE_NAME = "dg_console"
@@ -88,50 +87,3 @@ def token_matches(admin_token: str, submitted: str) -> bool:
     return hmac.compare_digest(
         hashlib.sha256(admin_token.encode()).digest(), hashlib.sha256(submitted.encode()).digest()
     )
-
-
-@dataclass(frozen=True)
-class LoginLimits:
-    max_failures: int = 5  # wrong tokens per IP per window: a typo or two, not a guessing run
-    window_s: float = 300.0  # how long a failure counts against the IP
-
-    def __post_init__(self) -> None:
-        if self.max_failures < 1:
-            raise ValueError("max_failures must be >= 1")
-        if self.window_s <= 0:
-            raise ValueError("window_s must be > 0")
-
-
-class LoginGuard:
-    """Failed logins per client IP in a sliding window (this process's view)."""
-
-    def __init__(self, limits: LoginLimits | None = None) -> None:
-        self.limits = limits or LoginLimits()
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, ip: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(ip, deque())
-        while times and times[0] <= now - self.limits.window_s:
-            times.popleft()
-        return times
-
-    def retry_after(self, ip: str, now: float | None = None) -> float:
-        """Seconds until ``ip`` may try again; 0 when it may now."""
-        now = time.time() if now is None else now
-        with self._lock:
-            times = self._recent(ip, now)
-            if len(times) < self.limits.max_failures:
-                return 0.0
-            return max(0.0, times[0] + self.limits.window_s - now)
-
-    def failed(self, ip: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        with self._lock:
-            self._recent(ip, now).append(now)
-            if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
-                self._failures.pop(next(iter(self._failures)))
-
-    def succeeded(self, ip: str) -> None:
-        with self._lock:
-            self._failures.pop(ip, None)
