@@ -210,7 +210,7 @@ class Prevention:
                 return hook
             from distillguard.prevent.antidistill import AntidistillConfig, AntidistillHook
 
-            pair = self._pairs.get(params.epsilon)
+            pair: Any = self._pairs.get(params.epsilon)
             if pair is None:
                 heldout = await self._heldout_ids(backend)
                 pair = await asyncio.to_thread(self._build_pair, backend, heldout, params.epsilon)
@@ -270,7 +270,7 @@ def _read_texts(path: Path) -> list[str]:
 def prevention_of(state: GatewayState) -> Prevention:
     if state.prevention is None:
         state.prevention = Prevention(state.settings)
-    return state.prevention  # type: ignore[no-any-return]
+    return state.prevention
 
 
 # ---- the three calls of the route -----------------------------------------------------------

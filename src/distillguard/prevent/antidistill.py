@@ -80,7 +80,6 @@ def proxy_loss_gradient(proxy: Any, heldout_ids: Sequence[Sequence[int]]) -> lis
         raise ConfigError("antidistill needs held-out text of at least 2 tokens")
     params = [p for p in proxy.parameters()]
     grads = [torch.zeros_like(p) for p in params]
-    tokens = 0
     with torch.enable_grad(), torch.inference_mode(False):
         for ids in texts:
             x = torch.tensor([ids[: proxy.config.max_position_embeddings]], dtype=torch.long)
@@ -88,8 +87,7 @@ def proxy_loss_gradient(proxy: Any, heldout_ids: Sequence[Sequence[int]]) -> lis
             loss = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
             for acc, grad in zip(grads, torch.autograd.grad(loss, params), strict=True):
                 acc += grad
-            tokens += x.shape[1] - 1
-    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+    norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
     if not math.isfinite(norm) or norm == 0.0:
         raise ConfigError("the proxy's loss gradient on the held-out text is zero or not finite")
     return [g / norm for g in grads]
