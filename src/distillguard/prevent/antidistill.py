@@ -185,7 +185,7 @@ def build_proxy_pair(
     grads = proxy_loss_gradient(proxy, heldout_ids)
     copies = []
     for sign in (1.0, -1.0):
-        moved = copy.deepcopy(proxy).eval()
+        moved = copy.deepcopy(proxy).eval().requires_grad_(False)  # inference only
         with torch.no_grad():
             for p, g in zip(moved.parameters(), grads, strict=True):
                 p.add_(g, alpha=sign * epsilon)
