@@ -247,7 +247,7 @@ def test_withhold_drop_summary_perturb_and_lift_upstream(upstream_gateway, mock_
     action = admin.apply(account, "withhold_reasoning", {"mode": "summary"})
     summarized = _answer(client, "1+1=2\nSummary: add.\n#### 2")
     assert mock_upstream.requests[-1]["messages"][-1]["content"].endswith(
-        "Give a short summary instead of your steps."
+        "Summarize your steps."
     )  # the upstream was asked for its summary
     assert summarized.startswith("Summary: add.\n#### 2") and "1+1" not in summarized
     admin.lift(action)
