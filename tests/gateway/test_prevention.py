@@ -202,11 +202,12 @@ def test_the_watermark_stays_on_under_every_defence(local_client, action, params
         )
         .choices[0]
         .text
-        for i in range(3)
+        for i in range(6)
     ]
     result = _detect(admin, [" ".join(texts)], account)[0]
-    # The provider's watermark at FPR 1e-3 (the per-account key is weaker at ~600 tokens of
-    # this tiny model: p ~ 1e-2 with or without a defence, so it is not asserted here).
+    # The provider's watermark at FPR 1e-3 over ~1,200 tokens (the tiny model's answers vary
+    # in length with the account's key; the per-account key is weaker at this length,
+    # p ~ 1e-2 with or without a defence, so it is not asserted here).
     assert result["p_value"] < 1e-3, result
 
 
