@@ -289,3 +289,40 @@ def test_bad_defence_settings_are_400_from_the_admin_api(upstream_gateway) -> No
         answer = admin.post("/actions", body)
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["param"] == where
+
+
+# --- the plan for each action, and antidistillation that cannot be built -----------------
+
+
+def test_plans_for_each_action() -> None:
+    from distillguard.gateway.prevention import plan_for
+
+    assert plan_for("flag", {}, local=True) is None
+    capped = plan_for("cap_logprobs", {"top_logprobs": 2, "n": 3}, local=True)
+    assert capped.controls.top_logprobs == 2 and capped.controls.n_max == 3
+    assert not capped.rewrites_text
+    summary = plan_for("withhold_reasoning", {"mode": "summary"}, local=False)
+    assert summary.withhold == "summary" and summary.controls.strip
+    perturbed = plan_for("perturb_reasoning", {"rate": 0.5}, local=True)
+    assert perturbed.perturb.rate == 0.5 and perturbed.rewrites_text
+    local_ad = plan_for("antidistill", {"lambda": 2.0}, local=True)
+    assert local_ad.antidistill.lam == 2.0 and local_ad.withhold is None
+    upstream_ad = plan_for("antidistill", {"lambda": 2.0}, local=False)
+    assert upstream_ad.antidistill is None and upstream_ad.withhold == "drop"
+
+
+def test_unbuildable_antidistillation_is_served_withheld_not_500(tmp_path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from distillguard.gateway.prevention import _with_antidistill, plan_for
+
+    settings = Settings(home=tmp_path, antidistill_heldout_path=tmp_path / "missing.jsonl")
+    state = SimpleNamespace(
+        settings=settings, prevention=None, backend=SimpleNamespace(engine=None)
+    )
+    job = SimpleNamespace(logits_hook=None)
+    plan = plan_for("antidistill", {"lambda": 1.0}, local=True)
+    served = asyncio.run(_with_antidistill(state, job, plan))
+    assert served.withhold == "drop" and served.antidistill is None and job.logits_hook is None
+    assert "antidistill unavailable: ConfigError" in served.applied[0]
