@@ -1,0 +1,1 @@
+"""Prevention: defences that make served answers worth less to a distilling student."""
