@@ -8,10 +8,10 @@ gateway cannot act on.
 Severity orders the actions so that an account and its cluster get the more severe of two
 decisions, and a policy proposal that is not more severe than what stands is not applied.
 The graduated actions between ``flag`` and ``throttle`` change what is served rather than
-whether: ``cap_logprobs`` (fewer log-probabilities), ``degrade`` (none), ``withhold_reasoning``
-and ``antidistill`` (sampling that poisons distillation). Their serving side belongs to the
-prevention room; the names, parameters and enforcement state are here already so that adding
-one is a registry entry, not a schema change.
+whether: ``cap_logprobs`` (fewer log-probabilities), ``degrade`` (none), ``withhold_reasoning``,
+``perturb_reasoning`` (keyed wrong intermediate steps, final answer kept) and ``antidistill``
+(sampling that poisons distillation). Their serving side is ``gateway.prevention`` over the
+pure defences of ``distillguard.prevent``.
 """
 
 from __future__ import annotations
@@ -36,22 +36,54 @@ class ThrottleParams(BaseModel):
     retry_after_s: float | None = Field(default=None, gt=0, le=86_400)
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's maximum top_logprobs: a cap above it would cap nothing
+
+
 class CapLogprobsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # The most top_logprobs a request is answered with (0: token log-probabilities only).
-    top_logprobs: int = Field(default=0, ge=0, le=20)
+    # The most top_logprobs a request is answered with (0: token log-probabilities only);
+    # a request asking for more is served with this many, not refused (clients keep working).
+    top_logprobs: int = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
+    # Tokens a day that may carry log-probabilities (None: no budget); beyond it the answer
+    # comes without them. Bounds how many soft labels one account can harvest.
+    budget: int | None = Field(default=None, ge=0, le=10**12)
+    # Returned log-probabilities rounded to this many decimals (None: exact): coarse soft
+    # labels carry less of the teacher's distribution.
+    round_decimals: int | None = Field(default=None, ge=0, le=6)
+    # Standard deviation (nats) of Gaussian noise added to each returned log-probability.
+    noise: float = Field(default=0.0, ge=0.0, le=5.0)
+    # The most choices (n) a request may ask for (None: the API's own limit); above: 400.
+    # Many samples per prompt are what a voting or a distribution-estimating harvester needs.
+    n: int | None = Field(default=None, ge=1, le=128)
+    # Refuse logprobs together with logit_bias (400): biasing tokens and reading their
+    # log-probabilities recovers the full logit vector (the logit-extraction attack).
+    refuse_logit_bias: bool = True
 
 
 class WithholdReasoningParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # drop: no reasoning in the answer; summary: a short summary in its place.
+    # drop: no reasoning in the answer; summary: a short summary the teacher writes itself
+    # in its place (upstream: asked of the upstream; dropped when none comes back).
     mode: Literal["drop", "summary"] = "drop"
 
 
-class AntidistillParams(BaseModel):
+class PerturbReasoningParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # How hard sampling is steered away from what a student learns from (0, 1].
-    strength: float = Field(default=0.5, gt=0, le=1)
+    # Fraction of the reasoning's intermediate steps whose result is changed (keyed per
+    # account, so re-asking returns the same change and voting cannot average it away).
+    rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Largest change of an intermediate result: small offsets look like plausible steps.
+    max_offset: int = Field(default=3, ge=1, le=1000)
+
+
+class AntidistillParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # lambda of Savani et al. (2025): weight of the proxy student's loss change against the
+    # teacher's log-probabilities; 0 samples as the teacher does, higher poisons harder.
+    lam: float = Field(default=1.0, ge=0.0, le=1000.0, alias="lambda")
+    # Finite-difference step along the proxy's loss gradient (smaller: closer to the
+    # derivative, noisier in float32).
+    epsilon: float = Field(default=0.01, gt=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -71,9 +103,12 @@ _KINDS = (
     ActionKind("cap_logprobs", 2, CapLogprobsParams, True, "served with fewer logprobs"),
     ActionKind("degrade", 3, NoParams, True, "served through the prevention hook"),
     ActionKind("withhold_reasoning", 4, WithholdReasoningParams, True, "reasoning withheld"),
-    ActionKind("antidistill", 5, AntidistillParams, True, "antidistillation sampling"),
-    ActionKind("throttle", 6, ThrottleParams, True, "a few requests a minute, 429 beyond"),
-    ActionKind("block", 7, NoParams, False, "refused with 403"),
+    ActionKind(
+        "perturb_reasoning", 5, PerturbReasoningParams, True, "keyed changes to reasoning steps"
+    ),
+    ActionKind("antidistill", 6, AntidistillParams, True, "antidistillation sampling"),
+    ActionKind("throttle", 7, ThrottleParams, True, "a few requests a minute, 429 beyond"),
+    ActionKind("block", 8, NoParams, False, "refused with 403"),
 )
 REGISTRY: dict[str, ActionKind] = {k.name: k for k in _KINDS}
 ACTION_NAMES = tuple(REGISTRY)  # "allow" included: what a policy rule may say
@@ -110,4 +145,4 @@ def validate_params(name: str, params: Any) -> dict[str, Any]:
             param=f"params.{where}",
             code="invalid_params",
         ) from exc
-    return model.model_dump()
+    return model.model_dump(by_alias=True)

@@ -132,6 +132,22 @@ class Settings(BaseSettings):
     watermark_scheme: str = "kgw"  # kgw | gumbel | synthid | off
     watermark_key_id: int = 1  # current key version; older versions stay detectable
 
+    # --- prevention (defences served to acted-on accounts: gateway.prevention) --------------
+    # The proxy student of antidistillation sampling (a Llama model directory with the served
+    # model's tokenizer); None: the served model's first ``antidistill_proxy_layers`` blocks.
+    antidistill_proxy_dir: Path | None = None
+    antidistill_proxy_layers: int = Field(default=1, ge=1, le=64)
+    # Held-out task text whose proxy loss antidistillation raises (JSONL with "text", or one
+    # text a line); None: the served model's own samples (a student's imitation target).
+    antidistill_heldout_path: Path | None = None
+    # Context tokens the proxy reads per sampled token (its per-token cost).
+    antidistill_window: int = Field(default=32, ge=1, le=4096)
+    # Appended to the last user message when an account's reasoning is replaced by a summary
+    # (withhold_reasoning mode=summary): the teacher writes its own "Summary:" line.
+    summary_instruction: str = Field(
+        default="Give a short summary instead of your steps.", min_length=1, max_length=1000
+    )
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:

@@ -30,6 +30,8 @@ class Job:
     request_id: str
     account_id: str
     degrade: bool = False  # online monitor asked to serve a reduced answer
+    prevention: Any = None  # gateway.prevention.Plan: the defence the account is served under
+    logits_hook: Any = None  # local mode: models.sampling.LogitsHook (antidistillation)
     backend_state: Any = None  # what the backend derived once (local: prompt ids, params)
 
     @property

@@ -149,6 +149,11 @@ class LocalBackend:
                 want_logprobs=False,
                 top_k=0,
             )
+        if job.logits_hook is not None and prepared.params[0].logits_hook is not job.logits_hook:
+            # antidistillation (gateway.prevention): every choice sampled through the hook
+            prepared = job.backend_state = replace(
+                prepared, params=[replace(p, logits_hook=job.logits_hook) for p in prepared.params]
+            )
         return prepared
 
     def _prepare_fresh(self, job: Job) -> _Prepared:

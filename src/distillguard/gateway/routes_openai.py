@@ -7,7 +7,8 @@ those cost more than everything below together). One request, top to bottom:
    does not finish within ``request_timeout_s``;
 2. the key (``store.authenticate``, 401/403), the JSON (400), the fields (400), the model (404);
 3. the key's RPM/TPM limiter (429 + Retry-After);
-4. the online monitor's decision (throttle 429, block 403, degrade, flag);
+4. the online monitor's decision (throttle 429, block 403, flag, or a defence that changes
+   what is served: ``gateway.prevention``);
 5. the backend answers (upstream proxy or local generation), streamed or not;
 6. the exchange is committed to the log BEFORE the response's last byte leaves (the whole
    body, or a stream's final ``data: [DONE]``), so an answered request survives a SIGKILL;
@@ -33,6 +34,7 @@ from distillguard.errors import (
     RateLimited,
     StoreError,
 )
+from distillguard.gateway import prevention
 from distillguard.gateway.backend import SSE_DONE, Job, Outcome, UpstreamStatus
 from distillguard.gateway.errors import (
     ClientGone,
@@ -281,7 +283,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
         if request.stream:
             await _serve_stream(state, attempt, job, outcome, receive, send, limit_headers)
         else:
-            reply = await state.backend.complete(job, outcome)
+            reply = await prevention.complete(state, job, outcome)
             attempt.status = reply.status
             attempt.error = outcome.error
             if not await _write_log(state, attempt, outcome):
@@ -429,7 +431,7 @@ async def _serve_stream(
     send,
     extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
-    frames = state.backend.stream(job, outcome)
+    frames = prevention.stream(state, job, outcome)
     try:
         # The first frame before the headers: a refused upstream request still gets its status.
         first = await anext(frames, None)
@@ -524,8 +526,7 @@ async def _enforce(
             retry_after=retry_after,
             code="account_throttled",
         )
-    if action in ("degrade", "cap_logprobs"):  # cap_logprobs: at most what degrade removes
-        job.degrade = True
+    await prevention.prepare(state, job, attempt, decision)  # the graduated defences
 
 
 def _logged_request(attempt: Attempt) -> Any:

@@ -38,3 +38,4 @@ class GatewayState:
     client_resolver: ClientResolver  # who the client is (trusted proxies only)
     unauth_budget: UnauthenticatedBudget  # logged requests without a valid key, per IP
     started_at: float = 0.0
+    prevention: Any = None  # gateway.prevention.Prevention, made on first use

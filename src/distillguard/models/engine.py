@@ -29,7 +29,13 @@ from torch import Tensor
 
 from distillguard.errors import ContextTooLong, InputError, ModelError
 from distillguard.models.fast_llama import FastLlama
-from distillguard.models.sampling import PlainSampler, SampleOutput, TokenSampler, sample_plain
+from distillguard.models.sampling import (
+    LogitsHook,
+    PlainSampler,
+    SampleOutput,
+    TokenSampler,
+    sample_plain,
+)
 from distillguard.models.tokenizer import (
     byte_level_alphabet,
     encode_chat,
@@ -64,6 +70,9 @@ class GenerationParams:
     top_logprobs: int = 0  # and the k most likely alternatives
     tag: str | None = None  # opaque per-row tag handed to the sampler (the account id)
     ignore_eos: bool = False  # keep going past eos (benchmarks want a fixed token count)
+    # Applied to this row's logits before the sampler (antidistillation sampling); rows that
+    # share one hook object are hooked in one call per step.
+    logits_hook: LogitsHook | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -574,9 +583,25 @@ class GenerationEngine:
         batch.next_pos = batch.next_pos + 1
         return batch
 
+    def _hooked_logits(self, batch: _Batch) -> Tensor:
+        """The batch's logits (B, V) after each row's ``logits_hook`` (one call per hook)."""
+        groups: dict[int, tuple[LogitsHook, list[int]]] = {}
+        for i, r in enumerate(batch.rows):
+            hook = r.params.logits_hook
+            if hook is not None:
+                groups.setdefault(id(hook), (hook, []))[1].append(i)
+        if not groups:
+            return batch.logits
+        logits = batch.logits.clone()
+        for hook, idx in groups.values():
+            index = torch.tensor(idx)
+            logits[index] = hook(batch.logits[index], batch.ids[index], batch.mask[index]).float()
+        return logits
+
     def _sample(self, batch: _Batch) -> tuple[Tensor, Tensor | None]:
         """Run the sampler once per (temperature, top_p) group of rows."""
         rows = batch.rows
+        all_logits = self._hooked_logits(batch)  # (B, V)
         groups: dict[tuple[float, float], list[int]] = {}
         for i, r in enumerate(rows):
             groups.setdefault((r.params.temperature, r.params.top_p), []).append(i)
@@ -584,7 +609,7 @@ class GenerationEngine:
         if len(groups) == 1:
             (temperature, top_p), _ = next(iter(groups.items()))
             out = self.sampler.sample(
-                batch.logits,
+                all_logits,
                 batch.ids,
                 temperature=temperature,
                 top_p=top_p,
@@ -593,11 +618,11 @@ class GenerationEngine:
             )
             return out.tokens.long(), (out.logprobs if want_lp else None)
         tokens = torch.empty(len(rows), dtype=torch.long)
-        logprobs = torch.empty_like(batch.logits) if want_lp else None
+        logprobs = torch.empty_like(all_logits) if want_lp else None
         for (temperature, top_p), idx in groups.items():
             index = torch.tensor(idx)
             out = self.sampler.sample(
-                batch.logits[index],
+                all_logits[index],
                 batch.ids[index],
                 temperature=temperature,
                 top_p=top_p,

@@ -39,6 +39,18 @@ class TokenSampler(Protocol):
         ...
 
 
+@runtime_checkable
+class LogitsHook(Protocol):
+    """Changes one group of rows' next-token logits before the sampler sees them (e.g.
+    antidistillation sampling, ``prevent.antidistill``). Runs before the watermark scheme, so
+    the watermark composes on top of whatever the hook did."""
+
+    def __call__(self, logits: Tensor, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """logits (B, V); input_ids and mask (B, T) left padded (mask 1 on real tokens)
+        -> logits (B, V)."""
+        ...
+
+
 def uniform_per_row(generators: Sequence[torch.Generator | None]) -> Tensor:
     """One U[0, 1) draw per row (B,), each from its row's generator (global RNG for None)."""
     return torch.stack([torch.rand((), generator=g) for g in generators])

@@ -1,5 +1,6 @@
-"""Prevention: make served answers worth less to a student while honest users keep quality.
+"""Prevention: make served answers worth less to a distilling student, honest users unharmed.
 
-``task`` is the measurable arithmetic task, ``teacher`` the teacher trained on it; the
-defences themselves live beside them (see docs/prevention.md).
+``defences`` / ``perturb`` / ``antidistill`` are the defences the gateway serves as actions;
+``task`` is the measurable arithmetic task and ``teacher`` the teacher trained on it, on which
+``benchmarks/prevention.py`` measures what each defence costs a student (docs/prevention.md).
 """
