@@ -32,7 +32,7 @@ from distillguard.errors import ConfigError
 
 # The control instruction the arithmetic teacher answers with a summary line
 # (prevent-task's format: the user message, "\n\n", the instruction).
-SUMMARY_INSTRUCTION = "Give a short summary instead of your steps."
+SUMMARY_INSTRUCTION = "Summarize your steps."
 FINAL_MARKER = "####"
 SUMMARY_PREFIX = "Summary:"
 _THINK_RE = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
