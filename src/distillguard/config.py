@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     # Appended to the last user message when an account's reasoning is replaced by a summary
     # (withhold_reasoning mode=summary): the teacher writes its own "Summary:" line.
     summary_instruction: str = Field(
-        default="Give a short summary instead of your steps.", min_length=1, max_length=1000
+        default="Summarize your steps.", min_length=1, max_length=1000
     )
 
     @field_validator("log_level")
