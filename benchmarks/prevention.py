@@ -36,14 +36,15 @@ from distillguard.models.tokenizer import format_chat_pair
 from distillguard.prevent.task import STYLES, generate, prompt_for, solution
 from distillguard.prevent.teacher import arith_teacher_dir, grade
 from distillguard.prevent.tradeoff import (
-    SERVES_LOGPROBS,
     Defence,
     StudentSpec,
     antidistill_hook,
+    apply_defence,
     distill_and_grade,
+    draft_key,
     gain_lost,
+    generate_drafts,
     harvest_rows,
-    serve,
     served_accuracy,
     untrained_accuracy,
 )
@@ -58,7 +59,6 @@ def conditions(lambdas: list[float], votes: int) -> list[Defence]:
         Defence("cap_logprobs", top_logprobs=0),
         Defence("drop"),
         Defence("summary"),
-        Defence("summary", adaptive="strip"),
         Defence("perturb"),
         Defence("perturb", adaptive="repair"),
     ]
@@ -124,21 +124,25 @@ def main() -> None:
     total = sum(len(modes_for(d)) + 2 for d in plan)
     with progress_bar() as bar:
         task = bar.add_task("prevention", total=total)
+        undefended_rows: list = []
+        drafts: dict = {}  # (split, draft key) -> raw completions, shared across defences
         for defence in plan:
             hook = hooks.get(defence.lam)
             t0 = time.perf_counter()
-            honest = serve(
-                engine,
-                held,
-                Defence(defence.name, defence.top_logprobs, defence.lam),
-                hook=hook,
-                account="honest",
-            )
-            bar.update(task, advance=1)
-            harvested = serve(engine, attack, defence, hook=hook, account="attacker")
+            honest_defence = Defence(defence.name, defence.top_logprobs, defence.lam)
+            served = {}
+            for split, problems, d, account in (
+                ("held", held, honest_defence, "honest"),
+                ("attack", attack, defence, "attacker"),
+            ):
+                key = (split, draft_key(d))
+                if key not in drafts:
+                    drafts[key] = generate_drafts(engine, problems, d, hook=hook, seed=args.seed)
+                served[split] = apply_defence(engine, drafts[key], d, account=account)
+                bar.update(task, advance=1)
+            honest, harvested = served["held"], served["attack"]
             serve_s = time.perf_counter() - t0
             rows = harvest_rows(attack, harvested)
-            bar.update(task, advance=1)
             row = {
                 "defence": defence.title,
                 "name": defence.name,
@@ -150,11 +154,19 @@ def main() -> None:
                 "serve_seconds": serve_s,
                 "student": {},
             }
+            undefended = next((r for r in results["rows"] if r["name"] == "none"), None)
+            same_as_none = undefended is not None and [r["answer"] for r in rows] == undefended_rows
             for mode in modes_for(defence):
-                if mode == "topk-kd" and defence.name not in SERVES_LOGPROBS:
-                    continue
-                row["student"][mode] = distill_and_grade(rows, mode, teacher_dir, held, spec)
+                if same_as_none and mode in undefended["student"]:
+                    # The attacker's data is byte-identical to the undefended harvest (the
+                    # repair undid the defence): the same student, not trained twice.
+                    row["student"][mode] = undefended["student"][mode]
+                    row["identical_to_undefended"] = True
+                else:
+                    row["student"][mode] = distill_and_grade(rows, mode, teacher_dir, held, spec)
                 bar.update(task, advance=1)
+            if defence.name == "none":
+                undefended_rows = [r["answer"] for r in rows]
             results["rows"].append(row)
             save()
             bar.console.print(
@@ -211,7 +223,7 @@ def print_table(results: dict) -> None:
             fmt(g.get("sft")),
             fmt(g.get("topk-kd")),
         )
-    Console().print(table)
+    Console(width=160).print(table)
     print(
         f"load at start {results['load_at_start']}, at end {results['load_at_end']}, "
         f"{results['seconds']:.0f} s"

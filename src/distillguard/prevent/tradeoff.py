@@ -121,32 +121,32 @@ class Served:
     finish_reasons: list[str] = field(default_factory=list)
 
 
-def serve(
+def draft_key(defence: Defence) -> tuple[str, bool, float, int]:
+    """What the raw generation depends on: defences with one key share one generation."""
+    style = "summary" if defence.name == "summary" else "reasoning"
+    lam = defence.lam if defence.name == "antidistill" else 0.0
+    rounds = defence.samples if defence.adaptive == "vote" else 1
+    return style, defence.name in SERVES_LOGPROBS, lam, rounds
+
+
+def generate_drafts(
     engine: Any,
     problems: Sequence[Problem],
     defence: Defence,
     *,
     hook: Any = None,
-    account: str = "attacker",
-    temperature: float = 0.0,
     seed: int = 0,
     max_new_tokens: int = 80,
-) -> Served:
-    """The teacher's answers to ``problems`` as an account under ``defence`` receives them.
-    ``hook``: the antidistill logits hook (required for that defence)."""
-    from distillguard.distill.harvest import _local_logprobs
+) -> list[list[Any]]:
+    """The teacher's raw completions (before the defence's text and logprob functions), one
+    list of ``rounds`` completions per problem: greedy, or temperature 1 for a vote. Logprobs
+    (top 20) are kept where the defence may serve them; the cap is applied afterwards."""
     from distillguard.models.engine import GenerationParams
-    from distillguard.prevent.defences import withhold
-    from distillguard.prevent.perturb import account_key, perturb_steps
 
-    if defence.name == "antidistill" and defence.lam > 0 and hook is None:
+    style, want_lp, lam, rounds = draft_key(defence)
+    if lam > 0 and hook is None:
         raise ConfigError("the antidistill defence needs its logits hook")
-    style = "summary" if defence.name == "summary" else "reasoning"
-    want_lp = defence.name in SERVES_LOGPROBS
-    k = defence.top_logprobs if want_lp else 0
-    rounds = defence.samples if defence.adaptive == "vote" else 1
-    if defence.adaptive == "vote" and temperature == 0.0:
-        temperature = 1.0  # votes need distinct samples
+    temperature = 1.0 if rounds > 1 else 0.0  # votes need distinct samples
     prompts = [
         engine.encode_chat([{"role": "user", "content": prompt_for(p, style)}]) for p in problems
     ]
@@ -158,34 +158,66 @@ def serve(
                 temperature=temperature,
                 seed=None if temperature == 0 else seed + 7919 * r + i,
                 logprobs=want_lp,
-                top_logprobs=k,
-                logits_hook=hook if defence.name == "antidistill" and defence.lam > 0 else None,
+                top_logprobs=20 if want_lp else 0,
+                logits_hook=hook if lam > 0 else None,
             )
             for i, ids in enumerate(prompts)
         ]
         for i, c in enumerate(engine.generate_batch(prompts, params)):
             drafts[i].append(c)
+    return drafts
+
+
+def apply_defence(
+    engine: Any, drafts: Sequence[Sequence[Any]], defence: Defence, *, account: str
+) -> Served:
+    """What the account receives: the defence's functions (prevent-serve's ``withhold``,
+    ``perturb_steps``, the logprob cap) over the drafts, then the adaptive attacker's
+    post-processing when ``defence.adaptive`` says so."""
+    from distillguard.distill.harvest import _local_logprobs
+    from distillguard.prevent.defences import withhold
+    from distillguard.prevent.perturb import account_key, perturb_steps
+
     key = account_key(PERTURB_SECRET, account)
+    want_lp = defence.name in SERVES_LOGPROBS
     texts, logprobs, reasons = [], [], []
-    for i in range(len(problems)):
-        chosen = drafts[i][0]
+    for completions in drafts:
+        chosen = completions[0]
         if defence.adaptive == "vote":
-            texts_i = [c.text for c in drafts[i]]
-            chosen = drafts[i][texts_i.index(vote(texts_i))]
+            candidates = [c.text for c in completions]
+            chosen = completions[candidates.index(vote(candidates))]
         text = chosen.text
         if defence.name in ("drop", "summary"):
-            text = withhold(text, defence.name if defence.name == "summary" else "drop")
+            text = withhold(text, "summary" if defence.name == "summary" else "drop")
         elif defence.name == "perturb":
             text = perturb_steps(text, key).text
         if defence.adaptive == "repair":
             text = repair_steps(text)
         elif defence.adaptive == "strip":
-            text = "\n".join(x for x in (split_answer(text).final,) if x)
-        texts.append(text)
+            text = split_answer(text).final or ""
         lp = _local_logprobs(engine, chosen) if want_lp else None
+        if lp is not None:
+            for entry in lp:  # the cap: at most top_logprobs alternatives per token
+                entry["top_logprobs"] = entry["top_logprobs"][: defence.top_logprobs]
+        texts.append(text)
         logprobs.append(lp)
         reasons.append(chosen.finish_reason)
     return Served(texts=texts, logprobs=logprobs, finish_reasons=reasons)
+
+
+def serve(
+    engine: Any,
+    problems: Sequence[Problem],
+    defence: Defence,
+    *,
+    hook: Any = None,
+    account: str = "attacker",
+    seed: int = 0,
+) -> Served:
+    """The teacher's answers to ``problems`` as an account under ``defence`` receives them.
+    ``hook``: the antidistill logits hook (required for that defence)."""
+    drafts = generate_drafts(engine, problems, defence, hook=hook, seed=seed)
+    return apply_defence(engine, drafts, defence, account=account)
 
 
 def served_accuracy(problems: Sequence[Problem], served: Served) -> float:
