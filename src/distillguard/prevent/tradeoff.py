@@ -30,6 +30,7 @@ from distillguard.errors import ConfigError, InputError
 from distillguard.prevent.task import (
     STEP_RE,
     Problem,
+    generate,
     majority_final,
     parse_final,
     prompt_for,
@@ -322,3 +323,52 @@ def antidistill_hook(engine: Any, held_out_texts: Sequence[str], lam: float) -> 
     ids = [engine.encode_text(t) for t in held_out_texts]
     pair = build_proxy_pair(truncated_proxy(engine.model, layers=1), ids, config.epsilon)
     return AntidistillHook(pair, config)
+
+
+# --- the demo's act ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CampaignContrast:
+    defence: str  # what the caught campaign was served under
+    uncaught_student: float  # held-out accuracy of the student of the uncaught campaign
+    caught_student: float  # ... of the caught campaign (same problems, same training)
+    honest_caught: float  # what an honest user gets under the same defence
+    honest_uncaught: float
+
+    @property
+    def learned_less(self) -> bool:
+        return self.caught_student < self.uncaught_student
+
+
+def caught_vs_uncaught(
+    teacher_dir: Path,
+    *,
+    defence: Defence = Defence("drop"),
+    harvest: int = 200,
+    held_out: int = 60,
+    steps: int = 150,
+    seed: int = 0,
+) -> CampaignContrast:
+    """Two campaigns harvest the same problems; the caught one is served under ``defence``.
+    Each distils an sft student with the same budget; both are graded on held-out problems
+    (~40 CPU seconds at the defaults: the demo's act)."""
+    from distillguard.models.engine import GenerationEngine
+
+    if harvest < 2 or held_out < 1 or steps < 1:
+        raise InputError("harvest >= 2, held_out >= 1 and steps >= 1 required")
+    engine = GenerationEngine.from_dir(Path(teacher_dir), num_threads=1, max_batch_size=32)
+    attack = generate(harvest, split="train", seed=seed + 1)
+    held = generate(held_out, split="held_out", seed=seed + 1)
+    spec = StudentSpec(steps=steps, seed=seed)
+    out = {}
+    for name, d in (("uncaught", Defence("none")), ("caught", defence)):
+        served = serve(engine, attack, d, account=name, seed=seed)
+        honest = serve(engine, held, d, account="honest", seed=seed)
+        acc = distill_and_grade(harvest_rows(attack, served), "sft", Path(teacher_dir), held, spec)
+        out[name] = (acc, served_accuracy(held, honest))
+    return CampaignContrast(
+        defence=defence.title,
+        uncaught_student=out["uncaught"][0],
+        caught_student=out["caught"][0],
+        honest_caught=out["caught"][1],
+        honest_uncaught=out["uncaught"][1],
+    )
