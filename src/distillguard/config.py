@@ -141,12 +141,10 @@ class Settings(BaseSettings):
     # text a line); None: the served model's own samples (a student's imitation target).
     antidistill_heldout_path: Path | None = None
     # Context tokens the proxy reads per sampled token (its per-token cost).
-    antidistill_window: int = Field(default=32, ge=1, le=4096)
+    antidistill_window: int = Field(default=16, ge=1, le=4096)
     # Appended to the last user message when an account's reasoning is replaced by a summary
     # (withhold_reasoning mode=summary): the teacher writes its own "Summary:" line.
-    summary_instruction: str = Field(
-        default="Summarize your steps.", min_length=1, max_length=1000
-    )
+    summary_instruction: str = Field(default="Summarize your steps.", min_length=1, max_length=1000)
 
     @field_validator("log_level")
     @classmethod

@@ -386,7 +386,8 @@ def actions_apply(
     action: Annotated[
         str,
         typer.Argument(
-            help="flag, cap_logprobs, degrade, withhold_reasoning, antidistill, throttle, block."
+            help="flag, cap_logprobs, degrade, withhold_reasoning, perturb_reasoning, "
+            "antidistill, throttle, block."
         ),
     ],
     reason: Annotated[str, typer.Option(help="Why (required; kept in the audit log).")],

@@ -52,6 +52,7 @@ from distillguard.prevent.defences import (
     LogprobControls,
     control_chat_logprobs,
     control_legacy_logprobs,
+    refusal,
     with_summary_instruction,
     withhold,
 )
@@ -210,7 +211,7 @@ class Prevention:
                 return hook
             from distillguard.prevent.antidistill import AntidistillConfig, AntidistillHook
 
-            pair = self._pairs.get(params.epsilon)
+            pair: Any = self._pairs.get(params.epsilon)
             if pair is None:
                 heldout = await self._heldout_ids(backend)
                 pair = await asyncio.to_thread(self._build_pair, backend, heldout, params.epsilon)
@@ -270,7 +271,7 @@ def _read_texts(path: Path) -> list[str]:
 def prevention_of(state: GatewayState) -> Prevention:
     if state.prevention is None:
         state.prevention = Prevention(state.settings)
-    return state.prevention  # type: ignore[no-any-return]
+    return state.prevention
 
 
 # ---- the three calls of the route -----------------------------------------------------------
@@ -288,12 +289,12 @@ async def prepare(state: GatewayState, job: Job, attempt: Any, verdict: Verdict)
     plan = plan_for(action, verdict.params, local=local)
     if plan is None:
         return
+    if plan.antidistill is not None:
+        plan = await _with_antidistill(state, job, plan)
     _annotate(
         attempt, {"action": action, "params": dict(verdict.params), "applied": list(plan.applied)}
     )
     if plan.controls is not None:
-        from distillguard.prevent.defences import refusal
-
         refused = refusal(job.body, plan.controls, chat=job.is_chat)
         if refused is not None:
             raise InputError(refused.message, param=refused.param, code=refused.code)
@@ -301,11 +302,23 @@ async def prepare(state: GatewayState, job: Job, attempt: Any, verdict: Verdict)
             job.degrade = True
     if plan.withhold == "summary":
         _ask_for_summary(job, state.settings.summary_instruction)
-    if plan.antidistill is not None:
+    job.prevention = plan
+
+
+async def _with_antidistill(state: GatewayState, job: Job, plan: Plan) -> Plan:
+    """Hook antidistillation into the job's sampling. When the hook cannot be built (a
+    missing held-out file, a proxy that does not fit), the request is still served defended:
+    reasoning dropped, the failure logged and named in the row's ``applied``."""
+    assert plan.antidistill is not None
+    try:
         job.logits_hook = await prevention_of(state).antidistill_hook(
             state.backend, plan.antidistill
         )
-    job.prevention = plan
+        return plan
+    except Exception as exc:
+        log.exception("antidistillation unavailable; serving with the reasoning withheld")
+        why = f"withhold_reasoning:drop (antidistill unavailable: {type(exc).__name__})"
+        return replace(plan, antidistill=None, withhold="drop", applied=(why,))
 
 
 def _annotate(attempt: Any, defence: dict[str, Any]) -> None:
