@@ -112,7 +112,7 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
 
     for style in STYLES:
-        results["teacher"][style] = grade(engine, held, style).accuracy  # type: ignore[arg-type]
+        results["teacher"][style] = grade(engine, held, style).accuracy
     results["base"] = untrained_accuracy(teacher_dir, held, spec)
     save()
     print(f"teacher on {len(held)} held-out problems: {results['teacher']}")

@@ -37,7 +37,7 @@ def test_every_generated_solution_checks_in_every_style(train):
     cfg = TaskConfig()
     for problem in train[:500]:
         for style in STYLES:
-            text = solution(problem, style)  # type: ignore[arg-type]
+            text = solution(problem, style)
             assert is_correct(problem, text)
             assert steps_check(text)
         steps = problem.steps

@@ -79,7 +79,7 @@ def grade_model(
     engine = GenerationEngine.from_dir(model_dir, num_threads=1, max_batch_size=32)
     held = generate(problems, split="held_out", seed=seed)
     for style in STYLES:
-        acc = grade(engine, held, style)  # type: ignore[arg-type]
+        acc = grade(engine, held, style)
         console.print(f"{style:12s} {acc.correct}/{acc.total} = {acc.accuracy:.1%}")
 
 

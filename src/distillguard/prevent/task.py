@@ -47,7 +47,7 @@ STEP_RE = re.compile(r"^(-?\d+)([+\-*])(\d+)=(-?\d+)$")
 FINAL_RE = re.compile(r"####\s*(-?\d+)\s*$")
 
 Style = Literal["reasoning", "answer_only", "summary"]
-STYLES: tuple[str, ...] = ("reasoning", "answer_only", "summary")
+STYLES: tuple[Style, ...] = ("reasoning", "answer_only", "summary")
 Split = Literal["train", "held_out"]
 
 OP_WORDS = {"+": "add", "-": "subtract", "*": "multiply"}

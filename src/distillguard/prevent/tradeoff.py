@@ -30,6 +30,7 @@ from distillguard.errors import ConfigError, InputError
 from distillguard.prevent.task import (
     STEP_RE,
     Problem,
+    Style,
     generate,
     majority_final,
     parse_final,
@@ -122,9 +123,9 @@ class Served:
     finish_reasons: list[str] = field(default_factory=list)
 
 
-def draft_key(defence: Defence) -> tuple[str, bool, float, int]:
+def draft_key(defence: Defence) -> tuple[Style, bool, float, int]:
     """What the raw generation depends on: defences with one key share one generation."""
-    style = "summary" if defence.name == "summary" else "reasoning"
+    style: Style = "summary" if defence.name == "summary" else "reasoning"
     lam = defence.lam if defence.name == "antidistill" else 0.0
     rounds = defence.samples if defence.adaptive == "vote" else 1
     return style, defence.name in SERVES_LOGPROBS, lam, rounds
