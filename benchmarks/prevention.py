@@ -155,9 +155,13 @@ def main() -> None:
                 "student": {},
             }
             undefended = next((r for r in results["rows"] if r["name"] == "none"), None)
-            same_as_none = undefended is not None and [r["answer"] for r in rows] == undefended_rows
+            # sft reads the text only; topk-kd also the logprobs (a cap changes only those).
+            same_as_none = {
+                "sft": [r["answer"] for r in rows] == [r["answer"] for r in undefended_rows],
+                "topk-kd": rows == undefended_rows,
+            }
             for mode in modes_for(defence):
-                if same_as_none and mode in undefended["student"]:
+                if undefended is not None and same_as_none[mode] and mode in undefended["student"]:
                     # The attacker's data is byte-identical to the undefended harvest (the
                     # repair undid the defence): the same student, not trained twice.
                     row["student"][mode] = undefended["student"][mode]
@@ -166,7 +170,7 @@ def main() -> None:
                     row["student"][mode] = distill_and_grade(rows, mode, teacher_dir, held, spec)
                 bar.update(task, advance=1)
             if defence.name == "none":
-                undefended_rows = [r["answer"] for r in rows]
+                undefended_rows = rows
             results["rows"].append(row)
             save()
             bar.console.print(
