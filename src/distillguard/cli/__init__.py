@@ -19,6 +19,7 @@ from distillguard.cli import (
     intel,
     model,
     monitor,
+    prevent,
     prove,
     sim,
     watermark,
@@ -42,7 +43,7 @@ def show_version() -> None:
     typer.echo(__version__)
 
 
-for _module in (model, gateway, accounts, watermark, monitor, distill, prove, sim, intel):
+for _module in (model, gateway, accounts, watermark, monitor, distill, prove, sim, intel, prevent):
     _module.register(app)
 
 
