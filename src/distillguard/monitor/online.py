@@ -24,15 +24,17 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distillguard.monitor.coordination import ClusterTest, coordination_tests
 from distillguard.monitor.links import (
     KINDS,
+    Cluster,
     LinkConfig,
     LinkKeys,
     UnionFind,
     cluster_id_of,
     link_weight,
 )
-from distillguard.monitor.offline import link_keys
+from distillguard.monitor.offline import DecisionConfig, link_keys
 from distillguard.monitor.policy import SEVERITY, Policy, load_policy
 from distillguard.monitor.score import ScoreModel, feature_vector, merge_signals, reasons
 from distillguard.monitor.signals import (
@@ -131,6 +133,8 @@ class OnlineMonitor:
         rescore_every: int = 8,
         relink_every: int = 64,
         background_links: bool = False,
+        coordinate_every_s: float = 6 * 3600.0,
+        decision: DecisionConfig | None = None,
     ) -> None:
         self.policy = policy
         self.model = model or ScoreModel.load()
@@ -139,6 +143,15 @@ class OnlineMonitor:
         self.rescore_every = max(1, rescore_every)  # score every k-th request after the first 64
         self.relink_every = max(1, relink_every)  # refresh an account's link keys this often
         self._hasher = MinHasher(self.signal_cfg.minhash_k, self.signal_cfg.seed)
+        # The coordination test over the linked clusters, as offline, every this many seconds
+        # of traffic time (0: never). It costs seconds for a thousand accounts, so it runs on
+        # a snapshot of the link keys, outside the lock (on the maintenance thread in the
+        # gateway); a coordinated cluster sweeping broad content scores 1 - its p-value.
+        self.coordinate_every_s = max(0.0, coordinate_every_s)
+        self.decision = decision or DecisionConfig()
+        self._coordinated: dict[str, ClusterTest] = {}  # cluster id -> a test it failed
+        self._last_coordination: float | None = None
+        self._coordination_due = False
         self._accounts: dict[str, _AccountState] = {}
         self._index: dict[str, dict[object, set[str]]] = {k: defaultdict(set) for k in KINDS}
         self._common: dict[str, set[object]] = {k: set() for k in KINDS}  # keys past the cap
@@ -201,7 +214,57 @@ class OnlineMonitor:
                     self._relink(account_id, st)
             if n <= 32 or n % self.rescore_every == 0:
                 self._rescore(account_id, st, ts)
-            return self._decision(account_id, st, ts)
+            decision = self._decision(account_id, st, ts)
+            due = self._coordination_is_due(ts)
+        if due and self._thread is None:
+            self.coordinate(ts)
+            with self._lock:
+                decision = self._decision(account_id, st, ts)
+        return decision
+
+    def _coordination_is_due(self, ts: float) -> bool:
+        if not self.coordinate_every_s:
+            return False
+        if self._last_coordination is None:
+            self._last_coordination = ts
+            return False
+        if ts - self._last_coordination < self.coordinate_every_s:
+            return False
+        self._last_coordination = ts
+        self._coordination_due = True
+        return True
+
+    def coordinate(self, ts: float | None = None) -> dict[str, ClusterTest]:
+        """Run the coordination test over the current clusters (a snapshot of the link keys,
+        computed outside the lock) and act on every coordinated cluster that sweeps broad
+        content. Returns the tests of the clusters found coordinated."""
+        with self._lock:
+            self._coordination_due = False
+            keys = {a: st.keys for a, st in self._accounts.items()}
+            clusters = [
+                Cluster(cluster_id_of(ms), tuple(sorted(ms)), tuple(sorted(self._evidence[r])))
+                for r, ms in self._members.items()
+                if len(ms) >= 2
+            ]
+        tests = coordination_tests(keys, clusters, self.link_cfg, self.decision.coordination)
+        found = {}
+        with self._lock:
+            for cl in clusters:
+                t = tests.get(cl.cluster_id)
+                if t is None or t.p_value > self.decision.coordination.alpha:
+                    continue
+                cid, members = self._cluster(cl.members[0])
+                if cid != cl.cluster_id:
+                    continue  # the cluster changed meanwhile: the next run tests it
+                merged, _, _ = self._cluster_score(cid, members)
+                if merged.topic_breadth < self.decision.broad_bar:
+                    continue
+                self._coordinated[cid] = t
+                found[cid] = t
+                first = cl.members[0]
+                when = ts if ts is not None else now()
+                self._rescore(first, self._accounts[first], when)
+        return found
 
     def record(
         self,
@@ -252,6 +315,8 @@ class OnlineMonitor:
     def _link_loop(self) -> None:
         while not self._stop.wait(0.02):
             self._drain_links(limit=512)
+            if self._coordination_due:
+                self.coordinate()
 
     def _drain_links(self, limit: int | None) -> None:
         done = 0
@@ -379,6 +444,9 @@ class OnlineMonitor:
         cid, members = self._cluster(account_id)
         if cid is not None:
             merged, cs, xc = self._cluster_score(cid, members)
+            test = self._coordinated.get(cid)
+            if test is not None:
+                cs = max(cs, 1.0 - test.p_value)
             if cs > st.score:
                 return cs, merged.requests, merged, xc, len(members)
         return st.score, sig.requests, sig, x, 1
@@ -390,7 +458,7 @@ class OnlineMonitor:
         cid, members = self._cluster(account_id)
         rule = self.policy.decide(
             score=score,
-            threshold=self.model.threshold,
+            threshold=self.model.online_threshold,
             requests=requests,
             cluster_size=len(members),
             signals=sig_used,
@@ -406,6 +474,14 @@ class OnlineMonitor:
                 if why is None:  # words only when an action is taken
                     kinds = tuple(sorted(self._evidence.get(self._uf.find(account_id), ())))
                     why = reasons(self.model, xs, sig_used, n_acc, kinds)
+                    test = self._coordinated.get(cid) if cid is not None else None
+                    if test is not None:
+                        why = (
+                            f"coordinated cluster of {len(members)} accounts: p = "
+                            f"{test.p_value:.1e} that chance links a cluster this large "
+                            f"(shared {', '.join(kinds)})",
+                            *why,
+                        )
                 self._enforced[m] = _Enforcement(
                     rule.action,
                     score,
@@ -530,6 +606,8 @@ class OnlineMonitor:
             self._members.clear()
             self._evidence.clear()
             self._cluster_cache.clear()
+            self._coordinated.clear()
+            self._last_coordination = None
             self._uf = UnionFind()
             self._index = {k: defaultdict(set) for k in KINDS}
             self._common = {k: set() for k in KINDS}
