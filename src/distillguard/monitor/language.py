@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,40 +46,40 @@ _WORD_LANG: dict[str, int] = {}
 for _i, _lang in enumerate(_FUNCTION_WORDS):
     for _w in _FUNCTION_WORDS[_lang].split():
         _WORD_LANG.setdefault(_w, _i)
-_TOKEN = re.compile(r"[^\W\d_]{2,}")
-_WINDOW = 400  # characters read from each end (instructions and the user's own words)
+# One class of every non-Latin script's code points (most prompts have none: no match).
+_NON_LATIN = re.compile("[" + "".join(f"\\u{lo:04x}-\\u{hi:04x}" for _, lo, hi in _SCRIPTS) + "]")
+_WINDOW = 240  # characters read from each end (instructions and the user's own words)
+_KANA = LANGUAGES.index("kana") - len(_FUNCTION_WORDS)
 
 
 def prompt_language(text: str) -> int:
-    """Index into ``LANGUAGES`` of the prompt's language, -1 when nothing tells."""
+    """Index into ``LANGUAGES`` of the text's language, -1 when nothing tells."""
     if len(text) > 2 * _WINDOW:
         text = f"{text[:_WINDOW]} {text[-_WINDOW:]}"
     if not text.isascii():
-        counts = [0] * len(_SCRIPTS)
-        for ch in text:
-            o = ord(ch)
-            if o < 0x0370:
-                continue
-            for j, (_, lo, hi) in enumerate(_SCRIPTS):
-                if lo <= o <= hi:
-                    counts[j] += 1
-                    break
-        best = max(range(len(_SCRIPTS)), key=counts.__getitem__)
-        if counts[best] >= 4:
+        chars = _NON_LATIN.findall(text)
+        if len(chars) >= 4:
+            counts = [0] * len(_SCRIPTS)
+            for ch in chars[:64]:
+                o = ord(ch)
+                for j, (_, lo, hi) in enumerate(_SCRIPTS):
+                    if lo <= o <= hi:
+                        counts[j] += 1
+                        break
+            best = max(range(len(_SCRIPTS)), key=counts.__getitem__)
             # Japanese mixes kana into Han: any kana makes it Japanese.
-            kana = LANGUAGES.index("kana") - len(_FUNCTION_WORDS)
-            j = kana if counts[kana] >= 2 else best
-            return len(_FUNCTION_WORDS) + j
+            return len(_FUNCTION_WORDS) + (_KANA if counts[_KANA] >= 2 else best)
     votes = [0] * len(_FUNCTION_WORDS)
-    for w in _TOKEN.findall(text.lower()):
-        i = _WORD_LANG.get(w)
+    get = _WORD_LANG.get
+    for w in text.lower().split():  # whitespace split runs in C; a lookup per word
+        i = get(w)
         if i is not None:
             votes[i] += 1
     best = max(range(len(votes)), key=votes.__getitem__)
     return best if votes[best] >= 2 else -1
 
 
-def language_breadth(counts: np.ndarray | list[float], prior_weight: float) -> float:
+def language_breadth(counts: np.ndarray | Sequence[float], prior_weight: float) -> float:
     """Effective number of languages minus one (exp of the entropy - 1: 0 for one language,
     1 for two used alike), with ``prior_weight`` pseudo-prompts on the account's main one so
     that a handful of prompts in a second language do not count yet."""

@@ -68,6 +68,9 @@ class SignalConfig:
     reasoning_models: str = r"think|reason"
     # Requests that define the models an account "was" using (model drift's baseline).
     model_history: int = 64
+    # Every k-th exchange's prompt and answer are read for their language: the language mix
+    # is a share, which a 1-in-4 sample estimates well, at a quarter of the cost.
+    language_every: int = 4
 
     def __post_init__(self) -> None:
         ints = (
@@ -79,6 +82,8 @@ class SignalConfig:
             "reservoir",
             "minhash_k",
             "max_keys",
+            "model_history",
+            "language_every",
         )
         for name in ints:
             if getattr(self, name) < 1:
@@ -116,7 +121,6 @@ class RequestFeatures:
     shingles: tuple[int, ...]  # hashes of the frame's word n-grams
     samples: int = 1  # completions asked for (n)
     topic: int = -1  # dominant capability domain of the prompt's tail (topics.TOPICS; -1 none)
-    language: int = -1  # language of the prompt (language.LANGUAGES; -1 unknown)
     model: str = ""  # the model asked for
 
 
@@ -183,7 +187,6 @@ def request_features(request: dict[str, Any], cfg: SignalConfig) -> RequestFeatu
         samples=min(n, 128) if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1,
         shingles=frame_shingles(text, cfg),
         topic=prompt_topic(text, cfg.topics),
-        language=prompt_language(text),
         model=model[:64],
     )
 
@@ -293,8 +296,10 @@ class AccountSketch:
         if self.topics is None:
             self.topics = TopicSketch(cfg.topics)
         self.topics.observe(features.topic)
-        if features.language >= 0:
-            self.languages[features.language] += 1
+        if self.n % cfg.language_every == 0:
+            lang = prompt_language(features.text)
+            if lang >= 0:
+                self.languages[lang] += 1
         self._model(features.model)
         self.samples += features.samples
         self.templated += templated
@@ -317,7 +322,7 @@ class AccountSketch:
         if not ok:
             self.n_failed += 1
             return
-        if response_text:
+        if response_text and self.n % self.cfg.language_every == 0:
             # The language of what was extracted: a multilingual harvest asks for answers in
             # many languages (often with an English payload).
             lang = prompt_language(response_text)
