@@ -157,9 +157,8 @@ def online(model, gen_dir: Path, labels_path: Path):
 
     labels = list(read_labels(labels_path))
     t0 = time.perf_counter()
-    rep = online_replay(
-        read_traffic(gen_dir / "test.jsonl"), labels, OnlineMonitor(load_policy(), model=model)
-    )
+    monitor = OnlineMonitor(load_policy(), model=model, accounts=_accounts(gen_dir, "test"))
+    rep = online_replay(read_traffic(gen_dir / "test.jsonl"), labels, monitor)
     dt = time.perf_counter() - t0
     by = defaultdict(list)
     for t in rep.time_to_flag:

@@ -293,3 +293,18 @@ def test_online_coordination_test_acts_on_a_swarm_without_chain_of_thought() -> 
     for k in range(3):
         _check(m2, "x", 1800.0 * k, "hello")
     assert m2._last_coordination == 3600.0
+
+
+def test_online_monitor_applies_trust_tiers_like_offline() -> None:
+    """A verified organization's classifier asking for logprobs on every request is served
+    (its tier grants sampling); the same traffic from an anonymous account is acted on."""
+    from distillguard.monitor.trust import AccountInfo
+
+    accounts = {"org-app": AccountInfo("org-app", org_id="o1", verification="org")}
+    m = OnlineMonitor(load_policy(), accounts=accounts, coordinate_every_s=0)
+    body = {"logprobs": True, "top_logprobs": 5, "n": 4}
+    for i in range(120):
+        for acct in ("org-app", "anon"):
+            _check(m, acct, 60.0 * i, _BROAD[i % len(_BROAD)], body=body, ip=f"9.{len(acct)}.0.1")
+    flagged = {f["account_id"] for f in m.flags()}
+    assert "anon" in flagged and "org-app" not in flagged

@@ -36,7 +36,13 @@ from distillguard.monitor.links import (
 )
 from distillguard.monitor.offline import DecisionConfig, link_keys
 from distillguard.monitor.policy import SEVERITY, Policy, load_policy
-from distillguard.monitor.score import ScoreModel, feature_vector, merge_signals, reasons
+from distillguard.monitor.score import (
+    ScoreModel,
+    feature_vector,
+    merge_signals,
+    reasons,
+    without,
+)
 from distillguard.monitor.signals import (
     AccountSignals,
     AccountSketch,
@@ -45,6 +51,7 @@ from distillguard.monitor.signals import (
     new_sketch,
     request_features,
 )
+from distillguard.monitor.trust import AccountInfo, TrustPolicy
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -135,6 +142,8 @@ class OnlineMonitor:
         background_links: bool = False,
         coordinate_every_s: float = 6 * 3600.0,
         decision: DecisionConfig | None = None,
+        trust: TrustPolicy | None = None,
+        accounts: dict[str, AccountInfo] | None = None,
     ) -> None:
         self.policy = policy
         self.model = model or ScoreModel.load()
@@ -149,6 +158,10 @@ class OnlineMonitor:
         # gateway); a coordinated cluster sweeping broad content scores 1 - its p-value.
         self.coordinate_every_s = max(0.0, coordinate_every_s)
         self.decision = decision or DecisionConfig()
+        # What the provider knows about its accounts (the accounts file, spec 1b) and its
+        # trust tiers: the same grants, offsets and org explanations as offline.
+        self.trust = trust or TrustPolicy()
+        self.accounts = accounts
         self._coordinated: dict[str, ClusterTest] = {}  # cluster id -> a test it failed
         self._last_coordination: float | None = None
         self._coordination_due = False
@@ -258,6 +271,8 @@ class OnlineMonitor:
                     continue  # the cluster changed meanwhile: the next run tests it
                 merged, _, _ = self._cluster_score(cid, members)
                 if merged.topic_breadth < self.decision.broad_bar:
+                    continue
+                if self.trust.explaining_org(members, self.accounts) is not None:
                     continue
                 self._coordinated[cid] = t
                 found[cid] = t
@@ -439,11 +454,16 @@ class OnlineMonitor:
         or of its cluster when the cluster scores higher."""
         sig = st.sketch.signals()
         st.signals = sig
-        x = feature_vector(sig)
-        st.score = self.model.score(x)
+        info = self.accounts.get(account_id) if self.accounts else None
+        offset = self.trust.offset(account_id, info)
+        granted = self.trust.granted(account_id, info)
+        x = without(feature_vector(sig), granted)
+        st.score = self.model.score(x, offset)
         cid, members = self._cluster(account_id)
-        if cid is not None:
-            merged, cs, xc = self._cluster_score(cid, members)
+        if cid is not None and self.trust.explaining_org(members, self.accounts) is None:
+            merged, _, xc = self._cluster_score(cid, members)
+            xc = without(xc, granted)
+            cs = self.model.score(xc, offset)
             test = self._coordinated.get(cid)
             if test is not None:
                 cs = max(cs, 1.0 - test.p_value)
