@@ -8,8 +8,10 @@ Each generator directory holds ``train.jsonl``/``train.labels.jsonl`` and
 by that generator's own CLI (``distillguard simulate`` for A, the second generator's CLI for
 B). The generators share nothing with the detector but the traffic format.
 
-1. Fit the content model on each generator's *train* split (own rows plus one merged row per
-   linked cluster; operating point: honest FPR <= 1e-3 on that train split).
+1. Fit the content model on each generator's *train* split: the honest accounts' reference
+   distributions (own rows plus one merged row per linked cluster no verified org explains,
+   and honest accounts' prefixes for the online bar); no campaign row is fitted. Operating
+   point: p <= 1e-3 against the honest accounts of that train split.
 2. Score every generator's *test* split with every model (offline path: one pass, links,
    coordination test, content score, trust tiers) and evaluate per persona: account AUROC,
    TPR at FPR 1e-3, recall per campaign persona, legitimate apps acted on, cluster ARI.
@@ -46,20 +48,21 @@ def _accounts(gen_dir: Path, split: str):
 
 
 def collected(gen_dir: Path, split: str, cache: Path):
-    """Signals and link keys of a log (cached: the pass is the slow part on 2 shared cores)."""
+    """Signals, link keys and (train) honest prefixes of a log (cached: the pass is the slow
+    part on 2 shared cores)."""
     from distillguard.monitor.offline import collect_file
 
-    c = cache / f"{gen_dir.name}-{split}.pkl"
+    c = cache / f"{gen_dir.name}-{split}.v2.pkl"
     if c.exists():
         return pickle.loads(c.read_bytes())
     t0 = time.perf_counter()
-    res = collect_file(gen_dir / f"{split}.jsonl", workers=2)
+    res = collect_file(gen_dir / f"{split}.jsonl", workers=2, with_prefixes=split == "train")
     dt = time.perf_counter() - t0
     print(
         f"[{gen_dir.name}/{split}] {res.exchanges:,} exchanges, {len(res.signals):,} accounts "
         f"collected in {dt:.0f} s"
     )
-    out = (res.signals, res.keys, res.exchanges)
+    out = (res.signals, res.keys, res.exchanges, res.prefixes)
     c.write_bytes(pickle.dumps(out))
     return out
 
@@ -69,13 +72,27 @@ def fit(name: str, gen_dir: Path, cache: Path):
     from distillguard.monitor.score import SCORE_FEATURES
     from distillguard.traffic import read_labels
 
-    signals, keys, exchanges = collected(gen_dir, "train", cache)
+    signals, keys, exchanges, prefixes = collected(gen_dir, "train", cache)
     labels = {lab.account_id: lab.label for lab in read_labels(gen_dir / "train.labels.jsonl")}
     model = fit_on_signals(
-        signals, keys, labels, exchanges=exchanges, generator=name, split="train"
+        signals,
+        keys,
+        labels,
+        exchanges=exchanges,
+        generator=name,
+        split="train",
+        prefixes=prefixes,
+        accounts=_accounts(gen_dir, "train"),
     )
-    ws = ", ".join(f"{f} {w:+.2f}" for f, w in zip(SCORE_FEATURES, model.weights, strict=True))
-    print(f"[fit on {name}] threshold {model.threshold:.4f}; weights (per SD): {ws}")
+    tops = ", ".join(
+        f"{f} max {r[-1]:.2f} tail {t:.2f}"
+        for f, r, t in zip(SCORE_FEATURES, model.reference, model.tails, strict=True)
+    )
+    print(
+        f"[fit on {name}] {model.honest_accounts} honest rows; offline bar p <= "
+        f"{1 - model.threshold:.1e}, online bar p <= {1 - model.online_threshold:.1e}; "
+        f"honest references: {tops}"
+    )
     return model
 
 
@@ -90,7 +107,7 @@ def report(model, fit_name: str, name: str, gen_dir: Path, cache: Path, app_pers
     from distillguard.monitor.trust import TrustPolicy
     from distillguard.traffic import read_labels
 
-    signals, keys, exchanges = collected(gen_dir, "test", cache)
+    signals, keys, exchanges, _ = collected(gen_dir, "test", cache)
     accounts = _accounts(gen_dir, "test")
     keys = with_creation_keys(keys, signals, accounts, TrustPolicy().young_days)
     views = account_views(signals, keys)
@@ -112,23 +129,23 @@ def report(model, fit_name: str, name: str, gen_dir: Path, cache: Path, app_pers
         f"legit apps acted on {rep.legit_apps_flagged}/{rep.legit_apps}; ARI all "
         f"{rep.ari_all:.3f}, multi-account campaigns {hydra}"
     )
-    print(f"{'persona':28s} {'label':8s} {'accts':>6s} {'acted':>6s}  score min/med/max")
+    print(f"{'persona':28s} {'label':8s} {'accts':>6s} {'acted':>6s}  p = 1 - score: min/med/max")
     for p in rep.personas:
         print(
             f"{p.persona:28s} {p.label:8s} {p.accounts:6d} {p.flagged:6d}  "
-            f"{p.score_min:.3f}/{p.score_median:.3f}/{p.score_max:.3f}"
+            f"{1 - p.score_max:.1e}/{1 - p.score_median:.1e}/{1 - p.score_min:.1e}"
         )
     lab = {x.account_id: x for x in labels}
     fps = [v for v in verdicts if lab[v.account_id].label == "honest" and v.flagged]
     for v in fps[:6]:
-        print(f"  false positive {lab[v.account_id].persona}: {v.score:.3f} {list(v.reasons)}")
+        print(f"  false positive {lab[v.account_id].persona}: {v.score:.6f} {list(v.reasons)}")
     miss = defaultdict(list)
     for v in verdicts:
         if lab[v.account_id].label == "campaign" and not v.flagged:
             miss[lab[v.account_id].persona].append(v)
     for p, vs in miss.items():
         v = max(vs, key=lambda v: v.score)
-        print(f"  missed {len(vs)} {p}; best score {v.score:.3f} {list(v.reasons)}")
+        print(f"  missed {len(vs)} {p}; best score {v.score:.6f} {list(v.reasons)}")
     return rep
 
 
@@ -140,9 +157,8 @@ def online(model, gen_dir: Path, labels_path: Path):
 
     labels = list(read_labels(labels_path))
     t0 = time.perf_counter()
-    rep = online_replay(
-        read_traffic(gen_dir / "test.jsonl"), labels, OnlineMonitor(load_policy(), model=model)
-    )
+    monitor = OnlineMonitor(load_policy(), model=model, accounts=_accounts(gen_dir, "test"))
+    rep = online_replay(read_traffic(gen_dir / "test.jsonl"), labels, monitor)
     dt = time.perf_counter() - t0
     by = defaultdict(list)
     for t in rep.time_to_flag:
@@ -154,6 +170,9 @@ def online(model, gen_dir: Path, labels_path: Path):
     )
     for p, v in sorted(by.items()):
         print(f"  {p:28s} requests until first action: {v}")
+    persona = {x.account_id: x.persona for x in labels}
+    acted = sorted(persona.get(a, "?") for a in rep.honest_acted_on)
+    print(f"  honest accounts acted on, by persona: {acted}")
     return rep, dict(by)
 
 

@@ -41,8 +41,10 @@ def test_fit_then_score_with_accounts_and_trust(
     assert r.exit_code == 0, r.output
     m = ScoreModel.load(model)
     assert m.provenance["generator"] == "first-sim" and m.provenance["split"] == "test"
-    assert m.provenance["features"] == list(SCORE_FEATURES) and m.honest_scores
-    assert all(w >= 0 for w in m.weights)
+    assert m.provenance["features"] == list(SCORE_FEATURES) and m.stat_reference
+    assert all(w >= 0 for w in m.weights) and m.honest_accounts == m.provenance["honest_rows"]
+    # the online bar clears every honest prefix, so it is never below the offline one
+    assert m.online_threshold >= m.threshold
 
     labs = {x.account_id: x for x in read_labels(labels)}
     honest = sorted(a for a, x in labs.items() if x.label == "honest")
@@ -128,25 +130,24 @@ def test_bad_trust_and_accounts_files_are_clear_errors(
     assert not (tmp_path / "v.jsonl").exists()
 
 
-def test_fitted_probabilities_are_calibrated_and_weights_sign_constrained() -> None:
+def test_p_values_are_calibrated_on_honest_accounts_and_campaigns_are_not_fitted() -> None:
     rng = np.random.default_rng(3)
     f = len(SCORE_FEATURES)
     honest = rng.normal(0, 1, (2000, f))
     campaign = rng.normal(1.5, 1, (200, f))
-    campaign[:, 1] = rng.normal(-1.0, 1, 200)  # a feature that is *lower* for campaigns here
     xs = np.vstack([honest, campaign])
     ys = np.array([0] * 2000 + [1] * 200)
     m = fit_model(xs, ys, target_fpr=1e-3)
-    assert all(w >= 0 for w in m.weights) and m.weights[1] == pytest.approx(0.0, abs=1e-6)
     p = m.score_many(xs)
-    # maximum likelihood with a free intercept: predicted positives match observed ones
-    assert p.sum() == pytest.approx(ys.sum(), rel=0.02)
-    # and per score decile the observed rate stays near the predicted one
-    order = np.argsort(p)
-    for chunk in np.array_split(order, 5):
-        assert abs(p[chunk].mean() - ys[chunk].mean()) < 0.05
     assert (p[:2000] >= m.threshold).sum() <= 2  # honest FPR <= 1e-3 on the fitting data
     # p-values against the fitting honest accounts: about uniform on fresh honest accounts
     fresh = m.score_many(rng.normal(0, 1, (2000, f)))
     pv = np.array([m.p_honest(float(s)) for s in fresh])
     assert 0.4 < np.median(pv) < 0.6 and (pv <= 0.05).mean() < 0.08
+    # Campaign rows are never fitted: whatever the fitting campaigns look like, the model
+    # is the same, so a kind of campaign the fitting data lacks is judged the same way.
+    other = fit_model(np.vstack([honest, -campaign]), ys, target_fpr=1e-3)
+    assert other.stat_reference == m.stat_reference and other.reference == m.reference
+    novel = np.zeros((1, f))
+    novel[0, 2] = 8.0  # far out on one feature alone (8 SD), ordinary on the rest
+    assert m.score_many(novel)[0] >= m.threshold

@@ -238,3 +238,73 @@ def test_policy_rules_name_their_lifetime_and_params() -> None:
     for text in bad:
         with pytest.raises(ConfigError):
             parse_policy(text)
+
+
+_BROAD = [
+    "how do vaccines train the immune system against a virus",
+    "what caused the fall of the roman empire in the fifth century",
+    "write a short poem about the ocean at night",
+    "how does mortgage interest work when rates rise",
+    "what is the capital of australia and why not sydney",
+    "how do I debug a python function that returns None",
+    "what is the probability of two sixes with two dice",
+    "how does photosynthesis turn light into energy in a cell",
+    "what rights does a tenant have if the landlord keeps the deposit",
+    "recipe for a quick vegetable curry with chicken",
+    "who won the most olympics medals in swimming",
+    "translate good morning into french and german",
+    "what is the meaning of life according to stoic philosophy",
+    "how do I clean a cast iron pan in the kitchen",
+    "plan a three day trip itinerary to rome with a hotel near the station",
+    "how does a blockchain network reach consensus on a server",
+]
+
+
+def test_online_coordination_test_acts_on_a_swarm_without_chain_of_thought() -> None:
+    """Twelve accounts on one card, one proxy range and one agent sweep broad content with
+    no chain-of-thought and no harvesting parameters: no single account is remarkable, but
+    the periodic coordination test (the same as offline) finds the cluster far beyond chance
+    in a population of independent accounts and the policy acts on every member; none of
+    the independent accounts is acted on."""
+    m = OnlineMonitor(load_policy(), coordinate_every_s=0)  # run by hand below
+    t = 0.0
+    people = []
+    for i in range(60):
+        acct = f"person-{i}"
+        people.append(acct)
+        for j in range(4):
+            t += 37.0
+            _check(m, acct, t, _BROAD[(i + j) % len(_BROAD)], pay=f"pm-{i}", ip=f"81.{i}.3.9")
+    swarm = [f"swarm-{i}" for i in range(12)]
+    for j in range(12):
+        for i, acct in enumerate(swarm):
+            t += 11.0
+            _check(m, acct, t, _BROAD[(i * 5 + j) % len(_BROAD)], pay="pm-swarm", ip=f"45.7.1.{i}")
+    assert not m.flags()  # nothing acted on before the test runs
+    found = m.coordinate(t)
+    assert len(found) == 1
+    test = next(iter(found.values()))
+    assert test.size == len(swarm) and test.p_value <= 1e-3
+    flagged = {f["account_id"]: f for f in m.flags()}
+    assert set(swarm) <= set(flagged) and not set(people) & set(flagged)
+    assert all("coordinated cluster" in flagged[a]["reasons"][0] for a in swarm)
+    # and the test runs by itself every coordinate_every_s of traffic time
+    m2 = OnlineMonitor(load_policy(), coordinate_every_s=3600.0)
+    for k in range(3):
+        _check(m2, "x", 1800.0 * k, "hello")
+    assert m2._last_coordination == 3600.0
+
+
+def test_online_monitor_applies_trust_tiers_like_offline() -> None:
+    """A verified organization's classifier asking for logprobs on every request is served
+    (its tier grants sampling); the same traffic from an anonymous account is acted on."""
+    from distillguard.monitor.trust import AccountInfo
+
+    accounts = {"org-app": AccountInfo("org-app", org_id="o1", verification="org")}
+    m = OnlineMonitor(load_policy(), accounts=accounts, coordinate_every_s=0)
+    body = {"logprobs": True, "top_logprobs": 5, "n": 4}
+    for i in range(120):
+        for acct in ("org-app", "anon"):
+            _check(m, acct, 60.0 * i, _BROAD[i % len(_BROAD)], body=body, ip=f"9.{len(acct)}.0.1")
+    flagged = {f["account_id"] for f in m.flags()}
+    assert "anon" in flagged and "org-app" not in flagged

@@ -93,19 +93,32 @@ def test_merge_adds_volume_and_pools_shares() -> None:
     assert shrunk < 0.45 and pooled.cot_share > 0.95
 
 
-def test_default_policy_and_first_match_wins() -> None:
+def test_default_policy_bars_follow_the_model_and_first_match_wins() -> None:
     p = load_policy()
     assert [r.action for r in p.rules][-1] == "flag"
-    kw = dict(threshold=0.5, cluster_size=1, signals=_sig(harvest_share=0.9))
-    assert p.decide(score=0.999, requests=1000, **kw).action == "block"
-    assert p.decide(score=0.98, requests=150, **kw).action == "throttle"
-    assert p.decide(score=0.6, requests=150, **kw).action == "degrade"
-    assert (
-        p.decide(score=0.6, requests=150, threshold=0.5, cluster_size=1, signals=_sig()).action
-        == "flag"
-    )
-    assert p.decide(score=0.999, requests=5, **kw) is None  # thin evidence: no action
-    assert p.decide(score=0.1, requests=1000, **kw) is None
+    assert all(r.use_threshold for r in p.rules if r.score_at_least is None and r.signals == ())
+    for bar in (0.999, 0.9999):  # the model's operating point, whatever a refit makes it
+        kw = dict(threshold=bar, cluster_size=1, signals=_sig(harvest_share=0.9))
+        q = 1.0 - bar  # p-value at the bar
+        assert p.decide(score=1 - q * 1e-5, requests=1000, **kw).action == "block"
+        assert p.decide(score=1 - q * 1e-3, requests=150, **kw).action == "throttle"
+        assert p.decide(score=1 - q * 1e-3, requests=50, **kw).action == "degrade"
+        assert p.decide(score=1 - q * 0.5, requests=150, **kw).action == "degrade"
+        assert (
+            p.decide(
+                score=1 - q * 0.5, requests=150, threshold=bar, cluster_size=1, signals=_sig()
+            ).action
+            == "flag"
+        )
+        assert p.decide(score=1 - q * 2, requests=1000, **kw) is None  # under the bar
+        assert p.decide(score=1.0, requests=5, **kw) is None  # thin evidence: no action
+
+
+def test_threshold_margin_is_parsed_and_refused_when_malformed() -> None:
+    p = parse_policy("rules: [{action: throttle, when: {score_at_least: 'threshold+4.6'}}]")
+    assert p.rules[0].use_threshold and p.rules[0].threshold_margin == pytest.approx(4.6)
+    with pytest.raises(ConfigError, match="threshold"):
+        parse_policy("rules: [{action: flag, when: {score_at_least: 'threshold-2'}}]")
 
 
 @pytest.mark.parametrize(
@@ -134,3 +147,19 @@ def test_policy_file_missing_is_not_found(tmp_path: Path) -> None:
     )
     p = load_policy(f)
     assert p.rules[0].retry_after == 5.0 and p.min_requests == 3 and "allow" in ACTIONS
+
+
+def test_trust_tiers_grant_access_and_declared_uses_explain_for_accountable_orgs() -> None:
+    from distillguard.monitor.score import without
+    from distillguard.monitor.trust import AccountInfo, TrustPolicy, parse_trust
+
+    t = TrustPolicy()
+    anon = AccountInfo("a", verification="email", declared_use="translation service")
+    org = AccountInfo("b", org_id="o", verification="org", declared_use="Translation service")
+    assert t.granted("a", anon) == ()  # a self-declared use explains nothing on its own
+    assert set(t.granted("b", org)) == {"cot_share", "harvest_share", "language_breadth"}
+    x = np.array([0.9, 0.8, 3.0, 0.1, 2.0])
+    y = without(x, t.granted("b", org))
+    assert y[0] < 0.1 and y[1] < 0.1 and y[4] == 0.0 and y[2] == 3.0
+    with pytest.raises(ConfigError, match="unknown features"):
+        parse_trust({"use_grants": {"chat": ["timing"]}})

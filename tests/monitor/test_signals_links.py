@@ -185,3 +185,44 @@ def test_union_find_is_deterministic() -> None:
     uf.union("b", "c")
     uf.union("c", "a")
     assert uf.find("b") == uf.find("c") == "a"
+
+
+def test_language_reasoning_model_and_samples_are_extracted() -> None:
+    from distillguard.monitor.language import LANGUAGES, prompt_language
+    from distillguard.monitor.signals import SignalConfig, request_features
+
+    assert LANGUAGES[prompt_language("what is the weather like and how are you")] == "en"
+    assert LANGUAGES[prompt_language("bitte erkläre mir, wie die Sonne und der Mond sind")] == "de"
+    assert LANGUAGES[prompt_language("Объясни, пожалуйста, как работает фотосинтез")] == "cyrillic"
+    assert prompt_language("42 + 17") == -1
+    cfg = SignalConfig()
+    base = {"messages": [{"role": "user", "content": "what is a prime number"}]}
+    assert not request_features(base, cfg).cot
+    assert request_features({**base, "model": "atlas-1-think"}, cfg).cot
+    assert request_features({**base, "reasoning_effort": "high"}, cfg).cot
+    f = request_features({**base, "n": 4}, cfg)
+    assert f.harvest and f.samples == 4
+
+
+def test_model_drift_and_language_breadth_of_an_account() -> None:
+    from distillguard.monitor.signals import MinHasher, SignalConfig, new_sketch, request_features
+
+    cfg = SignalConfig()
+    sk = new_sketch(cfg, MinHasher(cfg.minhash_k, cfg.seed), "a")
+    texts = [
+        "what is the weather like and how are you today",
+        "bitte erkläre mir, wie die Sonne und der Mond sind",
+        "explique-moi pour quelle raison les étoiles sont dans le ciel avec la lune",
+    ]
+    for i in range(200):
+        body = {"model": "m-1" if i < 64 else "m-2", "messages": [{"role": "user", "content": ""}]}
+        body["messages"][0]["content"] = texts[i % 3]
+        sk.observe(
+            ts=float(i),
+            ip="1.2.3.4",
+            user_agent=None,
+            payment=None,
+            features=request_features(body, cfg),
+        )
+    s = sk.signals()
+    assert s.model_drift > 0.9 and s.language_breadth > 1.5

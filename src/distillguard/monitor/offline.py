@@ -36,7 +36,7 @@ from distillguard.monitor.score import (
     feature_vector,
     merge_signals,
     reasons,
-    without_cot,
+    without,
 )
 from distillguard.monitor.signals import (
     AccountSignals,
@@ -112,20 +112,30 @@ def link_keys(sk: AccountSketch, cfg: LinkConfig) -> LinkKeys:
     )
 
 
+# Request counts at which the online monitor's view of a growing account is sampled for
+# fitting (its bar must clear honest accounts while they are young, not only when complete).
+CHECKPOINTS = (20, 40, 80, 160, 320, 640, 1280, 2560, 5120)
+
+
 def collect(
     records: Iterable[TrafficRecord],
     cfg: SignalConfig | None = None,
     progress: Callable[[int], None] | None = None,
+    prefixes: dict[str, list[AccountSignals]] | None = None,
 ) -> dict[str, AccountSketch]:
-    """One pass: fold every record into its account's sketch."""
+    """One pass: fold every record into its account's sketch. With ``prefixes`` (a dict to
+    fill), each account's signals at every ``CHECKPOINTS`` request count are kept too."""
     cfg = cfg or SignalConfig()
     hasher = MinHasher(cfg.minhash_k, cfg.seed)
     sketches: dict[str, AccountSketch] = {}
+    marks = frozenset(CHECKPOINTS)
     for n, rec in enumerate(records, 1):
         sk = sketches.get(rec.account_id)
         if sk is None:
             sk = sketches[rec.account_id] = new_sketch(cfg, hasher, rec.account_id)
         observe_record(sk, rec)
+        if prefixes is not None and sk.n in marks:
+            prefixes.setdefault(rec.account_id, []).append(sk.signals())
         if progress is not None and n % 50_000 == 0:
             progress(50_000)
     return sketches
@@ -186,13 +196,20 @@ class _PartResult:
     exchanges: int
     out_of_order: int
     summary: ReadSummary
+    prefixes: dict[str, list[AccountSignals]] = field(default_factory=dict)
 
 
 def _collect_part(
-    path: str, part: int, parts: int, cfg: SignalConfig, link_cfg: LinkConfig
+    path: str,
+    part: int,
+    parts: int,
+    cfg: SignalConfig,
+    link_cfg: LinkConfig,
+    with_prefixes: bool = False,
 ) -> _PartResult:
     reader = read_traffic(path, line_filter=_partition_filter(part, parts) if parts > 1 else None)
-    sketches = collect(reader, cfg)
+    prefixes: dict[str, list[AccountSignals]] | None = {} if with_prefixes else None
+    sketches = collect(reader, cfg, prefixes=prefixes)
     signals, keys = read_out(sketches, link_cfg)
     return _PartResult(
         signals,
@@ -200,6 +217,7 @@ def _collect_part(
         sum(sk.n for sk in sketches.values()),
         sum(sk.out_of_order for sk in sketches.values()),
         reader.summary(),
+        prefixes or {},
     )
 
 
@@ -209,8 +227,10 @@ def collect_file(
     workers: int = 1,
     cfg: SignalConfig | None = None,
     link_cfg: LinkConfig | None = None,
+    with_prefixes: bool = False,
 ) -> _PartResult:
-    """Signals and link keys of every account in the log at ``path``.
+    """Signals and link keys of every account in the log at ``path`` (and, with
+    ``with_prefixes``, its signals at each of ``CHECKPOINTS``).
 
     With ``workers`` > 1 the accounts are split by a hash of their id and each worker
     process reads the file, parsing only its own accounts' lines (a raw byte search finds
@@ -218,7 +238,7 @@ def collect_file(
     """
     cfg, link_cfg = cfg or SignalConfig(), link_cfg or LinkConfig()
     if workers <= 1:
-        return _collect_part(str(path), 0, 1, cfg, link_cfg)
+        return _collect_part(str(path), 0, 1, cfg, link_cfg, with_prefixes)
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -231,13 +251,16 @@ def collect_file(
                 [workers] * workers,
                 [cfg] * workers,
                 [link_cfg] * workers,
+                [with_prefixes] * workers,
             )
         )
     signals: dict[str, AccountSignals] = {}
     keys: dict[str, LinkKeys] = {}
+    prefixes: dict[str, list[AccountSignals]] = {}
     for p in parts:
         signals.update(p.signals)
         keys.update(p.keys)
+        prefixes.update(p.prefixes)
     examples = sorted((e for p in parts for e in p.summary.examples), key=lambda e: e.line_no)
     summary = ReadSummary(
         str(path),
@@ -247,7 +270,12 @@ def collect_file(
         tuple(examples[:MAX_SKIP_EXAMPLES]),
     )
     return _PartResult(
-        signals, keys, sum(p.exchanges for p in parts), sum(p.out_of_order for p in parts), summary
+        signals,
+        keys,
+        sum(p.exchanges for p in parts),
+        sum(p.out_of_order for p in parts),
+        summary,
+        prefixes,
     )
 
 
@@ -257,20 +285,20 @@ def verdict_of(view: AccountView, model: ScoreModel, ctx: Context | None = None)
     ctx = ctx or Context({})
     info = ctx.accounts.get(view.account_id) if ctx.accounts else None
     offset = ctx.trust.offset(view.account_id, info)
-    reasoning = ctx.trust.reasoning_access(view.account_id, info)
-    x = feature_vector(view.signals)
-    if reasoning:
-        x = without_cot(x)
+    granted = ctx.trust.granted(view.account_id, info)
+    created = info.created_ts if info is not None else None
+    x = without(feature_vector(view.signals, 1, created), granted)
     own = model.score(x, offset)
     score, why = own, None
     coordinated = False
     if view.cluster is not None and view.cluster_signals is not None:
         n = len(view.cluster.members)
         merged = view.cluster_signals
-        xc = feature_vector(merged, n)
-        if reasoning:
-            xc = without_cot(xc)
-        cs = model.score(xc, offset)
+        # A verified organization holding the cluster's majority explains its links: its
+        # members are separate people of one org (a cohort, a team), not one actor pooled.
+        org = ctx.trust.explaining_org(view.cluster.members, ctx.accounts)
+        xc = without(feature_vector(merged, n, _cluster_created(view, ctx)), granted)
+        cs = model.score(xc, offset) if org is None else 0.0
         shared = ", ".join(view.cluster.evidence)
         linked = f"linked with {n - 1} other accounts (shared {shared})"
         if cs > own:
@@ -278,7 +306,6 @@ def verdict_of(view: AccountView, model: ScoreModel, ctx: Context | None = None)
             why = (*reasons(model, xc, merged, n, view.cluster.evidence), linked)
         test = ctx.tests.get(view.cluster.cluster_id)
         alpha = ctx.decision.coordination.alpha * 10.0 ** (-offset)
-        org = ctx.trust.explaining_org(view.cluster.members, ctx.accounts)
         if (
             test is not None
             and org is None
@@ -298,11 +325,11 @@ def verdict_of(view: AccountView, model: ScoreModel, ctx: Context | None = None)
         why = reasons(model, x, view.signals)
     flagged = coordinated or score >= model.threshold
     if flagged and not coordinated:
-        p = model.p_honest(score + 0.0)
+        p = model.p_honest(score)
         if p is not None:
             why = (*why, f"p = {p:.1e} against honest accounts of the fitting generator")
-    if reasoning and (flagged or score >= model.threshold / 2):
-        why = (*why, "reasoning access by trust tier: step-by-step requests are not evidence")
+    if granted and (flagged or score >= model.threshold / 2):
+        why = (*why, f"access by trust tier: {', '.join(granted)} not counted as evidence")
     if offset and (flagged or score >= model.threshold / 2):
         why = (
             *why,
@@ -316,6 +343,18 @@ def verdict_of(view: AccountView, model: ScoreModel, ctx: Context | None = None)
         cluster_id=view.cluster.cluster_id if view.cluster else None,
         reasons=why if flagged or score >= model.threshold / 2 else (),
     )
+
+
+def _cluster_created(view: AccountView, ctx: Context) -> float | None:
+    """The oldest member's creation time (a cluster is as old as its oldest account)."""
+    if not ctx.accounts or view.cluster is None:
+        return None
+    times = [
+        i.created_ts
+        for m in view.cluster.members
+        if (i := ctx.accounts.get(m)) is not None and i.created_ts is not None
+    ]
+    return min(times) if times else None
 
 
 def _age_reason(view: AccountView, ctx: Context) -> tuple[str, ...]:
@@ -463,25 +502,40 @@ def score_traffic(
     )
 
 
-def feature_matrix(views: list[AccountView]) -> tuple[np.ndarray, list[str], list[str | None]]:
-    """(N, F) own features of every account, plus one row per cluster (merged), for fitting.
+def feature_matrix(
+    views: list[AccountView],
+    *,
+    trust: TrustPolicy | None = None,
+    accounts: dict[str, AccountInfo] | None = None,
+) -> tuple[np.ndarray, list[str], list[str | None]]:
+    """(N, F) own features of every account, plus one row per cluster (merged) that no
+    verified organization explains, as the scorer sees them (trust grants applied).
 
     Returns the matrix, the account id of each row (the first member for cluster rows) and
     the cluster id of each row (None for own rows).
     """
+    trust = trust or TrustPolicy()
+    ctx = Context({}, trust, accounts)
     rows: list[np.ndarray] = []
     ids: list[str] = []
     cids: list[str | None] = []
     seen = set()
     for v in views:
-        rows.append(feature_vector(v.signals))
+        info = accounts.get(v.account_id) if accounts else None
+        granted = trust.granted(v.account_id, info)
+        created = info.created_ts if info is not None else None
+        rows.append(without(feature_vector(v.signals, 1, created), granted))
         ids.append(v.account_id)
         cids.append(None)
-        if v.cluster is not None and v.cluster.cluster_id not in seen and v.cluster_signals:
-            seen.add(v.cluster.cluster_id)
-            rows.append(feature_vector(v.cluster_signals, len(v.cluster.members)))
+        cl = v.cluster
+        if cl is not None and cl.cluster_id not in seen and v.cluster_signals:
+            seen.add(cl.cluster_id)
+            if trust.explaining_org(cl.members, accounts) is not None:
+                continue
+            x = feature_vector(v.cluster_signals, len(cl.members), _cluster_created(v, ctx))
+            rows.append(without(x, granted))
             ids.append(v.account_id)
-            cids.append(v.cluster.cluster_id)
+            cids.append(cl.cluster_id)
     return np.array(rows), ids, cids
 
 
@@ -493,11 +547,12 @@ def fit_on_traffic(
     split: str,
     target_fpr: float = 1e-3,
     workers: int = 1,
+    accounts: dict[str, AccountInfo] | None = None,
 ) -> ScoreModel:
     """Fit the content model on a labelled log (see ``fit_on_signals``)."""
     from distillguard.traffic import read_labels
 
-    res = collect_file(Path(traffic), workers=workers)
+    res = collect_file(Path(traffic), workers=workers, with_prefixes=True)
     labs = {lab.account_id: lab.label for lab in read_labels(labels)}
     missing = [a for a in res.signals if a not in labs]
     if missing:
@@ -510,6 +565,8 @@ def fit_on_traffic(
         generator=generator,
         split=split,
         target_fpr=target_fpr,
+        prefixes=res.prefixes,
+        accounts=accounts,
     )
 
 
@@ -522,32 +579,46 @@ def fit_on_signals(
     generator: str,
     split: str,
     target_fpr: float = 1e-3,
+    prefixes: dict[str, list[AccountSignals]] | None = None,
+    accounts: dict[str, AccountInfo] | None = None,
+    trust: TrustPolicy | None = None,
 ) -> ScoreModel:
-    """One row per account plus one merged row per linked cluster (labelled by the majority
-    of its members); ``labels`` maps account -> "honest" | "campaign". Provenance (generator,
-    split, date, counts, features, target FPR) goes into the model."""
+    """The honest reference of one labelled population: one row per account plus one merged
+    row per linked cluster (labelled by the majority of its members); ``labels`` maps account
+    -> "honest" | "campaign". Honest accounts' ``prefixes`` (signals at ``CHECKPOINTS``) set
+    the online bar. Provenance (generator, split, date, counts, features, target FPR) goes
+    into the model."""
     import time as _time
 
     from distillguard.monitor.score import fit_model
 
+    trust = trust or TrustPolicy()
+    keys = with_creation_keys(keys, signals, accounts, trust.young_days)
     views = account_views(signals, keys)
-    xs, ids, cids = feature_matrix(views)
+    xs, ids, cids = feature_matrix(views, trust=trust, accounts=accounts)
     members = {v.cluster.cluster_id: v.cluster.members for v in views if v.cluster}
-    ys, honest = [], []
+    ys = []
     for a, c in zip(ids, cids, strict=True):
         if c is None:
             ys.append(labels[a] == "campaign")
-            honest.append(labels[a] == "honest")
         else:
             m = [labels[x] == "campaign" for x in members[c]]
             ys.append(sum(m) * 2 > len(m))
-            honest.append(False)
+    prefix_rows = []
+    for a, sigs in (prefixes or {}).items():
+        if labels.get(a) != "honest":
+            continue
+        info = accounts.get(a) if accounts else None
+        granted = trust.granted(a, info)
+        created = info.created_ts if info is not None else None
+        prefix_rows += [without(feature_vector(s, 1, created), granted) for s in sigs]
     date = _time.strftime("%Y-%m-%d")
+    y = np.array(ys, dtype=int)
     return fit_model(
         xs,
-        np.array(ys, dtype=int),
+        y,
         target_fpr=target_fpr,
-        honest_rows=np.array(honest),
+        prefix_rows=np.array(prefix_rows) if prefix_rows else None,
         fitted_on=f"generator {generator}, {split} split, {len(views)} accounts, "
         f"{exchanges} exchanges, {date}",
         provenance={
@@ -556,7 +627,8 @@ def fit_on_signals(
             "date": date,
             "accounts": len(views),
             "exchanges": exchanges,
-            "honest_accounts": int(sum(honest)),
-            "campaign_rows": int(sum(ys)),
+            "honest_rows": int((y == 0).sum()),
+            "campaign_rows": int(y.sum()),
+            "accounts_file": accounts is not None,
         },
     )

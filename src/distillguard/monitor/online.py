@@ -24,17 +24,25 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distillguard.monitor.coordination import ClusterTest, coordination_tests
 from distillguard.monitor.links import (
     KINDS,
+    Cluster,
     LinkConfig,
     LinkKeys,
     UnionFind,
     cluster_id_of,
     link_weight,
 )
-from distillguard.monitor.offline import link_keys
+from distillguard.monitor.offline import DecisionConfig, link_keys
 from distillguard.monitor.policy import SEVERITY, Policy, load_policy
-from distillguard.monitor.score import ScoreModel, feature_vector, merge_signals, reasons
+from distillguard.monitor.score import (
+    ScoreModel,
+    feature_vector,
+    merge_signals,
+    reasons,
+    without,
+)
 from distillguard.monitor.signals import (
     AccountSignals,
     AccountSketch,
@@ -43,6 +51,7 @@ from distillguard.monitor.signals import (
     new_sketch,
     request_features,
 )
+from distillguard.monitor.trust import AccountInfo, TrustPolicy
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -131,6 +140,10 @@ class OnlineMonitor:
         rescore_every: int = 8,
         relink_every: int = 64,
         background_links: bool = False,
+        coordinate_every_s: float = 6 * 3600.0,
+        decision: DecisionConfig | None = None,
+        trust: TrustPolicy | None = None,
+        accounts: dict[str, AccountInfo] | None = None,
     ) -> None:
         self.policy = policy
         self.model = model or ScoreModel.load()
@@ -139,6 +152,19 @@ class OnlineMonitor:
         self.rescore_every = max(1, rescore_every)  # score every k-th request after the first 64
         self.relink_every = max(1, relink_every)  # refresh an account's link keys this often
         self._hasher = MinHasher(self.signal_cfg.minhash_k, self.signal_cfg.seed)
+        # The coordination test over the linked clusters, as offline, every this many seconds
+        # of traffic time (0: never). It costs seconds for a thousand accounts, so it runs on
+        # a snapshot of the link keys, outside the lock (on the maintenance thread in the
+        # gateway); a coordinated cluster sweeping broad content scores 1 - its p-value.
+        self.coordinate_every_s = max(0.0, coordinate_every_s)
+        self.decision = decision or DecisionConfig()
+        # What the provider knows about its accounts (the accounts file, spec 1b) and its
+        # trust tiers: the same grants, offsets and org explanations as offline.
+        self.trust = trust or TrustPolicy()
+        self.accounts = accounts
+        self._coordinated: dict[str, ClusterTest] = {}  # cluster id -> a test it failed
+        self._last_coordination: float | None = None
+        self._coordination_due = False
         self._accounts: dict[str, _AccountState] = {}
         self._index: dict[str, dict[object, set[str]]] = {k: defaultdict(set) for k in KINDS}
         self._common: dict[str, set[object]] = {k: set() for k in KINDS}  # keys past the cap
@@ -201,7 +227,59 @@ class OnlineMonitor:
                     self._relink(account_id, st)
             if n <= 32 or n % self.rescore_every == 0:
                 self._rescore(account_id, st, ts)
-            return self._decision(account_id, st, ts)
+            decision = self._decision(account_id, st, ts)
+            due = self._coordination_is_due(ts)
+        if due and self._thread is None:
+            self.coordinate(ts)
+            with self._lock:
+                decision = self._decision(account_id, st, ts)
+        return decision
+
+    def _coordination_is_due(self, ts: float) -> bool:
+        if not self.coordinate_every_s:
+            return False
+        if self._last_coordination is None:
+            self._last_coordination = ts
+            return False
+        if ts - self._last_coordination < self.coordinate_every_s:
+            return False
+        self._last_coordination = ts
+        self._coordination_due = True
+        return True
+
+    def coordinate(self, ts: float | None = None) -> dict[str, ClusterTest]:
+        """Run the coordination test over the current clusters (a snapshot of the link keys,
+        computed outside the lock) and act on every coordinated cluster that sweeps broad
+        content. Returns the tests of the clusters found coordinated."""
+        with self._lock:
+            self._coordination_due = False
+            keys = {a: st.keys for a, st in self._accounts.items()}
+            clusters = [
+                Cluster(cluster_id_of(ms), tuple(sorted(ms)), tuple(sorted(self._evidence[r])))
+                for r, ms in self._members.items()
+                if len(ms) >= 2
+            ]
+        tests = coordination_tests(keys, clusters, self.link_cfg, self.decision.coordination)
+        found = {}
+        with self._lock:
+            for cl in clusters:
+                t = tests.get(cl.cluster_id)
+                if t is None or t.p_value > self.decision.coordination.alpha:
+                    continue
+                cid, members = self._cluster(cl.members[0])
+                if cid != cl.cluster_id:
+                    continue  # the cluster changed meanwhile: the next run tests it
+                merged, _, _ = self._cluster_score(cid, members)
+                if merged.topic_breadth < self.decision.broad_bar:
+                    continue
+                if self.trust.explaining_org(members, self.accounts) is not None:
+                    continue
+                self._coordinated[cid] = t
+                found[cid] = t
+                first = cl.members[0]
+                when = ts if ts is not None else now()
+                self._rescore(first, self._accounts[first], when)
+        return found
 
     def record(
         self,
@@ -252,6 +330,8 @@ class OnlineMonitor:
     def _link_loop(self) -> None:
         while not self._stop.wait(0.02):
             self._drain_links(limit=512)
+            if self._coordination_due:
+                self.coordinate()
 
     def _drain_links(self, limit: int | None) -> None:
         done = 0
@@ -374,11 +454,19 @@ class OnlineMonitor:
         or of its cluster when the cluster scores higher."""
         sig = st.sketch.signals()
         st.signals = sig
-        x = feature_vector(sig)
-        st.score = self.model.score(x)
+        info = self.accounts.get(account_id) if self.accounts else None
+        offset = self.trust.offset(account_id, info)
+        granted = self.trust.granted(account_id, info)
+        x = without(feature_vector(sig), granted)
+        st.score = self.model.score(x, offset)
         cid, members = self._cluster(account_id)
-        if cid is not None:
-            merged, cs, xc = self._cluster_score(cid, members)
+        if cid is not None and self.trust.explaining_org(members, self.accounts) is None:
+            merged, _, xc = self._cluster_score(cid, members)
+            xc = without(xc, granted)
+            cs = self.model.score(xc, offset)
+            test = self._coordinated.get(cid)
+            if test is not None:
+                cs = max(cs, 1.0 - test.p_value)
             if cs > st.score:
                 return cs, merged.requests, merged, xc, len(members)
         return st.score, sig.requests, sig, x, 1
@@ -390,7 +478,7 @@ class OnlineMonitor:
         cid, members = self._cluster(account_id)
         rule = self.policy.decide(
             score=score,
-            threshold=self.model.threshold,
+            threshold=self.model.online_threshold,
             requests=requests,
             cluster_size=len(members),
             signals=sig_used,
@@ -406,6 +494,14 @@ class OnlineMonitor:
                 if why is None:  # words only when an action is taken
                     kinds = tuple(sorted(self._evidence.get(self._uf.find(account_id), ())))
                     why = reasons(self.model, xs, sig_used, n_acc, kinds)
+                    test = self._coordinated.get(cid) if cid is not None else None
+                    if test is not None:
+                        why = (
+                            f"coordinated cluster of {len(members)} accounts: p = "
+                            f"{test.p_value:.1e} that chance links a cluster this large "
+                            f"(shared {', '.join(kinds)})",
+                            *why,
+                        )
                 self._enforced[m] = _Enforcement(
                     rule.action,
                     score,
@@ -530,6 +626,8 @@ class OnlineMonitor:
             self._members.clear()
             self._evidence.clear()
             self._cluster_cache.clear()
+            self._coordinated.clear()
+            self._last_coordination = None
             self._uf = UnionFind()
             self._index = {k: defaultdict(set) for k in KINDS}
             self._common = {k: set() for k in KINDS}

@@ -10,6 +10,8 @@ again on new evidence.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,6 +34,9 @@ class Rule:
     action: str
     score_at_least: float | None = None  # None: no score condition
     use_threshold: bool = False  # score_at_least is the model's operating point
+    # With use_threshold: log-odds above the operating point ("threshold+4.6": the account's
+    # p-value against honest accounts is e^4.6 = 100 times smaller than the bar's).
+    threshold_margin: float = 0.0
     min_requests: int = 0
     cluster_size_at_least: int = 1
     signals: tuple[tuple[str, float], ...] = ()  # (signal name, lower bound)
@@ -63,8 +68,10 @@ class Rule:
         cluster_size: int,
         signals: AccountSignals,
     ) -> bool:
-        bar = threshold if self.use_threshold else self.score_at_least
-        if bar is not None and score < bar:
+        if self.use_threshold:
+            if _logit(score) < _logit(threshold) + self.threshold_margin:
+                return False
+        elif self.score_at_least is not None and score < self.score_at_least:
             return False
         if requests < self.min_requests or cluster_size < self.cluster_size_at_least:
             return False
@@ -119,6 +126,14 @@ class Policy:
         return None
 
 
+def _logit(p: float) -> float:
+    p = min(1.0 - 1e-15, max(1e-15, p))
+    return math.log(p / (1.0 - p))
+
+
+_THRESHOLD = re.compile(r"^threshold(?:\s*\+\s*(\d+(?:\.\d+)?))?$")
+
+
 def _rule(d: Any, i: int) -> Rule:
     if not isinstance(d, dict) or "action" not in d:
         raise ConfigError(f"policy rule {i + 1} must be a mapping with an 'action'")
@@ -135,10 +150,15 @@ def _rule(d: Any, i: int) -> Rule:
     if unknown:
         raise ConfigError(f"policy rule {i + 1}: unknown conditions {sorted(unknown)}")
     score = when.get("score_at_least")
-    use_threshold = score == "threshold"
+    m = _THRESHOLD.match(score.strip()) if isinstance(score, str) else None
+    use_threshold = m is not None
+    margin = float(m.group(1)) if m is not None and m.group(1) else 0.0
     bad_score = not isinstance(score, int | float) or not 0 <= score <= 1
     if score is not None and not use_threshold and bad_score:
-        raise ConfigError(f"policy rule {i + 1}: score_at_least must be in [0, 1] or 'threshold'")
+        raise ConfigError(
+            f"policy rule {i + 1}: score_at_least must be in [0, 1], 'threshold' or "
+            "'threshold+MARGIN' (log-odds above the model's operating point)"
+        )
     sigs = when.get("signals") or {}
     if not isinstance(sigs, dict) or not all(isinstance(v, int | float) for v in sigs.values()):
         raise ConfigError(f"policy rule {i + 1}: signals must map names to numbers")
@@ -147,6 +167,7 @@ def _rule(d: Any, i: int) -> Rule:
             action=str(d["action"]),
             score_at_least=None if use_threshold or score is None else float(score),
             use_threshold=use_threshold,
+            threshold_margin=margin,
             min_requests=int(when.get("min_requests", 0)),
             cluster_size_at_least=int(when.get("cluster_size_at_least", 1)),
             signals=tuple((str(k), float(v)) for k, v in sigs.items()),

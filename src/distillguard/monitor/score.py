@@ -1,20 +1,29 @@
-"""From signals to a calibrated score with reasons, and the operating point that flags.
+"""From signals to a p-value against honest accounts, with reasons, and the operating point.
 
 Two kinds of evidence, kept apart so that neither convicts on what legitimate apps do:
 
-- **What is extracted** (``ScoreModel``): a logistic model over features that describe the
-  content an account pulls out of the model, never how machine-like it is: volume,
-  chain-of-thought elicitation, n>1/logprobs harvesting, topical breadth over a fixed
-  capability lexicon, drift from the account's own history. Every weight is constrained to
-  be >= 0 (more of any of these can only raise suspicion), so a fit on one generator cannot
-  learn that generator's quirks as "streaming means honest". Machine timing, templates and
-  output/input ratios are *not* inputs: an integration has all of them. The output is a
-  probability calibrated on the fitting generator, plus a p-value against that generator's
-  honest accounts (``p_honest``). The flag threshold keeps the fitting generator's honest FPR
-  at or below 1e-3.
+- **What is extracted** (``ScoreModel``): each account is described by a few features of the
+  content it pulls out of the model, never by how machine-like it is: chain-of-thought
+  elicitation (or reasoning models), n>1/logprobs harvesting, the volume of broad content
+  (prompts outside the account's main capability domain), topical breadth, drift from the
+  account's own history, volume relative to the account's age, the number of languages it
+  extracts in, and a move to models it did not use before. Machine timing, templates and
+  output/input ratios are *not* inputs: an integration has all of them.
+
+  The model is **not fitted on campaigns**. It is a calibrated combination of per-feature
+  tail probabilities against the fitting generator's *honest* accounts: for each feature the
+  conformal upper-tail p-value of the account's value among honest values (beyond the largest
+  honest value, an exponential tail whose scale is the honest top decile's mean excess,
+  never finer than the feature's resolution), then ``T = sum_f w_f * -log p_f`` (Fisher's
+  statistic with unit weights), and the account's p-value is T's own conformal/exponential
+  upper tail among honest accounts. A campaign of a kind the fitting generator never had is
+  caught as soon as it is far out on *any* extraction feature; nothing a campaign of the
+  fitting generator happens to do can become a weight. ``score = 1 - p``; the operating point
+  is ``p <= target_fpr`` (FPR 1e-3 on honest accounts of the fitting generator, extrapolated
+  by the tail when there are fewer than 1,000 of them). A trust tier's ``offset`` (log-odds)
+  multiplies the p-value by ``e^offset``.
 - **Coordination** (``coordination.py``): a linked cluster's family-wise p-value under a
-  permutation null of the population itself. A coordinated cluster sweeping broad content is
-  acted on with no chain-of-thought in sight (``decide`` in ``offline.py``).
+  permutation null of the population itself (``decide`` in ``offline.py``).
 
 A cluster is scored as one actor: its members' signals are merged (volumes add, shares are
 request-weighted) and every member gets the larger of its own and its cluster's score.
@@ -35,29 +44,49 @@ from typing import Any
 import numpy as np
 
 from distillguard.errors import ConfigError, InputError
+from distillguard.monitor.language import language_breadth
 from distillguard.monitor.signals import PRIOR, AccountSignals, SignalConfig
 from distillguard.monitor.topics import topic_breadth
 
-SCORE_FEATURES = ("log_requests", "cot_share", "harvest_share", "topic_breadth", "topic_drift")
+SCORE_FEATURES = (
+    "cot_share",
+    "harvest_share",
+    "broad_rate",
+    "topic_drift",
+    "language_breadth",
+)
+# The smallest difference in each feature that means something (its tail is never finer):
+# without it a feature on which every honest account of the fitting generator sits at the
+# prior would turn the first account a hair above it into a certainty.
+RESOLUTION = {
+    "cot_share": 0.05,  # one request in twenty
+    "harvest_share": 0.05,
+    "broad_rate": 0.5,  # log units: x1.6 more off-domain prompts per day of age
+    "topic_drift": 0.03,  # Jensen-Shannon divergence
+    "language_breadth": 0.15,  # effective languages - 1
+}
 MODEL_FILE = "score_model.json"
+_P_FLOOR = 1e-300
 
 
 @dataclass(frozen=True)
 class ScoreModel:
-    """Standardized, sign-constrained logistic model and its operating point."""
+    """Honest reference distributions of each feature and of the combined statistic."""
 
-    weights: tuple[float, ...]  # (F,) log-odds per standard deviation of each feature (>= 0)
-    bias: float
-    mean: tuple[float, ...]  # (F,) feature means on the fitting data
-    scale: tuple[float, ...]  # (F,) feature standard deviations on the fitting data
-    threshold: float  # flag when score >= threshold (honest FPR <= target on fitting data)
-    reason_min: float = 1.0  # a feature is a reason when it adds at least this much log-odds
+    weights: tuple[float, ...]  # (F,) weight of each feature's -log p in T (>= 0; 1 = Fisher)
+    reference: tuple[tuple[float, ...], ...]  # (F, Q) sorted honest values (quantiles if many)
+    tails: tuple[float, ...]  # (F,) scale of each feature's exponential tail beyond its max
+    stat_reference: tuple[float, ...]  # (Q,) sorted honest values of T
+    stat_tail: float  # scale of T's exponential tail beyond its honest max
+    honest_accounts: int  # honest rows behind the references (the conformal n)
+    threshold: float = 0.999  # flag when score >= threshold, i.e. p <= 1 - threshold
+    # The bar for the online monitor: every prefix an online monitor scores (an account's
+    # first 20, 40, 80, ... requests) of every honest account of the fitting generator stays
+    # below it; young accounts' prefixes are noisier than complete histories.
+    online_threshold: float = 0.999
+    reason_min: float = 2.0  # a feature is a reason when its -log p adds at least this much
     fitted_on: str = ""  # one-line provenance
     features: tuple[str, ...] = SCORE_FEATURES  # (F,) names, checked against the code's
-    # (K,) sorted scores of the fitting generator's honest accounts (quantiles when many):
-    # a score's p-value against honest traffic.
-    honest_scores: tuple[float, ...] = ()
-    honest_accounts: int = 0  # honest accounts behind honest_scores
     provenance: dict = field(default_factory=dict)  # generator, split, date, counts, target
 
     def __post_init__(self) -> None:
@@ -67,40 +96,64 @@ class ScoreModel:
                 f"score model features {list(self.features)} are not this "
                 f"version's {list(SCORE_FEATURES)}: refit it"
             )
-        if not (len(self.weights) == len(self.mean) == len(self.scale) == f):
-            raise ConfigError(f"score model must have {f} weights, means and scales")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError("score model threshold must be within [0, 1]")
-        if any(s <= 0 for s in self.scale):
-            raise ConfigError("score model scales must be positive")
+        if not (len(self.weights) == len(self.reference) == len(self.tails) == f):
+            raise ConfigError(f"score model must have {f} weights, references and tails")
+        if any(w < 0 for w in self.weights) or any(t <= 0 for t in self.tails):
+            raise ConfigError("score model weights must be >= 0 and tail scales > 0")
+        if not self.stat_reference or any(not r for r in self.reference) or self.stat_tail <= 0:
+            raise ConfigError("score model needs non-empty honest references")
+        if self.honest_accounts < 1:
+            raise ConfigError("score model needs at least one honest account")
+        for t in (self.threshold, self.online_threshold):
+            if not 0.0 <= t <= 1.0:
+                raise ConfigError("score model thresholds must be within [0, 1]")
 
-    def contributions(self, x: np.ndarray) -> np.ndarray:  # (F,) -> (F,) log-odds terms
-        return np.asarray(self.weights) * (x - np.asarray(self.mean)) / np.asarray(self.scale)
+    # ---- the statistic ------------------------------------------------------------------------
+    def _tail_p(self, ref: np.ndarray, tail: float, x: np.ndarray) -> np.ndarray:
+        """Conformal upper-tail p of (N,) values against sorted ``ref``; exponential beyond."""
+        n = self.honest_accounts
+        above = (len(ref) - np.searchsorted(ref, x, side="left")) / len(ref)  # (N,)
+        p = (above * n + 1.0) / (n + 1.0)
+        beyond = x > ref[-1]
+        p = np.where(beyond, np.exp(-(x - ref[-1]) / tail) / (n + 1.0), p)
+        return np.maximum(p, _P_FLOOR)
 
-    def logit(self, x: np.ndarray) -> float:
-        return self.bias + float(self.contributions(x).sum())
+    def surprisal(self, xs: np.ndarray) -> np.ndarray:  # (N, F) -> (N, F) -log p per feature
+        """-log of each feature's honest tail probability, given the benefit of the doubt of
+        one resolution (a value is compared as if it were that much lower): differences
+        smaller than what means something (2 % n>1 requests vs 0 %) are not evidence."""
+        xs = np.atleast_2d(np.asarray(xs, dtype=np.float64))
+        out = np.empty_like(xs)
+        for j, name in enumerate(SCORE_FEATURES):
+            ref = np.asarray(self.reference[j])
+            x = xs[:, j] - RESOLUTION[name]
+            out[:, j] = -np.log(self._tail_p(ref, self.tails[j], x))
+        return out
+
+    def statistic(self, xs: np.ndarray) -> np.ndarray:  # (N, F) -> (N,) T
+        return self.surprisal(xs) @ np.asarray(self.weights)
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:  # (F,) -> (F,) weighted -log p
+        return self.surprisal(x)[0] * np.asarray(self.weights)
+
+    def p_values(self, xs: np.ndarray, offset: float = 0.0) -> np.ndarray:  # (N, F) -> (N,)
+        ref = np.asarray(self.stat_reference)
+        p = self._tail_p(ref, self.stat_tail, self.statistic(xs))
+        return np.minimum(1.0, p * math.exp(offset))
 
     def score(self, x: np.ndarray, offset: float = 0.0) -> float:
-        """Calibrated probability; ``offset`` log-odds are subtracted (a trust tier)."""
-        z = self.logit(x) - offset
-        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+        """1 - the account's p-value against honest accounts; ``offset`` log-odds of trust
+        multiply the p-value by e^offset (more evidence needed)."""
+        return float(1.0 - self.p_values(np.atleast_2d(x), offset)[0])
 
     def score_many(self, xs: np.ndarray) -> np.ndarray:  # (N, F) -> (N,)
-        z = self.bias + ((xs - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(
-            self.weights
-        )
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+        return 1.0 - self.p_values(xs)
 
     def p_honest(self, score: float) -> float | None:
-        """Share of the fitting generator's honest accounts scoring at least ``score``
-        (conformal, +1 smoothed); None when the model carries no honest scores."""
-        if not self.honest_scores:
-            return None
-        qs = np.asarray(self.honest_scores)
-        above = (len(qs) - np.searchsorted(qs, score, side="left")) / len(qs)
-        n = max(self.honest_accounts, len(qs))
-        return float((above * n + 1) / (n + 1))
+        """The p-value against the fitting generator's honest accounts behind ``score``."""
+        return max(0.0, 1.0 - score)
 
+    # ---- files --------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1) + "\n")
 
@@ -114,7 +167,10 @@ class ScoreModel:
                 text = Path(path).read_text()
             d: dict[str, Any] = json.loads(text)
             fields_: dict[str, Any] = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+                k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                if isinstance(v, list)
+                else v
+                for k, v in d.items()
             }
             return cls(**fields_)
         except FileNotFoundError as exc:
@@ -123,27 +179,47 @@ class ScoreModel:
             raise ConfigError(f"score model {path or MODEL_FILE} is not valid: {exc}") from exc
 
 
-def feature_vector(sig: AccountSignals, accounts: int = 1) -> np.ndarray:  # (F,)
-    """The model's inputs (``accounts`` is accepted for callers scoring clusters; a cluster's
-    size is judged by the coordination test, not by the content model)."""
-    del accounts
+def feature_vector(
+    sig: AccountSignals, accounts: int = 1, created_ts: float | None = None
+) -> np.ndarray:  # (F,)
+    """The model's inputs. Broad content is counted per day of the span the account's traffic
+    covers (at least a day): the same for every source, online and offline. ``created_ts``
+    (the accounts file's account age) is accepted but not used: a model fitted where ages
+    are unknown would read every account of a log that has them as old, and one fitted where
+    they are known would read every account of a log without them as new (both measured).
+    ``accounts`` is accepted for callers scoring clusters: a cluster's size is judged by the
+    coordination test, not by the content model."""
+    del accounts, created_ts
+    counts = np.asarray(sig.topic_counts, dtype=np.float64)
+    off_domain = float(counts.sum() - counts.max()) if counts.size else 0.0
+    if math.isfinite(sig.first_ts) and math.isfinite(sig.last_ts):
+        age_days = max(1.0, (sig.last_ts - sig.first_ts) / 86_400.0)
+    else:
+        age_days = 1.0
     return np.array(
         [
-            math.log1p(sig.requests),
             sig.cot_share,
             sig.harvest_share,
-            sig.topic_breadth,
+            math.log1p(off_domain / age_days),
             sig.topic_drift,
+            sig.language_breadth,
         ]
     )
 
 
-def without_cot(x: np.ndarray) -> np.ndarray:  # (F,) -> (F,)
-    """The features with chain-of-thought elicitation set to an ordinary user's share: what
-    an account with reasoning access is scored on."""
+def without(x: np.ndarray, names: Sequence[str]) -> np.ndarray:  # (F,) -> (F,)
+    """The features with the named ones set to an ordinary account's value: what an account
+    whose tier grants that access (reasoning, n>1/logprobs) is scored on."""
     y = np.array(x, dtype=np.float64)
-    y[SCORE_FEATURES.index("cot_share")] = PRIOR["cot"]
+    ordinary = {"cot_share": PRIOR["cot"], "harvest_share": PRIOR["harvest"]}
+    for name in names:
+        y[SCORE_FEATURES.index(name)] = ordinary.get(name, 0.0)
     return y
+
+
+def without_cot(x: np.ndarray) -> np.ndarray:  # (F,) -> (F,)
+    """The features with chain-of-thought elicitation set to an ordinary user's share."""
+    return without(x, ("cot_share",))
 
 
 def merge_signals(
@@ -172,10 +248,13 @@ def merge_signals(
         return float(sum(wi * getattr(m, name) for wi, m in zip(w, members, strict=True)))
 
     # The cluster's breadth is that of its pooled prompts: 30 accounts each on one topic
-    # sweep 30 topics together.
+    # sweep 30 topics together; the same for languages.
     counts = None
     if all(m.topic_counts for m in members):
         counts = np.sum([np.asarray(m.topic_counts) for m in members], axis=0)  # (T,)
+    langs = None
+    if all(m.language_counts for m in members):
+        langs = np.sum([np.asarray(m.language_counts) for m in members], axis=0)  # (L,)
 
     return AccountSignals(
         requests=int(total),
@@ -198,6 +277,13 @@ def merge_signals(
         topic_drift=avg("topic_drift"),
         topic_counts=tuple(counts.tolist()) if counts is not None else (),
         first_ts=min(m.first_ts for m in members),
+        last_ts=max(m.last_ts for m in members),
+        language_breadth=(
+            language_breadth(langs, k) if langs is not None else avg("language_breadth")
+        ),
+        language_counts=tuple(langs.tolist()) if langs is not None else (),
+        model_drift=avg("model_drift"),
+        samples_per_request=avg("samples_per_request"),
     )
 
 
@@ -208,45 +294,49 @@ def reasons(
     accounts: int = 1,
     link_kinds: Sequence[str] = (),
 ) -> tuple[str, ...]:
-    """Features that raised the score by at least ``reason_min`` log-odds, largest first."""
+    """Features whose honest tail probability is small (-log p >= ``reason_min``), largest
+    first, each with that probability."""
     contrib = model.contributions(x)
     order = np.argsort(-contrib)
     out = []
     for i in order:
         if contrib[i] < model.reason_min:
             break
-        out.append(_describe(SCORE_FEATURES[i], x[i] > model.mean[i], sig, accounts, link_kinds))
+        p = math.exp(-contrib[i] / max(model.weights[i], 1e-12))
+        out.append(f"{_describe(SCORE_FEATURES[i], sig, x[i])} (honest p {p:.1e})")
     return tuple(out)
 
 
-def _describe(name: str, high: bool, s: AccountSignals, accounts: int, kinds: Sequence[str]) -> str:
+def _describe(name: str, s: AccountSignals, value: float) -> str:
     text = {
-        "log_requests": f"{'high' if high else 'low'} volume ({s.requests:,} requests)",
-        "log_rate": f"{'high' if high else 'low'} request rate ({s.rate_per_hour:.1f}/hour)",
-        "templated_share": f"{s.templated_share:.0%} of prompts follow one mined template",
-        "cot_share": f"{s.cot_share:.0%} of prompts ask for step-by-step reasoning",
-        "greedy_share": f"{s.greedy_share:.0%} of requests at temperature 0",
-        "harvest_share": f"{s.harvest_share:.0%} of requests ask for n>1 or logprobs",
-        "stream_share": f"responses {'streamed' if high else 'rarely streamed'} "
-        f"({s.stream_share:.0%})",
-        "burst_share": f"{s.burst_share:.0%} of gaps under a few seconds",
-        "log_gap_cv": f"{'bursty' if high else 'more regular than a person'} timing "
-        f"(inter-arrival CV {s.gap_cv:.2f})",
-        "quiet_share": f"active around the clock ({s.quiet_share:.0%} of requests in its "
-        "quietest 6 hours)"
-        if high
-        else f"sleeps at night ({s.quiet_share:.0%} in its quietest 6 hours)",
-        "log_out_in": f"output/input token ratio {s.out_in_ratio:.2f}",
-        "topic_breadth": f"{'broad' if high else 'narrow'} content across capability domains "
-        f"(breadth {s.topic_breadth:.2f})",
+        "cot_share": f"{s.cot_share:.0%} of prompts ask for step-by-step reasoning "
+        "(or a reasoning model)",
+        "harvest_share": f"{s.harvest_share:.0%} of requests ask for n>1 or logprobs "
+        f"({s.samples_per_request:.1f} completions per request)",
+        "broad_rate": f"{math.expm1(value):,.0f} prompts a day outside its main capability "
+        f"domain (breadth {s.topic_breadth:.2f})",
         "topic_drift": f"content drifted from the account's own history "
         f"(divergence {s.topic_drift:.2f})",
-        "content_similarity": f"{'narrow' if high else 'varied'} prompt content "
-        f"(similarity {s.content_similarity:.2f})",
-        "log_accounts": f"acts with {accounts} linked accounts"
-        + (f" (shared {', '.join(kinds)})" if kinds else ""),
+        "language_breadth": f"extracts in {1 + s.language_breadth:.1f} languages (effective)",
     }
     return text[name]
+
+
+def _exp_tail(values: np.ndarray, floor: float) -> float:
+    """Scale of an exponential upper tail: the mean excess of the top decile over the 90th
+    percentile (the exponential MLE), never below ``floor``."""
+    if len(values) < 2:
+        return floor
+    q = float(np.quantile(values, 0.9))
+    top = values[values > q]
+    return max(floor, float((top - q).mean()) if len(top) else 0.0)
+
+
+def _compact(values: np.ndarray, keep: int = 2000) -> tuple[float, ...]:
+    v = np.sort(values)
+    if len(v) > keep:  # quantiles keep the file small; the conformal n stays the true count
+        v = np.quantile(v, np.linspace(0, 1, keep))
+    return tuple(float(a) for a in v)
 
 
 def fit_model(
@@ -254,76 +344,75 @@ def fit_model(
     ys: np.ndarray,
     *,
     target_fpr: float = 1e-3,
-    c: float = 1.0,
     fitted_on: str = "",
     provenance: dict | None = None,
     honest_rows: np.ndarray | None = None,
+    prefix_rows: np.ndarray | None = None,
+    weights: Sequence[float] | None = None,
 ) -> ScoreModel:
-    """Fit sign-constrained logistic weights on (N, F) features and 0/1 labels.
+    """The honest reference of (N, F) features; labels (0 honest, 1 campaign) pick the rows.
 
-    Weights are bounded to >= 0 (L-BFGS-B on the L2-penalized log loss, ``c`` as in
-    scikit-learn); no class weighting, so the output is a probability calibrated on the
-    fitting data. The threshold is the lowest score that keeps the honest false-positive rate
-    on the fitting data at or below ``target_fpr``, never below the highest-scoring honest
-    account when there are fewer than 1/target_fpr of them. ``honest_rows`` (a boolean (N,)
-    mask, default ``ys == 0``) picks the rows whose scores become ``p_honest``'s reference.
+    Only honest rows shape the model (``honest_rows``, default ``ys == 0``): campaign rows are
+    checked to exist (so the fitting data is a labelled population) and counted in the
+    provenance, never fitted. The operating point is p <= ``target_fpr``. ``prefix_rows``
+    (M, F) are features of honest accounts' prefixes (what the online monitor scores as they
+    grow): the online threshold keeps every one of them below it, and at least as strict as
+    the offline one.
     """
-    from scipy.optimize import minimize
-
+    xs = np.asarray(xs, dtype=np.float64)
+    ys = np.asarray(ys)
     if xs.ndim != 2 or xs.shape[1] != len(SCORE_FEATURES) or len(xs) != len(ys):
         raise InputError(f"need (N, {len(SCORE_FEATURES)}) features and N labels")
-    if len(set(np.asarray(ys).tolist())) != 2:
+    if len(set(ys.tolist())) != 2:
         raise InputError("fitting needs both honest and campaign accounts")
-    if c <= 0 or not 0 < target_fpr < 1:
-        raise InputError("fit_model needs c > 0 and target_fpr within (0, 1)")
-    y = np.asarray(ys, dtype=np.float64)  # (N,)
-    mean = xs.mean(axis=0)
-    scale = xs.std(axis=0)
-    scale[scale < 1e-6] = 1.0
-    z = (xs - mean) / scale  # (N, F)
-    f = z.shape[1]
-
-    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[:f], theta[f]
-        logits = z @ w + b
-        # log(1 + e^x) - y x, stable for either sign
-        nll = np.logaddexp(0.0, logits) - y * logits
-        p = 1.0 / (1.0 + np.exp(-logits))
-        g = p - y
-        value = float(nll.sum() + 0.5 / c * (w @ w))
-        grad = np.append(z.T @ g + w / c, g.sum())
-        return value, grad
-
-    bounds = [(0.0, None)] * f + [(None, None)]
-    res = minimize(loss, np.zeros(f + 1), jac=True, method="L-BFGS-B", bounds=bounds)
-    weights, bias = tuple(float(v) for v in res.x[:f]), float(res.x[f])
-    model = ScoreModel(weights, bias, tuple(mean.tolist()), tuple(scale.tolist()), 0.5)
-    scores = model.score_many(xs)
-    mask = (y == 0) if honest_rows is None else np.asarray(honest_rows, dtype=bool)
-    honest = np.sort(scores[y == 0])
-    allowed = math.floor(target_fpr * len(honest))
-    bar = honest[len(honest) - 1 - allowed] if len(honest) else 0.5
-    # Half-way (in log-odds) between that honest score and the next campaign score above it.
-    above = scores[(y == 1) & (scores > bar)]
-    nxt = float(above.min()) if len(above) else min(1.0, bar + 1e-6)
-    lo, hi = _logit(bar), _logit(nxt)
-    threshold = float(min(1.0, max(1.0 / (1.0 + math.exp(-(lo + hi) / 2)), bar + 1e-9)))
-    ref = np.sort(scores[mask])
-    if len(ref) > 2000:  # quantiles keep the file small; p_honest scales them back to n
-        ref = np.quantile(ref, np.linspace(0, 1, 2000))
-    return ScoreModel(
-        weights,
-        bias,
-        model.mean,
-        model.scale,
-        threshold,
-        fitted_on=fitted_on,
-        honest_scores=tuple(float(v) for v in ref),
-        honest_accounts=int(mask.sum()),
-        provenance=dict(provenance or {}, target_fpr=target_fpr, features=list(SCORE_FEATURES)),
+    if not 0 < target_fpr < 1:
+        raise InputError("fit_model needs target_fpr within (0, 1)")
+    if not np.isfinite(xs).all():
+        raise InputError("features must be finite")
+    mask = (ys == 0) if honest_rows is None else np.asarray(honest_rows, dtype=bool)
+    honest = xs[mask]  # (H, F)
+    if len(honest) < 10:
+        raise InputError("fitting needs at least 10 honest rows")
+    w = tuple(1.0 for _ in SCORE_FEATURES) if weights is None else tuple(map(float, weights))
+    reference = tuple(_compact(honest[:, j]) for j in range(honest.shape[1]))
+    tails = tuple(
+        _exp_tail(honest[:, j], RESOLUTION[name]) for j, name in enumerate(SCORE_FEATURES)
     )
-
-
-def _logit(p: float) -> float:
-    p = min(1 - 1e-12, max(1e-12, p))
-    return math.log(p / (1 - p))
+    base = ScoreModel(w, reference, tails, (0.0,), 1.0, len(honest))
+    t_honest = base.statistic(honest)  # (H,)
+    # T's tail is never finer than one feature moving by its resolution's worth of surprisal.
+    model = ScoreModel(
+        w,
+        reference,
+        tails,
+        _compact(t_honest),
+        _exp_tail(t_honest, 1.0),
+        len(honest),
+        threshold=1.0 - target_fpr,
+    )
+    online = model.threshold
+    if prefix_rows is not None and len(prefix_rows):
+        p_worst = float(model.p_values(np.asarray(prefix_rows, dtype=np.float64)).min())
+        # Half the p-value of the most surprising honest prefix: none of them is acted on.
+        online = max(online, 1.0 - p_worst / 2.0)
+    campaigns = xs[ys == 1]
+    caught = float((model.score_many(campaigns) >= model.threshold).mean()) if len(campaigns) else 0
+    return ScoreModel(
+        w,
+        reference,
+        tails,
+        model.stat_reference,
+        model.stat_tail,
+        len(honest),
+        threshold=model.threshold,
+        online_threshold=online,
+        fitted_on=fitted_on,
+        provenance=dict(
+            provenance or {},
+            target_fpr=target_fpr,
+            features=list(SCORE_FEATURES),
+            honest_rows=len(honest),
+            prefix_rows=0 if prefix_rows is None else len(prefix_rows),
+            campaign_rows_flagged_in_fit=round(caught, 4),
+        ),
+    )

@@ -26,6 +26,7 @@ import numpy as np
 
 from distillguard.errors import ConfigError
 from distillguard.mixing import GOLDEN_GAMMA, splitmix64_int
+from distillguard.monitor.language import LANGUAGES, language_breadth, prompt_language
 from distillguard.monitor.topics import TopicConfig, TopicSketch, prompt_topic
 from distillguard.traffic import TrafficRecord, prompt_text
 
@@ -62,6 +63,14 @@ class SignalConfig:
     max_keys: int = 8  # IP prefixes / user agents / payment fingerprints kept per account
     seed: int = 1  # hash seed shared by every replica (MinHash must agree across processes)
     topics: TopicConfig = field(default_factory=TopicConfig)  # what the account extracts
+    # Models whose name says they reason (the provider knows its own catalogue): asking one
+    # of them, or setting ``reasoning_effort``, is asking for reasoning like a CoT frame.
+    reasoning_models: str = r"think|reason"
+    # Requests that define the models an account "was" using (model drift's baseline).
+    model_history: int = 64
+    # Every k-th exchange's prompt and answer are read for their language: the language mix
+    # is a share, which a 1-in-4 sample estimates well, at a quarter of the cost.
+    language_every: int = 4
 
     def __post_init__(self) -> None:
         ints = (
@@ -73,6 +82,8 @@ class SignalConfig:
             "reservoir",
             "minhash_k",
             "max_keys",
+            "model_history",
+            "language_every",
         )
         for name in ints:
             if getattr(self, name) < 1:
@@ -94,6 +105,7 @@ PRIOR = {
     "templated": 0.05,
     "burst": 0.2,
     "quiet": 0.05,
+    "model_drift": 0.02,
 }
 
 
@@ -107,7 +119,9 @@ class RequestFeatures:
     harvest: bool  # n > 1, logprobs or top_logprobs: asking for more than an answer
     stream: bool
     shingles: tuple[int, ...]  # hashes of the frame's word n-grams
+    samples: int = 1  # completions asked for (n)
     topic: int = -1  # dominant capability domain of the prompt's tail (topics.TOPICS; -1 none)
+    model: str = ""  # the model asked for
 
 
 def _stable_hash(s: str) -> int:
@@ -158,15 +172,36 @@ def request_features(request: dict[str, Any], cfg: SignalConfig) -> RequestFeatu
         or bool(request.get("top_logprobs"))
         or (isinstance(n, int) and not isinstance(n, bool) and n > 1)
     )
+    model = request.get("model")
+    model = model if isinstance(model, str) else ""
+    reasoning = request.get("reasoning_effort") is not None or request.get("reasoning") is not None
+    if not reasoning and model:
+        reasoning = _reasoning_model(cfg.reasoning_models, model)
     return RequestFeatures(
         text=text,
-        cot=any(h in window for h in _COT_HINTS) and COT_PATTERN.search(window) is not None,
+        cot=reasoning
+        or (any(h in window for h in _COT_HINTS) and COT_PATTERN.search(window) is not None),
         greedy=isinstance(temp, int | float) and not isinstance(temp, bool) and temp == 0,
         harvest=harvest,
         stream=request.get("stream") is True,
+        samples=min(n, 128) if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1,
         shingles=frame_shingles(text, cfg),
         topic=prompt_topic(text, cfg.topics),
+        model=model[:64],
     )
+
+
+_REASONING_CACHE: dict[tuple[str, str], bool] = {}
+
+
+def _reasoning_model(pattern: str, model: str) -> bool:
+    key = (pattern, model)
+    hit = _REASONING_CACHE.get(key)
+    if hit is None:
+        hit = re.search(pattern, model.lower()) is not None
+        if len(_REASONING_CACHE) < 4096:  # model names are few; bound it anyway
+            _REASONING_CACHE[key] = hit
+    return hit
 
 
 def ip_prefix(ip: str) -> str:
@@ -230,6 +265,11 @@ class AccountSketch:
     payments: dict[str, int] = field(default_factory=dict)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     topics: TopicSketch | None = None  # created on first use with cfg.topics
+    languages: list[int] = field(default_factory=lambda: [0] * len(LANGUAGES))  # (L,)
+    early_models: dict[str, int] = field(default_factory=dict)  # models of the first requests
+    late: int = 0  # requests after the model history
+    late_new_model: int = 0  # ... that asked for a model absent from the history
+    samples: int = 0  # completions asked for (sum of n): a harvest's yield
     _similarity: float = 0.0  # cached content_similarity (pairwise work: refreshed rarely)
     _similarity_n: int = 0
 
@@ -256,6 +296,12 @@ class AccountSketch:
         if self.topics is None:
             self.topics = TopicSketch(cfg.topics)
         self.topics.observe(features.topic)
+        if self.n % cfg.language_every == 0:
+            lang = prompt_language(features.text)
+            if lang >= 0:
+                self.languages[lang] += 1
+        self._model(features.model)
+        self.samples += features.samples
         self.templated += templated
         if len(self.reservoir) < cfg.reservoir:
             self.reservoir.append(features.text[:400])
@@ -276,6 +322,12 @@ class AccountSketch:
         if not ok:
             self.n_failed += 1
             return
+        if response_text and self.n % self.cfg.language_every == 0:
+            # The language of what was extracted: a multilingual harvest asks for answers in
+            # many languages (often with an English payload).
+            lang = prompt_language(response_text)
+            if lang >= 0:
+                self.languages[lang] += 1
         if completion_tokens is None and response_text is not None:
             completion_tokens = max(1, len(response_text) // 4)
         if completion_tokens is not None:
@@ -308,6 +360,13 @@ class AccountSketch:
                     heapq.heappush(heap, h)
             elif h > heap[0] and h not in heap:
                 heapq.heapreplace(heap, h)
+
+    def _model(self, model: str) -> None:
+        if self.n <= self.cfg.model_history:
+            _bump(self.early_models, model, self.cfg.max_keys)
+        else:
+            self.late += 1
+            self.late_new_model += model not in self.early_models
 
     def _template(self, shingles: tuple[int, ...]) -> bool:
         cfg = self.cfg
@@ -379,6 +438,11 @@ class AccountSketch:
             topic_drift=self.topics.drift() if self.topics else 0.0,
             topic_counts=tuple(self.topics.total) if self.topics else (),
             first_ts=self.first_ts,
+            last_ts=self.last_ts,
+            language_breadth=language_breadth(self.languages, k),
+            language_counts=tuple(self.languages),
+            model_drift=share(self.late_new_model, "model_drift", self.late),
+            samples_per_request=(self.samples + k) / (n + k),
         )
 
 
@@ -433,6 +497,11 @@ class AccountSignals:
     topic_drift: float = 0.0  # JS divergence of the recent topic mix from the first requests
     topic_counts: tuple[float, ...] = ()  # (T,) prompts per domain (pooled for clusters)
     first_ts: float = math.inf  # first request seen (account age, with the accounts file)
+    last_ts: float = -math.inf  # last request seen
+    language_breadth: float = 0.0  # effective number of prompt languages - 1 (shrunk)
+    language_counts: tuple[float, ...] = ()  # (L,) prompts per language (pooled for clusters)
+    model_drift: float = 0.0  # share of later requests asking a model unseen in the first 64
+    samples_per_request: float = 1.0  # completions asked for per request (mean n)
 
     def vector(self) -> np.ndarray:  # (F,) float64, the score's inputs
         return np.array(

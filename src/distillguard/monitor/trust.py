@@ -19,6 +19,10 @@ hard enough is still flagged.
     accounts: {acct-1: verified}
     young_days: 14    # accounts younger than this when first seen are "young" (a reason)
     reasoning_tiers: [verified, partner]   # chain-of-thought is allowed, not evidence
+    sampling_tiers: [verified, partner]    # n>1 / logprobs are allowed, not evidence
+    use_grants:       # declared use (substring) -> score features it explains, for the
+      translat: [language_breadth]         # reasoning tiers only (an accountable org's
+      evaluat: [harvest_share, cot_share, broad_rate, topic_drift]   # declared purpose)
     org_verification: [org, enterprise]    # a majority of one such org explains a cluster
 
 The accounts file is optional: without it tiers come from ``accounts``/``orgs`` only and
@@ -75,6 +79,19 @@ class TrustPolicy:
     # Verification levels whose org_id explains links: members of one verified organization
     # share an office range, a card and an SDK by design (a course cohort, a team).
     org_verification: frozenset[str] = frozenset({"org", "enterprise"})
+    # Tiers granted n>1 and logprobs: providers gate them like reasoning (they reveal the
+    # distribution a student is trained on), and a verified org's classifier (confidences)
+    # or evaluation (pass@k, log-likelihood scoring) uses them as the product.
+    sampling_tiers: frozenset[str] = frozenset({"verified", "partner"})
+    # What an accountable organization's declared use explains (only for reasoning tiers:
+    # a declared use is self-reported, a verified org answers for it): a translation service
+    # extracts in many languages, a team evaluating the model sweeps public benchmarks.
+    use_grants: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "translat": ("language_breadth",),
+            "evaluat": ("harvest_share", "cot_share", "broad_rate", "topic_drift"),
+        }
+    )
 
     def __post_init__(self) -> None:
         for name, off in self.tiers.items():
@@ -84,9 +101,16 @@ class TrustPolicy:
             for who, tier in where.items():
                 if tier not in self.tiers:
                     raise ConfigError(f"{who!r} is given unknown trust tier {tier!r}")
-        unknown = set(self.reasoning_tiers) - set(self.tiers)
-        if unknown:
-            raise ConfigError(f"reasoning_tiers names unknown tiers {sorted(unknown)}")
+        for name in ("reasoning_tiers", "sampling_tiers"):
+            unknown = set(getattr(self, name)) - set(self.tiers)
+            if unknown:
+                raise ConfigError(f"{name} names unknown tiers {sorted(unknown)}")
+        from distillguard.monitor.score import SCORE_FEATURES
+
+        for key, names in self.use_grants.items():
+            bad = set(names) - set(SCORE_FEATURES)
+            if bad:
+                raise ConfigError(f"use_grants[{key!r}] names unknown features {sorted(bad)}")
         if self.young_days < 0:
             raise ConfigError("young_days must be >= 0")
 
@@ -109,6 +133,21 @@ class TrustPolicy:
 
     def reasoning_access(self, account_id: str, info: AccountInfo | None) -> bool:
         return self.tier_of(account_id, info) in self.reasoning_tiers
+
+    def granted(self, account_id: str, info: AccountInfo | None) -> tuple[str, ...]:
+        """Score features the account's tier grants access to (not counted as evidence)."""
+        tier = self.tier_of(account_id, info)
+        out = []
+        if tier in self.reasoning_tiers:
+            out.append("cot_share")
+        if tier in self.sampling_tiers:
+            out.append("harvest_share")
+        use = (info.declared_use or "").lower() if info is not None else ""
+        if use and tier in self.reasoning_tiers:
+            for key, names in self.use_grants.items():
+                if key in use:
+                    out += [n for n in names if n not in out]
+        return tuple(out)
 
     def explaining_org(
         self, members: Iterable[str], accounts: dict[str, AccountInfo] | None
@@ -141,7 +180,9 @@ def parse_trust(data: dict[str, Any], source: str = "trust policy") -> TrustPoli
         "accounts",
         "young_days",
         "reasoning_tiers",
+        "sampling_tiers",
         "org_verification",
+        "use_grants",
     }
     unknown = set(data) - known
     if unknown:
@@ -156,7 +197,14 @@ def parse_trust(data: dict[str, Any], source: str = "trust policy") -> TrustPoli
         kw["verification"] = {}
     if "tiers" in kw and "reasoning_tiers" not in data:
         kw["reasoning_tiers"] = frozenset({"verified", "partner"}) & set(kw["tiers"])
-    for key in ("reasoning_tiers", "org_verification"):
+    if "tiers" in kw and "sampling_tiers" not in data:
+        kw["sampling_tiers"] = frozenset({"verified", "partner"}) & set(kw["tiers"])
+    if "use_grants" in data:
+        grants = data["use_grants"]
+        if not isinstance(grants, dict) or not all(isinstance(v, list) for v in grants.values()):
+            raise ConfigError(f"{source}: use_grants must map declared-use words to lists")
+        kw["use_grants"] = {str(k).lower(): tuple(map(str, v)) for k, v in grants.items()}
+    for key in ("reasoning_tiers", "sampling_tiers", "org_verification"):
         if key in data:
             if not isinstance(data[key], list):
                 raise ConfigError(f"{source}: {key} must be a list")
