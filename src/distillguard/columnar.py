@@ -50,7 +50,7 @@ def _column(name: str, hint: Any) -> Column:
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)
     nullable = (origin is typing.Union or origin is types.UnionType) and type(None) in args
-    base = [a for a in args if a is not type(None)][0] if nullable else hint
+    base = next(a for a in args if a is not type(None)) if nullable else hint
     if base is str:
         return Column(name, pa.string(), nullable, False)
     if base is float:
