@@ -135,7 +135,15 @@ def import_traffic(
 
     ``progress(n)`` is called with the records read so far (malformed lines included), every
     ``IMPORT_BATCH`` records, and with the file's line count at the end.
+    A Parquet log (a directory of day partitions, or a .parquet file) goes to
+    ``store.parquet.import_parquet``.
     """
+    from distillguard.columnar import is_parquet_log
+
+    if is_parquet_log(Path(path)):
+        from distillguard.store.parquet import import_parquet
+
+        return import_parquet(engine, Path(path), progress=progress)
     reader = JsonlReader(path, _parse_line)
     batch: list[ExchangeRecord] = []
     inserted = seen = 0
