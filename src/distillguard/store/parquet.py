@@ -38,8 +38,6 @@ from distillguard.traffic import TrafficRecord
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from distillguard.store.export import ImportSummary
-
 STATE_FILE = "_export_state.json"
 PART_ROWS = 200_000  # rows per part file: big enough for Parquet, small enough to rewrite
 COMPRESSION = "zstd"
@@ -201,36 +199,3 @@ def export_parquet(
         if progress is not None and n % 1000 == 0:
             progress(n)
     return writer.close()
-
-
-def import_parquet(
-    engine: Engine, path: Path, *, progress: Callable[[int], None] | None = None
-) -> ImportSummary:
-    """``export.import_traffic`` for a Parquet log: every row must be a valid exchange (the
-    files' schemas are checked first; a bad value is an error naming the file), ids already
-    in the database are counted as duplicates."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from distillguard.columnar import ParquetReader
-    from distillguard.store.db import as_store_error
-    from distillguard.store.exchanges import ExchangeRecord
-    from distillguard.store.export import IMPORT_BATCH, ImportSummary, _insert_new
-
-    reader = ParquetReader(path)
-    batch: list[ExchangeRecord] = []
-    inserted = seen = 0
-    try:
-        for rec in reader:
-            batch.append(ExchangeRecord.from_traffic(rec.to_dict()))
-            if len(batch) >= IMPORT_BATCH:
-                inserted += _insert_new(engine, batch)
-                seen += len(batch)
-                batch = []
-                if progress is not None:
-                    progress(seen)
-        if batch:
-            inserted += _insert_new(engine, batch)
-            seen += len(batch)
-    except SQLAlchemyError as exc:
-        raise as_store_error(exc, engine) from exc
-    return ImportSummary(Path(path), seen, inserted, seen - inserted, 0, ())
