@@ -196,6 +196,6 @@ def export_parquet(
             continue  # exported by an earlier run (same timestamp as the watermark)
         writer.write(TrafficRecord.from_dict(exchange.to_traffic()))
         n += 1
-        if progress is not None and n % 1000 == 0:
+        if progress is not None and n % 100 == 0:
             progress(n)
     return writer.close()
