@@ -120,7 +120,10 @@ class ParquetLogWriter:
             raise InputError("part_rows must be at least 1")
         self.watermark = recover(self.out)
         self._part_rows = part_rows
-        self._rows: list[dict[str, object]] = []
+        # Rows are kept as columns (a list per field): Arrow builds a table from those ~4x
+        # faster than from a list of row dicts.
+        self._cols: dict[str, list[object]] = {n: [] for n in traffic_schema().names}
+        self._n = 0
         self._day: str | None = None
         self._last: tuple[float, str] = (self.watermark.ts, self.watermark.id)
         self.written = 0
@@ -128,18 +131,20 @@ class ParquetLogWriter:
 
     def write(self, rec: TrafficRecord) -> None:
         day = _day(rec.ts)
-        if self._rows and (day != self._day or len(self._rows) >= self._part_rows):
+        if self._n and (day != self._day or self._n >= self._part_rows):
             self.flush()
         self._day = day
-        self._rows.append(record_row(rec, self.watermark.next_seq + len(self._rows)))
+        for name, value in record_row(rec, self.watermark.next_seq + self._n).items():
+            self._cols[name].append(value)
+        self._n += 1
         self._last = (rec.ts, rec.id)
 
     def flush(self) -> None:
-        if not self._rows:
+        if not self._n:
             return
         first = self.watermark.next_seq
-        mark = Watermark(self._last[0], self._last[1], first + len(self._rows))
-        table = pa.Table.from_pylist(self._rows, schema=traffic_schema())
+        mark = Watermark(self._last[0], self._last[1], first + self._n)
+        table = pa.Table.from_pydict(self._cols, schema=traffic_schema())
         table = table.replace_schema_metadata({_META_KEY: mark.to_json()})
         folder = self.out / f"day={self._day}"
         folder.mkdir(exist_ok=True)
@@ -148,10 +153,11 @@ class ParquetLogWriter:
         pq.write_table(table, tmp, compression=COMPRESSION)
         os.replace(tmp, final)  # the part is now committed (its metadata is the watermark)
         _atomic_write(self.out / STATE_FILE, mark.to_json())
-        self.written += len(self._rows)
+        self.written += self._n
         self.parts += 1
         self.watermark = mark
-        self._rows = []
+        self._cols = {n: [] for n in self._cols}
+        self._n = 0
 
     def close(self) -> ParquetExportSummary:
         self.flush()
