@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -142,17 +143,23 @@ def score(log: Path, engine: str, extra: list[str], daemons: list[int], env: dic
     cmd = [sys.executable, "-m", "distillguard", "monitor", "score", str(log), "--out", str(out)]
     cmd += ["--engine", "spark" if engine.startswith("spark") else engine, *extra]
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     with PeakRss([proc.pid, *daemons]) as rss:
         output, _ = proc.communicate()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU of the child's whole tree (JVM, forked workers, Python workers; not a standalone
+    # cluster's executors): on a shared machine, the figure load does not inflate.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         return {"error": output.strip().splitlines()[-1] if output.strip() else "failed"}
     verdicts = [json.loads(line) for line in out.read_text().splitlines()]
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "peak_mb": rss.peak / 2**20,
         "accounts": len(verdicts),
         "flagged": sum(v["flagged"] for v in verdicts),
@@ -296,6 +303,7 @@ def main() -> None:
         "engine",
         "wall s",
         "exchanges/s",
+        "CPU s",
         "peak MB",
         "accounts",
         "flagged",
@@ -306,7 +314,7 @@ def main() -> None:
     for r in results:
         if "error" in r:
             table.add_row(
-                f"{r['exchanges']:,}", r["engine"], "error", r["error"][:60], "", "", "", "", ""
+                f"{r['exchanges']:,}", r["engine"], "error", r["error"][:60], "", "", "", "", "", ""
             )
             continue
         peer = next(x for x in results if x["exchanges"] == r["exchanges"] and "digest" in x)
@@ -315,6 +323,7 @@ def main() -> None:
             r["engine"],
             f"{r['wall_s']:.1f}",
             f"{r['exchanges'] / r['wall_s']:,.0f}",
+            f"{r['cpu_s']:.1f}",
             f"{r['peak_mb']:,.0f}",
             f"{r['accounts']:,}",
             f"{r['flagged']:,}",
