@@ -154,3 +154,32 @@ def test_log_import_reads_parquet(store_url: str, tmp_path: Path) -> None:
     back = tmp_path / "back"
     export_parquet(engine, back)
     assert list(ParquetReader(back)) == records
+
+
+def test_cli_export_parquet_then_import(store_url: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from distillguard.cli import app
+
+    engine = make_engine(store_url)
+    _fill(engine, 0, 30)
+    runner = CliRunner()
+    out = tmp_path / "lake"
+    first = runner.invoke(
+        app, ["log", "export", "--format", "parquet", "--out", str(out), "--db", store_url]
+    )
+    assert first.exit_code == 0, first.output
+    assert "wrote 30 new exchanges" in first.output
+    again = runner.invoke(
+        app, ["log", "export", "--format", "parquet", "--out", str(out), "--db", store_url]
+    )
+    assert "wrote 0 new exchanges" in again.output and "(30 in all)" in again.output
+    bad = runner.invoke(
+        app, ["log", "export", "--format", "csv", "--out", str(out), "--db", store_url]
+    )
+    assert bad.exit_code != 0 and "--format must be jsonl or parquet" in str(
+        bad.exception or bad.output
+    )
+    other = f"sqlite:///{tmp_path / 'other.sqlite'}"
+    imported = runner.invoke(app, ["log", "import", str(out), "--db", other])
+    assert imported.exit_code == 0 and "30 exchanges imported" in imported.output
