@@ -14,7 +14,7 @@ same), and the engines' connected components must equal ``links.find_clusters``'
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,7 +220,7 @@ class EngineOptions:
 
 def finish(
     folded: dict[str, Folded],
-    clusters_for: object,
+    clusters_for: Callable[[dict[str, LinkKeys]], list[Cluster]],
     opts: EngineOptions,
     source: Path,
     rows: int,
@@ -232,7 +232,7 @@ def finish(
     signals = {a: f.signals for a, f in folded.items()}
     keys = {a: f.keys for a, f in folded.items()}
     keys = with_creation_keys(keys, signals, opts.accounts, opts.trust.young_days)
-    clusters = clusters_for(keys)  # type: ignore[operator]
+    clusters = clusters_for(keys)
     views = views_with_clusters(signals, clusters)
     ctx = context_for(
         views,
