@@ -293,6 +293,7 @@ def main() -> None:
                         engine=engine, exchanges=rows, generate_s=gen_s, load=os.getloadavg()[0]
                     )
                     results.append(r)
+                    console.print(json.dumps(r))  # each figure as soon as it is measured
                     bar.advance(task)
     finally:
         if cluster is not None:
