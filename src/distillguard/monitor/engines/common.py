@@ -43,7 +43,7 @@ from distillguard.monitor.signals import (
 from distillguard.monitor.trust import AccountInfo, TrustPolicy
 from distillguard.traffic import ReadSummary, TrafficRecord, Verdict
 
-# Columns an engine reads (every record field; ``seq`` orders an account's rows).
+# The order an engine folds rows in: an account's rows together, in arrival (``seq``) order.
 ENGINE_ORDER = "account_id, seq"
 
 
