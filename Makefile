@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU build lies on this machine's disk; any other pulls CUDA.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,intel]'
+	$(BIN)/pip install -q -e '.[dev,intel,spark]'
+	# Java for the Spark engine from Debian's packages (pyspark starts a JVM).
+	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
 	touch $(STAMP)
 
 install: $(STAMP)

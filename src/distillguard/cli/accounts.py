@@ -530,11 +530,21 @@ def actions_audit(
 
 @log_app.command("export")
 def log_export(
-    out: Annotated[Path, typer.Option("--out", help="JSON Lines file to write.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="JSON Lines file, or directory for --format parquet.")
+    ],
     since: Annotated[
         str | None, typer.Option(help="Only exchanges from this time (Unix seconds or ISO 8601).")
     ] = None,
     until: Annotated[str | None, typer.Option(help="Only exchanges before this time.")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="jsonl (one file) or parquet (day partitions, zstd, incremental: each run "
+            "adds only exchanges newer than the last).",
+        ),
+    ] = "jsonl",
     db: DbOption = None,
 ) -> None:
     """Export the exchange log in the traffic-log format (shared/spec/traffic-log.md §1)."""
@@ -543,6 +553,19 @@ def log_export(
 
     start = parse_time(since) if since else None
     end = parse_time(until) if until else None
+    if fmt not in ("jsonl", "parquet"):
+        raise InputError(f"--format must be jsonl or parquet, got {fmt!r}")
+    if fmt == "parquet":
+        from distillguard.store.parquet import export_parquet
+
+        with tracked(f"exporting to {out}", console=console, transient=True) as bar:
+            res = export_parquet(_open(db), out, since=start, until=end, progress=bar)
+        console.print(
+            f"wrote {res.written:,} new exchanges in {res.parts:,} part files to {res.path} "
+            f"({res.watermark.next_seq:,} in all)",
+            soft_wrap=True,
+        )
+        return
     if out.is_dir():
         raise InputError(f"--out {out} is a directory; give a file name")
     engine = _open(db)
@@ -560,7 +583,10 @@ def log_export(
 
 @log_app.command("import")
 def log_import(
-    path: Annotated[Path, typer.Argument(help="Traffic-log JSON Lines file (plain or gzip).")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="Traffic log: JSON Lines (plain or gzip) or a Parquet log directory."),
+    ],
     db: DbOption = None,
 ) -> None:
     """Load a traffic log (spec §1) into the exchange log: malformed lines are skipped and

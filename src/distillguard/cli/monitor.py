@@ -103,11 +103,22 @@ def monitor_score(
         Path | None,
         typer.Option("--trust", help="Trust tiers / allow-list (YAML or JSON)."),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="stream, duckdb or spark (default: duckdb for a Parquet log, else stream)."
+        ),
+    ] = None,
+    master: Annotated[
+        str | None,
+        typer.Option(help="Spark master: local[N] (default local[2]) or spark://host:port."),
+    ] = None,
 ) -> None:
-    """Score every account of a traffic log (or of the gateway's database)."""
+    """Score every account of a traffic log (JSON Lines or Parquet) or of the gateway's
+    database; verdicts go to --out as JSON Lines, or Parquet when it ends in .parquet."""
     from rich.console import Console
 
-    from distillguard.monitor.offline import score_records, score_traffic
+    from distillguard.monitor.offline import score_records
     from distillguard.monitor.score import ScoreModel
     from distillguard.monitor.trust import load_trust, read_accounts
     from distillguard.traffic import JsonlWriter
@@ -115,13 +126,25 @@ def monitor_score(
     console = Console()
     if (traffic is None) == (db is None):
         raise InputError("give either a TRAFFIC file or --db URL (not both)")
+    if db is not None and (engine is not None or master is not None):
+        raise InputError("--engine/--master score a TRAFFIC log, not --db")
     m = ScoreModel.load(model)
     tiers = load_trust(trust)
     infos = read_accounts(accounts) if accounts is not None else None
     if traffic is not None:
-        with console.status(f"scoring {traffic} (one pass, links, coordination test, scores)"):
-            rep = score_traffic(
-                traffic, out, model=m, workers=workers or None, trust=tiers, accounts=infos
+        from distillguard.monitor.engines import default_engine, score_log
+
+        chosen = engine or default_engine(traffic)
+        with console.status(f"scoring {traffic} with {chosen} (signals, links, clusters, scores)"):
+            rep = score_log(
+                traffic,
+                out,
+                model=m,
+                engine=chosen,
+                master=master,
+                workers=workers or None,
+                trust=tiers,
+                accounts=infos,
             )
         assert rep.read is not None
         console.print(rep.read.describe())
@@ -142,6 +165,7 @@ def monitor_score(
         console.print(source.describe())
         if rep.exchanges == 0:
             raise InputError(f"no attributed exchanges in the database at {db}")
+
         with JsonlWriter(out) as w:
             for v in rep.verdicts:
                 w.write(v)

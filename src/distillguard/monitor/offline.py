@@ -161,6 +161,23 @@ def account_views(
     return views
 
 
+def views_with_clusters(
+    signals: dict[str, AccountSignals], clusters: Iterable[Cluster]
+) -> list[AccountView]:
+    """``account_views`` for clusters found elsewhere (an engine's own links and connected
+    components): the same pooling, one view per account in account order."""
+    member_of: dict[str, tuple[Cluster, AccountSignals]] = {}
+    for cl in clusters:
+        pooled = merge_signals([signals[m] for m in cl.members])
+        for m in cl.members:
+            member_of[m] = (cl, pooled)
+    views = []
+    for a in sorted(signals):
+        cluster, cluster_signals = member_of.get(a, (None, None))
+        views.append(AccountView(a, signals[a], cluster, cluster_signals))
+    return views
+
+
 def read_out(
     sketches: dict[str, AccountSketch],
     link_cfg: LinkConfig | None = None,

@@ -135,7 +135,13 @@ def import_traffic(
 
     ``progress(n)`` is called with the records read so far (malformed lines included), every
     ``IMPORT_BATCH`` records, and with the file's line count at the end.
+    A Parquet log (a directory of day partitions, or a .parquet file) goes to
+    ``store.parquet.import_parquet``.
     """
+    from distillguard.columnar import is_parquet_log
+
+    if is_parquet_log(Path(path)):
+        return import_parquet(engine, Path(path), progress=progress)
     reader = JsonlReader(path, _parse_line)
     batch: list[ExchangeRecord] = []
     inserted = seen = 0
@@ -164,3 +170,31 @@ def import_traffic(
         skipped=summary.skipped,
         examples=summary.examples,
     )
+
+
+def import_parquet(
+    engine: Engine, path: Path, *, progress: Callable[[int], None] | None = None
+) -> ImportSummary:
+    """``export.import_traffic`` for a Parquet log: every row must be a valid exchange (the
+    files' schemas are checked first; a bad value is an error naming the file), ids already
+    in the database are counted as duplicates."""
+    from distillguard.columnar import ParquetReader
+
+    reader = ParquetReader(path)
+    batch: list[ExchangeRecord] = []
+    inserted = seen = 0
+    try:
+        for rec in reader:
+            batch.append(ExchangeRecord.from_traffic(rec.to_dict()))
+            if len(batch) >= IMPORT_BATCH:
+                inserted += _insert_new(engine, batch)
+                seen += len(batch)
+                batch = []
+                if progress is not None:
+                    progress(seen)
+        if batch:
+            inserted += _insert_new(engine, batch)
+            seen += len(batch)
+    except SQLAlchemyError as exc:
+        raise as_store_error(exc, engine) from exc
+    return ImportSummary(Path(path), seen, inserted, seen - inserted, 0, ())
