@@ -260,7 +260,7 @@ def main() -> None:
     data_dir = Path(os.environ.get("DISTILLGUARD_DATA_DIR", ROOT.parent / "shared" / "data"))
     work = args.work or Path(tempfile.mkdtemp(prefix="dg-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     sizes = [int(s) for s in args.sizes.split(",")]
     engines = args.engines.split(",")
     console.print(f"load before: {os.getloadavg()} on {os.cpu_count()} cores (shared machine)")

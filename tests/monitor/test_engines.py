@@ -53,9 +53,10 @@ def _opts() -> EngineOptions:
 
 
 def _cli_score(log: Path, out: Path, *extra: str) -> None:
-    """``monitor score`` in a child with a fixed hash seed: the frame-shingle hashes are
-    Python's salted ``hash``, and Spark's workers run with PYTHONHASHSEED (0 by default)."""
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(SRC)}
+    """``monitor score`` in a child of its own, each with Python's default (random) hash
+    salt: the verdicts must not depend on it."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("PYTHONHASHSEED", None)
     cmd = [sys.executable, "-m", "distillguard", "monitor", "score", str(log), "--out", str(out)]
     proc = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr

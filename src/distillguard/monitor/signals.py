@@ -131,8 +131,9 @@ def _stable_hash(s: str) -> int:
 def frame_shingles(text: str, cfg: SignalConfig) -> tuple[int, ...]:
     """Hashes of word n-grams at the two ends of a prompt (bounded work for any length).
 
-    Python's string hash is salted per process; shingles are only ever compared inside one
-    process (sketches are not shared between processes), so that is all they need."""
+    The hash is CRC-32 of the n-gram, not Python's per-process salted ``hash``: which
+    shingles a full table keeps depends on their values, so a salted hash made the same log
+    score differently from one run (or engine worker) to the next."""
     span = cfg.frame_words * 16
     if len(text) <= 2 * span:
         words = text.lower().split()
@@ -142,7 +143,8 @@ def frame_shingles(text: str, cfg: SignalConfig) -> tuple[int, ...]:
         words = text[:span].lower().split()[: cfg.frame_words]
         words += text[-span:].lower().split()[-cfg.frame_words :]
     k = cfg.shingle_words
-    return tuple({hash(g) for g in zip(*(words[i:] for i in range(k)), strict=False)})
+    grams = zip(*(words[i:] for i in range(k)), strict=False)
+    return tuple({_stable_hash(" ".join(g)) for g in grams})
 
 
 # Cheap substrings one of which every chain-of-thought phrasing contains: most prompts skip

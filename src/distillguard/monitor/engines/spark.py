@@ -12,9 +12,8 @@
 
 PySpark is the optional extra ``spark``; Java comes from the system (Debian:
 ``default-jre-headless``). Python workers get the driver's ``PYTHONHASHSEED`` (PySpark's
-default is 0): the frame-shingle hashes are Python's salted ``hash``, so all workers must
-share one salt; run the driver with the same ``PYTHONHASHSEED`` to compare shingle-level
-results with the in-process engines.
+default is 0) because PySpark asks for one; the sketches do not depend on it (frame shingles
+are hashed with CRC-32, the same in every process).
 """
 
 from __future__ import annotations
