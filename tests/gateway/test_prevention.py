@@ -111,23 +111,41 @@ def test_cap_logprobs_caps_rounds_refuses_and_lifts(local_client) -> None:
     with pytest.raises(openai.BadRequestError) as too_many:
         client.chat.completions.create(**{**ask, "n": 3})
     assert too_many.value.body["param"] == "n"
+    rows = admin.exchanges(account)
+    refused = [r for r in rows if r["status"] == 400]
+    assert len(refused) == 1 and all(r["request"]["_defence"]["action"] for r in refused)
+    served = [r for r in rows if r["status"] == 200 and "_defence" in r["request"]]
+    assert served and served[0]["request"]["_defence"]["applied"] == ["cap_logprobs"]
+
+    admin.lift(action)
+    back = client.chat.completions.create(**ask)
+    assert all(len(t.top_logprobs) == 5 for t in back.choices[0].logprobs.content)
+
+
+def test_logprobs_with_logit_bias_refused_under_the_cap_upstream(upstream_gateway) -> None:
+    # the logit-extraction pair; upstream mode, since the local model takes no logit_bias at all
+    admin, account, client, gw = upstream_gateway
+    ask = dict(model="mock-model", messages=CHAT, max_tokens=4, logprobs=True, top_logprobs=2)
+    client.chat.completions.create(**ask, logit_bias={"50": 100})  # no action: served
+    action = admin.apply(account, "cap_logprobs", {"top_logprobs": 2})
     with pytest.raises(openai.BadRequestError) as extraction:
         client.chat.completions.create(**ask, logit_bias={"50": 100})
     error = extraction.value.body
     assert error["param"] == "logit_bias" and "logit_bias" in error["message"]
     assert "score" not in error["message"].lower()  # says what to do, not why
     # logit_bias alone is still served: only the extraction pair is refused
-    client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, logit_bias={"50": 1})
-
-    rows = admin.exchanges(account)
-    refused = [r for r in rows if r["status"] == 400]
-    assert len(refused) == 2 and all(r["request"]["_defence"]["action"] for r in refused)
-    served = [r for r in rows if r["status"] == 200 and "_defence" in r["request"]]
-    assert served and served[0]["request"]["_defence"]["applied"] == ["cap_logprobs"]
-
+    client.chat.completions.create(model="mock-model", messages=CHAT, logit_bias={"50": 1})
+    refused = [r for r in gw.exchanges(account=account) if r["status"] == 400]
+    assert len(refused) == 1 and refused[0]["request"]["_defence"]["action"] == "cap_logprobs"
     admin.lift(action)
-    back = client.chat.completions.create(**ask, logit_bias={"50": 100})
-    assert all(len(t.top_logprobs) == 5 for t in back.choices[0].logprobs.content)
+
+    def served_again() -> bool:
+        try:
+            return bool(client.chat.completions.create(**ask, logit_bias={"50": 100}).choices)
+        except openai.BadRequestError:
+            return False  # the lift has not reached the gateway yet
+
+    assert _eventually(served_again)
 
 
 def test_logprob_budget_runs_out_for_the_day(local_client) -> None:
