@@ -90,7 +90,8 @@ def test_siblings_are_tested_as_a_family_and_never_named_alone() -> None:
     result = attribute(suspect, cands, config)
     assert result.verdict not in ("cand2", "cand9")
     family = next(c for c in result.candidates if c.name == "family:vendor")
-    assert family.share == pytest.approx(1.0)  # every answer went to one of the siblings
+    # nearly all of the probability goes to one of the siblings, far above the null
+    assert family.share >= 0.8 and family.share > family.null_mean + 3 * family.null_sd
     assert result.verdict in (None, "family:vendor")
     # a planted student of cand2 (its own answers, noised) is told apart from the sibling
     student = AnswerSet("student", _noisy_copy(cands[2].answers, rng, noise=0.3))
