@@ -5,16 +5,17 @@ phrases, list and markdown habits, punctuation, openings and closings (Sun et al
 arXiv 2502.12150, tell model families apart from such text features alone). The test learns
 them, and turns the classifier into a calibrated test with a "none of these" answer:
 
-1. **Classifier.** Character (inside word boundaries) and word n-grams, hashed (stateless, so
-   nothing is fitted on the suspect's text), TF-IDF weighted on the training answers, and a
-   nearest-centroid classifier (cosine to each candidate's mean answer vector; a hub
-   centroid close to everyone is handled by the null, not the classifier; on the tuning
-   quarter of the prompts it named 41 % of single answers among 13 models, Complement NB 26 %,
-   a linear SVM 50 % at 7x the cost, too slow for the leave-one-out null on 2 cores) over the
-   K candidates, trained on the candidates' answers
-   to prompts *other* than the suspect's when they have enough (else on all their answers).
-2. **Statistic.** The suspect's *vote share* for candidate c: the fraction of its answers the
-   classifier assigns to c.
+1. **Classifier** (``attribution_features``). Per answer: its cosine to each candidate's
+   TF-IDF centroid over hashed character and word n-grams (exact phrases and spelling), an
+   SVD of the frequent n-grams, and stylometry (markdown headers, lists, lengths, openers
+   and closers such as "Certainly!" or "As an AI"); a multinomial logistic regression over
+   the K candidates learns which of these separate each candidate from the others. It is
+   trained on the candidates' answers to prompts *other* than the suspect's when they have
+   enough (else on all their answers). On the tuning quarter of the prompts it names 50 % of
+   single answers among 13 real models (the nearest-centroid classifier before it: 41 %).
+2. **Statistic.** The suspect's *share* for candidate c: the mean probability the classifier
+   gives c over the suspect's answers (``statistic="vote"``: the fraction of answers whose
+   most probable class is c).
 3. **Null.** How large that share is for a model that did not learn from c: every other
    candidate j in turn is held out of training (leave-one-out), its answers are classified,
    and its share for c joins c's null. Candidates declared of c's *family* (same vendor,
@@ -27,6 +28,10 @@ them, and turns the classifier into a calibrated test with a "none of these" ans
    If not, the verdict names the *family* (``family:<name>``) and says so: text alone
    cannot separate a student of one sibling from a student of the other, or from a sibling
    itself (a test of this kind cannot tell "learned from gpt-4" from "is a newer gpt-4").
+5. **Meaning.** A verdict says the suspect's answers *resemble* the candidate's more than
+   unrelated models' answers do. Resemblance is symmetric: a teacher taken as the suspect is
+   attributed to its own student just as well. The direction (who learned from whom) is not
+   decided from text; ``AttributionResult.meaning`` says so in words.
 
 The held-out candidate of the null is trained on one class fewer than the suspect's
 classifier, which raises its shares slightly: a conservative bias.
