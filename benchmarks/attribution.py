@@ -308,10 +308,11 @@ def main() -> int:
             every[n] = answer_features([sets[n].answers[p] for p in prompts], config)
             train[n], test[n] = subset(every[n], train_idx), subset(every[n], test_idx)
             bar.advance(task)
-        runs = {}
+        runs = {"new": evaluate("new", new_scorer(train, config), names, test, config, bar)}
+        early = summarize("new", runs["new"], names)
+        bar.console.print(f"new method done at {time.time() - started:.0f} s: {early}")
         if not args.skip_peer:
             runs["peer"] = evaluate("peer", centroid_scorer(train), names, test, config, bar)
-        runs["new"] = evaluate("new", new_scorer(train, config), names, test, config, bar)
     mode = (
         "Q0 (same prompts as the candidates' training)" if args.same_prompts else f"Q{args.split}"
     )

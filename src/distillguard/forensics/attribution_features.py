@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -170,6 +170,21 @@ class Representation:
     svd: Any  # TruncatedSVD
     scaler: Any  # StandardScaler over [svd components | stylometry]
     style_weight: float
+    # Transforms of answer sets already seen (the leave-one-out null refits on the same
+    # training answers K + 1 times): id -> (the features, kept alive so the id stays theirs,
+    # their full TF-IDF rows, their dense rows).
+    seen: dict[int, tuple[AnswerFeatures, Any, np.ndarray]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def prepare(self, features: AnswerFeatures) -> tuple[Any, np.ndarray]:
+        """(full TF-IDF rows (N, F), dense rows (N, D + S)), computed once per answer set."""
+        hit = self.seen.get(id(features))
+        if hit is not None and hit[0] is features:
+            return hit[1], hit[2]
+        out = (self.full_tfidf.transform(features.ngrams), self.transform(features))
+        self.seen[id(features)] = (features, *out)
+        return out
 
     def transform(self, features: AnswerFeatures) -> np.ndarray:
         """(N, D + S) standardised features of N answers."""
@@ -183,11 +198,6 @@ class Representation:
         scaled = self.scaler.transform(joined)
         scaled[:, reduced.shape[1] :] *= self.style_weight
         return scaled
-
-    def transform_many(
-        self, features: Mapping[str, AnswerFeatures], names: Sequence[str]
-    ) -> np.ndarray:
-        return np.vstack([self.transform(features[n]) for n in names])
 
 
 def fit_representation(
@@ -228,11 +238,9 @@ class FittedClassifier:
     model: Any  # LogisticRegression over the classes
 
     def _inputs(self, features: AnswerFeatures) -> np.ndarray:
-        weighted = self.representation.full_tfidf.transform(features.ngrams)  # (N, F)
+        weighted, dense = self.representation.prepare(features)  # (N, F), (N, D + S)
         cosines = np.asarray(weighted @ self.centroids.T)  # (N, K)
-        return np.hstack(
-            [self.similarity_scaler.transform(cosines), self.representation.transform(features)]
-        )  # (N, K + D + S)
+        return np.hstack([self.similarity_scaler.transform(cosines), dense])  # (N, K + D + S)
 
     def probabilities(self, features: AnswerFeatures) -> np.ndarray:
         """(N, K) probability of each class for each answer."""
@@ -270,8 +278,8 @@ def fit_classifier(
     classes = tuple(sorted(train))
     rep = representation or fit_representation([train[c] for c in classes], config)
     labels = np.repeat(np.arange(len(classes)), [train[c].num_answers for c in classes])
-    ngrams = sparse.vstack([train[c].ngrams for c in classes]).tocsr()  # (sum N_c, F)
-    weighted = rep.full_tfidf.transform(ngrams)  # (sum N_c, F) unit rows
+    prepared = [rep.prepare(train[c]) for c in classes]
+    weighted = sparse.vstack([w for w, _ in prepared]).tocsr()  # (sum N_c, F) unit rows
     sums = _centroid_sums(weighted, labels, len(classes))  # (K, F)
     norms = np.linalg.norm(sums, axis=1)  # (K,)
     dots = np.asarray(weighted @ sums.T)  # (sum N_c, K)
@@ -282,7 +290,8 @@ def fit_classifier(
         np.maximum(norms[labels] ** 2 - 2.0 * own + 1.0, 1e-12)
     )  # cosine to the own centroid without the answer itself
     similarity_scaler = StandardScaler().fit(cosines)
-    x = np.hstack([similarity_scaler.transform(cosines), rep.transform_many(train, classes)])
+    dense = np.vstack([d for _, d in prepared])  # (sum N_c, D + S)
+    x = np.hstack([similarity_scaler.transform(cosines), dense])
     model = LogisticRegression(C=config.regularization, max_iter=config.max_iter)
     model.fit(x, labels)
     centroids = sums / norms[:, None]
