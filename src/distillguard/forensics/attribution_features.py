@@ -20,13 +20,32 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import sparse
 
-if TYPE_CHECKING:
-    from distillguard.forensics.attribution import AttributionConfig
+
+class FeatureSettings(Protocol):
+    """The settings read here (``attribution.AttributionConfig`` has them, with why-comments)."""
+
+    @property
+    def char_ngrams(self) -> tuple[int, int]: ...
+    @property
+    def word_ngrams(self) -> tuple[int, int]: ...
+    @property
+    def hash_bits(self) -> int: ...
+    @property
+    def svd_components(self) -> int: ...
+    @property
+    def ngram_columns(self) -> int: ...
+    @property
+    def style_weight(self) -> float: ...
+    @property
+    def regularization(self) -> float: ...
+    @property
+    def max_iter(self) -> int: ...
+
 
 # Openers and closers seen in chat models' answers ("Certainly!", "I hope this helps"):
 # the first and last words are where assistants' trained habits show most.
@@ -126,7 +145,7 @@ def stylometric_features(texts: Sequence[str]) -> np.ndarray:
     return np.array([_stylometry(t) for t in texts], dtype=np.float64)  # (N, S)
 
 
-def featurize(texts: Sequence[str], config: AttributionConfig) -> sparse.csr_matrix:
+def featurize(texts: Sequence[str], config: FeatureSettings) -> sparse.csr_matrix:
     """Hashed character and word n-gram counts. texts: N answers. Returns (N, 2 * 2^bits)."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
@@ -155,7 +174,7 @@ class AnswerFeatures:
         return int(self.ngrams.shape[0])
 
 
-def answer_features(texts: Sequence[str], config: AttributionConfig) -> AnswerFeatures:
+def answer_features(texts: Sequence[str], config: FeatureSettings) -> AnswerFeatures:
     return AnswerFeatures(featurize(texts, config), stylometric_features(texts))
 
 
@@ -200,9 +219,7 @@ class Representation:
         return scaled
 
 
-def fit_representation(
-    train: Sequence[AnswerFeatures], config: AttributionConfig
-) -> Representation:
+def fit_representation(train: Sequence[AnswerFeatures], config: FeatureSettings) -> Representation:
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.preprocessing import StandardScaler, normalize
@@ -261,7 +278,7 @@ class FittedClassifier:
 
 def fit_classifier(
     train: Mapping[str, AnswerFeatures],
-    config: AttributionConfig,
+    config: FeatureSettings,
     representation: Representation | None = None,
 ) -> FittedClassifier:
     """Logistic regression over the classes of ``train`` (name -> its training answers).
