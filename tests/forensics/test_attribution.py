@@ -18,6 +18,7 @@ from distillguard.forensics.attribution import (
     read_candidates,
     read_families,
 )
+from distillguard.forensics.attribution_features import stylometric_features
 
 NUM_PROMPTS = 80
 CONFIG = AttributionConfig(min_prompts=30, min_train_prompts=30, hash_bits=16)
@@ -63,6 +64,10 @@ def test_planted_teacher_is_found() -> None:
     top = result.candidates[0]
     assert top.name == "cand2" and top.p_holm <= CONFIG.alpha and top.share > top.null_mean
     assert all(not c.attributed for c in result.candidates[1:])
+    # the verdict claims resemblance, not direction, and says so
+    data = result.to_dict()
+    assert data["relation"] == "resembles" and "cand2" in data["meaning"]
+    assert "does not say who learned from whom" in result.meaning
 
 
 def test_independent_suspect_gets_none() -> None:
@@ -90,7 +95,8 @@ def test_siblings_are_tested_as_a_family_and_never_named_alone() -> None:
     result = attribute(suspect, cands, config)
     assert result.verdict not in ("cand2", "cand9")
     family = next(c for c in result.candidates if c.name == "family:vendor")
-    assert family.share == pytest.approx(1.0)  # every answer went to one of the siblings
+    # nearly all of the probability goes to one of the siblings, far above the null
+    assert family.share >= 0.8 and family.share > family.null_mean + 3 * family.null_sd
     assert result.verdict in (None, "family:vendor")
     # a planted student of cand2 (its own answers, noised) is told apart from the sibling
     student = AnswerSet("student", _noisy_copy(cands[2].answers, rng, noise=0.3))
@@ -110,6 +116,8 @@ def test_candidates_on_other_prompts() -> None:
     result = attribute(suspect, trained, CONFIG)
     assert not result.same_prompts
     assert result.verdict == "cand4"
+    # the vote-share statistic reaches the same verdict
+    assert attribute(suspect, trained, replace(CONFIG, statistic="vote")).verdict == "cand4"
 
 
 def test_too_few_candidates_answers_and_bad_config(tmp_path: Path) -> None:
@@ -129,9 +137,27 @@ def test_too_few_candidates_answers_and_bad_config(tmp_path: Path) -> None:
         AttributionConfig(alpha=1.5)
     with pytest.raises(InputError):
         AttributionConfig(char_ngrams=(4, 2))
+    with pytest.raises(InputError, match="statistic"):
+        AttributionConfig(statistic="median")
+    with pytest.raises(InputError, match="ngram_columns"):
+        AttributionConfig(svd_components=500, ngram_columns=100)
+    with pytest.raises(InputError, match="regularization"):
+        AttributionConfig(regularization=0.0)
     (tmp_path / "fam.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="expected a JSON object"):
         read_families(tmp_path / "fam.json")
+
+
+def test_stylometry_sees_formatting_habits() -> None:
+    """Markdown structure, openers and AI disclaimers are features the n-grams see poorly."""
+    markdown = "Certainly! Here is a plan:\n\n## Steps\n\n1. **Plan** it\n2. Do it\n- note"
+    plain = "As an AI language model, I cannot do that. I hope this helps"
+    feats = stylometric_features([markdown, plain, markdown])  # (3, S)
+    assert feats.shape[0] == 3 and np.isfinite(feats).all()
+    assert np.array_equal(feats[0], feats[2])  # deterministic, nothing fitted
+    differs = np.flatnonzero(feats[0] != feats[1])
+    assert differs.size >= 10  # headers, numbered items, bold, blank lines, openers, closers
+    assert stylometric_features([]).shape == (0, feats.shape[1])
 
 
 def test_reading_files_counts_bad_lines(tmp_path: Path) -> None:

@@ -134,6 +134,7 @@ def prove_attribute(
         f"verdict: [bold]{verdict}[/bold] (alpha={alpha:g}, Holm over "
         f"{len(result.candidates)} candidates)"
     )
+    console.print(result.meaning)
     if result.sibling_note:
         console.print(f"[yellow]{result.sibling_note}[/yellow]")
     _write_json(ctx, out, result.to_dict() | {"skipped_lines": skipped})
