@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     default_rpm: int = Field(default=600, ge=1)  # per-key requests/minute unless the key says
     default_tpm: int = Field(default=200_000, ge=1)  # per-key tokens/minute unless the key says
     policy_file: Path | None = None  # YAML policy for online enforcement (None: built-in)
+    # What the provider knows of its accounts (spec 1b: age, org, verification tier) and its
+    # trust tiers (YAML/JSON): the online monitor applies the same grants and org explanations
+    # as `monitor score --accounts --trust`. None: every account is an unverified stranger.
+    accounts_file: Path | None = None
+    trust_file: Path | None = None
     online_monitor: bool = True  # gateway asks monitor.online before serving (False: no policy)
     log_level: str = "info"  # the gateway's JSON log: debug | info | warning | error
     # Networks (CIDR, comma-separated) of the reverse proxies in front of the gateway. Only a

@@ -308,3 +308,23 @@ def test_online_monitor_applies_trust_tiers_like_offline() -> None:
             _check(m, acct, 60.0 * i, _BROAD[i % len(_BROAD)], body=body, ip=f"9.{len(acct)}.0.1")
     flagged = {f["account_id"] for f in m.flags()}
     assert "anon" in flagged and "org-app" not in flagged
+
+
+def test_the_gateways_monitor_reads_the_configured_accounts_file_and_trust_tiers(
+    tmp_path, monkeypatch
+) -> None:
+    import json
+
+    from distillguard.config import Settings
+    from distillguard.errors import InputError
+
+    accounts = tmp_path / "accounts.jsonl"
+    accounts.write_text(
+        json.dumps({"account_id": "acct_uni", "org_id": "org_u", "verification": "org"}) + "\n"
+    )
+    monitor = OnlineMonitor.from_settings(Settings(home=tmp_path, accounts_file=accounts))
+    assert monitor.accounts is not None
+    assert monitor.accounts["acct_uni"].verification == "org"
+    assert OnlineMonitor.from_settings(Settings(home=tmp_path)).accounts is None
+    with pytest.raises(InputError, match="accounts file not found"):
+        OnlineMonitor.from_settings(Settings(home=tmp_path, accounts_file=tmp_path / "none"))

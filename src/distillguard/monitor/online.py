@@ -51,7 +51,7 @@ from distillguard.monitor.signals import (
     new_sketch,
     request_features,
 )
-from distillguard.monitor.trust import AccountInfo, TrustPolicy
+from distillguard.monitor.trust import AccountInfo, TrustPolicy, load_trust, read_accounts
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -191,9 +191,16 @@ class OnlineMonitor:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OnlineMonitor:
-        """The gateway's monitor: its policy file (or the built-in one) and cross-account
-        linking on a background thread."""
-        return cls(load_policy(settings.policy_file), background_links=True)
+        """The gateway's monitor: its policy file (or the built-in one), the provider's
+        accounts file and trust tiers when configured, and cross-account linking on a
+        background thread."""
+        accounts = read_accounts(settings.accounts_file) if settings.accounts_file else None
+        return cls(
+            load_policy(settings.policy_file),
+            background_links=True,
+            trust=load_trust(settings.trust_file),
+            accounts=accounts,
+        )
 
     # ---- the request path -------------------------------------------------------------------
     def check(
