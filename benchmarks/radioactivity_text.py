@@ -64,8 +64,9 @@ def tokenization_facts(tok, scheme, rows) -> dict:
         not_prefix += common_prefix_length(p["input_ids"], pc["input_ids"]) < len(p["input_ids"])
         gen = np.array([e["id"] for e in r.logprobs or []], np.int64)
         text = np.array(tok.encode(r.answer, add_special_tokens=False), np.int64)
-        gen_pairs.append(np.stack(rad.sliding_contexts(gen, 1), 1)[:, [0, 1]])
-        text_pairs.append(np.stack(rad.sliding_contexts(text, 1), 1)[:, [0, 1]])
+        for ids, into in ((gen, gen_pairs), (text, text_pairs)):
+            ctx, nxt = rad.sliding_contexts(ids, 1)  # (n, 1), (n,)
+            into.append(np.column_stack([ctx[:, 0], nxt]))
 
     def green_rate(pairs: list[np.ndarray]) -> tuple[float, int]:
         p = np.unique(np.concatenate(pairs).reshape(-1, 2), axis=0)
@@ -87,40 +88,87 @@ def tokenization_facts(tok, scheme, rows) -> dict:
 
 
 # --------------------------------------------------------------------------- ideal learner
+def key_rows(keys: np.ndarray, width: int, vocab: int) -> np.ndarray:
+    """Context keys (C,) -> context rows (C, h): the inverse of ``rad.context_keys``."""
+    rows = np.zeros((len(keys), width), np.int64)
+    rest = np.asarray(keys, np.int64).copy()
+    for j in range(width - 1, -1, -1):
+        rows[:, j] = rest % vocab
+        rest //= vocab
+    return rows
+
+
 @dataclass(frozen=True)
 class IdealLearner:
-    """The smoothed empirical next-token table of a training text at width 1."""
+    """The smoothed empirical next-token table of a training text at the scheme's width h:
+    what a student of unbounded capacity converges to (sparse: only contexts seen)."""
 
-    table: np.ndarray  # (V, V) float64 q(v | c), rows sum to 1
+    width: int
+    vocab: int
+    keys: np.ndarray  # (N,) sorted context keys of the distinct (context, next) pairs
+    nexts: np.ndarray  # (N,) their next tokens
+    counts: np.ndarray  # (N,) float64 occurrences
+    unigram: np.ndarray  # (V,) add-one unigram of the text: an unseen context predicts it
+    alpha: float  # pseudo-count of the unigram prior per context
 
     @classmethod
-    def fit(cls, sequences, vocab: int, alpha: float = 0.5) -> IdealLearner:
-        counts = np.zeros((vocab, vocab), np.float64)
-        for s in sequences:
-            s = np.asarray(s, np.int64)
-            np.add.at(counts, (s[:-1], s[1:]), 1.0)
-        unigram = counts.sum(0) + 1.0
-        unigram /= unigram.sum()
-        # add-alpha toward the unigram: an unseen context predicts the text's unigram
-        table = counts + alpha * unigram[None, :]
-        return cls(table / table.sum(1, keepdims=True))
+    def fit(cls, sequences, vocab: int, width: int = 1, alpha: float = 0.5) -> IdealLearner:
+        from distillguard.forensics import radioactivity as rad
 
-    def predictions(self, contexts: np.ndarray):
+        keys, nexts = [], []
+        for s in sequences:
+            ctx, nxt = rad.sliding_contexts(np.asarray(s, np.int64), width)
+            keys.append(rad.context_keys(ctx, vocab))
+            nexts.append(nxt)
+        pairs, counts = np.unique(
+            np.column_stack([np.concatenate(keys), np.concatenate(nexts)]),
+            axis=0,
+            return_counts=True,
+        )
+        unigram = np.bincount(np.concatenate(nexts), minlength=vocab)[:vocab] + 1.0
+        return cls(
+            width,
+            vocab,
+            pairs[:, 0],
+            pairs[:, 1],
+            counts.astype(np.float64),
+            unigram / unigram.sum(),
+            alpha,
+        )
+
+    def table(self, contexts: np.ndarray) -> np.ndarray:
+        """q(. | c) for contexts (C, h) -> (C, V) float64."""
+        from distillguard.forensics import radioactivity as rad
+
+        wanted = rad.context_keys(contexts, self.vocab)  # (C,)
+        q = np.tile(self.alpha * self.unigram, (len(wanted), 1))
+        order = np.argsort(wanted)
+        lo = np.searchsorted(self.keys, wanted[order], "left")
+        hi = np.searchsorted(self.keys, wanted[order], "right")
+        for row, a, b in zip(order.tolist(), lo.tolist(), hi.tolist(), strict=True):
+            q[row, self.nexts[a:b]] += self.counts[a:b]
+        return q / q.sum(1, keepdims=True)
+
+    def predictions(self, contexts: np.ndarray, bias: np.ndarray | None = None):
         from distillguard.forensics.radioactivity import Predictions
 
-        q = self.table[contexts[:, 0]].astype(np.float32)  # (C, V)
-        top = q.argmax(1)
-        return Predictions(contexts, q, contexts, top.astype(np.int64), len(contexts), 0)
+        q = self.table(contexts)
+        if bias is not None:  # (C, V) logit offsets of an attacker
+            q = q * np.exp(bias)
+            q /= q.sum(1, keepdims=True)
+        top = q.argmax(1).astype(np.int64)
+        return Predictions(contexts, q.astype(np.float32), contexts, top, len(contexts), 0)
 
-    def sample(self, starts: list[int], length: int, seed: int) -> list[list[int]]:
+    def sample(self, start: list[int], count: int, length: int, seed: int) -> list[list[int]]:
+        """``count`` answers of ``length`` tokens after the context ``start`` (h tokens)."""
         rng = np.random.default_rng(seed)
-        cdf = np.cumsum(self.table, 1)
         out = []
-        for s in starts:
-            seq = [s]
+        for _ in range(count):
+            seq = list(start[-self.width :])
             for _ in range(length):
-                seq.append(int(np.searchsorted(cdf[seq[-1]], rng.random() * cdf[seq[-1], -1])))
-            out.append(seq[1:])
+                q = self.table(np.asarray([seq[-self.width :]], np.int64))[0]
+                seq.append(int(rng.choice(self.vocab, p=q)))
+            out.append(seq[self.width :])
         return out
 
 
@@ -172,8 +220,9 @@ def paraphrase(text: str, rng: np.random.Generator, swap: float = 0.3, drop: flo
 def estimated_green(harvest_seqs, reference_seqs, vocab: int) -> np.ndarray:
     """Pan et al.'s frequency estimate: (c, v) over-represented in the harvest relative to a
     reference text, by more than chance, is guessed green; (V, V) bool."""
-    h = IdealLearner.fit(harvest_seqs, vocab, alpha=0.1).table
-    r = IdealLearner.fit(reference_seqs, vocab, alpha=0.1).table
+    every = np.arange(vocab, dtype=np.int64)[:, None]  # (V, 1) all width-1 contexts
+    h = IdealLearner.fit(harvest_seqs, vocab, alpha=0.1).table(every)
+    r = IdealLearner.fit(reference_seqs, vocab, alpha=0.1).table(every)
     return np.log(h) - np.log(r) > np.log(1.5)
 
 
@@ -228,6 +277,55 @@ def fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
+def ideal_grid(
+    scheme,
+    marked,
+    clean,
+    harvests,
+    shares,
+    encoded,
+    answer_ids,
+    null_keys,
+    few_keys,
+    *,
+    start,
+    length,
+):
+    """The ideal learner of each (harvest size, share): open-weights tests on the served
+    contexts and the text test on 100 of its answers; all random keys at the 0 % cell of the
+    largest harvest (the calibration), a few elsewhere."""
+    from distillguard.forensics import radioactivity as rad
+    from distillguard.progress import progress_bar
+
+    width, vocab = scheme.context.width, scheme.vocab_size
+    out: dict = {}
+    with progress_bar() as bar:
+        task = bar.add_task(f"ideal learner h={width}", total=len(harvests) * len(shares))
+        for h in harvests:
+            for share in shares:
+                m, c = marked[:h], clean[:h]
+                served = base.served_rows(m, share)
+                learner = IdealLearner.fit(encoded(base.mix(m, c, share)), vocab, width)
+                keys = rad.served_context_keys(answer_ids(served), width, vocab)
+                preds = learner.predictions(key_rows(keys, width, vocab))
+                cal = null_keys if (share == 0 and h == max(harvests)) else few_keys
+                got = open_tests(scheme, preds, cal)
+                answers = learner.sample(start, 100, length, seed=3)
+                got["api-100"] = api_test(scheme, answers)
+                out[f"{h}/{share:g}"] = got
+                bar.advance(task)
+    return out
+
+
+def show_ideal(ideal: dict) -> None:
+    for key, got in ideal.items():
+        print(
+            f"  harvest/share {key:>9s}: "
+            + " / ".join(fmt(got[t]["log10_p"]) for t in TESTS)
+            + f" / {fmt(got['api-100'])}  ({got['units']} contexts)"
+        )
+
+
 # --------------------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -243,6 +341,8 @@ def main() -> int:
     parser.add_argument("--student-keys", type=int, default=20)
     parser.add_argument("--api-prompts", type=int, default=48)
     parser.add_argument("--removal-steps", default="100,300")
+    parser.add_argument("--h2", action="store_true", help="also the width-2 mark's ideal learner")
+    parser.add_argument("--ideal-only", action="store_true")
     parser.add_argument(
         "--out", type=Path, default=REPO / "docs" / "img" / "radioactivity_text.json"
     )
@@ -286,7 +386,6 @@ def main() -> int:
     result: dict = {"command": "python " + " ".join(sys.argv), "answers": args.answers}
     result["tokenization"] = facts = tokenization_facts(tok, scheme, marked)
     print(f"tokenization: {facts}", flush=True)
-    start_token = prompt_ids(tok, "x")[-1]
     null_keys = rad.random_schemes(scheme, args.keys, seed=2024)
     few_keys = null_keys[: args.student_keys]
     shares = [float(s) for s in args.shares.split(",")]
@@ -300,50 +399,68 @@ def main() -> int:
     def encoded(rows):
         return suspects.encode_rows(tok, [(r.prompt, r.answer) for r in rows])
 
+    def answer_ids(rows):
+        return [tok.encode(r.answer, add_special_tokens=False) for r in rows]
+
     def served_keys(rows):
-        return rad.served_context_keys(
-            [tok.encode(r.answer, add_special_tokens=False) for r in rows], 1, vocab
-        )
+        return rad.served_context_keys(answer_ids(rows), 1, vocab)
 
     def served_contexts(rows):
-        keys = served_keys(rows)
-        return keys.reshape(-1, 1).astype(np.int64)  # width 1: the key is the token
+        return key_rows(served_keys(rows), 1, vocab)
 
-    # 2. the ideal width-1 learner over harvest size x share ------------------------------
-    bar = progress_bar()
-    ideal: dict = {}
-    with bar:
-        task = bar.add_task("ideal learner", total=len(harvests) * len(shares))
-        for h in harvests:
-            for share in shares:
-                m, c = marked[:h], clean[:h]
-                rows = base.mix(m, c, share)
-                served = base.served_rows(m, share)
-                learner = IdealLearner.fit(encoded(rows), vocab)
-                preds = learner.predictions(served_contexts(served))
-                keys = null_keys if (share == 0 and h == max(harvests)) else few_keys
-                got = open_tests(scheme, preds, keys)
-                answers = learner.sample([start_token] * 100, args.max_new_tokens, seed=3)
-                got["api-100"] = api_test(scheme, answers)
-                ideal[f"{h}/{share:g}"] = got
-                bar.advance(task)
+    # 2. the ideal learner over harvest size x share -----------------------------------------
+    ideal = ideal_grid(
+        scheme,
+        marked,
+        clean,
+        harvests,
+        shares,
+        encoded,
+        answer_ids,
+        null_keys,
+        few_keys,
+        start=prompt_ids(tok, "x"),
+        length=args.max_new_tokens,
+    )
     result["ideal"] = ideal
     loads.append(os.getloadavg()[0])
     print("\nideal width-1 learner, log10 p (top-1 / Stouffer / precision / API 100 answers):")
-    for key, got in ideal.items():
-        print(
-            f"  harvest/share {key:>9s}: "
-            + " / ".join(fmt(got[t]["log10_p"]) for t in TESTS)
-            + f" / {fmt(got['api-100'])}  ({got['units']} contexts)"
+    show_ideal(ideal)
+    h2_rows = cache / "marked-h2.jsonl"
+    if args.h2 and h2_rows.is_file():
+        from distillguard.distill.records import read_dataset
+
+        marked_h2 = read_dataset(h2_rows)[: args.answers]
+        scheme_h2 = build_scheme(
+            "kgw", secret=base.SECRET, key_id=1, vocab_size=vocab, context_width=2
         )
+        keys_h2 = rad.random_schemes(scheme_h2, args.student_keys, seed=2025)
+        h2 = [x for x in harvests if x <= len(marked_h2)]
+        result["ideal_h2"] = ideal_grid(
+            scheme_h2,
+            marked_h2,
+            clean,
+            h2,
+            shares,
+            encoded,
+            answer_ids,
+            keys_h2,
+            keys_h2,
+            start=prompt_ids(tok, "x"),
+            length=args.max_new_tokens,
+        )
+        print("\nideal width-2 learner of a width-2 mark (same tests):")
+        show_ideal(result["ideal_h2"])
     print(f"({time.time() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    if args.ideal_only:
+        return 0
 
     # 3. trained sft students ----------------------------------------------------------------
     work = Path(tempfile.mkdtemp(prefix="dg-radio-text-"))
     students: dict = {}
-    with bar:
+    with progress_bar() as bar:
         task = bar.add_task("sft students", total=len(sizes) * len(shares))
         for size in sizes:
             for share in shares:
