@@ -230,7 +230,13 @@ def neutralize(preds, green_hat: np.ndarray, bias: float):
     """The student's distributions with ``bias`` subtracted from the guessed-green logits."""
     q = preds.mean_probs.astype(np.float64) * np.exp(-bias * green_hat[preds.contexts[:, 0]])
     q /= q.sum(1, keepdims=True)
-    return replace(preds, mean_probs=q.astype(np.float32), top1_tokens=q.argmax(1))
+    # top-1 from the per-context distributions (the per-position predictions are gone)
+    return replace(
+        preds,
+        mean_probs=q.astype(np.float32),
+        top1_contexts=preds.contexts,
+        top1_tokens=q.argmax(1),
+    )
 
 
 # --------------------------------------------------------------------------- students
@@ -326,6 +332,49 @@ def show_ideal(ideal: dict) -> None:
         )
 
 
+def plot(results: list[Path], out: Path) -> None:
+    """log10 p against the watermarked share: ideal learner and each student size, per test."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for path in results:
+        data = json.loads(Path(path).read_text())
+        groups: dict[str, dict[float, dict]] = {}
+        n = data["answers"]
+        for key, got in (data.get("ideal") or {}).items():
+            h, share = key.split("/")
+            if int(h) == n:
+                groups.setdefault(f"ideal learner ({n} answers)", {})[float(share)] = got
+        for key, got in (data.get("students") or {}).items():
+            size, share = key.split("/")
+            groups.setdefault(f"sft {size} student", {})[float(share)] = got
+        for label, cells in groups.items():
+            xs = sorted(cells)
+            for ax, test in zip(axes, ("full-stouffer", "full-precision"), strict=True):
+                ys = [-cells[x][test]["log10_p"] for x in xs]
+                ax.plot([max(x, 0.5) for x in xs], ys, "o-", label=label)
+    for ax, test in zip(
+        axes,
+        ("full distribution, Stouffer (peer)", "full distribution, precision-weighted"),
+        strict=True,
+    ):
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=10)
+        ax.axhline(5, color="grey", ls="--", lw=1)
+        ax.axhline(3, color="grey", ls=":", lw=1)
+        ax.set_xlabel("watermarked share of the harvest (%; 0 % drawn at 0.5)")
+        ax.set_title(test, fontsize=10)
+    axes[0].set_ylabel("-log10 p (open weights)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"plot: {out}")
+
+
 # --------------------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -343,11 +392,17 @@ def main() -> int:
     parser.add_argument("--removal-steps", default="100,300")
     parser.add_argument("--h2", action="store_true", help="also the width-2 mark's ideal learner")
     parser.add_argument("--ideal-only", action="store_true")
+    parser.add_argument("--no-ideal", action="store_true", help="students only (a 2nd process)")
+    parser.add_argument("--no-removal", action="store_true")
+    parser.add_argument("--plot", type=Path, nargs="*", help="only plot these result JSONs")
     parser.add_argument(
         "--out", type=Path, default=REPO / "docs" / "img" / "radioactivity_text.json"
     )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dg-radio")
     args = parser.parse_args()
+    if args.plot:
+        plot(args.plot, REPO / "docs" / "img" / "radioactivity_text_dose.png")
+        return 0
 
     import torch
 
@@ -409,18 +464,22 @@ def main() -> int:
         return key_rows(served_keys(rows), 1, vocab)
 
     # 2. the ideal learner over harvest size x share -----------------------------------------
-    ideal = ideal_grid(
-        scheme,
-        marked,
-        clean,
-        harvests,
-        shares,
-        encoded,
-        answer_ids,
-        null_keys,
-        few_keys,
-        start=prompt_ids(tok, "x"),
-        length=args.max_new_tokens,
+    ideal = (
+        {}
+        if args.no_ideal
+        else ideal_grid(
+            scheme,
+            marked,
+            clean,
+            harvests,
+            shares,
+            encoded,
+            answer_ids,
+            null_keys,
+            few_keys,
+            start=prompt_ids(tok, "x"),
+            length=args.max_new_tokens,
+        )
     )
     result["ideal"] = ideal
     loads.append(os.getloadavg()[0])
@@ -495,7 +554,7 @@ def main() -> int:
     # 4. calibration: every test under the random keys, on models never given marked text ----
     calibration = {}
     for who, got in (
-        ("ideal", ideal[f"{max(harvests)}/0"]),
+        ("ideal", ideal.get(f"{max(harvests)}/0")),
         *((f"{s}", students.get(f"{s}/0")) for s in sizes),
     ):
         if got is None or 0.0 not in shares:
@@ -520,7 +579,7 @@ def main() -> int:
     reference = encoded(clean)  # the attacker's unmarked reference text (generous to it)
     rng = np.random.default_rng(7)
     para_marked = [replace(r, answer=paraphrase(r.answer, rng)) for r in marked]
-    for share in [s for s in (100.0, 10.0) if s in shares]:
+    for share in [s for s in (100.0, 10.0) if s in shares and not args.no_removal]:
         rows = base.mix(marked, clean, share)
         served = base.served_rows(marked, share)
         ctx = served_contexts(served)
