@@ -16,7 +16,10 @@ this key":
    ``E m_c = mu0`` and ``Var m_c = var0 * ||q_c||^2`` exactly; the per-context z's are
    independent with mean 0 and variance 1 and their Stouffer sum is N(0, 1) by the CLT. The
    test uses the whole distribution instead of one bit per context, which is what low
-   watermarked shares need. Calibration is shown by re-running it under random keys.
+   watermarked shares need. Calibration is shown by re-running it under random keys. The
+   per-context z's are combined with equal weights (Stouffer), by raw mass, or ``precision``
+   weighted by their expected size under the alternative, (1 - ||q_c||^2) / ||q_c||: any
+   weights computed from the suspect's own q leave the null N(0, 1).
 3. ``text-binomial`` (API only, or a suspect with another tokenizer): the suspect's *answers*,
    re-tokenised with our tokenizer, deduplicated over the whole corpus, exact binomial.
 
