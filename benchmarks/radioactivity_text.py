@@ -239,6 +239,44 @@ def neutralize(preds, green_hat: np.ndarray, bias: float):
     )
 
 
+def ideal_removal(scheme, marked, clean, share, encoded, answer_ids, start) -> dict:
+    """The ideal learner of one share after each removal attack: neutralized (Pan et al.,
+    bias 2 on the guessed-green pairs, also when it answers), paraphrased training text, and
+    the harvest diluted by as much clean text again (what clean fine-tuning does to it)."""
+    from distillguard.forensics import radioactivity as rad
+
+    vocab = scheme.vocab_size
+    rows, served = base.mix(marked, clean, share), base.served_rows(marked, share)
+    ctx = key_rows(rad.served_context_keys(answer_ids(served), 1, vocab), 1, vocab)
+    reference = encoded(clean)  # the attacker's unmarked reference (generous to it)
+    green_hat = estimated_green(encoded(rows), reference, vocab)
+    rng = np.random.default_rng(7)
+    para = [replace(r, answer=paraphrase(r.answer, rng)) for r in marked]
+    learners = {
+        "none": IdealLearner.fit(encoded(rows), vocab),
+        "paraphrased": IdealLearner.fit(encoded(base.mix(para, clean, share)), vocab),
+        "clean-text x1": IdealLearner.fit(encoded(rows) + reference, vocab),
+    }
+    out = {}
+    for name, learner in learners.items():
+        out[name] = open_tests(scheme, learner.predictions(ctx))
+        out[name]["api"] = api_test(scheme, learner.sample(start, 100, 48, seed=3))
+    plain = learners["none"]
+    out["neutralized"] = open_tests(scheme, neutralize(plain.predictions(ctx), green_hat, 2.0))
+    table = plain.table(np.arange(vocab, dtype=np.int64)[:, None]) * np.exp(-2.0 * green_hat)
+    table /= table.sum(1, keepdims=True)  # (V, V) the neutralized learner answering
+    sampler = np.random.default_rng(3)
+    answers = []
+    for _ in range(100):
+        seq = [start[-1]]
+        for _ in range(48):
+            seq.append(int(sampler.choice(vocab, p=table[seq[-1]])))
+        answers.append(seq[1:])
+    out["neutralized"]["api"] = api_test(scheme, answers)
+    out["guessed_green_pairs"] = int(green_hat.sum())
+    return out
+
+
 # --------------------------------------------------------------------------- students
 def train_sft(rows, out: Path, teacher: Path, size: str, steps: int):
     from distillguard.distill.trainers import DistillConfig, train_student
@@ -460,9 +498,6 @@ def main() -> int:
     def served_keys(rows):
         return rad.served_context_keys(answer_ids(rows), 1, vocab)
 
-    def served_contexts(rows):
-        return key_rows(served_keys(rows), 1, vocab)
-
     # 2. the ideal learner over harvest size x share -----------------------------------------
     ideal = (
         {}
@@ -582,17 +617,14 @@ def main() -> int:
     for share in [s for s in (100.0, 10.0) if s in shares and not args.no_removal]:
         rows = base.mix(marked, clean, share)
         served = base.served_rows(marked, share)
-        ctx = served_contexts(served)
         green_hat = estimated_green(encoded(rows), reference, vocab)
-        learner = IdealLearner.fit(encoded(rows), vocab)
-        removal[f"ideal/{share:g}/none"] = open_tests(scheme, learner.predictions(ctx))
-        removal[f"ideal/{share:g}/neutralized"] = open_tests(
-            scheme, neutralize(learner.predictions(ctx), green_hat, 2.0)
+        ideal_attacks = ideal_removal(
+            scheme, marked, clean, share, encoded, answer_ids, prompt_ids(tok, "x")
         )
+        for attack, got in ideal_attacks.items():
+            if isinstance(got, dict):
+                removal[f"ideal/{share:g}/{attack}"] = got
         para_rows = base.mix(para_marked, clean, share)
-        removal[f"ideal/{share:g}/paraphrased"] = open_tests(
-            scheme, IdealLearner.fit(encoded(para_rows), vocab).predictions(ctx)
-        )
         size = sizes[-1]
         student = work / f"{size}-{share:g}"
         if not student.exists():
