@@ -198,7 +198,7 @@ def open_tests(scheme, preds, keys_schemes=()) -> dict:
 def api_test(scheme, sequences) -> float:
     from distillguard.forensics import radioactivity as rad
 
-    ctx, tok, _ = rad.text_pairs(sequences, 1, scheme.vocab_size)
+    ctx, tok, _ = rad.text_pairs(sequences, scheme.context.width, scheme.vocab_size)
     return rad.binomial_test(scheme, ctx, tok, "text-binomial").log10_p_value
 
 
@@ -381,11 +381,9 @@ def plot(results: list[Path], out: Path) -> None:
     for path in results:
         data = json.loads(Path(path).read_text())
         groups: dict[str, dict[float, dict]] = {}
-        n = data["answers"]
         for key, got in (data.get("ideal") or {}).items():
             h, share = key.split("/")
-            if int(h) == n:
-                groups.setdefault(f"ideal learner ({n} answers)", {})[float(share)] = got
+            groups.setdefault(f"ideal learner ({h} answers)", {})[float(share)] = got
         for key, got in (data.get("students") or {}).items():
             size, share = key.split("/")
             groups.setdefault(f"sft {size} student", {})[float(share)] = got
@@ -401,6 +399,7 @@ def plot(results: list[Path], out: Path) -> None:
     ):
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylim(bottom=0)
         ax.axhline(5, color="grey", ls="--", lw=1)
         ax.axhline(3, color="grey", ls=":", lw=1)
         ax.set_xlabel("watermarked share of the harvest (%; 0 % drawn at 0.5)")
