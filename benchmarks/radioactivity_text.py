@@ -428,6 +428,9 @@ def main() -> int:
     parser.add_argument("--api-prompts", type=int, default=48)
     parser.add_argument("--removal-steps", default="100,300")
     parser.add_argument("--h2", action="store_true", help="also the width-2 mark's ideal learner")
+    parser.add_argument(
+        "--h2-answers", type=int, default=200, help="answers under the width-2 mark"
+    )
     parser.add_argument("--ideal-only", action="store_true")
     parser.add_argument("--no-ideal", action="store_true", help="students only (a 2nd process)")
     parser.add_argument("--no-removal", action="store_true")
@@ -519,13 +522,17 @@ def main() -> int:
     loads.append(os.getloadavg()[0])
     print("\nideal width-1 learner, log10 p (top-1 / Stouffer / precision / API 100 answers):")
     show_ideal(ideal)
-    h2_rows = cache / "marked-h2.jsonl"
-    if args.h2 and h2_rows.is_file():
-        from distillguard.distill.records import read_dataset
-
-        marked_h2 = read_dataset(h2_rows)[: args.answers]
+    if args.h2:
         scheme_h2 = build_scheme(
             "kgw", secret=base.SECRET, key_id=1, vocab_size=vocab, context_width=2
+        )
+        marked_h2 = base.answer(
+            teacher,
+            train_prompts[: args.h2_answers],
+            scheme=scheme_h2,
+            seed=0,
+            max_new_tokens=args.max_new_tokens,
+            cache=cache / "marked-h2.jsonl",
         )
         keys_h2 = rad.random_schemes(scheme_h2, args.student_keys, seed=2025)
         h2 = [x for x in harvests if x <= len(marked_h2)]
