@@ -27,6 +27,8 @@
 5. Cost: queries (and tokens) the API-only test needs to reach p < 1e-6 on the 100 % sft
    student.
 Writes docs/img/radioactivity_dose_response.png and an evidence JSON for ``prove report``.
+Text-only (sft) students in depth (ideal-learner ceiling, student size, precision-weighted
+test, removal attacks): ``benchmarks/radioactivity_text.py``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from distillguard.errors import InsufficientData, ModelError, UpstreamError
+from distillguard.errors import InputError, InsufficientData, ModelError, UpstreamError
 from distillguard.forensics.radioactivity import (
     Predictions,
     RadioactivityConfig,
@@ -75,6 +75,52 @@ def test_planted_green_bias_is_found_and_full_distribution_is_stronger() -> None
     other = random_schemes(scheme, 1, seed=9)[0]
     _, full_other = open_weights_tests(other, _predictions(ctx, tilted), SMALL)
     assert full_other.log10_p_value > -3
+
+
+def test_precision_weighting_is_calibrated_and_finds_a_faint_mark() -> None:
+    """Weights that depend only on the suspect's own q keep the null N(0, 1) under random keys;
+    on a mark learnt only where q spreads its mass (as a diluted sft student learns it), the
+    precision weighting is stronger than equal Stouffer weights."""
+    ctx, q = _synthetic(contexts=500, seed=4, scale=2.5)  # peaked and flat contexts mixed
+    scheme = _scheme(512)
+    preds = _predictions(ctx, q)
+    keys = random_schemes(scheme, 300, seed=5)
+    z = np.array([full_distribution_z(k, preds, "precision") for k in keys])
+    assert stats.kstest(stats.norm.sf(z), "uniform").pvalue > 0.001
+    assert abs(z.mean()) < 0.25 and 0.8 < z.std() < 1.2
+    tilted = q * np.exp(0.08 * scheme.green_mask(ctx, 512))
+    tilted /= tilted.sum(axis=1, keepdims=True)
+    faint = _predictions(ctx, tilted)
+    z_precision = full_distribution_z(scheme, faint, "precision")
+    z_stouffer = full_distribution_z(scheme, faint, "stouffer")
+    assert z_precision > z_stouffer > 0
+    with pytest.raises(InputError, match="precision"):
+        RadioactivityConfig(weighting="precison")
+
+
+def test_suspect_is_read_on_exactly_the_ids_sft_trains_on(tiny_model_dir: Path) -> None:
+    """The sft dataset (prompt template + answer tokenized separately + eos, completion mask
+    on the answer) and the open-weights test's reading of the same rows are the same ids, and
+    the prompt part is what the student sees when it answers."""
+    from distillguard.distill.data import prompt_ids
+    from distillguard.distill.records import HarvestRecord
+    from distillguard.distill.sft import _dataset
+    from distillguard.forensics.suspects import encode_rows
+    from distillguard.models.llama import load_model
+
+    _, tok = load_model(tiny_model_dir)
+    pairs = [("Name a colour.", "\n\n  Blue, mostly."), ("Say hi", " hi there")]
+    rows = [
+        HarvestRecord(str(i), p, a, "stop", "teacher", False, {}) for i, (p, a) in enumerate(pairs)
+    ]
+    trained = _dataset(rows, tok, max_length=256)
+    read = encode_rows(tok, pairs)
+    for example, ids, (prompt, answer) in zip(trained, read, pairs, strict=True):
+        head = prompt_ids(tok, prompt)
+        assert example["input_ids"] == ids
+        assert ids[: len(head)] == head and ids[-1] == tok.eos_token_id
+        assert example["completion_mask"] == [0] * len(head) + [1] * (len(ids) - len(head))
+        assert tok.decode(ids[len(head) : -1]) == answer
 
 
 def test_account_whose_answers_were_learnt_is_named() -> None:

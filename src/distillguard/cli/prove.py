@@ -249,7 +249,10 @@ def prove_radioactivity(
     for notice in outcome.notices:
         console.print(f"[yellow]{notice}[/yellow]")
     _print_radioactivity(outcome.report)
-    _write_json(ctx, out, outcome.report.to_dict())
+    from distillguard.forensics.custody import describe_evidence_inputs
+
+    listed = describe_evidence_inputs([harvest, text, prompts, verdicts], suspect)
+    _write_json(ctx, out, outcome.report.to_dict() | {"inputs": listed})
 
 
 def _print_radioactivity(report: RadioactivityReport) -> None:

@@ -4,10 +4,17 @@ This is what an API alone allows and what most distillation campaigns do (Kim & 
 Alpaca, Vicuna): the teacher's answers become supervised targets. The student may use any
 tokenizer and architecture, because only text crosses over.
 
-TRL's ``SFTTrainer`` does the work on a conversational prompt/completion dataset, so the
-student's own chat template formats every pair and the loss covers completion tokens only.
-Two additions: a rich progress bar (a ``TrainerCallback``; TRL's tqdm is turned off) and
-atomic checkpoints: the trainer writes each checkpoint into a staging directory that is then
+TRL's ``SFTTrainer`` does the work on a dataset we tokenize ourselves
+(:func:`distill.data.encode_example`): the prompt through the student's own chat template
+(with the assistant header, exactly as at inference) and the answer *separately*, their ids
+concatenated, with a completion mask so the loss covers the answer (and its eos) only. TRL's
+own conversational path tokenizes prompt and prompt+completion as two strings and, when BPE
+merges across the boundary or the template renders the pair differently, warns that "the
+tokenized prompt is not a prefix of the tokenized prompt+completion" and trains on a context
+that is not the one the student sees when it answers; separate tokenization rules that out,
+and the radioactivity test reads our answers the same way (``forensics.suspects``). Two
+additions: a rich progress bar (a ``TrainerCallback``; TRL's tqdm is turned off) and atomic
+checkpoints: the trainer writes each checkpoint into a staging directory that is then
 renamed into ``checkpoints/``, so a full disk never leaves a half-written checkpoint behind
 the last good one.
 """
@@ -31,17 +38,25 @@ from distillguard.errors import ModelError
 from distillguard.progress import progress_bar
 
 
-def _dataset(rows: Sequence[HarvestRecord]) -> Any:
+def _dataset(rows: Sequence[HarvestRecord], tokenizer: Any, max_length: int) -> Any:
+    """Pre-tokenized rows (TRL skips its own tokenization when ``input_ids`` is present):
+    prompt ids (template + assistant header) + answer ids + eos, completion mask on the answer."""
     from datasets import Dataset
 
+    from distillguard.distill.data import encode_example
+
+    examples = [
+        encode_example(tokenizer, r.prompt, r.answer, max_length=max_length)
+        for r in rows
+        if r.answer.strip()
+    ]
     return Dataset.from_list(
         [
             {
-                "prompt": [{"role": "user", "content": r.prompt}],
-                "completion": [{"role": "assistant", "content": r.answer}],
+                "input_ids": list(e.input_ids),
+                "completion_mask": [int(m) for m in e.answer_mask],
             }
-            for r in rows
-            if r.answer.strip()
+            for e in examples
         ]
     )
 
@@ -154,7 +169,7 @@ def train_sft(
     from trl import SFTConfig
 
     torch.set_num_threads(config.num_threads)
-    dataset = _dataset(rows)
+    dataset = _dataset(rows, tokenizer, config.max_length)
     skipped = len(rows) - len(dataset)
     checkpoints = out_dir / CHECKPOINTS
     checkpoints.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,23 @@ def describe_inputs(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return out
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
+
+
+def describe_evidence_inputs(
+    files: Sequence[Path | None], model_dir: Path | None = None
+) -> list[dict[str, Any]]:
+    """What an evidence file was computed from: the given files that exist, plus a suspect
+    model directory's weight, config and tokenizer files (a model is identified by them)."""
+    out = describe_inputs([Path(f) for f in files if f is not None and Path(f).is_file()])
+    if model_dir is not None and Path(model_dir).is_dir():
+        model = Path(model_dir)
+        found = [model / n for n in MODEL_FILES if (model / n).is_file()]
+        for item in describe_inputs(found):  # "model/config.json": names stay distinct
+            out.append(item | {"name": f"{model.name}/{item['name']}"})
+    return out
+
+
 def canonical_bytes(document: Mapping[str, Any]) -> bytes:
     """The bytes that are signed: the report without its signature, keys sorted, no spaces."""
     body = {k: v for k, v in document.items() if k != SIGNATURE_FIELD}
@@ -212,7 +229,9 @@ def verify_document(
     bad: list[str] = []
     for item in document.get("inputs") or []:
         name = str(item["name"])
-        path: Path | None = given.get(name)
+        path: Path | None = given.get(name) or next(
+            (Path(p) for p in input_files if Path(p).as_posix().endswith("/" + name)), None
+        )
         if path is None and search_dir is not None and (Path(search_dir) / name).is_file():
             path = Path(search_dir) / name
         if path is None:

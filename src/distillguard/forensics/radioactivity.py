@@ -16,7 +16,10 @@ this key":
    ``E m_c = mu0`` and ``Var m_c = var0 * ||q_c||^2`` exactly; the per-context z's are
    independent with mean 0 and variance 1 and their Stouffer sum is N(0, 1) by the CLT. The
    test uses the whole distribution instead of one bit per context, which is what low
-   watermarked shares need. Calibration is shown by re-running it under random keys.
+   watermarked shares need. Calibration is shown by re-running it under random keys. The
+   per-context z's are combined with equal weights (Stouffer), by raw mass, or ``precision``
+   weighted by their expected size under the alternative, (1 - ||q_c||^2) / ||q_c||: any
+   weights computed from the suspect's own q leave the null N(0, 1).
 3. ``text-binomial`` (API only, or a suspect with another tokenizer): the suspect's *answers*,
    re-tokenised with our tokenizer, deduplicated over the whole corpus, exact binomial.
 
@@ -49,13 +52,17 @@ from distillguard.watermark.kgw import KGWScheme
 from distillguard.watermark.stats import holm
 
 LOG10 = np.log(10.0)
-WEIGHTINGS = ("stouffer", "mass")
+WEIGHTINGS = ("stouffer", "mass", "precision")
 
 
 @dataclass
 class RadioactivityConfig:
     # Stouffer weighs every context's z equally (high-entropy contexts, whose green mass has
-    # tiny null variance, count as much as peaked ones); "mass" sums raw green-mass excesses.
+    # tiny null variance, count as much as peaked ones); "mass" sums raw green-mass excesses;
+    # "precision" weighs each z by its expected size under the alternative, (1 - ||q||^2) /
+    # ||q|| (a learnt mark moves only the mass a context spreads, against a null sd of
+    # ||q||), which is the optimal linear combination and, being a function of the suspect's
+    # own q, independent of the key under the null.
     weighting: str = "stouffer"
     # Score a context only at its first occurrence in each sequence (no copying from the input).
     first_occurrence_only: bool = True
@@ -339,14 +346,27 @@ def binomial_test(
     return TestResult(name, total, mu * n, n, float(z), 10.0**log10p, log10p, exact=True)
 
 
-def _stouffer(excess: np.ndarray, variance: np.ndarray, weighting: str) -> float:
-    """Combined z from per-unit excesses (C,) over their null variances (C,)."""
+def _stouffer(
+    excess: np.ndarray, variance: np.ndarray, weighting: str, spread: np.ndarray | None = None
+) -> float:
+    """Combined z from per-unit excesses (C,) over their null variances (C,).
+
+    ``spread`` (C,): 1 - ||q_c||^2 of each unit's distribution, for the precision weighting.
+    Any weights that do not depend on the key keep the sum N(0, 1) under the null.
+    """
     ok = variance > 1e-15
     excess, variance = excess[ok], variance[ok]
     if excess.size == 0:
         return 0.0
+    z = excess / np.sqrt(variance)  # (C,) independent N(0, 1)-like under the null
     if weighting == "stouffer":
-        return float((excess / np.sqrt(variance)).sum() / np.sqrt(excess.size))
+        return float(z.sum() / np.sqrt(z.size))
+    if weighting == "precision":
+        if spread is None:
+            raise InputError("the precision weighting needs each unit's spread 1 - ||q||^2")
+        weights = spread[ok] / np.sqrt(variance)  # (C,) expected z under the alternative
+        norm = np.sqrt((weights**2).sum())
+        return float((weights * z).sum() / norm) if norm > 0 else 0.0
     return float(excess.sum() / np.sqrt(variance.sum()))
 
 
@@ -365,14 +385,17 @@ def full_distribution_z(
 ) -> float:
     """Combined z of the expected per-pair score of the suspect's distributions."""
     mu, var = null_moments(scheme)
-    excess, variance = [], []
+    excess, variance, spread = [], [], []
     for i in range(0, len(preds.contexts), chunk):
         q = preds.mean_probs[i : i + chunk].astype(np.float64)  # (c, V)
         q /= q.sum(axis=1, keepdims=True)
         m = scheme.expected_pair_scores(preds.contexts[i : i + chunk], q)  # (c,)
         excess.append(m - mu)
         variance.append(var * (q * q).sum(axis=1))
-    return _stouffer(np.concatenate(excess), np.concatenate(variance), weighting)
+        spread.append(1.0 - (q * q).sum(axis=1))
+    return _stouffer(
+        np.concatenate(excess), np.concatenate(variance), weighting, np.concatenate(spread)
+    )
 
 
 def _normal_result(name: str, z: float, n: int, null: Sequence[float] = ()) -> TestResult:
@@ -506,11 +529,13 @@ def account_tests_distribution(
     ag = kgw.params.account_gamma
     vocab = preds.mean_probs.shape[1]
     rows = []
-    greens = []
+    greens, spreads = [], []
     for i in range(0, len(preds.contexts), chunk):
         q = preds.mean_probs[i : i + chunk].astype(np.float64)
         q /= q.sum(axis=1, keepdims=True)
         greens.append(q * kgw.green_mask(preds.contexts[i : i + chunk], vocab))
+        spreads.append(1.0 - (q * q).sum(axis=1))
+    spread = np.concatenate(spreads)
     for account in accounts:
         akey = scheme.account_key(account)
         excess, variance = [], []
@@ -519,7 +544,7 @@ def account_tests_distribution(
             a = _vocab_scores(scheme, akey, preds.contexts[i : i + chunk], vocab, account=True)
             excess.append((w * a).sum(1) - ag * w.sum(1))
             variance.append(ag * (1 - ag) * (w * w).sum(1))
-        z = _stouffer(np.concatenate(excess), np.concatenate(variance), config.weighting)
+        z = _stouffer(np.concatenate(excess), np.concatenate(variance), config.weighting, spread)
         rows.append((account, len(preds.contexts), z, float(stats.norm.logsf(z) / LOG10)))
     return _holm_accounts(rows, "full-distribution")
 

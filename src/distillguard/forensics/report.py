@@ -139,12 +139,31 @@ def build_report(
         verdicts=tuple(verdicts),
         alpha=alpha,
         statement=plain_statement(evidence, alpha),
-        inputs=tuple(inputs),
+        inputs=tuple(inputs) + _evidence_inputs(evidence, inputs),
         key_ids=tuple(
             sorted({f"{ev.get('scheme', '?')}:{ev['key_id']}" for ev in evidence if "key_id" in ev})
         ),
         tool_version=__version__,
     )
+
+
+def _evidence_inputs(
+    evidence: Sequence[dict[str, Any]], listed: Sequence[dict[str, Any]]
+) -> tuple[dict[str, Any], ...]:
+    """The inputs each evidence file declares it was computed from (harvest, suspect model
+    files), named with the evidence that used them; each distinct file once."""
+    seen = {(str(i.get("name")), str(i.get("sha256"))) for i in listed}
+    out = []
+    for ev in evidence:
+        for item in ev.get("inputs") or []:
+            if not isinstance(item, dict) or not {"name", "sha256"} <= set(item):
+                raise InputError(f"{ev.get('source', 'evidence')}: malformed input entry {item!r}")
+            key = (str(item["name"]), str(item["sha256"]))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append({**item, "via": Path(str(ev.get("source", ev["test"]))).name})
+    return tuple(out)
 
 
 def _odds(p: float) -> str:

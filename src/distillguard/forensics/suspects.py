@@ -81,17 +81,19 @@ def same_tokenizer(ours: Any, theirs: Any) -> bool:
 def encode_rows(
     tokenizer: Any, rows: Sequence[tuple[str, str]], *, chat: bool = True
 ) -> list[list[int]]:
-    """(prompt, answer) rows as one token sequence each, in the chat format students train on."""
-    from distillguard.models.tokenizer import encode_chat, encode_text
+    """(prompt, answer) rows as one token sequence each, exactly as students train on them:
+    the prompt through the chat template (assistant header included) and the answer
+    tokenized *separately*, then eos (``distill.data.encode_example``); a suspect is thus
+    scored on the very contexts it was trained on, also where BPE would merge across the
+    prompt/answer boundary if the pair were tokenized as one string."""
+    from distillguard.distill.data import prompt_ids
+    from distillguard.models.tokenizer import encode_text
 
     out = []
     for prompt, answer in rows:
         if chat and prompt:
-            messages = [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": answer},
-            ]
-            out.append(encode_chat(tokenizer, messages, add_generation_prompt=False))
+            ids = prompt_ids(tokenizer, prompt) + encode_text(tokenizer, answer)
+            out.append([*ids, int(tokenizer.eos_token_id)])
         else:
             out.append(encode_text(tokenizer, answer))
     return out
