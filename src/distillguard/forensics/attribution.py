@@ -159,7 +159,7 @@ class AnswerSet:
 class CandidateScore:
     name: str
     family: str
-    share: float  # fraction of the suspect's answers the classifier assigns to this candidate
+    share: float  # the statistic (config.statistic): mean probability, or share of votes
     null_mean: float  # mean share of unrelated held-out models for this candidate
     null_sd: float
     null_size: int

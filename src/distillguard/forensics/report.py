@@ -457,9 +457,11 @@ def _attribution_card(ev: dict[str, Any]) -> list[Block]:
         Block(
             "note",
             text=f"{ev['suspect_prompts']:,} answers of the suspect; candidates learned from "
-            f"their answers to {mode}. Share: fraction of the suspect's answers a classifier of "
-            "the candidates' writing habits assigns to each; p from a predictive t-test against "
-            "the shares of held-out unrelated models, Holm-corrected across candidates.",
+            f"their answers to {mode}. Share: the mean probability a classifier of the "
+            "candidates' writing habits gives each candidate over the suspect's answers; p from "
+            "a predictive t-test against the shares of held-out unrelated models, "
+            "Holm-corrected across candidates. A significant share means the suspect's text "
+            "resembles the candidate's; text alone does not say who learned from whom.",
         ),
     ]
     if ev.get("sibling_note"):
