@@ -147,18 +147,7 @@ def account_views(
     link_cfg: LinkConfig | None = None,
 ) -> list[AccountView]:
     """Clusters of linked accounts and their merged signals, one view per account."""
-    link_cfg = link_cfg or LinkConfig()
-    clusters = find_clusters(keys, link_cfg)
-    member_of: dict[str, tuple[Cluster, AccountSignals]] = {}
-    for cl in clusters:
-        pooled = merge_signals([signals[m] for m in cl.members])
-        for m in cl.members:
-            member_of[m] = (cl, pooled)
-    views = []
-    for a in sorted(signals):
-        cluster, cluster_signals = member_of.get(a, (None, None))
-        views.append(AccountView(a, signals[a], cluster, cluster_signals))
-    return views
+    return views_with_clusters(signals, find_clusters(keys, link_cfg or LinkConfig()))
 
 
 def views_with_clusters(

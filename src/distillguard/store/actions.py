@@ -249,6 +249,18 @@ def apply_policy_action(
     return "applied", record
 
 
+def _row_for_update(session: Session, action_id: int) -> Action:
+    """The action's row, locked for the change; NotFound for an id that names none."""
+    if isinstance(action_id, bool) or not isinstance(action_id, int):
+        raise NotFound(f"no action with id {action_id!r}", param="action_id")
+    if not 1 <= action_id <= MAX_ACTION_ID:
+        raise NotFound(f"no action with id {action_id!r}", param="action_id")
+    row = session.scalar(select(Action).where(Action.id == action_id).with_for_update())
+    if row is None:
+        raise NotFound(f"no action with id {action_id}", param="action_id")
+    return row
+
+
 def lift_action(
     session: Session, *, action_id: int, reason: str, actor: str, now: float | None = None
 ) -> ActionRecord:
@@ -257,13 +269,7 @@ def lift_action(
     reason = check_reason(reason)
     actor = _check_actor(actor)
     ts = time.time() if now is None else now
-    if isinstance(action_id, bool) or not isinstance(action_id, int):
-        raise NotFound(f"no action with id {action_id!r}", param="action_id")
-    if not 1 <= action_id <= MAX_ACTION_ID:
-        raise NotFound(f"no action with id {action_id!r}", param="action_id")
-    row = session.scalar(select(Action).where(Action.id == action_id).with_for_update())
-    if row is None:
-        raise NotFound(f"no action with id {action_id}", param="action_id")
+    row = _row_for_update(session, action_id)
     if row.lifted_at is not None:
         raise Conflict(
             f"action {action_id} was already lifted by {row.lifted_by}", code="already_lifted"
@@ -301,13 +307,7 @@ def extend_action(
     ttl = check_ttl(ttl_s)
     actor = _check_actor(actor)
     ts = time.time() if now is None else now
-    if isinstance(action_id, bool) or not isinstance(action_id, int):
-        raise NotFound(f"no action with id {action_id!r}", param="action_id")
-    if not 1 <= action_id <= MAX_ACTION_ID:
-        raise NotFound(f"no action with id {action_id!r}", param="action_id")
-    row = session.scalar(select(Action).where(Action.id == action_id).with_for_update())
-    if row is None:
-        raise NotFound(f"no action with id {action_id}", param="action_id")
+    row = _row_for_update(session, action_id)
     if row.lifted_at is not None:
         raise Conflict(f"action {action_id} was lifted: apply a new one", code="already_lifted")
     if row.expires_at <= ts:
