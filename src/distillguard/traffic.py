@@ -556,21 +556,37 @@ def write_jsonl(path: Path | str, records: Iterable[Any]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _message_texts(messages: list[Any]) -> list[str]:
+    """The text of each message: a string content, or its parts' ``text`` (chat's ``text``
+    parts and the Responses API's ``input_text`` parts alike)."""
+    parts: list[str] = []
+    for m in messages:
+        if isinstance(m, str):
+            parts.append(m)
+            continue
+        if not isinstance(m, dict):
+            continue
+        c = m.get("content")
+        if isinstance(c, str):
+            parts.append(c)
+        elif isinstance(c, list):  # content parts: [{"type": "text", "text": ...}]
+            parts.extend(
+                p["text"] for p in c if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
+    return parts
+
+
 def prompt_text(request: dict[str, Any]) -> str:
-    """The text a request sends: every message's content (chat) or the prompt (completions)."""
+    """The text a request sends: every message's content (chat), the instructions and input
+    (Responses API; embeddings' input too) or the prompt (completions). A harvest sent
+    through /v1/responses must be read like one sent through chat."""
     messages = request.get("messages")
     if isinstance(messages, list):
-        parts: list[str] = []
-        for m in messages:
-            if not isinstance(m, dict):
-                continue
-            c = m.get("content")
-            if isinstance(c, str):
-                parts.append(c)
-            elif isinstance(c, list):  # content parts: [{"type": "text", "text": ...}]
-                parts.extend(
-                    p["text"] for p in c if isinstance(p, dict) and isinstance(p.get("text"), str)
-                )
+        return "\n".join(_message_texts(messages))
+    if "input" in request:
+        parts = [request["instructions"]] if isinstance(request.get("instructions"), str) else []
+        given = request["input"]
+        parts += _message_texts(given if isinstance(given, list) else [given])
         return "\n".join(parts)
     prompt = request.get("prompt")
     if isinstance(prompt, str):

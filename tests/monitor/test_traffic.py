@@ -138,3 +138,21 @@ def test_prompt_text_chat_and_completion() -> None:
     assert prompt_text(chat) == "S\nU"
     assert prompt_text({"prompt": "P"}) == "P"
     assert prompt_text({}) == ""
+
+
+def test_prompt_text_reads_responses_and_embeddings_requests() -> None:
+    # a harvest sent through /v1/responses must be as visible to the detector as one via chat
+    assert prompt_text({"model": "m", "input": "Solve 2+2 step by step"}) == (
+        "Solve 2+2 step by step"
+    )
+    items = {
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Q1"}]},
+            {"role": "user", "content": "Q2"},
+            {"type": "input_image", "image_url": "https://example.test/x.png"},
+        ],
+    }
+    assert prompt_text(items) == "Be brief.\nQ1\nQ2"
+    assert prompt_text({"input": ["a", "b"]}) == "a\nb"  # embeddings' list of strings
+    assert prompt_text({"input": 7}) == ""  # a malformed input reads as no text, no error
