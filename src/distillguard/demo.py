@@ -164,9 +164,14 @@ def write_demo_policy(workdir: Path) -> Path:
     policy = yaml.safe_load(
         resources.files("distillguard.monitor").joinpath("default_policy.yaml").read_text()
     )
-    for rule in policy["rules"]:
-        if "cluster_size_at_least" in rule["when"]:
-            rule.update(action="throttle", retry_after=30)
+    rules = policy["rules"]
+    cluster_rules = [r for r in rules if "cluster_size_at_least" in r["when"]]
+    for rule in cluster_rules:
+        rule.update(action="throttle", retry_after=30)
+        rules.remove(rule)
+    # first rule that holds decides: the throttle goes before the milder degrade and flag
+    milder = next(i for i, r in enumerate(rules) if r["action"] in ("degrade", "flag"))
+    rules[milder:milder] = cluster_rules
     path = workdir / "demo-policy.yaml"
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
@@ -278,8 +283,13 @@ def monitor(state: DemoState) -> None:
             style=style,
         )
     console.print(table)
-    console.print(f"GET /admin/flags lists {len(flags)} accounts acted on; the first ones:")
-    for flag in flags[:4]:
+    # one line per distinct decision (a cluster's members share theirs)
+    distinct = list({(f["action"], tuple(f.get("reasons", []))): f for f in flags}.values())
+    console.print(
+        f"GET /admin/flags lists {len(flags)} accounts acted on ({len(distinct)} distinct "
+        "decisions); the first ones:"
+    )
+    for flag in distinct[:4]:
         reasons = "; ".join(flag.get("reasons", [])[:2])
         cluster = f", cluster of {flag['cluster_size']}" if flag.get("cluster_size", 1) > 1 else ""
         console.print(
