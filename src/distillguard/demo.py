@@ -372,31 +372,50 @@ def lift_a_false_positive(gateway, personas: Mapping[str, str | None]) -> None:
 def distill(state: DemoState) -> None:
     from distillguard.distill.campaign import run_campaign
     from distillguard.distill.trainers import DistillConfig
+    from distillguard.gateway.process import GatewayProcess
 
-    gateway = state.server
-    account_id, _, secret = gateway.create_key("mallory", rpm=10_000)
-    state.account_ids["mallory"] = account_id
     samples = 64 if state.quick else 160
+    console.print(
+        "Through act 3's monitored endpoint a harvest like this one is throttled (429) before "
+        "it finishes. This campaign uses an endpoint the provider runs without the online "
+        "monitor (a partner's dedicated deployment: same model, same watermark), so it gets "
+        "through - the case the proof is for."
+    )
     console.print(
         f"account [bold]mallory[/bold] harvests {samples} answers with their top-5 logprobs "
         "(gray-box), then trains a tiny student on them; a same-size baseline is trained on "
         "another model's answers to the same prompts, never seeing the teacher"
     )
+    unmonitored = GatewayProcess(
+        home=state.workdir / "gateway-partner",
+        model_dir=state.teacher_dir,
+        admin_token=secrets.token_urlsafe(16),
+        watermark="kgw",
+        env={
+            "DISTILLGUARD_WATERMARK_SECRET": os.environ["DISTILLGUARD_WATERMARK_SECRET"],
+            "DISTILLGUARD_ONLINE_MONITOR": "false",
+        },
+    ).start(timeout=180)
     # Kept after the demo (the evidence report's commands point here); fresh for every run,
     # since the accounts it harvested through are new each time.
     work_dir = get_settings().home / "demo" / "campaign"
     shutil.rmtree(work_dir, ignore_errors=True)
-    result = run_campaign(
-        api_url=gateway.api_url,
-        api_key=secret,
-        teacher_dir=state.teacher_dir,
-        work_dir=work_dir,
-        data_dir=get_settings().require_data_dir(),
-        samples=samples,
-        mode="topk-kd",
-        top_logprobs=5,
-        config=DistillConfig(max_steps=120 if state.quick else 240, max_length=192),
-    )
+    try:
+        account_id, _, secret = unmonitored.create_key("mallory", rpm=10_000)
+        state.account_ids["mallory"] = account_id
+        result = run_campaign(
+            api_url=unmonitored.api_url,
+            api_key=secret,
+            teacher_dir=state.teacher_dir,
+            work_dir=work_dir,
+            data_dir=get_settings().require_data_dir(),
+            samples=samples,
+            mode="topk-kd",
+            top_logprobs=5,
+            config=DistillConfig(max_steps=120 if state.quick else 240, max_length=192),
+        )
+    finally:
+        unmonitored.stop()
     state.files.update(
         harvest=result.dataset, student=result.student_dir, baseline=result.baseline_dir
     )
