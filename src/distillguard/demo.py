@@ -499,13 +499,21 @@ def prove(state: DemoState) -> None:
         command += ["--evidence", str(path)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     console.print(f"evidence report: [bold]{html}[/bold] (and {html.with_suffix('.json').name})")
-    # The chain of custody: the signed JSON and every input's SHA-256 check out.
+    # The chain of custody: the signed JSON and every input's SHA-256 check out. The inputs
+    # are handed over as a reviewer would receive them: every file the report lists (the
+    # evidence, the harvest, the suspects' model files), from where the demo wrote them.
+    listed = json.loads(html.with_suffix(".json").read_text())["inputs"]
     verified = subprocess.run(
-        [*prove, "verify", str(html.with_suffix(".json")), *(f"--input={p}" for p in evidence)],
+        [
+            *prove,
+            "verify",
+            str(html.with_suffix(".json")),
+            *(f"--input={i['path']}" for i in listed),
+        ],
         capture_output=True,
         text=True,
     )
-    verdict = "verified" if verified.returncode == 0 else f"NOT verified: {verified.stdout}"
+    verdict = "verified" if verified.returncode == 0 else f"NOT verified: {verified.stderr}"
     console.print(f"signature and input hashes ({private_key.name}): {verdict.strip()}")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser:
