@@ -25,7 +25,7 @@ demo: $(STAMP)
 	DISTILLGUARD_DATA_DIR=$${DISTILLGUARD_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m distillguard.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The layering contract and the type checker are configured in pyproject.toml.
 lint: $(STAMP)
