@@ -49,13 +49,27 @@ def chromium_driver(width: int = 1400, height: int = 1000) -> Any:
 def click_and_load(driver: Any, element_id: str, timeout: float = 15.0) -> None:
     """Click a submit button or link and wait until the next page has replaced this one
     (a click returns before a form's navigation has finished)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
+
+    def replaced(_: Any) -> bool:
+        try:
+            page.is_enabled()  # any call on the old page's root
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # Chromium sometimes reports a replaced node as an inspector error rather than
+            # a stale reference (selenium's staleness_of then fails instead of waiting).
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
     driver.find_element(By.ID, element_id).click()
-    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, timeout).until(replaced)
     WebDriverWait(driver, timeout).until(
         lambda d: d.execute_script("return document.readyState") == "complete"
     )
