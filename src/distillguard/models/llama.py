@@ -306,13 +306,6 @@ def build_model(
         model, tokenizer, texts=texts, chat_pairs=chat_pairs, config=config, progress=progress
     )
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
     result = BuildResult(
         out_dir=out_dir,
         parameters=count_parameters(model),
@@ -329,12 +322,26 @@ def build_model(
         "tokens_seen": tokens_seen,
         "documents": len(docs),
     }
+    save_model_dir(model, tokenizer, out_dir, info)
+    return result
+
+
+def save_model_dir(model: Any, tokenizer: Any, out_dir: Path, info: dict[str, Any]) -> None:
+    """Write a standard HF model directory with its build info, all at once: staged beside
+    ``out_dir`` and renamed into place, so a killed build never leaves half a model."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
     (tmp / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out_dir)
-    return result
 
 
 def _quiet_transformers() -> None:

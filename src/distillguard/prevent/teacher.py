@@ -14,10 +14,7 @@ can serve "reasoning replaced by a summary the teacher writes itself". It is cac
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +23,7 @@ from typing import Any
 
 from distillguard.config import Settings
 from distillguard.errors import ConfigError
-from distillguard.models.llama import BUILD_INFO_FILE, ModelSize
+from distillguard.models.llama import ModelSize, save_model_dir
 from distillguard.prevent.task import (
     STYLES,
     Problem,
@@ -153,13 +150,6 @@ def build_arith_teacher(
     seconds = time.perf_counter() - start
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
     held = generate(config.eval_problems, split="held_out", seed=config.seed, config=task)
     accuracy = (
         tuple(grade(_engine(model, tokenizer), held, style) for style in STYLES) if held else ()
@@ -174,11 +164,7 @@ def build_arith_teacher(
         "train_seconds": seconds,
         "accuracy": {a.style: a.accuracy for a in accuracy},
     }
-    (tmp / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out_dir)
+    save_model_dir(model, tokenizer, out_dir, info)
     return ArithTeacherResult(
         out_dir=out_dir,
         parameters=count_parameters(model),
