@@ -12,16 +12,18 @@
 #   BASE_IMAGE        the Dockerfile's base (default: its own, or distillguard-base:bookworm
 #                     with --offline, built here first when missing; needs debootstrap)
 #   DEBIAN_MIRROR     for debootstrap and the offline images (default http://deb.debian.org/debian)
-#   TORCH_INDEX_URL, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS
-#                     passed to `docker build` (see the Dockerfile); e.g. without PyTorch's index:
-#                     TORCH_INDEX_URL=https://pypi.org/simple PIP_FIND_LINKS=http://127.0.0.1:PORT/
-#                     with a directory holding the torch CPU wheel served on PORT. The build runs
-#                     with --network host, so such a server on this machine is reachable.
+#   TORCH_INDEX_URL   the Dockerfile's argument (default: its own, PyTorch's CPU index)
+#   BUILD_PIP_INDEX_URL, BUILD_PIP_EXTRA_INDEX_URL, BUILD_PIP_FIND_LINKS
+#                     passed to `docker build` as PIP_INDEX_URL etc. (see the Dockerfile);
+#                     named apart so that this machine's own PIP_* settings never reach the
+#                     build. The build runs with --network host: a server on 127.0.0.1 works.
 #   PIP_CA            a CA bundle (PEM) for pip inside the build, passed as the build secret
 #                     pip_ca: for an egress proxy that re-signs TLS (e.g. /etc/ssl/certs/
 #                     ca-certificates.crt where the proxy's CA is installed on the host)
-#   WHEEL_DIR         shortcut for the above: serve this directory (the torch CPU wheel) over
-#                     HTTP on 127.0.0.1:WHEEL_PORT (default 18801) for the build's duration
+#   WHEEL_DIR         shortcut without PyTorch's index: serve this directory (holding the torch
+#                     CPU wheel) over HTTP on 127.0.0.1:WHEEL_PORT (default 18801) during the
+#                     build, as BUILD_PIP_FIND_LINKS, with TORCH_INDEX_URL=https://pypi.org/simple
+#                     (pip then prefers the local 2.13.0+cpu; the Dockerfile refuses a CUDA torch)
 #   CHECK_PORT        host port the gateway is published on (127.0.0.1 only; default 18800)
 #   PYTHON            a python with the `openai` package, for the client (default python3)
 #   KEEP=1            leave the stack running (docker compose -p distillguard-check ... down -v)
@@ -84,13 +86,15 @@ if [ -n "${WHEEL_DIR:-}" ]; then
   "$PYTHON" -m http.server "$WHEEL_PORT" --bind 127.0.0.1 --directory "$WHEEL_DIR" \
     >"$WORK/wheels.log" 2>&1 &
   PIDS+=($!)
-  PIP_FIND_LINKS=${PIP_FIND_LINKS:-http://127.0.0.1:$WHEEL_PORT/}
+  BUILD_PIP_FIND_LINKS=http://127.0.0.1:$WHEEL_PORT/
   TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://pypi.org/simple}
   sleep 1
 fi
 [ -n "${PIP_CA:-}" ] && BUILD_ARGS+=(--secret "id=pip_ca,src=$PIP_CA")
-for name in TORCH_INDEX_URL PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS; do
-  [ -n "${!name:-}" ] && BUILD_ARGS+=(--build-arg "$name=${!name}")
+[ -n "${TORCH_INDEX_URL:-}" ] && BUILD_ARGS+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS; do
+  value=BUILD_$name
+  [ -n "${!value:-}" ] && BUILD_ARGS+=(--build-arg "$name=${!value}")
 done
 
 # --- the gateway image --------------------------------------------------------------------
@@ -163,7 +167,12 @@ except openai.AuthenticationError as error:
 PY
 rows=$(compose exec -T postgres psql -U distillguard -d distillguard -tAc "select count(*) from exchanges" 2>/dev/null || echo "?")
 step "exchange rows in PostgreSQL: $rows"
-step "metrics: $(curl -sS "$URL/metrics" | grep -c '^distillguard_requests_total') distillguard_requests_total series"
+# Prometheus (admin token): the chat just answered, counted across the two workers
+metrics=$(curl -sS -H "authorization: Bearer $ADMIN" "$URL/metrics")
+step "metrics, distillguard_requests_total:"
+grep '^distillguard_requests_total' <<<"$metrics" | sed 's/^/  /'
+grep -q '^distillguard_requests_total{.*chat.*model="stub-model".*} 1' <<<"$metrics" \
+  || fail "/metrics does not count the chat completion"
 
 # Readiness follows the dependencies: Redis stopped -> 503 naming it, back -> 200.
 compose stop redis >/dev/null 2>&1
