@@ -16,6 +16,8 @@
 # Build secret (optional): `--secret id=pip_ca,src=CA_BUNDLE.pem`: the CA bundle pip trusts,
 #   for a network whose egress proxy re-signs TLS (pip otherwise trusts only its own certifi
 #   bundle and fails with CERTIFICATE_VERIFY_FAILED). A secret, so it stays out of the image.
+# No `# syntax=` line on purpose: it makes BuildKit pull its frontend from Docker Hub; the
+# frontend built into Docker 20.10+ has everything used here (RUN --mount=type=secret).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # --- builder: the wheel, from the sources only ------------------------------------------------

@@ -185,6 +185,14 @@ for _ in $(seq 30); do
   sleep 1
 done
 step "GET /readyz after redis restarted: $(curl -sS -w ' (%{http_code})' "$URL/readyz")"
+# State lives in PostgreSQL, not in the gateway container: a recreated gateway takes the key.
+compose up -d --no-build --force-recreate --wait --wait-timeout 240 gateway >/dev/null 2>&1 \
+  || fail "the recreated gateway did not become healthy"
+again=$(curl -sS -w ' (%{http_code})' -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
+  -d '{"model": "stub-model", "messages": [{"role": "user", "content": "again"}]}' \
+  "$URL/v1/chat/completions")
+step "chat after the gateway container was recreated: $(grep -o '"content": "[^"]*"' <<<"$again") ${again##* }"
+case "$again" in *"stub answer to: again"*"(200)") ;; *) fail "the key did not survive" ;; esac
 step "OK"
 if [ -n "${KEEP:-}" ]; then
   echo "left running; stop with: cd $WORK/stack && docker compose -p $PROJECT -f compose.yaml" \
