@@ -1,7 +1,9 @@
-"""The container files, checked without a Docker engine (none on this machine): compose.yaml
-parses and everything it references exists (services, env files, healthchecks, volumes, the
-mounted config), the Dockerfile's stages, pins, user and healthcheck are as documented, and
-the image's entry point is a real CLI command that accepts its arguments."""
+"""The container files, checked without a Docker engine (the suite needs none; the image was
+built and the stack run with deploy/check_image.sh, see docs/deploy.md): compose.yaml parses
+and everything it references exists (services, env files, healthchecks, volumes, the mounted
+config), the Dockerfile's stages, pins, user and healthcheck are as documented, the image's
+entry point is a real CLI command that accepts its arguments, and the offline/check overrides
+the script uses name files that exist."""
 
 from __future__ import annotations
 
@@ -128,11 +130,23 @@ def test_example_config_file_loads(monkeypatch) -> None:
 
 def test_dockerfile_stages_pins_and_user(dockerfile: list[tuple[str, str]]) -> None:
     froms = [args for op, args in dockerfile if op == "FROM"]
-    assert froms == ["python:3.11-slim AS builder", "python:3.11-slim"]
+    assert froms == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE}"]
+    build_args = dict(arg.split("=", 1) for op, arg in dockerfile if op == "ARG" and "=" in arg)
+    # the default base is the public python image of the Debian release the offline base uses
+    assert build_args["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert dockerfile[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")  # before FROM
     runs = " ".join(args for op, args in dockerfile if op == "RUN")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     torch_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("torch=="))
-    assert f"pip install {torch_pin} --index-url https://download.pytorch.org/whl/cpu" in runs
+    assert f'pip install {torch_pin} --index-url "$TORCH_INDEX_URL"' in runs
+    assert build_args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert "torch.version.cuda" in runs  # a CUDA wheel fails the build instead of shipping
+    # pip's mirror variables are build arguments without a value: unset unless passed
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"} <= {
+        arg for op, arg in dockerfile if op == "ARG"
+    }
+    # python3 -m venv works on both bases (official image and Debian's python3 + venv)
+    assert runs.count("python3 -m venv") == 2
     assert "pip wheel" in runs  # the wheel is built in the builder stage
     assert any(op == "COPY" and args.startswith("--from=builder") for op, args in dockerfile)
     users = [args for op, args in dockerfile if op == "USER"]
@@ -173,3 +187,73 @@ def test_image_entry_point_is_a_real_command(
         )
         assert done.returncode == 0, done.stderr
         assert "--config" in done.stdout
+
+
+class _ComposeTagLoader(yaml.SafeLoader):
+    """YAML with compose's merge tags (!override, !reset), which safe_load refuses."""
+
+
+for _tag in ("!override", "!reset"):
+    _ComposeTagLoader.add_constructor(
+        _tag,
+        lambda loader, node: (
+            loader.construct_sequence(node)
+            if isinstance(node, yaml.SequenceNode)
+            else loader.construct_mapping(node)
+            if isinstance(node, yaml.MappingNode)
+            else loader.construct_scalar(node)
+        ),
+    )
+
+
+def _override(name: str) -> dict:
+    return yaml.load((ROOT / "deploy" / name).read_text(), Loader=_ComposeTagLoader)
+
+
+def test_offline_override_builds_both_services_from_files_that_exist(compose: dict) -> None:
+    offline = _override("compose.offline.yaml")
+    assert set(offline["services"]) == {"postgres", "redis"} <= set(compose["services"])
+    for name, service in offline["services"].items():
+        # paths in an override are relative to the project directory (compose.yaml's)
+        context = ROOT / service["build"]["context"]
+        dockerfile = context / service["build"]["dockerfile"]
+        assert dockerfile.is_file(), name
+        entry = orjson.loads(
+            next(
+                line for line in dockerfile.read_text().splitlines() if line.startswith("ENTRY")
+            ).split(None, 1)[1]
+        )
+        script = context / Path(entry[0]).name
+        assert script.is_file() and script.stat().st_mode & 0o111, f"{script} not executable"
+        done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert service["image"] != compose["services"][name]["image"]  # never the public tag
+    # the PostgreSQL stand-in reads the official image's variables (deploy/postgres.env)
+    entry = (ROOT / "deploy/offline/postgres-entrypoint.sh").read_text()
+    for variable in _env_file_vars(ROOT / "deploy/postgres.env.example"):
+        assert variable in entry
+
+
+def test_check_override_engine_is_the_ci_stub_at_the_configured_upstream(compose: dict) -> None:
+    check = _override("compose.check.yaml")
+    engine = check["services"]["engine"]
+    source, target, _mode = engine["volumes"][0].split(":")
+    assert (ROOT / source).is_file() and target.endswith(Path(source).name)
+    # the entry point uses the stub's handler and server class on the port the config names
+    stub = (ROOT / source).read_text()
+    assert "class Handler(" in stub and "ThreadingHTTPServer" in stub
+    config = tomllib.loads((ROOT / "deploy/distillguard.toml").read_text())
+    assert config["upstream_url"] == "http://engine:8000/v1"
+    assert "('0.0.0.0', 8000)" in " ".join(engine["entrypoint"])
+    # the stub marks nothing: the gateway must be told so, or it refuses to start
+    gateway = check["services"]["gateway"]
+    assert gateway["environment"]["DISTILLGUARD_UPSTREAM_ENGINE"] == "none"
+    assert gateway["environment"]["DISTILLGUARD_WATERMARK_SCHEME"] == "off"
+    assert engine["image"] == compose["services"]["gateway"]["image"]
+
+
+def test_check_script_parses() -> None:
+    script = ROOT / "deploy/check_image.sh"
+    assert script.stat().st_mode & 0o111
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
