@@ -48,23 +48,6 @@ def every_persona(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -
     return d / "traffic.jsonl", d / "parquet"
 
 
-@pytest.fixture(scope="module")
-def spark():
-    """One local Spark session (one JVM) for every Spark run of this module: starting Spark
-    is most of a Spark test's cost. ``score_spark`` finds it through ``getOrCreate``; its
-    Python workers import this checkout's distillguard (as the CLI children do)."""
-    pytest.importorskip("pyspark")
-    from distillguard.monitor.engines.spark import SparkConfig, spark_session
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(
-            "PYTHONPATH", os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
-        )
-        session = spark_session(SparkConfig(master="local[1]", shuffle_partitions=2))
-    yield session
-    session.stop()
-
-
 def _opts() -> EngineOptions:
     return EngineOptions(ScoreModel.load(), SignalConfig(), LinkConfig(), TrustPolicy(), None, None)
 
