@@ -29,13 +29,13 @@ def spark():
     """One local Spark session (one JVM) for every Spark run under tests/monitor: starting
     Spark is most of a Spark test's cost. ``score_spark`` (``score_log(engine="spark")``)
     finds it through ``getOrCreate``; its Python workers import this checkout's distillguard
-    (as the CLI children do). Skips where PySpark is missing.
+    (as the CLI children do). Where PySpark is missing it is an error (as `--engine spark`
+    is): a test that may do without Spark calls ``pytest.importorskip("pyspark")`` first.
 
     The driver JVM compiles with C1 only and collects with the serial collector: a test's
     Spark job is seconds long, where C2's compiler threads cost more CPU than they win
     (measured on the cluster test: 52 -> 31 CPU s for the whole process tree). Neither
     changes what Spark computes."""
-    pytest.importorskip("pyspark")
     from distillguard.monitor.engines.spark import SparkConfig, spark_session
 
     with pytest.MonkeyPatch.context() as mp:

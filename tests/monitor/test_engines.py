@@ -65,7 +65,7 @@ def _cli_score(log: Path, out: Path, *extra: str) -> None:
 @pytest.mark.usefixtures("spark")
 def test_three_engines_same_verdicts(every_persona: tuple[Path, Path], tmp_path: Path) -> None:
     """Streaming and DuckDB through the CLI in children, Spark through the same ``score_log``
-    in this process on the module's Spark session (a third hash salt: this process's)."""
+    in this process on the shared Spark session (a third hash salt: this process's)."""
     jsonl, parquet = every_persona
     runs = {
         "stream": (jsonl, tmp_path / "stream.jsonl", ()),
@@ -102,7 +102,8 @@ def test_engine_clusters_equal_find_clusters(
     # a lower bar links more pairs: longer chains for the label propagation
     loose = LinkConfig(link_threshold=1.0)
     assert duckdb_clusters(keys, loose, con) == find_clusters(keys, loose)
-    spark = request.getfixturevalue("spark")  # skips here when PySpark is missing
+    pytest.importorskip("pyspark")
+    spark = request.getfixturevalue("spark")
     from distillguard.monitor.engines.common import key_rows
     from distillguard.monitor.engines.spark import spark_clusters
 
