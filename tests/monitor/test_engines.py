@@ -62,18 +62,22 @@ def _cli_score(log: Path, out: Path, *extra: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.usefixtures("spark")
 def test_three_engines_same_verdicts(every_persona: tuple[Path, Path], tmp_path: Path) -> None:
+    """Streaming and DuckDB through the CLI in children, Spark through the same ``score_log``
+    in this process on the shared Spark session (a third hash salt: this process's)."""
     jsonl, parquet = every_persona
     runs = {
         "stream": (jsonl, tmp_path / "stream.jsonl", ()),
         "duckdb": (parquet, tmp_path / "duckdb.jsonl", ("--engine", "duckdb", "--workers", "2")),
-        "spark": (parquet, tmp_path / "spark.parquet", ("--engine", "spark")),
     }
     for log, out, extra in runs.values():
         _cli_score(log, out, *extra)
+    spark_out = tmp_path / "spark.parquet"
+    score_log(parquet, spark_out, model=ScoreModel.load(), engine="spark", master="local[1]")
     stream = list(read_verdicts(runs["stream"][1]))
     duck = list(read_verdicts(runs["duckdb"][1]))
-    spark = pq.read_table(runs["spark"][1]).to_pylist()
+    spark = pq.read_table(spark_out).to_pylist()
     assert len(stream) == len({t.account_id for t in read_traffic(jsonl)}) > 40
     assert any(v.flagged for v in stream) and any(v.cluster_id for v in stream)
     for other in (duck, [type(stream[0]).from_dict(row) for row in spark]):
@@ -83,7 +87,9 @@ def test_three_engines_same_verdicts(every_persona: tuple[Path, Path], tmp_path:
             assert (a.flagged, a.cluster_id, a.reasons) == (b.flagged, b.cluster_id, b.reasons)
 
 
-def test_engine_clusters_equal_find_clusters(every_persona: tuple[Path, Path]) -> None:
+def test_engine_clusters_equal_find_clusters(
+    every_persona: tuple[Path, Path], request: pytest.FixtureRequest
+) -> None:
     """The engines' SQL links + connected components against links.find_clusters, on the
     same link keys (DuckDB in process, Spark in local mode)."""
     jsonl, _ = every_persona
@@ -97,15 +103,12 @@ def test_engine_clusters_equal_find_clusters(every_persona: tuple[Path, Path]) -
     loose = LinkConfig(link_threshold=1.0)
     assert duckdb_clusters(keys, loose, con) == find_clusters(keys, loose)
     pytest.importorskip("pyspark")
+    spark = request.getfixturevalue("spark")
     from distillguard.monitor.engines.common import key_rows
-    from distillguard.monitor.engines.spark import SparkConfig, spark_clusters, spark_session
+    from distillguard.monitor.engines.spark import spark_clusters
 
-    spark = spark_session(SparkConfig(master="local[1]", shuffle_partitions=2))
-    try:
-        key_df = spark.createDataFrame(key_rows(keys))
-        assert spark_clusters(spark, key_df, keys, cfg) == expected
-    finally:
-        spark.stop()
+    key_df = spark.createDataFrame(key_rows(keys))
+    assert spark_clusters(spark, key_df, keys, cfg) == expected
 
 
 def test_stream_engine_reads_parquet(every_persona: tuple[Path, Path]) -> None:

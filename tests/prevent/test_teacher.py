@@ -24,7 +24,10 @@ from distillguard.prevent.teacher import (
 # One operation, +1 / -1 / *2: what a 2-layer model learns in a couple of hundred steps (a
 # harder easy setting, operands up to 9, stayed at chance at this budget).
 EASY = TaskConfig(n_ops=(1,), max_start=60, max_operand=1, multipliers=(2,), max_value=120)
-EASY_TEACHER = replace(TINY_TEACHER, train_problems=130, steps=250, eval_problems=30, lr=5e-3)
+# The build's own grading (generation in three styles) only has to report every style: 3
+# problems do; the digit NLL below judges the model on 30 held-out ones (forward passes only).
+EASY_TEACHER = replace(TINY_TEACHER, train_problems=130, steps=250, eval_problems=3, lr=5e-3)
+HELD_OUT = 30
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def test_tiny_teacher_beats_chance_on_an_easy_setting(easy_teacher):
     likelier under the teacher than a uniform guess among ten digits."""
     import math
 
-    held = generate(EASY_TEACHER.eval_problems, split="held_out", seed=0, config=EASY)
+    held = generate(HELD_OUT, split="held_out", seed=0, config=EASY)
     assert _digit_nll(easy_teacher.out_dir, held) < 0.85 * math.log(10)  # measured: 1.69
     assert easy_teacher.parameters < 300_000
     assert {a.style for a in easy_teacher.accuracy} == {"reasoning", "answer_only", "summary"}
