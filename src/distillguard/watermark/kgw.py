@@ -81,6 +81,7 @@ class KGWParams:
 
 CODE_ROWS = 16_384  # contexts whose provider green list generation keeps (LRU)
 CODE_BYTES = 64 << 20  # and about this much memory: 12 * gamma * V bytes a context
+GREEN_TABLE_VOCAB = 16_384  # h = 1: all green lists as bits up to this V (32 MB at 16k)
 
 
 class KGWScheme(WatermarkScheme):
@@ -105,6 +106,7 @@ class KGWScheme(WatermarkScheme):
         # uses it.
         self._green: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._green_vocab = 0
+        self._table: np.ndarray | None = None  # (V, V / 8) packed green bits, h = 1
 
     # ---- statistics ----
     @property
@@ -159,12 +161,21 @@ class KGWScheme(WatermarkScheme):
         p = self.params
         contexts = np.asarray(contexts, dtype=np.int64)
         B = len(contexts)
-        lists = self._green_lists(contexts, vocab)  # B x (token ids (n,), token hashes (n,))
         if not B:
             return np.zeros((0, vocab), dtype=np.float32)
-        lens = np.fromiter((len(t) for t, _ in lists), dtype=np.int64, count=B)
-        flat = np.concatenate([t for t, _ in lists])  # (N,) green token ids
-        flat += np.repeat(np.arange(B, dtype=np.int64) * vocab, lens)  # positions in (B, V)
+        table = self._green_table(vocab)
+        if table is not None:  # h = 1: every context's green list is one packed bit row
+            bits = np.unpackbits(table[contexts[:, 0]], axis=1, count=vocab)  # (B, V) 0/1
+            flat = np.flatnonzero(bits.view(bool))  # (N,) green positions in (B, V)
+            rows, toks = np.divmod(flat, vocab)
+            lens = np.bincount(rows, minlength=B)
+            tok_h = TOKEN_HASH.get(vocab)[toks]  # (N,)
+        else:
+            lists = self._green_lists(contexts, vocab)  # B x (token ids, token hashes)
+            lens = np.fromiter((len(t) for t, _ in lists), dtype=np.int64, count=B)
+            flat = np.concatenate([t for t, _ in lists])  # (N,) green token ids
+            flat += np.repeat(np.arange(B, dtype=np.int64) * vocab, lens)  # positions in (B, V)
+            tok_h = np.concatenate([h for _, h in lists])
         out = np.zeros(B * vocab, dtype=np.float32)
         if p.account_delta == 0 or not flat.size:
             out[flat] = np.float32(p.delta)
@@ -175,11 +186,27 @@ class KGWScheme(WatermarkScheme):
             u = self.context.ragged_values(keys, contexts, rows, flat - rows * vocab)
         else:  # one seed a row, one mix a green candidate: u = mix(seed ^ token hash)
             seeds = self.context.seed_hashed(keys, TOKEN_HASH.of(contexts))  # (B,)
-            u = mix_inplace(np.repeat(seeds, lens) ^ np.concatenate([h for _, h in lists]))
+            u = mix_inplace(np.repeat(seeds, lens) ^ tok_h)
         out[flat] = np.where(
             u < self._thr_account, np.float32(p.delta + p.account_delta), np.float32(p.delta)
         )
         return out.reshape(B, vocab)
+
+    def _green_table(self, vocab: int) -> np.ndarray | None:
+        """For h = 1 (lefthash) and V <= ``GREEN_TABLE_VOCAB``: the provider green list of
+        every context, (V, ceil(V / 8)) packed bits (2 MB at V = 4k), hashed once (V^2 mixes,
+        ~0.3 s) on first use; so no decode step ever hashes the vocabulary. Else None."""
+        if self.context.mode != "lefthash" or self.context.width != 1:
+            return None
+        if vocab > GREEN_TABLE_VOCAB:
+            return None
+        if self._table is None or self._table.shape[0] != vocab:
+            rows = []
+            for start in range(0, vocab, 256):  # chunks of contexts: bounded scratch memory
+                ctx = np.arange(start, min(start + 256, vocab), dtype=np.int64)[:, None]
+                rows.append(np.packbits(self.green_mask(ctx, vocab), axis=1))
+            self._table = np.concatenate(rows)
+        return self._table
 
     def _green_lists(self, contexts: np.ndarray, vocab: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Provider green token ids of each context (B, h) and their token hashes, from the
