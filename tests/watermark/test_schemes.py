@@ -196,14 +196,16 @@ def test_score_pairs_and_expected_scores_agree_with_detection(name) -> None:
     assert s.null_pair_mean == {"kgw": 0.25, "gumbel": 1.0, "synthid": 12.0}[name]
 
 
-def test_kgw_bias_rows_from_the_generation_cache_equal_fresh_hashing() -> None:
-    """The code-row cache (hits, misses, duplicates in a batch, overflow) gives the bias the
-    keyed hash defines: delta on provider-green, + account_delta on account-green inside it."""
+@pytest.mark.parametrize("variant", KGW_VARIANTS, ids=lambda v: v["context"])
+def test_kgw_bias_rows_from_the_generation_cache_equal_fresh_hashing(variant) -> None:
+    """The generation caches (h = 1: the packed green table; wider contexts: the LRU of green
+    lists with hits, misses, duplicates in a batch, overflow) give the bias the keyed hash
+    defines: delta on provider-green, + account_delta on account-green inside it."""
     import distillguard.watermark.kgw as kgw_module
 
-    s = scheme("kgw")
+    s = scheme("kgw", **variant)
     rng = np.random.default_rng(0)
-    contexts = rng.integers(0, VOCAB, (6, 1))
+    contexts = rng.integers(0, VOCAB, (6, variant["context_width"]))
     contexts[3] = contexts[0]  # same context, other account; and a duplicate row below
     tags = ["a", "b", "a", "b", None, "a"]
     contexts[5] = contexts[0]
@@ -219,7 +221,7 @@ def test_kgw_bias_rows_from_the_generation_cache_equal_fresh_hashing() -> None:
     small = 4
     old, kgw_module.CODE_ROWS = kgw_module.CODE_ROWS, small
     try:
-        overflow = scheme("kgw")
+        overflow = scheme("kgw", **variant)
         overflow.bias(contexts[:3], VOCAB, tags[:3])
         # 4 rows, some new: the cache is full and starts over
         np.testing.assert_allclose(overflow.bias(contexts[2:], VOCAB, tags[2:]), expected[2:])
