@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from itertools import chain, repeat
 from typing import Any
@@ -208,12 +209,15 @@ class ChunkEncoder:
     lot: the 10k real answers (3.9M tokens) have ~130k distinct chunks. Tokenizers for which
     the cut is not exact (``chunk_cache_exact``) are called directly."""
 
-    def __init__(self, tokenizer: Any, *, max_chunks: int = 1 << 20) -> None:
+    def __init__(self, tokenizer: Any, *, max_chunks: int = 1 << 18) -> None:
         if max_chunks < 1:
             raise InputError("max_chunks must be positive")
         self.tokenizer = tokenizer
         self.exact = chunk_cache_exact(tokenizer)
-        self.max_chunks = max_chunks  # distinct chunks kept (~100 bytes each)
+        # distinct chunks kept (~150 bytes each with the dict: ~40 MB at 256k; the 10k real
+        # answers have 131k); beyond it the cache starts over
+        self.max_chunks = max_chunks
+        self._lock = threading.Lock()  # a gateway's detector serves several threads
         self._clear()
 
     def _clear(self) -> None:
@@ -245,6 +249,11 @@ class ChunkEncoder:
             ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
             return [np.asarray(x, dtype=np.int64) for x in ids]
         chunked = [_CHUNKS.findall(t) for t in texts]
+        with self._lock:
+            return self._gather(chunked, len(texts))
+
+    def _gather(self, chunked: list[list[str]], count: int) -> list[np.ndarray]:
+        """The ids of texts cut into chunks, adding unseen chunks to the table first."""
         per_text = np.fromiter(map(len, chunked), dtype=np.int64, count=len(chunked))
         flat = list(chain.from_iterable(chunked))  # (N,) chunk strings
         rows = np.fromiter(map(self._index.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
@@ -258,6 +267,6 @@ class ChunkEncoder:
         lens = self._lens[rows]  # (N,) ids per chunk occurrence
         pos = np.repeat(self._starts[rows] - (np.cumsum(lens) - lens), lens)
         ids = self._table[pos + np.arange(pos.size)]  # (L,) the whole batch's ids
-        text_of = np.repeat(np.arange(len(texts)), per_text)  # (N,) text of each chunk
-        counts = np.bincount(text_of, weights=lens, minlength=len(texts)).astype(np.int64)
+        text_of = np.repeat(np.arange(count), per_text)  # (N,) text of each chunk
+        counts = np.bincount(text_of, weights=lens, minlength=count).astype(np.int64)
         return np.split(ids, np.cumsum(counts)[:-1])
