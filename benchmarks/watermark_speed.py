@@ -10,7 +10,11 @@ p-values in log space, one ``DetectionResult`` per text):
 - the same through ``detect_many`` (one frozen ``DetectionResult`` per text: Python objects
   cost about as much as the scoring at 200 tokens a text);
 - real LLM answers (``shared/data/outputs``) tokenized with the teacher's tokenizer, whose
-  tokenization speed is reported on its own line;
+  tokenization speed is reported on its own lines: the transformers batch call (the reference
+  ids) beside ``ChunkEncoder`` (cold: a fresh cache; warm: the same texts again), whose ids
+  are checked equal to the reference; then detection from raw text, tokenizing included
+  (``ChunkEncoder`` + KGW ``detect_arrays``), cold and warm; these lines also give tokens per
+  CPU-second of this process (the machine is shared: wall time measures the neighbours too);
 - a bare numpy floor for scale: keyed hash + green test + per-text counts, no deduplication,
   no prompt handling, no p-values (the ratio "full / floor" shows what the extras cost).
 
@@ -75,14 +79,16 @@ def main() -> None:
         help="tokenizer dir for the real-text lines (default: the small teacher)",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--only-text", action="store_true", help="only the real-text lines")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     console.print(f"load: {os.getloadavg()}")
     rng = np.random.default_rng(0)
     R, T = args.texts, args.length
     rows: list[tuple[str, str, float]] = []
+    cpu_rows: list[tuple[str, float, float]] = []  # (what, wall tokens/s, CPU tokens/s)
 
-    for vocab in (4096, 131072):
+    for vocab in () if args.only_text else (4096, 131072):
         seqs = rng.integers(0, vocab, (R, T))
         prompts = [np.concatenate([rng.integers(0, vocab, 40), s[:10]]) for s in seqs]
         seq_list = list(seqs)
@@ -117,13 +123,32 @@ def main() -> None:
     if (tok_dir / "tokenizer.json").is_file() and (data / "outputs").is_dir():
         from transformers import AutoTokenizer
 
+        from distillguard.models.tokenizer import ChunkEncoder
+
         tok = AutoTokenizer.from_pretrained(str(tok_dir))
         texts = real_answers(data)
-        t0 = time.perf_counter()
-        ids = [np.asarray(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
-        t_tok = time.perf_counter() - t0  # tokenization, ids as numpy arrays
+
+        def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
+            t, c = time.perf_counter(), time.process_time()
+            out = fn()
+            return time.perf_counter() - t, time.process_time() - c, out
+
+        wall, cpu, ref = timed(lambda: tok(texts, add_special_tokens=False)["input_ids"])
+        ids = [np.asarray(x) for x in ref]  # type: ignore[union-attr]
         n = sum(len(x) for x in ids)
-        rows.append((f"tokenization of {len(texts)} real answers", "-", n / t_tok))
+        rows.append((f"tokenization of {len(texts)} real answers, transformers", "-", n / wall))
+        cpu_rows.append(("tokenization, transformers batch call", n / wall, n / cpu))
+        enc = ChunkEncoder(tok)
+        wall, cpu, got = timed(lambda: enc.encode(texts))
+        same = all(np.array_equal(a, b) for a, b in zip(ids, got, strict=True))  # type: ignore[call-overload]
+        cpu_rows.append(("tokenization, ChunkEncoder cold", n / wall, n / cpu))
+        wall, cpu, _ = timed(lambda: enc.encode(texts))
+        cpu_rows.append(("tokenization, ChunkEncoder warm", n / wall, n / cpu))
+        kgw = build_scheme("kgw", secret=SECRET, key_id=1, vocab_size=len(tok))
+        for label, e in (("cold", ChunkEncoder(tok)), ("warm", enc)):
+            wall, cpu, _ = timed(lambda e=e: kgw.detect_arrays(e.encode(texts)))
+            cpu_rows.append((f"raw text -> KGW p-values, {label}", n / wall, n / cpu))
+        console.print(f"ChunkEncoder ids identical to transformers' on all texts: {same}")
         for name in ("kgw", "gumbel", "synthid"):
             s = build_scheme(name, secret=SECRET, key_id=1, vocab_size=len(tok))
             t = best_of(lambda s=s, ids=ids: s.detect_arrays(ids), args.repeats)
@@ -135,10 +160,19 @@ def main() -> None:
     for what, name, speed in rows:
         table.add_row(what, name, f"{speed / 1e6:.1f} M")
     console.print(table)
+    if cpu_rows:
+        raw = Table("real answers, one pass", "tokens/s wall", "tokens/CPU-s")
+        for what, w, c in cpu_rows:
+            raw.add_row(what, f"{w / 1e6:.2f} M", f"{c / 1e6:.2f} M")
+        console.print(raw)
     console.print(f"load: {os.getloadavg()}")
     if args.json:
         args.json.write_text(
-            json.dumps([dict(input=a, scheme=b, tokens_per_s=c) for a, b, c in rows], indent=1)
+            json.dumps(
+                [dict(input=a, scheme=b, tokens_per_s=c) for a, b, c in rows]
+                + [dict(input=a, tokens_per_s=w, tokens_per_cpu_s=c) for a, w, c in cpu_rows],
+                indent=1,
+            )
         )
 
 

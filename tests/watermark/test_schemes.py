@@ -196,14 +196,16 @@ def test_score_pairs_and_expected_scores_agree_with_detection(name) -> None:
     assert s.null_pair_mean == {"kgw": 0.25, "gumbel": 1.0, "synthid": 12.0}[name]
 
 
-def test_kgw_bias_rows_from_the_generation_cache_equal_fresh_hashing() -> None:
-    """The code-row cache (hits, misses, duplicates in a batch, overflow) gives the bias the
-    keyed hash defines: delta on provider-green, + account_delta on account-green inside it."""
+@pytest.mark.parametrize("variant", KGW_VARIANTS, ids=lambda v: v["context"])
+def test_kgw_bias_rows_from_the_generation_cache_equal_fresh_hashing(variant) -> None:
+    """The generation caches (h = 1: the packed green table; wider contexts: the LRU of green
+    lists with hits, misses, duplicates in a batch, overflow) give the bias the keyed hash
+    defines: delta on provider-green, + account_delta on account-green inside it."""
     import distillguard.watermark.kgw as kgw_module
 
-    s = scheme("kgw")
+    s = scheme("kgw", **variant)
     rng = np.random.default_rng(0)
-    contexts = rng.integers(0, VOCAB, (6, 1))
+    contexts = rng.integers(0, VOCAB, (6, variant["context_width"]))
     contexts[3] = contexts[0]  # same context, other account; and a duplicate row below
     tags = ["a", "b", "a", "b", None, "a"]
     contexts[5] = contexts[0]
@@ -219,7 +221,7 @@ def test_kgw_bias_rows_from_the_generation_cache_equal_fresh_hashing() -> None:
     small = 4
     old, kgw_module.CODE_ROWS = kgw_module.CODE_ROWS, small
     try:
-        overflow = scheme("kgw")
+        overflow = scheme("kgw", **variant)
         overflow.bias(contexts[:3], VOCAB, tags[:3])
         # 4 rows, some new: the cache is full and starts over
         np.testing.assert_allclose(overflow.bias(contexts[2:], VOCAB, tags[2:]), expected[2:])
@@ -227,3 +229,57 @@ def test_kgw_bias_rows_from_the_generation_cache_equal_fresh_hashing() -> None:
         np.testing.assert_allclose(overflow.bias(contexts, VOCAB, tags), expected)
     finally:
         kgw_module.CODE_ROWS = old
+
+
+def test_gumbel_argmax_picks_what_the_full_computation_picks() -> None:
+    """The pruned Gumbel-max choice equals argmax over every candidate of log(r) / p (p > 0),
+    on peaked, flat, nucleus-truncated and tied distributions and on r at its maximum."""
+    import torch
+
+    from distillguard.watermark.gumbel import gumbel_argmax, uniforms
+
+    rng = np.random.default_rng(3)
+    torch.manual_seed(3)
+    for trial in range(120):
+        B, V = int(rng.integers(1, 12)), int(rng.integers(2, 2000))
+        lp = torch.log_softmax(torch.randn(B, V) * float(rng.choice([0.0, 0.3, 3, 30])), -1)
+        if trial % 3 == 0:
+            lp[:, rng.integers(0, V, V // 3)] = float("-inf")  # a nucleus cut
+            lp = torch.log_softmax(lp, -1)
+        probs = lp.exp()
+        values = rng.integers(0, 2**63, (B, V)).astype(np.uint64) * np.uint64(2)
+        if trial % 5 == 0:
+            values[:, : min(V, 4)] = np.uint64(2**64 - 1)  # r = 1 - 2^-53
+        r = torch.from_numpy(uniforms(values))
+        full = torch.where(
+            probs > 0,
+            torch.log(r) / probs.double(),
+            torch.tensor(float("-inf"), dtype=torch.float64),
+        ).argmax(-1)
+        assert torch.equal(gumbel_argmax(values, probs), full), trial
+
+
+def test_synthid_candidate_pool_is_the_k_most_likely_tokens() -> None:
+    """top_candidates returns, per row, the k largest values (ties to the lowest ids), ids
+    ascending, for small and large vocabularies and rows with -inf entries."""
+    from distillguard.watermark.synthid import top_candidates
+
+    rng = np.random.default_rng(4)
+    for trial in range(80):
+        B, V = int(rng.integers(1, 10)), int(rng.integers(2, 20000))
+        k = int(rng.integers(1, min(V, 600) + 1))
+        a = (rng.standard_normal((B, V)) * rng.choice([0.01, 1, 5])).astype(np.float32)
+        if trial % 4 == 0:
+            a = np.round(a, 1)  # many ties
+        if trial % 5 == 0:
+            a[:, rng.integers(0, V, V // 2)] = -np.inf
+        ids, vals = top_candidates(a, k)
+        assert ids.shape == vals.shape == (B, k)
+        assert (np.diff(ids, axis=1) > 0).all()
+        np.testing.assert_array_equal(np.take_along_axis(a, ids, 1), vals)
+        np.testing.assert_array_equal(np.sort(vals, 1), np.sort(a, 1)[:, V - k :])
+        kth = np.sort(a, 1)[:, V - k]
+        for i in range(B):  # ties at the k-th value: the lowest ids
+            tied = np.flatnonzero(a[i] == kth[i])
+            chosen = set(ids[i].tolist()) & set(tied.tolist())
+            assert sorted(chosen) == tied[: len(chosen)].tolist()

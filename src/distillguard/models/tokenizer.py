@@ -10,8 +10,14 @@ learns to stop an answer by emitting it:
 
 from __future__ import annotations
 
+import json
+import re
+import threading
 from collections.abc import Iterable, Sequence
+from itertools import chain, repeat
 from typing import Any
+
+import numpy as np
 
 from distillguard.errors import InputError, ModelError
 
@@ -155,3 +161,112 @@ def byte_level_alphabet() -> dict[int, str]:
     for n, b in enumerate(shifted):
         mapping[b] = chr(256 + n)
     return mapping
+
+
+# ---- many texts at once, fast: a cache of whitespace-delimited chunks ----------------------
+# Unicode White_Space, what the byte-level pre-tokenizer's regex calls \s (Python's \s also
+# takes \x1c-\x1f, which the pre-tokenizer treats as punctuation: not a safe cut there).
+_WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_CHUNKS = re.compile(f"[{_WS}]*[^{_WS}]+|[{_WS}]+")
+_WS_CHARS = re.compile(f"[{_WS}]")
+
+
+def chunk_cache_exact(tokenizer: Any) -> bool:
+    """Whether ``ChunkEncoder`` gives exactly this tokenizer's ids.
+
+    True for a byte-level BPE whose pre-tokenizer is GPT-2's regex without a prefix space and
+    no normalizer (ours, GPT-2's, Llama 3's style): that regex never matches across the start
+    of a whitespace run that follows a non-whitespace character (no pattern takes whitespace
+    after other characters, and nothing looks behind), so such positions cut the text into
+    chunks that are tokenized independently; added tokens must contain no whitespace and not
+    strip it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    try:
+        spec = json.loads(backend.to_str())
+    except (ValueError, AttributeError):
+        return False
+    pre = spec.get("pre_tokenizer") or {}
+    model = spec.get("model") or {}
+    if spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("dropout"):
+        return False
+    if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex"):
+        return False
+    return all(
+        not (t.get("lstrip") or t.get("rstrip") or t.get("single_word"))
+        and not _WS_CHARS.search(t.get("content", ""))
+        for t in spec.get("added_tokens") or []
+    )
+
+
+class ChunkEncoder:
+    """Token ids of many texts, the same as ``tokenizer(texts, add_special_tokens=False)``,
+    several times faster on real text: texts are cut into whitespace-led chunks (one regex
+    pass in C), each distinct chunk is tokenized once (one batch call into the Rust
+    tokenizer) and kept in a bounded table, and the ids of a whole batch are gathered from
+    that table with numpy (no Encoding objects, no per-token Python). Text repeats words a
+    lot: the 10k real answers (3.9M tokens) have ~130k distinct chunks. Tokenizers for which
+    the cut is not exact (``chunk_cache_exact``) are called directly."""
+
+    def __init__(self, tokenizer: Any, *, max_chunks: int = 1 << 18) -> None:
+        if max_chunks < 1:
+            raise InputError("max_chunks must be positive")
+        self.tokenizer = tokenizer
+        self.exact = chunk_cache_exact(tokenizer)
+        # distinct chunks kept (~150 bytes each with the dict: ~40 MB at 256k; the 10k real
+        # answers have 131k); beyond it the cache starts over
+        self.max_chunks = max_chunks
+        self._lock = threading.Lock()  # a gateway's detector serves several threads
+        self._clear()
+
+    def _clear(self) -> None:
+        self._index: dict[str, int] = {}  # chunk -> row of the table
+        self._starts = np.zeros(0, dtype=np.int64)  # (C,) where each chunk's ids start
+        self._lens = np.zeros(0, dtype=np.int64)  # (C,) how many ids it has
+        self._table = np.zeros(0, dtype=np.int64)  # every cached chunk's ids, concatenated
+
+    def _add(self, chunks: list[str]) -> None:
+        backend = self.tokenizer.backend_tokenizer
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        ids = [e.ids for e in encode(chunks, add_special_tokens=False)]
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        base = len(self._index)
+        self._index.update(zip(chunks, range(base, base + len(chunks)), strict=True))
+        starts = self._table.size + np.cumsum(lens) - lens
+        self._starts = np.concatenate([self._starts, starts])
+        self._lens = np.concatenate([self._lens, lens])
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
+        self._table = np.concatenate([self._table, flat])
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """texts -> one int64 array of token ids per text (no special tokens added)."""
+        if not texts:
+            return []
+        if any(not isinstance(t, str) for t in texts):
+            raise InputError("texts must be strings")
+        if not self.exact:
+            ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+            return [np.asarray(x, dtype=np.int64) for x in ids]
+        chunked = [_CHUNKS.findall(t) for t in texts]
+        with self._lock:
+            return self._gather(chunked, len(texts))
+
+    def _gather(self, chunked: list[list[str]], count: int) -> list[np.ndarray]:
+        """The ids of texts cut into chunks, adding unseen chunks to the table first."""
+        per_text = np.fromiter(map(len, chunked), dtype=np.int64, count=len(chunked))
+        flat = list(chain.from_iterable(chunked))  # (N,) chunk strings
+        rows = np.fromiter(map(self._index.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+        if (rows < 0).any():
+            new = list(dict.fromkeys(flat[i] for i in np.flatnonzero(rows < 0).tolist()))
+            if len(self._index) + len(new) > self.max_chunks:
+                self._clear()
+                new = list(dict.fromkeys(flat))
+            self._add(new)
+            rows = np.fromiter(map(self._index.__getitem__, flat), dtype=np.int64, count=len(flat))
+        lens = self._lens[rows]  # (N,) ids per chunk occurrence
+        pos = np.repeat(self._starts[rows] - (np.cumsum(lens) - lens), lens)
+        ids = self._table[pos + np.arange(pos.size)]  # (L,) the whole batch's ids
+        text_of = np.repeat(np.arange(count), per_text)  # (N,) text of each chunk
+        counts = np.bincount(text_of, weights=lens, minlength=count).astype(np.int64)
+        return np.split(ids, np.cumsum(counts)[:-1])

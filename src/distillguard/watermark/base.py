@@ -327,6 +327,13 @@ class WatermarkScheme(ABC):
         """Per-account key; ``None`` (no account) maps to the anonymous account ``""``."""
         return keymod.account_key(self._secret, self.name, self.key_id, account or "")
 
+    def account_keys(self, accounts: Sequence[str | None]) -> np.ndarray:
+        """Each row's account key: B accounts -> (B,) uint64 (one key per row, so a batch of
+        many accounts is hashed in one vectorized pass)."""
+        return np.fromiter(
+            (self.account_key(a) for a in accounts), dtype=np.uint64, count=len(accounts)
+        )
+
     # ---- per-scheme statistics (pure functions of the keyed values) ----
     @abstractmethod
     def pair_scores(self, values: np.ndarray) -> np.ndarray:

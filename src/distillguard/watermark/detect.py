@@ -72,6 +72,7 @@ class TextDetector:
         **params: Any,
     ) -> None:
         self.tokenizer = tokenizer
+        self._encoder: Any = None  # models.tokenizer.ChunkEncoder, built on first use
         self.vocab_size = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
         ids = keyring.check(tuple(key_ids) if key_ids else keyring.key_ids)
         self.schemes: list[WatermarkScheme] = [
@@ -102,17 +103,23 @@ class TextDetector:
             key_ids=key_ids,
         )
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, without special tokens (the answer as the model wrote it)."""
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of each text, without special tokens (the answer as the model wrote it):
+        exactly the tokenizer's ids, through a cache of whitespace-led chunks
+        (``models.tokenizer.ChunkEncoder``, several times faster on real text)."""
         if not texts:
             return []
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if self._encoder is None:
+            from distillguard.models.tokenizer import ChunkEncoder
+
+            self._encoder = ChunkEncoder(self.tokenizer)
+        return self._encoder.encode(texts)
 
     def detect_ids(
         self,
-        sequences: Sequence[Sequence[int]],
+        sequences: Sequence[Sequence[int]] | Sequence[np.ndarray],
         *,
-        prompts: Sequence[Sequence[int] | None] | None = None,
+        prompts: Sequence[Sequence[int] | np.ndarray | None] | None = None,
         accounts: Sequence[str] = (),
     ) -> list[DetectionResult]:
         """Batch detection over all key ids (Bonferroni over key ids, per text)."""

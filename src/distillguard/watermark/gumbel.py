@@ -122,15 +122,28 @@ class GumbelScheme(WatermarkScheme):
         return self._account_flags(pairs)
 
     # ---- generation ----
+    def row_keys(self, contexts: np.ndarray, tags: Sequence[str | None]) -> np.ndarray:
+        """The key each row draws its r from: contexts (B, h) -> (B,) uint64: the provider
+        key, or the row's account key on account contexts."""
+        keys = np.full(len(contexts), self._provider_key, dtype=U64)
+        flagged = np.flatnonzero(self.account_contexts(contexts))
+        if flagged.size:
+            keys[flagged] = self.account_keys([tags[int(i)] for i in flagged])
+        return keys
+
+    def keyed_values(
+        self, contexts: np.ndarray, vocab: int, tags: Sequence[str | None]
+    ) -> np.ndarray:
+        """u for every candidate: contexts (B, h) -> (B, V) uint64 (account rows re-keyed),
+        all rows in one vectorized pass."""
+        contexts = np.asarray(contexts, dtype=np.int64)
+        return self.context.vocab_values(self.row_keys(contexts, tags), contexts, vocab)
+
     def keyed_uniforms(
         self, contexts: np.ndarray, vocab: int, tags: Sequence[str | None]
     ) -> np.ndarray:
         """r for every candidate: contexts (B, h) -> (B, V) float64 (account rows re-keyed)."""
-        u = self.context.vocab_values(self._provider_key, contexts, vocab)  # (B, V)
-        for i in np.flatnonzero(self.account_contexts(contexts)):
-            tag = tags[int(i)]
-            u[i] = self.context.vocab_values(self.account_key(tag), contexts[i : i + 1], vocab)[0]
-        return uniforms(u)
+        return uniforms(self.keyed_values(contexts, vocab, tags))
 
     def sample(
         self,
@@ -142,8 +155,6 @@ class GumbelScheme(WatermarkScheme):
         generators: Sequence[Any],
         tags: Sequence[str | None],
     ) -> Any:
-        import torch
-
         check_sampling(temperature, top_p)
         B, V = logits.shape
         check_generators(generators, tags, B)
@@ -153,17 +164,51 @@ class GumbelScheme(WatermarkScheme):
             return sample_output(lp.argmax(dim=-1), lp)
         lp = nucleus(lp, top_p)  # (B, V)
         probs = lp.exp()
-        r = torch.from_numpy(self.keyed_uniforms(self.contexts_of(input_ids), V, tags))
-        keyed = torch.where(
-            probs > 0,
-            torch.log(r) / probs.double(),
-            torch.tensor(float("-inf"), dtype=torch.float64),
-        ).argmax(dim=-1)
+        keyed = gumbel_argmax(self.keyed_values(self.contexts_of(input_ids), V, tags), probs)
         repeated = _context_repeated(input_ids, self.context.width)  # (B,) bool
         if bool(repeated.any()):
+            import torch
+
             plain = draw_keyed(lp, generators, keyed_u)
             keyed = torch.where(repeated, plain, keyed)
         return sample_output(keyed, lp)
+
+
+_C_BITS = 24  # bits of u read by gumbel_argmax's bound (exact integers in float32)
+_C_MAX = float((1 << _C_BITS) - 1)
+
+
+def gumbel_argmax(values: np.ndarray, probs: Any) -> Any:
+    """The Gumbel-max choice argmax_v log(r_v) / p_v over p_v > 0 (r = ``uniforms(values)``):
+    values (B, V) uint64, probs (B, V) float32 tensor -> (B,) long tensor.
+
+    The token the full computation picks (the same float64 expression, ties to the lowest
+    id), with the log taken only for candidates that can win. With E = -log r the winner
+    minimises E_v / p_v; the most likely token j gives a bound b >= E_j / p_j, and a winner
+    needs 1 - r_v <= E_v <= b p_v. 1 - r_v is bounded below by the top 24 bits t_v of u
+    ((2^24 - 1 - t_v) 2^-24 < 1 - r_v), so one float32 test per candidate keeps about b + 1
+    of them (a handful for a confident model, a few hundred for a flat one)."""
+    import torch
+
+    B, V = values.shape
+    p = np.ascontiguousarray(probs.detach().float().numpy())  # (B, V) float32, a view
+    ar = np.arange(B)
+    ref = p.argmax(axis=1)  # (B,) the most likely token: p > 0
+    p_ref = p[ar, ref].astype(np.float64)
+    bound = -np.log(uniforms(values[ar, ref])) / p_ref  # (B,) E_j / p_j
+    with np.errstate(over="ignore", invalid="ignore"):  # inf scale (unnormalized p): keep all
+        scale = (bound * (1.0 + 1e-4) * 2.0**_C_BITS).astype(np.float32)[:, None]  # (B, 1)
+        top = (values >> U64(64 - _C_BITS)).view(np.int64).astype(np.float32)  # (B, V) exact
+        top += p * scale
+    # >=: rounding is monotone, so a sum whose exact value passes still does after rounding
+    idx = np.flatnonzero(top >= _C_MAX)  # (S,) flat ids of candidates, row-major
+    rows, toks = np.divmod(idx, V)
+    pv = torch.from_numpy(p.ravel()[idx])  # (S,) float32; p = 0 scores -inf below
+    score = (torch.log(torch.from_numpy(uniforms(values.ravel()[idx]))) / pv.double()).numpy()
+    starts = np.searchsorted(rows, ar)  # every row has a candidate: its reference token
+    best = np.maximum.reduceat(score, starts)  # (B,)
+    first = np.minimum.reduceat(np.where(score == best[rows], toks, V), starts)  # ties: lowest
+    return torch.from_numpy(first.astype(np.int64))
 
 
 def _context_repeated(input_ids: Any, width: int) -> Any:

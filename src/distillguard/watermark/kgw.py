@@ -29,6 +29,7 @@ G_p, a second, account-keyed list G_a (fraction ``account_gamma``) gets an extra
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 
 from distillguard.errors import InputError
 from distillguard.watermark.base import (
+    TOKEN_HASH,
     ContextHash,
     Pairs,
     WatermarkScheme,
@@ -49,6 +51,7 @@ from distillguard.watermark.base import (
     nucleus,
     sample_output,
 )
+from distillguard.watermark.hashing import mix_inplace
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ class KGWParams:
         check_zero_temperature(self.zero_temperature)
 
 
-CODE_ROWS = 16_384  # (account, context) code rows kept for generation: V bytes each, 64 MB at 4k
+CODE_ROWS = 16_384  # contexts whose provider green list generation keeps (LRU)
+CODE_BYTES = 64 << 20  # and about this much memory: 12 * gamma * V bytes a context
+GREEN_TABLE_VOCAB = 16_384  # h = 1: all green lists as bits up to this V (32 MB at 16k)
 
 
 class KGWScheme(WatermarkScheme):
@@ -95,11 +100,13 @@ class KGWScheme(WatermarkScheme):
         )
         self._thr = fraction_threshold(self.params.gamma)
         self._thr_account = fraction_threshold(self.params.account_gamma)
-        # Generation cache (``bias``): code rows per (account, context), allocated on first
-        # use. A decode step would otherwise hash every candidate of every row twice; contexts
-        # repeat a lot, so most steps only gather rows. Detection never uses it.
-        self._codes: np.ndarray | None = None  # (CODE_ROWS, V) uint8
-        self._slots: dict[tuple, int] = {}
+        # Generation cache (``bias``): provider green token ids per context, LRU. A decode
+        # step would otherwise hash every candidate of every row; contexts repeat a lot (h = 1
+        # has at most V of them), so most steps hash only the account part. Detection never
+        # uses it.
+        self._green: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._green_vocab = 0
+        self._table: np.ndarray | None = None  # (V, V / 8) packed green bits, h = 1
 
     # ---- statistics ----
     @property
@@ -142,49 +149,95 @@ class KGWScheme(WatermarkScheme):
         )
 
     def bias(self, contexts: np.ndarray, vocab: int, tags: Sequence[str | None]) -> np.ndarray:
-        """Logit bias for a batch: contexts (B, h) -> (B, V) float32.
+        """Logit bias for a batch: contexts (B, h) -> (B, V) float32: ``delta`` on the provider
+        green list, ``delta + account_delta`` on its account-green part.
 
-        Each (account, context) row is hashed once and kept as a row of small codes
-        (2 * provider-green + account-green) in one preallocated (CODE_ROWS, V) uint8 array:
-        a decode step whose contexts were seen before (most steps: contexts repeat, h = 1 has at
-        most V of them) is one row gather and one table lookup."""
+        The provider green list of a context is the same for every account: it is hashed once
+        per context and kept (token ids and their token hashes) in a bounded LRU cache
+        (``CODE_ROWS`` contexts, about ``CODE_BYTES``), so a step whose contexts were seen
+        (h = 1 has at most V of them) hashes no full vocabulary. The account signal lives
+        inside G_p only, so each row's account key hashes just its ~gamma V green candidates,
+        all rows in one vectorized pass, whatever the number of accounts."""
         p = self.params
-        if p.account_delta == 0:
-            tags = [None] * len(contexts)  # no account signal: one code row per context
-        names = [(tag, *row) for tag, row in zip(tags, contexts.tolist(), strict=True)]
-        if self._codes is None or self._codes.shape != (CODE_ROWS, vocab):
-            self._codes, self._slots = np.empty((CODE_ROWS, vocab), dtype=np.uint8), {}
-        table = np.array([0.0, 0.0, p.delta, p.delta + p.account_delta], dtype=np.float32)
-        if len(names) > CODE_ROWS:  # a batch larger than the cache: no caching
-            return table[self._code_rows(contexts, tags, vocab)]
-        slots = self._slots
-        index = [slots.get(n, -1) for n in names]
-        missing = [i for i, s in enumerate(index) if s < 0]
-        if missing:
-            if len(slots) + len(missing) > CODE_ROWS:  # simple bound: rows are cheap to redo
-                slots.clear()
-                missing = list(range(len(names)))
-            fresh = self._code_rows(contexts[missing], [tags[i] for i in missing], vocab)
-            for i, row in zip(missing, fresh, strict=True):
-                slot = slots.setdefault(names[i], len(slots))
-                self._codes[slot] = row
-                index[i] = slot
-        return table[self._codes[index]]
+        contexts = np.asarray(contexts, dtype=np.int64)
+        B = len(contexts)
+        if not B:
+            return np.zeros((0, vocab), dtype=np.float32)
+        table = self._green_table(vocab)
+        if table is not None:  # h = 1: every context's green list is one packed bit row
+            bits = np.unpackbits(table[contexts[:, 0]], axis=1, count=vocab)  # (B, V) 0/1
+            flat = np.flatnonzero(bits.view(bool))  # (N,) green positions in (B, V)
+            rows, toks = np.divmod(flat, vocab)
+            lens = np.bincount(rows, minlength=B)
+            tok_h = TOKEN_HASH.get(vocab)[toks]  # (N,)
+        else:
+            lists = self._green_lists(contexts, vocab)  # B x (token ids, token hashes)
+            lens = np.fromiter((len(t) for t, _ in lists), dtype=np.int64, count=B)
+            flat = np.concatenate([t for t, _ in lists])  # (N,) green token ids
+            flat += np.repeat(np.arange(B, dtype=np.int64) * vocab, lens)  # positions in (B, V)
+            tok_h = np.concatenate([h for _, h in lists])
+        out = np.zeros(B * vocab, dtype=np.float32)
+        if p.account_delta == 0 or not flat.size:
+            out[flat] = np.float32(p.delta)
+            return out.reshape(B, vocab)
+        keys = self.account_keys(tags)  # (B,) each row's account key
+        if self.context.mode == "selfhash":  # the seed depends on the candidate too
+            rows = np.repeat(np.arange(B), lens)
+            u = self.context.ragged_values(keys, contexts, rows, flat - rows * vocab)
+        else:  # one seed a row, one mix a green candidate: u = mix(seed ^ token hash)
+            seeds = self.context.seed_hashed(keys, TOKEN_HASH.of(contexts))  # (B,)
+            u = mix_inplace(np.repeat(seeds, lens) ^ tok_h)
+        out[flat] = np.where(
+            u < self._thr_account, np.float32(p.delta + p.account_delta), np.float32(p.delta)
+        )
+        return out.reshape(B, vocab)
 
-    def _code_rows(
-        self, contexts: np.ndarray, tags: Sequence[str | None], vocab: int
-    ) -> np.ndarray:
-        """2 * provider-green + account-green for contexts (m, h) -> (m, V) uint8."""
-        code = (self.context.vocab_values(self._provider_key, contexts, vocab) < self._thr).view(
-            np.uint8
-        ) << 1
-        if self.params.account_delta == 0:
-            return code
-        for tag in dict.fromkeys(tags):
-            rows = [i for i, t in enumerate(tags) if t == tag]
-            acc = self.context.vocab_values(self.account_key(tag), contexts[rows], vocab)
-            code[rows] |= (acc < self._thr_account).view(np.uint8)
-        return code
+    def _green_table(self, vocab: int) -> np.ndarray | None:
+        """For h = 1 (lefthash) and V <= ``GREEN_TABLE_VOCAB``: the provider green list of
+        every context, (V, ceil(V / 8)) packed bits (2 MB at V = 4k), hashed once (V^2 mixes,
+        ~0.3 s) on first use; so no decode step ever hashes the vocabulary. Else None."""
+        if self.context.mode != "lefthash" or self.context.width != 1:
+            return None
+        if vocab > GREEN_TABLE_VOCAB:
+            return None
+        if self._table is None or self._table.shape[0] != vocab:
+            rows = []
+            for start in range(0, vocab, 256):  # chunks of contexts: bounded scratch memory
+                ctx = np.arange(start, min(start + 256, vocab), dtype=np.int64)[:, None]
+                rows.append(np.packbits(self.green_mask(ctx, vocab), axis=1))
+            self._table = np.concatenate(rows)
+        return self._table
+
+    def _green_lists(self, contexts: np.ndarray, vocab: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Provider green token ids of each context (B, h) and their token hashes, from the
+        LRU cache or hashed (all missing contexts in one pass)."""
+        names = [tuple(row) for row in contexts.tolist()]
+        per = max(1, int(12 * vocab * self.params.gamma))  # bytes a context: ids + hashes
+        cap = max(1, min(CODE_ROWS, CODE_BYTES // per))
+        if self._green_vocab != vocab:
+            self._green.clear()
+            self._green_vocab = vocab
+        cache = self._green
+        found = [cache.get(n) for n in names]
+        for n in names:  # recently used: evicted last
+            if n in cache:
+                cache.move_to_end(n)
+        missing = [i for i, g in enumerate(found) if g is None]
+        if missing:
+            at = {names[i]: i for i in missing}  # distinct missing contexts
+            mask = self.green_mask(contexts[list(at.values())], vocab)  # (m, V)
+            table = TOKEN_HASH.get(vocab)
+            fresh = {}
+            for name, row in zip(at, mask, strict=True):
+                ids = np.flatnonzero(row)
+                fresh[name] = (ids, table[ids])
+            for i in missing:
+                found[i] = fresh[names[i]]
+            if len(fresh) <= cap:  # a batch larger than the cache: not cached
+                while len(cache) + len(fresh) > cap:
+                    cache.popitem(last=False)
+                cache.update(fresh)
+        return [g for g in found if g is not None]
 
     # ---- generation ----
     def sample(

@@ -83,10 +83,59 @@ class SynthIDParams:
 
 
 def top_bits(values: np.ndarray, m: int) -> np.ndarray:
-    """The m g-values of each keyed value, bit 63 first: (...,) uint64 -> (m, ...) float32."""
+    """The m g-values of each keyed value, bit 63 first: (...,) uint64 -> (m, ...) float64
+    (the tournament's dtype: mixing dtypes there would convert every layer again)."""
     big = np.ascontiguousarray(values).astype(">u8").view(np.uint8)  # MSB byte first
-    bits = np.unpackbits(big.reshape(*values.shape, 8)[..., : (m + 7) // 8], axis=-1)
-    return np.moveaxis(bits[..., :m], -1, 0).astype(np.float32)
+    bits = np.unpackbits(big.reshape(-1, 8)[:, : (m + 7) // 8], axis=-1)  # (N, 8 * bytes)
+    return bits[:, :m].T.astype(np.float64).reshape(m, *values.shape)
+
+
+def top_candidates(lp: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest entries of each row: lp (B, V) float32 -> (token ids (B, k) int64 in id
+    order, their values (B, k) float32). Ties at the k-th value go to the lowest ids.
+
+    A full selection (``topk``, ``partition``) over 4k-128k entries per row costs more than
+    the whole tournament, so the k-th value is found among far fewer: a strided sample of
+    the row gives a value v with, in expectation, 1.5 k entries >= v; those entries (checked:
+    at least k per row, else the whole row) are gathered into a small padded matrix where the
+    exact k-th value is selected. A real model's likely tokens cluster in the low ids (bytes,
+    frequent merges), so the guess is widened (4 k, 8 k) for rows where it falls short."""
+    B, V = lp.shape
+    step = V // (2 * k)
+    if step < 4:  # a small vocabulary: select over the whole row
+        order = np.argsort(-lp, axis=1, kind="stable")[:, :k]  # ties: lowest id first
+        ids = np.sort(order, axis=1)
+        return ids, np.take_along_axis(lp, ids, axis=1)
+    sub = np.sort(lp[:, ::step], axis=1)  # (B, n) strided sample, ascending
+    n = sub.shape[1]
+    mask = np.zeros(lp.shape, dtype=bool)
+    todo = np.arange(B)
+    for want in (2 * k, 4 * k, 8 * k):  # entries expected above the guess; widen if short
+        ks = min(n, -(-want // step))
+        rows_mask = lp[todo] >= sub[todo, n - ks][:, None]  # (b, V)
+        ok = rows_mask.sum(axis=1) >= k
+        mask[todo[ok]] = rows_mask[ok]
+        todo = todo[~ok]
+        if not todo.size:
+            break
+    mask[todo] = True  # still short (ties, -inf): the whole row
+    flat = np.flatnonzero(mask)  # (S,) row-major: ids ascending within a row
+    rows, cols = np.divmod(flat, V)
+    vals = lp.ravel()[flat]  # (S,)
+    counts = np.bincount(rows, minlength=B)  # (B,) >= k each
+    starts = np.cumsum(counts) - counts
+    within = np.arange(flat.size) - np.repeat(starts, counts)  # (S,) position in its row
+    width = int(counts.max())
+    pad = np.full((B, width), -np.inf, dtype=lp.dtype)
+    pad[rows, within] = vals
+    kth = np.partition(pad, width - k, axis=1)[:, width - k]  # (B,) exact k-th largest
+    above = vals > kth[rows]
+    tie = vals == kth[rows]
+    need = k - np.bincount(rows, weights=above, minlength=B).astype(np.int64)  # (B,)
+    tie_rank = np.cumsum(tie) - tie  # ties before this one, over the whole batch ...
+    tie_rank -= np.repeat(tie_rank[starts], counts)  # ... made per row
+    keep = above | (tie & (tie_rank < need[rows]))  # exactly k per row
+    return cols[keep].reshape(B, k), vals[keep].reshape(B, k)
 
 
 def tournament(probs: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -161,15 +210,12 @@ class SynthIDScheme(WatermarkScheme):
     ) -> np.ndarray:
         """Tournament over given candidates: probs (B, K) summing to 1, candidates (B, K)."""
         p = self.params
+        contexts = np.asarray(contexts, dtype=np.int64)
         u = self.context.candidate_values(self._provider_key, contexts, candidates)
         out = tournament(probs, top_bits(u, p.provider_layers))
-        if p.account_layers:
-            for tag in dict.fromkeys(tags):
-                rows = np.array([i for i, t in enumerate(tags) if t == tag])
-                ua = self.context.candidate_values(
-                    self.account_key(tag), contexts[rows], candidates[rows]
-                )
-                out[rows] = tournament(out[rows], top_bits(ua, p.account_layers))
+        if p.account_layers:  # every row under its own account's key, all rows at once
+            ua = self.context.candidate_values(self.account_keys(tags), contexts, candidates)
+            out = tournament(out, top_bits(ua, p.account_layers))
         return np.maximum(out, 0.0)
 
     def sample(
@@ -193,14 +239,16 @@ class SynthIDScheme(WatermarkScheme):
             return sample_output(lp.argmax(dim=-1), lp)
         lp = nucleus(lp, top_p)  # (B, V) float32
         K = min(self.params.candidate_pool, V)
-        head_lp, head_idx = lp.topk(K, dim=-1)  # (B, K), most likely first
-        head_p = head_lp.double().exp()
-        head_mass = head_p.sum(dim=-1, keepdim=True)  # (B, 1)
+        head_idx, head_lp = top_candidates(lp.numpy(), K)  # (B, K) the K most likely
+        head_p = np.exp(head_lp.astype(np.float64))
+        head_mass = head_p.sum(axis=-1, keepdims=True)  # (B, 1)
         marked = self.tournament_probs(
-            (head_p / head_mass).numpy(), self.contexts_of(input_ids), head_idx.numpy(), tags
+            head_p / head_mass, self.contexts_of(input_ids), head_idx, tags
         )  # (B, K), sums to 1
         with np.errstate(divide="ignore"):
-            marked_lp = torch.from_numpy(np.log(marked)) + head_mass.log()
+            marked_lp = np.log(marked) + np.log(head_mass)
         # the tail keeps its plain log-probs; head mass is unchanged, so no renormalization
-        lp = lp.scatter(-1, head_idx, marked_lp.float())
+        lp = lp.scatter(
+            -1, torch.from_numpy(head_idx), torch.from_numpy(marked_lp.astype(np.float32))
+        )
         return sample_output(draw_keyed(lp, generators, keyed), lp)
