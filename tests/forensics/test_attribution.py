@@ -139,8 +139,8 @@ def test_too_few_candidates_answers_and_bad_config(tmp_path: Path) -> None:
         AttributionConfig(char_ngrams=(4, 2))
     with pytest.raises(InputError, match="statistic"):
         AttributionConfig(statistic="median")
-    with pytest.raises(InputError, match="ngram_columns"):
-        AttributionConfig(svd_components=500, ngram_columns=100)
+    with pytest.raises(InputError, match="min_df"):
+        AttributionConfig(min_df=0)
     with pytest.raises(InputError, match="regularization"):
         AttributionConfig(regularization=0.0)
     (tmp_path / "fam.json").write_text("[1, 2]")
