@@ -22,7 +22,8 @@ them, and turns the classifier into a calibrated test with a "none of these" ans
    for c joins c's null. Candidates declared of c's *family* (same vendor,
    shared pretraining) are kept out of c's null: they are not unrelated to c. The p-value is a
    predictive t-test of one new draw from that null (``(s - mean) / (sd * sqrt(1 + 1/n))`` on
-   ``n - 1`` degrees of freedom), Holm-corrected across the K candidates.
+   ``n - 1`` degrees of freedom) on the logit scale of the shares (``scale``), Holm-corrected
+   across the K candidates.
 4. **Verdict.** No candidate below ``alpha`` after Holm: "none of these". Otherwise the
    candidate with the largest share; if a candidate of the same family is significant too,
    a sign test on the answers assigned to either decides whether the two can be told apart.
@@ -43,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -59,6 +61,10 @@ from distillguard.forensics.attribution_features import (
 )
 from distillguard.traffic import JsonlReader
 from distillguard.watermark.stats import holm
+
+# Shares are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before the logit: a share of 0 or 1 (a
+# vote share of a small set) must not be infinite.
+LOGIT_CLIP = 1e-3
 
 __all__ = [
     "AnswerFeatures",
@@ -101,6 +107,12 @@ class AttributionConfig:
     # its answers: graded, uses the classifier's confidence) or "vote" (fraction of answers
     # whose most probable class it is).
     statistic: str = "mean_probability"
+    # The scale on which the null of shares is modelled as normal (predictive t). Shares are
+    # proportions: unrelated models' shares sit near 0 with a few resembling models far
+    # above, a skew the t reads as signal; on the "logit" scale that spread is close to
+    # normal. Chosen on the tuning quarter Q2 (docs/benchmarks.md): "raw" named 2/3 pairs
+    # with 3/10 strict false attributions, "logit" 1/3 with 0/10.
+    scale: str = "logit"
     # Fewer suspect answers than this gives vote shares too coarse to be worth a p-value.
     min_prompts: int = 50
     # Candidates need this many answers to other prompts than the suspect's to be trained on
@@ -132,6 +144,8 @@ class AttributionConfig:
             raise InputError("min_prompts and min_train_prompts must be >= 10")
         if self.min_candidates < 5:
             raise InputError("min_candidates must be >= 5 (the null needs 3 unrelated others)")
+        if self.scale not in ("logit", "raw"):
+            raise InputError("scale must be 'logit' or 'raw'")
         if self.statistic not in ("mean_probability", "vote"):
             raise InputError("statistic must be 'mean_probability' or 'vote'")
         if not 0.0 < self.alpha < 1.0:
@@ -158,7 +172,7 @@ class CandidateScore:
     null_mean: float  # mean share of unrelated held-out models for this candidate
     null_sd: float
     null_size: int
-    z: float  # (share - null_mean) / (null_sd * sqrt(1 + 1/n))
+    z: float  # (share - null mean) / (null sd * sqrt(1 + 1/n)), on the config's scale
     p: float  # predictive t-test, one-sided, uncorrected
     p_holm: float  # Holm-corrected across candidates
     rank: int  # 1 = the largest share
@@ -252,6 +266,14 @@ def read_candidates(directory: Path, *, exclude: Sequence[str] = ()) -> list[Ans
 
 
 # --------------------------------------------------------------------------- statistics
+
+
+def _scaled(share: Any, config: AttributionConfig) -> Any:
+    """A share (or an array of them) on the scale of the test (``config.scale``)."""
+    if config.scale == "raw":
+        return share
+    clipped = np.clip(share, LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+    return np.log(clipped / (1.0 - clipped))
 
 
 def predictive_t_pvalue(observed: float, null: np.ndarray) -> tuple[float, float]:
@@ -367,7 +389,7 @@ def attribute_shares(
                 ">= 3): too many candidates share its family"
             )
         observed = sum(shares[m] for m in members)
-        z, p = predictive_t_pvalue(observed, values)
+        z, p = predictive_t_pvalue(_scaled(observed, config), _scaled(values, config))
         rows.append((label, observed, values, z, p))
     adjusted = holm(np.array([r[4] for r in rows])).tolist()  # (K + families,)
     order = np.argsort([-r[1] for r in rows], kind="stable")
