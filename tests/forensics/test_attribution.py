@@ -18,7 +18,12 @@ from distillguard.forensics.attribution import (
     read_candidates,
     read_families,
 )
-from distillguard.forensics.attribution_features import stylometric_features
+from distillguard.forensics.attribution_features import (
+    answer_features,
+    fit_pairwise,
+    fit_representation,
+    stylometric_features,
+)
 
 NUM_PROMPTS = 80
 CONFIG = AttributionConfig(min_prompts=30, min_train_prompts=30, hash_bits=16)
@@ -220,3 +225,25 @@ def test_real_documented_pair(shared_data: Path) -> None:
     assert top.name == "claude-2" and top.share > 5 * top.null_mean and top.p < 0.05
     # at 120 answers the Holm-corrected test may stay silent, but it names no other model
     assert result.verdict in ("claude-2", None)
+
+
+def test_subset_classifier_never_reads_a_left_out_model() -> None:
+    """The null's premise: classifying among a subset of the candidates reads only pairwise
+    fits inside the subset, so a left-out model's own answers cannot leak into its share."""
+    cands, rng = _world(21)
+    train = {c.name: answer_features(list(c.answers.values()), CONFIG) for c in cands}
+    changed = dict(train)
+    changed["cand5"] = answer_features(
+        list(_noisy_copy(cands[0].answers, rng, 0.2).values()), CONFIG
+    )
+    rep = fit_representation(list(train.values()), CONFIG)
+    probe = train["cand5"]
+    subset = ["cand0", "cand1", "cand2", "cand3", "cand4"]
+    first = fit_pairwise(train, CONFIG, rep).decisions(probe)
+    second = fit_pairwise(changed, CONFIG, rep).decisions(probe)
+    assert first.shares(subset, "mean_probability") == second.shares(subset, "mean_probability")
+    # ... while the shares among all six do depend on cand5's training answers
+    every = [*subset, "cand5"]
+    assert first.shares(every, "mean_probability") != second.shares(every, "mean_probability")
+    probs = first.probabilities(every)  # (N, 6)
+    assert probs.shape == (probe.num_answers, 6) and np.allclose(probs.sum(axis=1), 1.0)

@@ -318,6 +318,7 @@ def fit_pairwise(
             solver="liblinear",
             class_weight="balanced",
             max_iter=config.max_iter,
+            random_state=0,  # liblinear shuffles: fixed, so that a fit is reproducible
         ).fit(x, y)
         weights[k] = model.coef_[0]
         intercepts[k] = model.intercept_[0]
