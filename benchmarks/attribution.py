@@ -12,10 +12,13 @@ that no classifier saw. Q2 is the tuning split (the settings were chosen there, 
 2``). ``--same-prompts`` tests the suspect on Q0 instead: prompts whose answers the
 candidates learned from (the setting where candidates answered the suspect's own prompts).
 
-Two methods run on the same splits in one run: the **peer** (the previous method: TF-IDF
-n-grams, nearest centroid, vote share) and the **new** one (n-gram SVD + stylometry, logistic
-regression, mean probability). Both share the statistics (leave-one-out null, predictive t,
-Holm over 12 candidates + 2 families, sibling sign test).
+Two methods run on the same splits in one run: the **peer** (TF-IDF n-grams, nearest
+centroid, vote share; refitted for every leave-one-out subset) and the **new** one (TF-IDF
+n-grams + stylometry, one logistic regression per pair of models, coupled; mean
+probability). The new one is fitted once: a classifier over a subset of the models reads only
+the pairs inside the subset, whose fits never saw the others' answers. Both share the
+statistics (leave-one-out null, predictive t, Holm over 12 candidates + 2 families, sibling
+sign test).
 
 Families (vendors) are declared: openai = gpt4, gpt4_1106_preview, gpt-3.5-turbo-0613,
 text_davinci_003; meta = llama-2-7b-chat-hf, Meta-Llama-3-8B-Instruct.
@@ -23,9 +26,10 @@ text_davinci_003; meta = llama-2-7b-chat-hf, Meta-Llama-3-8B-Instruct.
 Reported: documented pairs named; untaught suspects attributed (strictly: any verdict naming
 another family; split into "reversed" = a teacher attributed to its own documented student,
 which is the same relation seen from the other side, and unrelated); own held-out answers
-named with all 13 as classes; p-value calibration of unrelated (suspect, candidate) pairs;
-a direction probe (is the student's text inside the teacher's more than the reverse?); the
-confusion matrix plot.
+named with all 13 as classes (per answer, per set of 50 answers, per model from all its
+test answers: the summed pairwise log-likelihood); p-value calibration of unrelated
+(suspect, candidate) pairs; a direction probe (is the student's text inside the teacher's
+more than the reverse?); the confusion matrix plot.
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/attribution.py [--data ../shared/data/outputs]
 [--split 3] [--same-prompts] [--plot docs/img/attribution_confusion.png] [--out FILE.json]
@@ -54,8 +58,9 @@ from distillguard.forensics.attribution import (
 )
 from distillguard.forensics.attribution_features import (
     AnswerFeatures,
+    PairDecisions,
     answer_features,
-    fit_classifier,
+    fit_pairwise,
     fit_representation,
 )
 
@@ -107,29 +112,50 @@ def centroid_scorer(
     return fit
 
 
-def new_scorer(
-    train: Mapping[str, AnswerFeatures], config: AttributionConfig
-) -> Callable[[list[str]], Callable[[AnswerFeatures], Shares]]:
-    """The new method; one representation (TF-IDF, SVD, scaling) fitted on all 13 models'
-    training answers serves every fit (unsupervised: each model's habits are in the basis,
-    the suspect's and the null's alike)."""
-    rep = fit_representation(list(train.values()), config)
-
-    def fit(names: list[str]) -> Callable[[AnswerFeatures], Shares]:
-        fitted = fit_classifier({n: train[n] for n in names}, config, rep)
-        if config.statistic == "mean_probability":
-            scorer = fitted.mean_probabilities
-        else:
-            scorer = fitted.vote_shares
-
-        def shares(f: AnswerFeatures) -> Shares:
-            return scorer(f)
-
-        shares.votes = fitted.vote_shares  # type: ignore[attr-defined]
-        shares.predict = lambda f: fitted.probabilities(f).argmax(1)  # type: ignore[attr-defined]
-        return shares
-
-    return fit
+def evaluate_new(
+    train: Mapping[str, AnswerFeatures],
+    test: Mapping[str, AnswerFeatures],
+    names: list[str],
+    config: AttributionConfig,
+    seed: int,
+) -> dict:
+    """The new method: one pairwise fit over all models (K(K-1)/2 two-class regressions),
+    then every suspect's test and null read from it. The representation (TF-IDF, scaling) is
+    fitted on all models' training answers (unsupervised)."""
+    rep = fit_representation([train[n] for n in names], config)
+    clf = fit_pairwise(train, config, rep)
+    decisions: dict[str, PairDecisions] = {n: clf.decisions(test[n]) for n in names}
+    results = {}
+    for s in names:
+        cands = [n for n in names if n != s]
+        loo = {
+            j: decisions[j].shares([n for n in cands if n != j], config.statistic) for j in cands
+        }
+        results[s] = attribute_shares(
+            s,
+            decisions[s].shares(cands, config.statistic),
+            loo,
+            num_answers=test[s].num_answers,
+            config=config,
+            votes=decisions[s].shares(cands, "vote"),
+        )
+    # Own answers with all models as classes: per answer, per 50 answers, per model.
+    confusion = np.zeros((len(names), len(names)), dtype=int)  # (true, predicted)
+    rng = np.random.default_rng(seed)
+    set50, whole = [], []
+    for k, n in enumerate(names):
+        scores = decisions[n].log_scores(names)  # (N, K)
+        confusion[k] = np.bincount(scores.argmax(axis=1), minlength=len(names))
+        whole.append(int(scores.sum(axis=0).argmax()))
+        for _ in range(50):
+            rows = rng.choice(len(scores), size=min(50, len(scores)), replace=False)
+            set50.append(scores[rows].sum(axis=0).argmax() == k)
+    return {
+        "results": results,
+        "confusion": confusion,
+        "own_set50": float(np.mean(set50)),
+        "own_whole": {n: names[w] for n, w in zip(names, whole, strict=True)},
+    }
 
 
 def subset(f: AnswerFeatures, rows: np.ndarray) -> AnswerFeatures:
@@ -308,7 +334,8 @@ def main() -> int:
             every[n] = answer_features([sets[n].answers[p] for p in prompts], config)
             train[n], test[n] = subset(every[n], train_idx), subset(every[n], test_idx)
             bar.advance(task)
-        runs = {"new": evaluate("new", new_scorer(train, config), names, test, config, bar)}
+        bar.console.print(f"features done at {time.time() - started:.0f} s")
+        runs = {"new": evaluate_new(train, test, names, config, args.seed)}
         early = summarize("new", runs["new"], names)
         bar.console.print(f"new method done at {time.time() - started:.0f} s: {early}")
         if not args.skip_peer:
@@ -343,6 +370,15 @@ def main() -> int:
             f"{sm['calibration_ks_p']:.3g}{'':6s}{sm['calibration_below_05']:.3f}  "
             f"{sm['calibration_below_01']:.3f} ({sm['calibration_n']})"
         )
+    for label, run in runs.items():
+        if "own_whole" in run:
+            whole = run["own_whole"]
+            print(
+                f"{label}: own answers named from 50 answers {run['own_set50']:.1%} (50 draws "
+                f"per model); from all {len(test_idx)}: "
+                f"{sum(k == v for k, v in whole.items())}/{len(names)} "
+                f"{ {k: v for k, v in whole.items() if k != v} }"
+            )
     for label, sm in summaries.items():
         print(
             f"{label} direction probe (rate student->teacher minus teacher->student; other "
@@ -364,6 +400,8 @@ def main() -> int:
                 **sm,
                 "verdicts": {s: r.to_dict() for s, r in runs[label]["results"].items()},
                 "confusion": runs[label]["confusion"].tolist(),
+                "own_set50": runs[label].get("own_set50"),
+                "own_whole": runs[label].get("own_whole"),
             }
             for label, sm in summaries.items()
         }

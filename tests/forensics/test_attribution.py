@@ -18,7 +18,12 @@ from distillguard.forensics.attribution import (
     read_candidates,
     read_families,
 )
-from distillguard.forensics.attribution_features import stylometric_features
+from distillguard.forensics.attribution_features import (
+    answer_features,
+    fit_pairwise,
+    fit_representation,
+    stylometric_features,
+)
 
 NUM_PROMPTS = 80
 CONFIG = AttributionConfig(min_prompts=30, min_train_prompts=30, hash_bits=16)
@@ -116,8 +121,13 @@ def test_candidates_on_other_prompts() -> None:
     result = attribute(suspect, trained, CONFIG)
     assert not result.same_prompts
     assert result.verdict == "cand4"
-    # the vote-share statistic reaches the same verdict
-    assert attribute(suspect, trained, replace(CONFIG, statistic="vote")).verdict == "cand4"
+    # the vote-share statistic ranks the teacher first too (in this synthetic world the
+    # held-out models' unseen habit words leave their votes to near-ties, so the vote null
+    # is too coarse for a verdict; the mean probability is the default for that reason)
+    by_vote = attribute(suspect, trained, replace(CONFIG, statistic="vote"))
+    assert by_vote.candidates[0].name == "cand4"
+    # the raw scale of the shares finds it as well
+    assert attribute(suspect, trained, replace(CONFIG, scale="raw")).verdict == "cand4"
 
 
 def test_too_few_candidates_answers_and_bad_config(tmp_path: Path) -> None:
@@ -137,10 +147,12 @@ def test_too_few_candidates_answers_and_bad_config(tmp_path: Path) -> None:
         AttributionConfig(alpha=1.5)
     with pytest.raises(InputError):
         AttributionConfig(char_ngrams=(4, 2))
+    with pytest.raises(InputError, match="scale"):
+        AttributionConfig(scale="log")
     with pytest.raises(InputError, match="statistic"):
         AttributionConfig(statistic="median")
-    with pytest.raises(InputError, match="ngram_columns"):
-        AttributionConfig(svd_components=500, ngram_columns=100)
+    with pytest.raises(InputError, match="min_df"):
+        AttributionConfig(min_df=0)
     with pytest.raises(InputError, match="regularization"):
         AttributionConfig(regularization=0.0)
     (tmp_path / "fam.json").write_text("[1, 2]")
@@ -181,20 +193,57 @@ def test_reading_files_counts_bad_lines(tmp_path: Path) -> None:
 
 
 def test_real_documented_pair(shared_data: Path) -> None:
-    """alpaca-7b was fine-tuned on text-davinci-003 outputs: found from 120 real answers, the
-    candidates trained on 200 other prompts."""
-    sets = read_candidates(shared_data / "outputs")
+    """claude2-alpaca-13b was fine-tuned on claude-2 outputs: claude-2 comes first from 120
+    real answers, the candidates trained on 200 other prompts."""
+    # 8 of the 12 other models keep the pairwise fits few (28, not 66): the test stays fast
+    keep = (
+        "claude2-alpaca-13b",
+        "claude-2",
+        "text_davinci_003",
+        "gpt4",
+        "llama-2-7b-chat-hf",
+        "Mistral-7B-Instruct-v0.2",
+        "gemma-7b-it",
+        "Qwen1.5-7B-Chat",
+        "Meta-Llama-3-8B-Instruct",
+    )
+    sets = [s for s in read_candidates(shared_data / "outputs") if s.name in keep]
+    assert len(sets) == len(keep)
     prompts = sorted(sets[0].answers)
     test, train = set(prompts[:120]), set(prompts[200:400])
-    suspect = next(s for s in sets if s.name == "alpaca-7b")
+    suspect = next(s for s in sets if s.name == "claude2-alpaca-13b")
     suspect = AnswerSet(suspect.name, {p: a for p, a in suspect.answers.items() if p in test})
     cands = [
         AnswerSet(s.name, {p: a for p, a in s.answers.items() if p in train or p in test})
         for s in sets
-        if s.name != "alpaca-7b"
+        if s.name != "claude2-alpaca-13b"
     ]
-    config = AttributionConfig(hash_bits=18)
-    result = attribute(suspect, cands, config)
+    result = attribute(suspect, cands, AttributionConfig(hash_bits=16))
     assert not result.same_prompts
-    assert result.verdict == "text_davinci_003"
-    assert result.candidates[0].p_holm <= 0.01
+    top = result.candidates[0]
+    # 7 unrelated models in its null (a t on 6 d.o.f.) bound the power: p < 0.05 uncorrected
+    assert top.name == "claude-2" and top.share > 5 * top.null_mean and top.p < 0.05
+    # at 120 answers the Holm-corrected test may stay silent, but it names no other model
+    assert result.verdict in ("claude-2", None)
+
+
+def test_subset_classifier_never_reads_a_left_out_model() -> None:
+    """The null's premise: classifying among a subset of the candidates reads only pairwise
+    fits inside the subset, so a left-out model's own answers cannot leak into its share."""
+    cands, rng = _world(21)
+    train = {c.name: answer_features(list(c.answers.values()), CONFIG) for c in cands}
+    changed = dict(train)
+    changed["cand5"] = answer_features(
+        list(_noisy_copy(cands[0].answers, rng, 0.2).values()), CONFIG
+    )
+    rep = fit_representation(list(train.values()), CONFIG)
+    probe = train["cand5"]
+    subset = ["cand0", "cand1", "cand2", "cand3", "cand4"]
+    first = fit_pairwise(train, CONFIG, rep).decisions(probe)
+    second = fit_pairwise(changed, CONFIG, rep).decisions(probe)
+    assert first.shares(subset, "mean_probability") == second.shares(subset, "mean_probability")
+    # ... while the shares among all six do depend on cand5's training answers
+    every = [*subset, "cand5"]
+    assert first.shares(every, "mean_probability") != second.shares(every, "mean_probability")
+    probs = first.probabilities(every)  # (N, 6)
+    assert probs.shape == (probe.num_answers, 6) and np.allclose(probs.sum(axis=1), 1.0)

@@ -9,17 +9,21 @@ Two views of one answer, both computed without fitting anything on the suspect's
   items, bold, code fences, blank lines, punctuation rates, openers ("Certainly!", "As an AI")
   and closers ("I hope this helps", "Let me know").
 
-The classifier (``fit_classifier``) is a multinomial logistic regression over the
-candidates (discriminative: it learns what separates each candidate from the others, not
-only what it says often) on the TF-IDF n-grams reduced by a truncated SVD, beside the
-standardised stylometric features. Its per-answer probabilities are the statistic's input.
+The classifier (``fit_pairwise``) is one logistic regression per *pair* of candidates over
+the sparse TF-IDF n-grams beside the standardised stylometry (discriminative: it learns what
+separates a candidate from each other one, not only what it says often). The pairwise
+log-odds are coupled into class probabilities among any subset of the candidates
+(``PairDecisions.probabilities``): a classifier over a subset only reads classifiers fitted
+on that subset's answers, so the leave-one-out null of the test needs no refit at all (the
+multinomial regression before it needed 1 + K + K(K-1)/2 refits for a leave-one-model-out
+run). Its per-answer probabilities are the statistic's input.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,9 +40,7 @@ class FeatureSettings(Protocol):
     @property
     def hash_bits(self) -> int: ...
     @property
-    def svd_components(self) -> int: ...
-    @property
-    def ngram_columns(self) -> int: ...
+    def min_df(self) -> int: ...
     @property
     def style_weight(self) -> float: ...
     @property
@@ -178,138 +180,147 @@ def answer_features(texts: Sequence[str], config: FeatureSettings) -> AnswerFeat
     return AnswerFeatures(featurize(texts, config), stylometric_features(texts))
 
 
+# Standardised stylometric features are clipped to this many standard deviations: one
+# freak answer (a 40-level list) must not dominate a linear classifier's margin.
+STYLE_CLIP = 5.0
+
+
 @dataclass(frozen=True)
 class Representation:
-    """TF-IDF + truncated SVD of the n-grams beside the stylometry, standardised. Fitted on
-    the candidates' training answers only (never on the suspect's)."""
+    """TF-IDF over the n-gram columns that enough answers of the pool use, beside the
+    standardised stylometry. Unsupervised: fitted on answers without their labels."""
 
-    full_tfidf: Any  # TfidfTransformer over all n-gram columns (for the centroids)
-    columns: np.ndarray  # (F',) the n-gram columns kept: the most frequent in the pool
+    columns: np.ndarray  # (F',) kept n-gram columns of the hashed space
     tfidf: Any  # TfidfTransformer over the kept columns
-    svd: Any  # TruncatedSVD
-    scaler: Any  # StandardScaler over [svd components | stylometry]
+    scaler: Any  # StandardScaler over the stylometry
     style_weight: float
-    # Transforms of answer sets already seen (the leave-one-out null refits on the same
-    # training answers K + 1 times): id -> (the features, kept alive so the id stays theirs,
-    # their full TF-IDF rows, their dense rows).
-    seen: dict[int, tuple[AnswerFeatures, Any, np.ndarray]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
 
-    def prepare(self, features: AnswerFeatures) -> tuple[Any, np.ndarray]:
-        """(full TF-IDF rows (N, F), dense rows (N, D + S)), computed once per answer set."""
-        hit = self.seen.get(id(features))
-        if hit is not None and hit[0] is features:
-            return hit[1], hit[2]
-        out = (self.full_tfidf.transform(features.ngrams), self.transform(features))
-        self.seen[id(features)] = (features, *out)
-        return out
+    @property
+    def width(self) -> int:
+        return int(self.columns.size + self.scaler.n_features_in_)
 
-    def transform(self, features: AnswerFeatures) -> np.ndarray:
-        """(N, D + S) standardised features of N answers."""
-        from sklearn.preprocessing import normalize
-
+    def transform(self, features: AnswerFeatures) -> sparse.csr_matrix:
+        """(N, F' + S): unit-length TF-IDF rows beside the weighted, clipped stylometry."""
         weighted = self.tfidf.transform(features.ngrams[:, self.columns])  # (N, F')
-        # Unit length after the projection (as in LSA): an answer full of topic words the
-        # basis does not hold projects short, and its habits would read as "no habit".
-        reduced = normalize(self.svd.transform(weighted))  # (N, D)
-        joined = np.hstack([reduced, features.style])  # (N, D + S)
-        scaled = self.scaler.transform(joined)
-        scaled[:, reduced.shape[1] :] *= self.style_weight
-        return scaled
+        style = self.scaler.transform(features.style)  # (N, S)
+        style = np.clip(style, -STYLE_CLIP, STYLE_CLIP) * self.style_weight
+        return sparse.hstack([weighted, sparse.csr_matrix(style)]).tocsr()
 
 
-def fit_representation(train: Sequence[AnswerFeatures], config: FeatureSettings) -> Representation:
-    from sklearn.decomposition import TruncatedSVD
+def fit_representation(pool: Sequence[AnswerFeatures], config: FeatureSettings) -> Representation:
+    """Fit the representation on a pool of answer sets (no labels are used)."""
     from sklearn.feature_extraction.text import TfidfTransformer
-    from sklearn.preprocessing import StandardScaler, normalize
+    from sklearn.preprocessing import StandardScaler
 
-    ngrams = sparse.vstack([f.ngrams for f in train]).tocsr()  # (sum N, F)
-    style = np.vstack([f.style for f in train])  # (sum N, S)
-    # The SVD's cost grows with the width: keep the columns most documents use (rare n-grams
-    # carry topic more than habit, and a habit is by definition frequent).
-    full_tfidf = TfidfTransformer(sublinear_tf=True).fit(ngrams)
+    ngrams = sparse.vstack([f.ngrams for f in pool]).tocsr()  # (sum N, F)
+    # A habit is frequent by definition: n-grams that fewer than min_df answers use carry
+    # topic or noise, and dropping them shrinks every pairwise fit.
     document_frequency = np.asarray((ngrams > 0).sum(axis=0)).ravel()  # (F,)
-    keep = min(config.ngram_columns, int((document_frequency > 0).sum()))
-    columns = np.sort(np.argsort(-document_frequency, kind="stable")[:keep])  # (F',)
-    ngrams = ngrams[:, columns]
-    tfidf = TfidfTransformer(sublinear_tf=True).fit(ngrams)
-    weighted = tfidf.transform(ngrams)
-    components = min(config.svd_components, weighted.shape[0] - 1, weighted.shape[1] - 1)
-    svd = TruncatedSVD(components, random_state=0).fit(weighted)
-    scaler = StandardScaler().fit(np.hstack([normalize(svd.transform(weighted)), style]))
-    return Representation(full_tfidf, columns, tfidf, svd, scaler, config.style_weight)
+    columns = np.flatnonzero(document_frequency >= config.min_df)  # (F',)
+    if columns.size == 0:
+        raise ValueError(f"no n-gram is used by {config.min_df} answers of the pool")
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(ngrams[:, columns])
+    scaler = StandardScaler().fit(np.vstack([f.style for f in pool]))
+    return Representation(columns, tfidf, scaler, config.style_weight)
 
 
-def _centroid_sums(weighted: sparse.csr_matrix, labels: np.ndarray, k: int) -> np.ndarray:
-    """(K, F) sum of the unit-length rows of each class."""
-    return np.vstack([np.asarray(weighted[labels == c].sum(axis=0)) for c in range(k)])
+def log_sigmoid(values: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -values)
 
 
 @dataclass(frozen=True)
-class FittedClassifier:
+class PairDecisions:
+    """The decision values of every pairwise classifier on one set of N answers."""
+
+    index: Mapping[tuple[str, str], int]  # (a, b), a < b -> column; > 0 means "a, not b"
+    values: np.ndarray  # (N, P)
+
+    @property
+    def num_answers(self) -> int:
+        return int(self.values.shape[0])
+
+    def decision(self, first: str, second: str) -> np.ndarray:
+        """(N,) log-odds that each answer is ``first``'s rather than ``second``'s."""
+        if first < second:
+            return self.values[:, self.index[(first, second)]]
+        return -self.values[:, self.index[(second, first)]]
+
+    def log_scores(self, classes: Sequence[str]) -> np.ndarray:
+        """(N, K): per class c, the sum over the other classes d of log P(c, not d | answer),
+        the pairwise classifiers coupled as a Bradley-Terry model. Only classifiers between
+        two of ``classes`` are read, so a class left out was never in any fit used here."""
+        out = np.zeros((self.num_answers, len(classes)))  # (N, K)
+        for i, first in enumerate(classes):
+            for k in range(i + 1, len(classes)):
+                value = self.decision(first, classes[k])  # (N,)
+                out[:, i] += log_sigmoid(value)
+                out[:, k] += log_sigmoid(-value)
+        return out
+
+    def probabilities(self, classes: Sequence[str]) -> np.ndarray:
+        """(N, K) class probabilities among ``classes`` (softmax of ``log_scores``)."""
+        scores = self.log_scores(classes)
+        scores -= scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    def shares(self, classes: Sequence[str], statistic: str) -> dict[str, float]:
+        """Per class, the mean probability over the answers ("mean_probability") or the
+        fraction of answers whose most probable class it is ("vote")."""
+        probs = self.probabilities(classes)  # (N, K)
+        if statistic == "vote":
+            share = np.bincount(probs.argmax(axis=1), minlength=len(classes)) / len(probs)
+        else:
+            share = probs.mean(axis=0)
+        return dict(zip(classes, share.tolist(), strict=True))
+
+
+@dataclass(frozen=True)
+class PairwiseClassifier:
+    """One logistic regression per pair of classes (a, b), each fitted on the answers of a
+    and b only. Any subset of the classes is then a classifier over that subset that never
+    saw the other classes' answers: the leave-one-out null needs no refit."""
+
     classes: tuple[str, ...]
     representation: Representation
-    centroids: np.ndarray  # (K, F) unit-length mean TF-IDF vector of each class (all n-grams)
-    similarity_scaler: Any  # StandardScaler over the (K,) cosines to the centroids
-    model: Any  # LogisticRegression over the classes
+    index: Mapping[tuple[str, str], int]
+    weights: np.ndarray  # (P, F' + S) float32
+    intercepts: np.ndarray  # (P,)
 
-    def _inputs(self, features: AnswerFeatures) -> np.ndarray:
-        weighted, dense = self.representation.prepare(features)  # (N, F), (N, D + S)
-        cosines = np.asarray(weighted @ self.centroids.T)  # (N, K)
-        return np.hstack([self.similarity_scaler.transform(cosines), dense])  # (N, K + D + S)
-
-    def probabilities(self, features: AnswerFeatures) -> np.ndarray:
-        """(N, K) probability of each class for each answer."""
-        return np.asarray(self.model.predict_proba(self._inputs(features)))
-
-    def vote_shares(self, features: AnswerFeatures) -> dict[str, float]:
-        """Fraction of the answers assigned (argmax) to each class."""
-        counts = np.bincount(
-            self.probabilities(features).argmax(axis=1), minlength=len(self.classes)
-        )  # (K,)
-        return dict(zip(self.classes, (counts / features.num_answers).tolist(), strict=True))
-
-    def mean_probabilities(self, features: AnswerFeatures) -> dict[str, float]:
-        """Mean probability of each class over the answers (a soft vote share)."""
-        mean = self.probabilities(features).mean(axis=0)  # (K,)
-        return dict(zip(self.classes, mean.tolist(), strict=True))
+    def decisions(self, features: AnswerFeatures) -> PairDecisions:
+        x = self.representation.transform(features)  # (N, F' + S)
+        values = np.asarray(x @ self.weights.T, dtype=np.float64) + self.intercepts  # (N, P)
+        return PairDecisions(self.index, values)
 
 
-def fit_classifier(
+def fit_pairwise(
     train: Mapping[str, AnswerFeatures],
     config: FeatureSettings,
     representation: Representation | None = None,
-) -> FittedClassifier:
-    """Logistic regression over the classes of ``train`` (name -> its training answers).
-
-    Inputs per answer: its cosine to each class's TF-IDF centroid over all n-grams (rare,
-    exact phrases; for a training answer, to its own class's centroid *without* it, so the
-    regression learns how close an unseen answer of the class comes), the SVD of the
-    frequent n-grams and the stylometry. ``representation``: fitted beforehand on the same
-    pool (benchmarks reuse one across the leave-one-out fits); fitted on ``train`` if None.
-    """
+) -> PairwiseClassifier:
+    """A logistic regression (L2, balanced classes) for each pair of classes of ``train``
+    (name -> its training answers): K (K - 1) / 2 small fits on two classes' answers each."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     classes = tuple(sorted(train))
+    if len(classes) < 2:
+        raise ValueError("need at least two classes")
     rep = representation or fit_representation([train[c] for c in classes], config)
-    labels = np.repeat(np.arange(len(classes)), [train[c].num_answers for c in classes])
-    prepared = [rep.prepare(train[c]) for c in classes]
-    weighted = sparse.vstack([w for w, _ in prepared]).tocsr()  # (sum N_c, F) unit rows
-    sums = _centroid_sums(weighted, labels, len(classes))  # (K, F)
-    norms = np.linalg.norm(sums, axis=1)  # (K,)
-    dots = np.asarray(weighted @ sums.T)  # (sum N_c, K)
-    cosines = dots / norms  # (sum N_c, K)
-    rows = np.arange(len(labels))
-    own = dots[rows, labels]  # x.S_k for the answer's own class
-    cosines[rows, labels] = (own - 1.0) / np.sqrt(
-        np.maximum(norms[labels] ** 2 - 2.0 * own + 1.0, 1e-12)
-    )  # cosine to the own centroid without the answer itself
-    similarity_scaler = StandardScaler().fit(cosines)
-    dense = np.vstack([d for _, d in prepared])  # (sum N_c, D + S)
-    x = np.hstack([similarity_scaler.transform(cosines), dense])
-    model = LogisticRegression(C=config.regularization, max_iter=config.max_iter)
-    model.fit(x, labels)
-    centroids = sums / norms[:, None]
-    return FittedClassifier(classes, rep, centroids, similarity_scaler, model)
+    rows = {c: rep.transform(train[c]) for c in classes}  # (N_c, D) each
+    pairs = [(a, b) for i, a in enumerate(classes) for b in classes[i + 1 :]]
+    weights = np.zeros((len(pairs), rep.width), dtype=np.float32)  # (P, D)
+    intercepts = np.zeros(len(pairs))  # (P,)
+    for k, (a, b) in enumerate(pairs):
+        x = sparse.vstack([rows[a], rows[b]]).tocsr()
+        y = np.r_[np.ones(rows[a].shape[0]), np.zeros(rows[b].shape[0])]
+        model = LogisticRegression(
+            C=config.regularization,
+            solver="liblinear",
+            class_weight="balanced",
+            max_iter=config.max_iter,
+            random_state=0,  # liblinear shuffles: fixed, so that a fit is reproducible
+        ).fit(x, y)
+        weights[k] = model.coef_[0]
+        intercepts[k] = model.intercept_[0]
+    index = {pair: k for k, pair in enumerate(pairs)}
+    return PairwiseClassifier(classes, rep, index, weights, intercepts)
