@@ -43,7 +43,7 @@ def score_log(
     from distillguard.columnar import ParquetReader, is_parquet_log
     from distillguard.monitor.engines.common import EngineOptions, write_verdicts
     from distillguard.monitor.links import LinkConfig
-    from distillguard.monitor.offline import score_records, score_traffic
+    from distillguard.monitor.offline import score_traffic
     from distillguard.monitor.signals import SignalConfig
     from distillguard.monitor.trust import TrustPolicy
 
@@ -72,13 +72,17 @@ def score_log(
             decision=decision,
         )
     elif engine == "stream":
-        reader = ParquetReader(path)
-        rep = score_records(reader, model=model, trust=trust, accounts=accounts, decision=decision)
-        if rep.exchanges == 0:
-            raise InputError(f"{path}: no traffic records")
-        from dataclasses import replace
+        import time
 
-        rep = replace(rep, read=reader.summary())
+        from distillguard.monitor.engines.common import score_sketches
+        from distillguard.monitor.engines.vectorized import collect_tables
+
+        t0 = time.perf_counter()
+        reader = ParquetReader(path)
+        sketches = collect_tables(reader.tables(), opts.signal_cfg)
+        if not sketches:
+            raise InputError(f"{path}: no traffic records")
+        rep = score_sketches(sketches, opts, reader.summary(), t0)
     elif engine == "duckdb":
         from distillguard.monitor.engines.duckdb import DuckDBConfig, score_duckdb
 

@@ -1,0 +1,172 @@
+"""The batch request features (``engines.vectorized``) equal ``signals.request_features`` on
+random requests, and the column-wise row decoding equals ``records_from_table``."""
+
+from __future__ import annotations
+
+import zlib
+
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distillguard.columnar import record_row, records_from_table, traffic_schema
+from distillguard.errors import InputError
+from distillguard.monitor.engines.vectorized import (
+    batch_features,
+    collect_tables,
+    decode_rows,
+    sorted_sketches,
+)
+from distillguard.monitor.offline import collect
+from distillguard.monitor.signals import SignalConfig, request_features
+from distillguard.monitor.topics import WORD_TOPIC
+from distillguard.traffic import TrafficRecord
+
+CFG = SignalConfig()
+# Words that exercise every feature: lexicon words (topics), chain-of-thought phrasings,
+# repeated frame words (shingles), separators Python splits on and Arrow does not, unicode
+# that lower-cases into ASCII (the Kelvin sign), other scripts, punctuation.
+_WORDS = [
+    *list(WORD_TOPIC)[:60],
+    "step-by-step",
+    "Let's",
+    "think",
+    "carefully",
+    "show",
+    "your",
+    "work",
+    "explain",
+    "reasoning",
+    "walk me through",
+    "break the problem down",
+    "chain of thought",
+    "ANSWER:",
+    "Q:",
+    "x\x1cy",
+    "a\x1fb",
+    "\u212a",  # Kelvin sign: lower() is ASCII "k"
+    "\u0130stanbul",
+    "stra\u00dfe",
+    "\u043f\u0440\u0438\u0432\u0435\u0442",
+    "\u65e5\u672c\u8a9e\u306e\u6587",
+    "\u00a0",
+    "\t",
+    "\n",
+    "...",
+    "42",
+    "(math)",
+    "CODE!",
+]
+_text = st.lists(st.sampled_from(_WORDS), max_size=160).map(" ".join) | st.text(max_size=80)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system"])},
+    optional={
+        "content": _text
+        | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _text}), max_size=3)
+    },
+)
+_request = st.fixed_dictionaries(
+    {},
+    optional={
+        "messages": st.lists(_message, max_size=3),
+        "prompt": _text | st.lists(_text, max_size=2),
+        "input": _text,
+        "instructions": _text,
+        "model": st.sampled_from(["m", "deep-think-1", "gpt-x", "", "Reasoner"]),
+        "temperature": st.sampled_from([0, 0.0, 0.7, 1, True, None]),
+        "n": st.sampled_from([1, 2, 7, 500, True, None, "3"]),
+        "logprobs": st.booleans(),
+        "top_logprobs": st.sampled_from([0, 5, None]),
+        "stream": st.sampled_from([True, False, 1, None]),
+        "reasoning_effort": st.sampled_from(["low", None]),
+    },
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_request, min_size=1, max_size=40))
+def test_batch_features_equal_request_features(requests: list[dict]) -> None:
+    batch = batch_features(requests, CFG)
+    for i, r in enumerate(requests):
+        assert batch.row(i) == request_features(r, CFG), r
+
+
+def test_long_prompts_and_templates() -> None:
+    """Long texts (the two-window paths), many repeated frame words, CoT in the middle and at
+    the ends, on the fast path and the reference path alike."""
+    frame = "You are a helpful tutor. Answer the question below and show your work. "
+    body = " ".join(list(WORD_TOPIC)[i % 200] for i in range(400))
+    texts = [
+        frame + body,
+        body + " Let's think step by step.",
+        body[:500] + " chain of thought " + body[500:],
+        frame * 20,
+        "\u212a" + frame + body,
+        "",
+        "a b",
+    ]
+    requests = [{"messages": [{"role": "user", "content": t}]} for t in texts]
+    batch = batch_features(requests, CFG)
+    for i, r in enumerate(requests):
+        assert batch.row(i) == request_features(r, CFG)
+    assert batch.cot[1] and zlib.crc32(b"you are a") in batch.shingles[0]
+
+
+def _record(i: int, account: str, **kw: object) -> TrafficRecord:
+    req = {"model": "m", "messages": [{"role": "user", "content": f"solve {i} step by step"}]}
+    base: dict = dict(
+        id=f"ex-{i}",
+        ts=1.7e9 + 37.0 * i,
+        account_id=account,
+        key_id="k",
+        ip=f"10.0.{i % 3}.{i % 7}",
+        endpoint="/v1/chat/completions",
+        request=req,
+        status=200 if i % 5 else 429,
+        user_agent="ua" if i % 2 else None,
+        payment_fingerprint="pay",
+        response_text="Step 1: the answer" if i % 3 else None,
+        completion_tokens=None if i % 4 else 12,
+    )
+    base.update(kw)
+    return TrafficRecord(**base)
+
+
+def _table(records: list[TrafficRecord]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [record_row(r, i) for i, r in enumerate(records)], schema=traffic_schema()
+    )
+
+
+def test_decode_rows_and_fold_equal_the_reference() -> None:
+    records = [_record(i, f"acct-{i % 4}") for i in range(120)]
+    records.append(_record(500, "acct-0", choices=[{"index": 0, "text": "x"}]))  # slow path
+    table = _table(records)
+    rows = decode_rows(table, "here")
+    ref = list(records_from_table(table, "here"))
+    assert rows.request == [r.request for r in ref]
+    assert rows.ts == [r.ts for r in ref] and rows.status == [r.status for r in ref]
+    # in arrival order (the streaming engine) and sorted by account (DuckDB, Spark)
+    want = {a: (sk.signals(), sk.frequent_shingles()) for a, sk in collect(ref, CFG).items()}
+    got = collect_tables([(table.slice(0, 50), "a"), (table.slice(50), "b")], CFG)
+    assert {a: (sk.signals(), sk.frequent_shingles()) for a, sk in got.items()} == want
+    ordered = table.sort_by([("account_id", "ascending"), ("seq", "ascending")])
+    batches = ordered.to_batches(max_chunksize=17)  # accounts span batches
+    folded = dict(sorted_sketches(batches, CFG, "sorted"))
+    assert {a: (sk.signals(), sk.frequent_shingles()) for a, sk in folded.items()} == want
+
+
+def test_a_bad_row_names_the_exchange() -> None:
+    table = _table([_record(i, "acct") for i in range(5)])
+    bad = table.set_column(
+        table.schema.get_field_index("request"),
+        "request",
+        pa.array([orjson.dumps({"m": 1}).decode()] * 4 + ["[1, 2]"]),
+    )
+    with pytest.raises(InputError, match="here: exchange 'ex-4'"):
+        decode_rows(bad, "here")
+    empty_id = table.set_column(0, "id", pa.array(["ex-0", "", "ex-2", "ex-3", "ex-4"]))
+    with pytest.raises(InputError, match="here: exchange ''"):
+        decode_rows(empty_id, "here")
