@@ -3,6 +3,7 @@ random requests, and the column-wise row decoding equals ``records_from_table``.
 
 from __future__ import annotations
 
+import random
 import zlib
 
 import orjson
@@ -13,12 +14,14 @@ from hypothesis import strategies as st
 
 from distillguard.columnar import record_row, records_from_table, traffic_schema
 from distillguard.errors import InputError
-from distillguard.monitor.engines.vectorized import (
-    batch_features,
+from distillguard.monitor.engines.fold import (
+    RESTATED,
     collect_tables,
-    decode_rows,
+    restated_digest,
     sorted_sketches,
 )
+from distillguard.monitor.engines.vectorized import batch_features, batch_languages, decode_rows
+from distillguard.monitor.language import prompt_language
 from distillguard.monitor.offline import collect
 from distillguard.monitor.signals import SignalConfig, request_features
 from distillguard.monitor.topics import WORD_TOPIC
@@ -58,6 +61,14 @@ _WORDS = [
     "42",
     "(math)",
     "CODE!",
+    "the",
+    "and",
+    "el",
+    "los",
+    "der",
+    "die",
+    "une",
+    "est\u00e1",
 ]
 _text = st.lists(st.sampled_from(_WORDS), max_size=160).map(" ".join) | st.text(max_size=80)
 _message = st.fixed_dictionaries(
@@ -91,6 +102,7 @@ def test_batch_features_equal_request_features(requests: list[dict]) -> None:
     batch = batch_features(requests, CFG)
     for i, r in enumerate(requests):
         assert batch.row(i) == request_features(r, CFG), r
+    assert batch_languages(batch.text).tolist() == [prompt_language(t) for t in batch.text]
 
 
 def test_long_prompts_and_templates() -> None:
@@ -140,22 +152,86 @@ def _table(records: list[TrafficRecord]) -> pa.Table:
     )
 
 
-def test_decode_rows_and_fold_equal_the_reference() -> None:
-    records = [_record(i, f"acct-{i % 4}") for i in range(120)]
-    records.append(_record(500, "acct-0", choices=[{"index": 0, "text": "x"}]))  # slow path
+def _random_records(seed: int, n: int) -> list[TrafficRecord]:
+    """Accounts with late arrivals, bursts, failures, many models and IPs, templated and
+    free prompts (enough distinct shingles to prune the table), answers in other languages."""
+    rng = random.Random(seed)
+    words = [*list(WORD_TOPIC)[:300], "the", "and", "is", "el", "los", "une", "der", "die"]
+    frame = "You are a grader. Read the item and answer with one word. Item:"
+    out = []
+    for i in range(n):
+        acct = f"acct-{rng.randrange(3)}"
+        body = " ".join(rng.choice(words) for _ in range(rng.randrange(0, 40)))
+        text = f"{frame} {body}" if rng.random() < 0.6 else body
+        req: dict = {
+            "model": rng.choice(["m1", "m2", "think-x", "m3"]),
+            "messages": [{"role": "user", "content": text}],
+        }
+        if rng.random() < 0.3:
+            req["temperature"] = 0
+        if rng.random() < 0.2:
+            req["n"] = rng.randrange(1, 5)
+        out.append(
+            _record(
+                i,
+                acct,
+                ts=1.7e9 + 3 * i + rng.choice([0.0, 0.5, -40.0, 7200.0 * rng.random()]),
+                request=req,
+                ip=f"10.{rng.randrange(3)}.{rng.randrange(12)}.1",
+                user_agent=rng.choice([None, "", "ua-1", "ua-2", *[f"u{k}" for k in range(10)]]),
+                payment_fingerprint=rng.choice([None, "p1", "p2"]),
+                status=rng.choice([200, 200, 200, 500]),
+                response_text=rng.choice([None, "", "the answer is yes and that is all", body]),
+                completion_tokens=rng.choice([None, 5]),
+            )
+        )
+    return out
+
+
+def _state(sketches: dict) -> dict:
+    return {
+        a: (
+            sk.signals(),
+            sk.frequent_shingles(),
+            sk.bottom_k(),
+            sk.buckets,
+            sk.prefixes,
+            sk.user_agents,
+            sk.payments,
+            sk.reservoir,
+            sk.early_models,
+        )
+        for a, sk in sketches.items()
+    }
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_decode_rows_and_fold_equal_the_reference(fast: bool) -> None:
+    records = _random_records(3, 1500)
+    records.append(_record(5000, "acct-0", choices=[{"index": 0, "text": "x"}]))  # slow path
     table = _table(records)
     rows = decode_rows(table, "here")
     ref = list(records_from_table(table, "here"))
     assert rows.request == [r.request for r in ref]
     assert rows.ts == [r.ts for r in ref] and rows.status == [r.status for r in ref]
+    want = _state(collect(ref, CFG))
+    assert any(sk[0].out_of_order for sk in want.values())
     # in arrival order (the streaming engine) and sorted by account (DuckDB, Spark)
-    want = {a: (sk.signals(), sk.frequent_shingles()) for a, sk in collect(ref, CFG).items()}
-    got = collect_tables([(table.slice(0, 50), "a"), (table.slice(50), "b")], CFG)
-    assert {a: (sk.signals(), sk.frequent_shingles()) for a, sk in got.items()} == want
+    got = collect_tables([(table.slice(0, 500), "a"), (table.slice(500), "b")], CFG, fast)
+    assert _state(got) == want
     ordered = table.sort_by([("account_id", "ascending"), ("seq", "ascending")])
-    batches = ordered.to_batches(max_chunksize=17)  # accounts span batches
-    folded = dict(sorted_sketches(batches, CFG, "sorted"))
-    assert {a: (sk.signals(), sk.frequent_shingles()) for a, sk in folded.items()} == want
+    batches = ordered.to_batches(max_chunksize=170)  # accounts span batches
+    assert _state(dict(sorted_sketches(batches, CFG, "sorted", fast))) == want
+
+
+def test_the_fast_fold_restates_this_checkout() -> None:
+    """``engines.fold`` restates ``AccountSketch``'s update; when that code changes, the
+    engines fall back to the per-row path and this test says what to re-check."""
+    assert restated_digest() == RESTATED, (
+        "monitor/signals.py or topics.py changed the sketch update: bring "
+        "engines/fold.observe_segment up to date, run test_vectorized and test_engines, "
+        f"then set fold.RESTATED = {restated_digest()!r}"
+    )
 
 
 def test_a_bad_row_names_the_exchange() -> None:

@@ -75,7 +75,7 @@ def score_log(
         import time
 
         from distillguard.monitor.engines.common import score_sketches
-        from distillguard.monitor.engines.vectorized import collect_tables
+        from distillguard.monitor.engines.fold import collect_tables
 
         t0 = time.perf_counter()
         reader = ParquetReader(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from distillguard.errors import InputError
-from distillguard.monitor.engines.vectorized import sorted_sketches
+from distillguard.monitor.engines.fold import sorted_sketches
 from distillguard.monitor.links import KINDS, Cluster, LinkConfig, LinkKeys, cluster_id_of
 from distillguard.monitor.offline import (
     DecisionConfig,

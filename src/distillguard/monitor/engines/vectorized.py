@@ -9,21 +9,25 @@ sketch (the order-sensitive part) and not on text processing:
   ``traffic.prompt_text`` (the same function);
 - chain-of-thought: ``signals.COT_PATTERN`` and ``signals._COT_HINTS`` run as Arrow (RE2)
   kernels over the lower-cased windows;
-- frame shingles: words by Arrow's ASCII whitespace split, the word n-grams joined by Arrow and
-  CRC-32 computed with numpy over the n-grams' bytes (the same CRC-32 as ``zlib.crc32``);
-  each row's set is built in n-gram order, as ``frame_shingles`` builds it, so the tuple (and
-  the order the template table sees the shingles in) is the same;
-- topic: lexicon words by an Arrow regex split, counted per row with ``np.bincount``.
+- language (``batch_languages``, for the rows whose language the sketch reads): function-word
+  votes over Arrow's split, counted with ``np.bincount``;
+- topic: the prompts' tails mapped byte-wise (numpy) to lower-case letters and spaces, split by
+  Arrow, looked up in the lexicon (``index_in``) and counted per row with ``np.bincount``;
+- frame shingles: the words split as bytes (for such text ``bytes.split`` is ``str.split``) and
+  ``zlib.crc32`` of each joined n-gram, no per-n-gram encode; each row's set is built in
+  n-gram order, as ``frame_shingles`` builds it, so the tuple (and the order the template
+  table sees the shingles in) is the same. (An Arrow/numpy CRC-32 over the n-grams' bytes was
+  measured slower than this.)
 
 The fast path holds for ASCII text without the ASCII separators ``\\x1c``-``\\x1f`` (Python's
-``str.split`` splits on them, Arrow's does not); any other row, and any pattern RE2 cannot
-compile, goes through ``request_features`` itself. ``tests/monitor/test_vectorized.py``
-compares both on random requests (unicode, separators, long and empty texts, odd shapes).
+``str.split`` splits on them, Arrow's and ``bytes.split`` do not); any other row, and any
+pattern RE2 cannot compile, goes through ``request_features`` itself.
+``tests/monitor/test_vectorized.py`` compares both on random requests (unicode, separators,
+long and empty texts, odd shapes).
 
-``fold_sorted_tables`` is the engines' fold over rows sorted by ``(account_id, seq)``: rows are
-validated column-wise (a row that fails a check goes through ``TrafficRecord.from_dict``, so
-a corrupt value raises the same ``InputError`` naming the exchange), and each account's rows
-are fed, in order, to the same ``AccountSketch.observe`` / ``observe_response``.
+``decode_rows`` reads the log's rows column-wise: a row that fails a cheap check goes through
+``TrafficRecord.from_dict`` (``records_from_table``), so a corrupt value raises the same
+``InputError`` naming the exchange. ``engines.fold`` folds the rows into account sketches.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,13 +44,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from distillguard.columnar import records_from_table
+from distillguard.monitor import language as lang
 from distillguard.monitor import signals as sig
 from distillguard.monitor.signals import (
-    AccountSketch,
-    MinHasher,
     RequestFeatures,
     SignalConfig,
-    new_sketch,
     request_features,
 )
 from distillguard.monitor.topics import TOPICS, WORD_TOPIC
@@ -160,6 +161,46 @@ def _cot_text(texts: pa.Array) -> np.ndarray:
     hints = "|".join(re.escape(h) for h in sig._COT_HINTS)
     hint = _ok(pc.match_substring_regex(window, hints))
     return hint & _ok(pc.match_substring_regex(window, sig.COT_PATTERN.pattern))
+
+
+_LANG_WORDS = pa.array(list(lang._WORD_LANG), pa.string())
+_LANG_OF_WORD = np.array(list(lang._WORD_LANG.values()), dtype=np.int64)
+
+
+def batch_languages(texts: list[str]) -> np.ndarray:
+    """``language.prompt_language`` of each text: (n,) int64. ASCII texts (no script to test)
+    vote by their function words with Arrow and ``np.bincount``; others go through
+    ``prompt_language`` itself."""
+    n = len(texts)
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return out
+    arr = pa.array(texts, pa.string())
+    fast = _ok(
+        pc.and_(pc.string_is_ascii(arr), pc.invert(pc.match_substring_regex(arr, _SEPARATORS)))
+    )
+    fi = np.flatnonzero(fast)
+    if len(fi):
+        sub = pc.take(arr, pa.array(fi))
+        w = lang._WINDOW
+        long_ = pa.array(pc.utf8_length(sub).to_numpy(zero_copy_only=False) > 2 * w)
+        joined = pc.binary_join_element_wise(
+            pc.utf8_slice_codeunits(sub, 0, w), pc.utf8_slice_codeunits(sub, -w), " "
+        )
+        words = pc.ascii_split_whitespace(pc.ascii_lower(pc.if_else(long_, joined, sub)))
+        flat = pc.list_flatten(words)
+        rows = pc.list_parent_indices(words).to_numpy(zero_copy_only=False).astype(np.int64)
+        idx = pc.index_in(flat, value_set=_LANG_WORDS)
+        found = _ok(pc.is_valid(idx))
+        pos = pc.fill_null(idx, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        k = len(lang._FUNCTION_WORDS)
+        votes = np.bincount(rows[found] * k + _LANG_OF_WORD[pos[found]], minlength=len(fi) * k)
+        votes = votes.reshape(len(fi), k)
+        best = votes.argmax(axis=1)  # first of the largest, as max(range, key=...) picks
+        out[fi] = np.where(votes.max(axis=1) >= 2, best, -1)
+    for i in np.flatnonzero(~fast).tolist():
+        out[i] = lang.prompt_language(texts[i])
+    return out
 
 
 def batch_features(requests: list[dict[str, Any]], cfg: SignalConfig) -> BatchFeatures:
@@ -307,78 +348,3 @@ def decode_rows(table: pa.Table | pa.RecordBatch, where: str) -> Rows:
         rows.request[i], rows.status[i] = rec.request, rec.status
         rows.completion_tokens[i], rows.response_text[i] = rec.completion_tokens, rec.response_text
     return rows
-
-
-# --------------------------------------------------------------------------------------------
-# The fold
-# --------------------------------------------------------------------------------------------
-
-
-def observe_rows(
-    sketch_of: Callable[[str], AccountSketch],
-    table: pa.Table | pa.RecordBatch,
-    cfg: SignalConfig,
-    where: str,
-) -> list[str]:
-    """Fold the rows of ``table``, in row order, into ``sketch_of(account)``: exactly
-    ``signals.observe_record`` per row, with the request features computed for the batch.
-    Returns the rows' account ids (n,)."""
-    rows = decode_rows(table, where)
-    feats = batch_features(rows.request, cfg)
-    accounts = rows.account_id
-    ts, ip, ua, pay = rows.ts, rows.ip, rows.user_agent, rows.payment
-    status, tokens, answers = rows.status, rows.completion_tokens, rows.response_text
-    current, sk = None, None
-    for i, acct in enumerate(accounts):
-        if acct != current:
-            current, sk = acct, sketch_of(acct)
-        assert sk is not None
-        sk.observe(ts=ts[i], ip=ip[i], user_agent=ua[i], payment=pay[i], features=feats.row(i))
-        sk.observe_response(
-            completion_tokens=tokens[i], response_text=answers[i], ok=200 <= status[i] < 300
-        )
-    return accounts
-
-
-def sorted_sketches(
-    batches: Iterable[pa.RecordBatch | pa.Table], cfg: SignalConfig, where: str
-) -> Iterator[tuple[str, AccountSketch]]:
-    """Batches of rows sorted by ``(account_id, seq)``: each account's finished sketch, as soon
-    as its last row is read (an account may span batches; memory: one batch + one sketch)."""
-    hasher = MinHasher(cfg.minhash_k, cfg.seed)
-    open_: dict[str, AccountSketch] = {}
-
-    def sketch_of(acct: str) -> AccountSketch:
-        sk = open_.get(acct)
-        if sk is None:
-            sk = open_[acct] = new_sketch(cfg, hasher, acct)
-        return sk
-
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        accounts = observe_rows(sketch_of, batch, cfg, where)
-        last = accounts[-1]
-        for acct in [a for a in open_ if a != last]:  # sorted input: these are complete
-            yield acct, open_.pop(acct)
-    yield from open_.items()
-
-
-def collect_tables(
-    tables: Iterable[tuple[pa.RecordBatch | pa.Table, str]], cfg: SignalConfig
-) -> dict[str, AccountSketch]:
-    """``offline.collect`` over (table, where) pairs of rows in arrival order (the streaming
-    engine; ``where`` names the file in errors)."""
-    hasher = MinHasher(cfg.minhash_k, cfg.seed)
-    sketches: dict[str, AccountSketch] = {}
-
-    def sketch_of(acct: str) -> AccountSketch:
-        sk = sketches.get(acct)
-        if sk is None:
-            sk = sketches[acct] = new_sketch(cfg, hasher, acct)
-        return sk
-
-    for t, where in tables:
-        if t.num_rows:
-            observe_rows(sketch_of, t, cfg, where)
-    return sketches
