@@ -62,15 +62,22 @@ def score_log(
         model, SignalConfig(), LinkConfig(), trust or TrustPolicy(), accounts, decision
     )
     if engine == "stream" and not parquet:
-        rep = score_traffic(
-            path,
-            None,
-            model=model,
-            workers=workers,
-            trust=trust,
-            accounts=accounts,
-            decision=decision,
-        )
+        from distillguard.monitor.engines.fold import fast_fold_ok
+
+        if fast_fold_ok():  # the batched fold (same verdicts; see engines.stream)
+            from distillguard.monitor.engines.stream import score_jsonl
+
+            rep = score_jsonl(path, opts, workers)
+        else:
+            rep = score_traffic(
+                path,
+                None,
+                model=model,
+                workers=workers,
+                trust=trust,
+                accounts=accounts,
+                decision=decision,
+            )
     elif engine == "stream":
         import time
 

@@ -27,9 +27,11 @@ import dataclasses
 import hashlib
 import heapq
 import inspect
-from collections import Counter
+from collections import Counter, _count_elements  # type: ignore[attr-defined]
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
+from itertools import islice, repeat
+from operator import itemgetter
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +46,7 @@ from distillguard.monitor.engines.vectorized import (
     decode_rows,
 )
 from distillguard.monitor.signals import AccountSketch, MinHasher, SignalConfig, new_sketch
+from distillguard.traffic import TrafficRecord
 
 # sha256 (first 16 hex digits) of the restated source; see ``restated_digest``.
 RESTATED = "f13ac0d8da7fa47d"
@@ -187,26 +190,22 @@ def observe_segment(
     texts = [feats.text[i] for i in idx]
     sk.prompt_chars += sum(map(len, texts))
 
-    # _template (sequential: the table's pruning depends on every earlier row)
+    # _template (sequential: the table's pruning depends on every earlier row). Per row: the
+    # shingles already at the floor count as hits, then every shingle's count goes up by one
+    # (``_count_elements``: the dict increments of the sketch's loop, in the same order, in C).
     table = sk.shingles
     fmin, fshare = cfg.frequent_min, cfg.frequent_share
     need, size = cfg.templated_hits, cfg.shingle_table
     templated = 0
+    zeros = repeat(0)
     for n, i in zip(ns, idx, strict=True):
-        floor = max(fmin, fshare * n)
-        hits = 0
-        get = table.get
-        for s in feats.shingles[i]:
-            c = get(s)
-            if c is None:
-                table[s] = 1
-            else:
-                hits += c >= floor
-                table[s] = c + 1
+        sh = feats.shingles[i]
+        floor = float(max(fmin, fshare * n))  # counts are ints < 2**53: same comparisons
+        templated += sum(map(floor.__le__, map(table.get, sh, zeros))) >= need
+        _count_elements(table, sh)
         if len(table) > 2 * size:
-            keep = sorted(table.items(), key=lambda kv: kv[1], reverse=True)[:size]
+            keep = sorted(table.items(), key=itemgetter(1), reverse=True)[:size]  # stable
             table = dict(keep)
-        templated += hits >= need
     sk.shingles = table
     sk.templated += templated
 
@@ -317,7 +316,16 @@ def observe_rows(
 ) -> list[str]:
     """Fold the rows of ``table`` (arrival order within each account) into
     ``sketch_of(account)``; returns the rows' account ids (n,)."""
-    rows = decode_rows(table, where)
+    return observe_decoded(sketch_of, decode_rows(table, where), cfg, fast)
+
+
+def observe_decoded(
+    sketch_of: Callable[[str], AccountSketch],
+    rows: Rows,
+    cfg: SignalConfig,
+    fast: bool | None = None,
+) -> list[str]:
+    """``observe_rows`` for rows already decoded (``decode_rows`` or ``rows_of_records``)."""
     feats = batch_features(rows.request, cfg)
     accounts = rows.account_id
     groups: dict[str, list[int]] = {}
@@ -347,6 +355,44 @@ def observe_rows(
         else:
             _observe_each(sketch_of(acct), idx, rows, feats)
     return accounts
+
+
+def rows_of_records(records: list[TrafficRecord]) -> Rows:
+    """The ``Rows`` of validated records (a JSON Lines reader's)."""
+    return Rows(
+        [r.account_id for r in records],
+        [r.ts for r in records],
+        [r.ip for r in records],
+        [r.user_agent for r in records],
+        [r.payment_fingerprint for r in records],
+        [r.request for r in records],
+        [r.status for r in records],
+        [r.completion_tokens for r in records],
+        [r.response_text for r in records],
+    )
+
+
+def collect_records(
+    records: Iterable[TrafficRecord],
+    cfg: SignalConfig,
+    fast: bool | None = None,
+    chunk: int = 8192,
+) -> dict[str, AccountSketch]:
+    """``offline.collect`` (without prefixes) in chunks of ``chunk`` records: the request
+    features per chunk, the accounts' rows of a chunk folded at once."""
+    hasher = MinHasher(cfg.minhash_k, cfg.seed)
+    sketches: dict[str, AccountSketch] = {}
+
+    def sketch_of(acct: str) -> AccountSketch:
+        sk = sketches.get(acct)
+        if sk is None:
+            sk = sketches[acct] = new_sketch(cfg, hasher, acct)
+        return sk
+
+    it = iter(records)
+    while batch := list(islice(it, chunk)):
+        observe_decoded(sketch_of, rows_of_records(batch), cfg, fast)
+    return sketches
 
 
 def sorted_sketches(

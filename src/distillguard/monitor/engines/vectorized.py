@@ -122,8 +122,8 @@ def _frame_shingles_ascii(text: str, fw: int, k: int) -> tuple[int, ...]:
     else:
         words = text[:span].lower().encode().split()[:fw]
         words += text[-span:].lower().encode().split()[-fw:]
-    crc, join = zlib.crc32, b" ".join
-    return tuple({crc(join(g)) for g in zip(*(words[i:] for i in range(k)), strict=False)})
+    grams = zip(*(words[i:] for i in range(k)), strict=False)
+    return tuple(set(map(zlib.crc32, map(b" ".join, grams))))
 
 
 def _topics(texts: pa.Array, window: int) -> np.ndarray:
