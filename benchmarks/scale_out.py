@@ -12,6 +12,16 @@ and so every per-account signal, is unchanged; copies do not share timing bucket
 engine runs as a child process (``distillguard monitor score``); peak memory is the largest
 sum of RSS over the child's process tree (JVMs and Python workers included) and, for the
 standalone cluster, its master and worker daemons.
+
+What a tiled log means for the figures: the work per exchange is the base log's (same persona
+mix, same texts, same share of non-ASCII rows that take the reference path), and no engine
+caches anything by content, so repeating texts makes nothing cheaper; the number of accounts
+grows with the size (129 per copy). Copies do not share accounts, IPs, payment fingerprints or
+time buckets, but they do share user agents and template shingles, so past a few copies those
+keys exceed the link cap (``LinkConfig.max_key_accounts``) and stop linking: clusters and flags
+of a tiled log are not k times the base's. The engines' equality is what is compared per size.
+``--work DIR`` keeps the base and the tiled logs for the next run (``_rows`` marks a complete
+one).
 """
 
 from __future__ import annotations
