@@ -13,12 +13,13 @@ the sketch's own arithmetic: the inter-arrival Welford moments, the frame-shingl
 pruning depends on every earlier row) and the prompt reservoir (one draw of the account's
 ``random.Random`` per row).
 
-Exactness guard: the fast fold restates code of ``signals`` and ``topics``. It is used only
-while that code is the code it was written against (``RESTATED``: a hash of the source of each
-restated function and of ``AccountSketch``'s fields); when the detection room changes any of
-them, the engines fall back to one ``observe`` call per row (same verdicts, slower) until this
-module is brought up to date. ``tests/monitor/test_vectorized.py`` checks both paths give the
-same sketches, and that the guard holds on this checkout.
+Exactness guard: the fast fold (and ``engines.vectorized``) restates code of ``signals``,
+``topics`` and ``language``. It is used only while that code is the code it was written
+against (``RESTATED``: a hash of the source of each restated function and of the features'
+and sketches' fields); when the detection room changes any of them, the engines fall back to
+``observe_record`` per validated record (the code before the batched fold: same verdicts,
+slower) until this module is brought up to date. ``tests/monitor/test_vectorized.py`` checks
+that both paths give the same sketches, and that the guard holds on this checkout.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from operator import itemgetter
 import numpy as np
 import pyarrow as pa
 
+from distillguard.columnar import records_from_table
 from distillguard.monitor import signals as sig
 from distillguard.monitor import topics as tp
 from distillguard.monitor.engines.vectorized import (
@@ -45,15 +47,23 @@ from distillguard.monitor.engines.vectorized import (
     batch_languages,
     decode_rows,
 )
-from distillguard.monitor.signals import AccountSketch, MinHasher, SignalConfig, new_sketch
+from distillguard.monitor.language import prompt_language
+from distillguard.monitor.signals import (
+    AccountSketch,
+    MinHasher,
+    SignalConfig,
+    new_sketch,
+    observe_record,
+)
 from distillguard.traffic import TrafficRecord
 
 # sha256 (first 16 hex digits) of the restated source; see ``restated_digest``.
-RESTATED = "f13ac0d8da7fa47d"
+RESTATED = "579ca9d8159e88aa"
 
 
 def restated_digest() -> str:
-    """A digest of the source this module restates (and of the sketch's fields)."""
+    """A digest of the source this module and ``engines.vectorized`` restate (and of the
+    features' and sketches' fields)."""
     parts = [
         inspect.getsource(f)
         for f in (
@@ -65,8 +75,15 @@ def restated_digest() -> str:
             sig._bump,
             sig.observe_record,
             tp.TopicSketch.observe,
+            # what engines.vectorized restates
+            sig.request_features,
+            sig.frame_shingles,
+            sig._reasoning_model,
+            tp.prompt_topic,
+            prompt_language,
         )
     ]
+    parts.append(",".join(f.name for f in dataclasses.fields(sig.RequestFeatures)))
     parts.append(",".join(f.name for f in dataclasses.fields(sig.AccountSketch)))
     parts.append(",".join(f.name for f in dataclasses.fields(tp.TopicSketch)))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -285,23 +302,6 @@ def observe_segment(
     sk.responses += count
 
 
-def _observe_each(sk: AccountSketch, idx: list[int], rows: Rows, feats: BatchFeatures) -> None:
-    """The reference: one ``observe`` + ``observe_response`` per row."""
-    for i in idx:
-        sk.observe(
-            ts=rows.ts[i],
-            ip=rows.ip[i],
-            user_agent=rows.user_agent[i],
-            payment=rows.payment[i],
-            features=feats.row(i),
-        )
-        sk.observe_response(
-            completion_tokens=rows.completion_tokens[i],
-            response_text=rows.response_text[i],
-            ok=200 <= rows.status[i] < 300,
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------
@@ -315,17 +315,21 @@ def observe_rows(
     fast: bool | None = None,
 ) -> list[str]:
     """Fold the rows of ``table`` (arrival order within each account) into
-    ``sketch_of(account)``; returns the rows' account ids (n,)."""
-    return observe_decoded(sketch_of, decode_rows(table, where), cfg, fast)
+    ``sketch_of(account)``; returns the rows' account ids (n,). Without the fast fold (the
+    guard, or ``fast=False``): the reference, ``observe_record`` per validated record."""
+    if not (fast_fold_ok() if fast is None else fast):
+        accounts = []
+        for rec in records_from_table(table, where):
+            observe_record(sketch_of(rec.account_id), rec)
+            accounts.append(rec.account_id)
+        return accounts
+    return observe_decoded(sketch_of, decode_rows(table, where), cfg)
 
 
 def observe_decoded(
-    sketch_of: Callable[[str], AccountSketch],
-    rows: Rows,
-    cfg: SignalConfig,
-    fast: bool | None = None,
+    sketch_of: Callable[[str], AccountSketch], rows: Rows, cfg: SignalConfig
 ) -> list[str]:
-    """``observe_rows`` for rows already decoded (``decode_rows`` or ``rows_of_records``)."""
+    """The fast fold of rows already decoded (``decode_rows`` or ``rows_of_records``)."""
     feats = batch_features(rows.request, cfg)
     accounts = rows.account_id
     groups: dict[str, list[int]] = {}
@@ -335,7 +339,6 @@ def observe_decoded(
             groups[acct] = [i]
         else:
             g.append(i)
-    use_fast = fast_fold_ok() if fast is None else fast
     prefixes: dict[str, str] = {}
 
     def prefix_of(ip: str) -> str:
@@ -344,16 +347,9 @@ def observe_decoded(
             p = prefixes[ip] = sig.ip_prefix(ip)
         return p
 
-    lang_of = (
-        _languages(groups, lambda a: sketch_of(a).n, rows, feats, cfg.language_every)
-        if use_fast
-        else {}
-    )
+    lang_of = _languages(groups, lambda a: sketch_of(a).n, rows, feats, cfg.language_every)
     for acct, idx in groups.items():
-        if use_fast:
-            observe_segment(sketch_of(acct), idx, rows, feats, prefix_of, lang_of)
-        else:
-            _observe_each(sketch_of(acct), idx, rows, feats)
+        observe_segment(sketch_of(acct), idx, rows, feats, prefix_of, lang_of)
     return accounts
 
 
@@ -389,9 +385,13 @@ def collect_records(
             sk = sketches[acct] = new_sketch(cfg, hasher, acct)
         return sk
 
+    if not (fast_fold_ok() if fast is None else fast):
+        for rec in records:  # the reference (``offline.collect``)
+            observe_record(sketch_of(rec.account_id), rec)
+        return sketches
     it = iter(records)
     while batch := list(islice(it, chunk)):
-        observe_decoded(sketch_of, rows_of_records(batch), cfg, fast)
+        observe_decoded(sketch_of, rows_of_records(batch), cfg)
     return sketches
 
 
