@@ -188,14 +188,19 @@ class ParquetReader:
         self.dataset = open_dataset(path)
         self.records = 0
 
-    def __iter__(self) -> Iterator[TrafficRecord]:
-        self.records = 0
+    def tables(self) -> Iterator[tuple[pa.Table, str]]:
+        """Each part file's rows in ``seq`` order, with the file's name (for errors)."""
         for f in self.dataset.files:
             try:
                 table = pq.read_table(f).sort_by(SEQ)
             except (OSError, pa.ArrowException) as exc:
                 raise InputError(f"{f}: cannot read this Parquet partition ({exc})") from exc
-            for rec in records_from_table(table, str(f)):
+            yield table, str(f)
+
+    def __iter__(self) -> Iterator[TrafficRecord]:
+        self.records = 0
+        for table, where in self.tables():
+            for rec in records_from_table(table, where):
                 self.records += 1
                 yield rec
 

@@ -43,7 +43,7 @@ def score_log(
     from distillguard.columnar import ParquetReader, is_parquet_log
     from distillguard.monitor.engines.common import EngineOptions, write_verdicts
     from distillguard.monitor.links import LinkConfig
-    from distillguard.monitor.offline import score_records, score_traffic
+    from distillguard.monitor.offline import score_traffic
     from distillguard.monitor.signals import SignalConfig
     from distillguard.monitor.trust import TrustPolicy
 
@@ -62,23 +62,34 @@ def score_log(
         model, SignalConfig(), LinkConfig(), trust or TrustPolicy(), accounts, decision
     )
     if engine == "stream" and not parquet:
-        rep = score_traffic(
-            path,
-            None,
-            model=model,
-            workers=workers,
-            trust=trust,
-            accounts=accounts,
-            decision=decision,
-        )
-    elif engine == "stream":
-        reader = ParquetReader(path)
-        rep = score_records(reader, model=model, trust=trust, accounts=accounts, decision=decision)
-        if rep.exchanges == 0:
-            raise InputError(f"{path}: no traffic records")
-        from dataclasses import replace
+        from distillguard.monitor.engines.fold import fast_fold_ok
 
-        rep = replace(rep, read=reader.summary())
+        if fast_fold_ok():  # the batched fold (same verdicts; see engines.stream)
+            from distillguard.monitor.engines.stream import score_jsonl
+
+            rep = score_jsonl(path, opts, workers)
+        else:
+            rep = score_traffic(
+                path,
+                None,
+                model=model,
+                workers=workers,
+                trust=trust,
+                accounts=accounts,
+                decision=decision,
+            )
+    elif engine == "stream":
+        import time
+
+        from distillguard.monitor.engines.common import score_sketches
+        from distillguard.monitor.engines.fold import collect_tables
+
+        t0 = time.perf_counter()
+        reader = ParquetReader(path)
+        sketches = collect_tables(reader.tables(), opts.signal_cfg)
+        if not sketches:
+            raise InputError(f"{path}: no traffic records")
+        rep = score_sketches(sketches, opts, reader.summary(), t0)
     elif engine == "duckdb":
         from distillguard.monitor.engines.duckdb import DuckDBConfig, score_duckdb
 

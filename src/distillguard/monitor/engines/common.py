@@ -20,14 +20,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from distillguard.columnar import records_from_table
 from distillguard.errors import InputError
+from distillguard.monitor.engines.fold import sorted_sketches
 from distillguard.monitor.links import KINDS, Cluster, LinkConfig, LinkKeys, cluster_id_of
 from distillguard.monitor.offline import (
     DecisionConfig,
     ScoreReport,
+    account_views,
     context_for,
     link_keys,
+    read_out,
     score_views,
     views_with_clusters,
     with_creation_keys,
@@ -35,6 +37,7 @@ from distillguard.monitor.offline import (
 from distillguard.monitor.score import ScoreModel
 from distillguard.monitor.signals import (
     AccountSignals,
+    AccountSketch,
     MinHasher,
     SignalConfig,
     new_sketch,
@@ -77,22 +80,10 @@ def fold_sorted_batches(
     link_cfg: LinkConfig,
     where: str,
 ) -> Iterator[Folded]:
-    """Fold batches of rows sorted by (account_id, seq): one ``Folded`` per account."""
-
-    def records() -> Iterator[TrafficRecord]:
-        for batch in batches:
-            yield from records_from_table(batch, where)
-
-    current: str | None = None
-    group: list[TrafficRecord] = []
-    for rec in records():
-        if rec.account_id != current:
-            if current is not None:
-                yield fold_account(current, group, cfg, link_cfg)
-            current, group = rec.account_id, []
-        group.append(rec)
-    if current is not None:
-        yield fold_account(current, group, cfg, link_cfg)
+    """Fold batches of rows sorted by (account_id, seq): one ``Folded`` per account, equal to
+    ``fold_account`` over its records (request features computed per batch: ``vectorized``)."""
+    for acct, sk in sorted_sketches(batches, cfg, where):
+        yield Folded(acct, sk.signals(), link_keys(sk, link_cfg), sk.n, sk.out_of_order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +242,35 @@ def finish(
         exchanges,
         time.perf_counter() - t0,
         sum(f.out_of_order for f in folded.values()),
+    )
+
+
+def score_sketches(
+    sketches: dict[str, AccountSketch],
+    opts: EngineOptions,
+    read: ReadSummary | None,
+    t0: float,
+) -> ScoreReport:
+    """``offline.score_records`` after its ``collect``: the streaming engine's verdicts."""
+    signals, keys = read_out(sketches, opts.link_cfg)
+    keys = with_creation_keys(keys, signals, opts.accounts, opts.trust.young_days)
+    views = account_views(signals, keys, opts.link_cfg)
+    ctx = context_for(
+        views,
+        keys,
+        link_cfg=opts.link_cfg,
+        trust=opts.trust,
+        accounts=opts.accounts,
+        decision=opts.decision,
+    )
+    verdicts, clusters = score_views(views, opts.model, ctx)
+    return ScoreReport(
+        verdicts,
+        clusters,
+        read,
+        sum(sk.n for sk in sketches.values()),
+        time.perf_counter() - t0,
+        sum(sk.out_of_order for sk in sketches.values()),
     )
 
 

@@ -3,11 +3,11 @@
 How the work is split: accounts are hash-partitioned into buckets
 (``hash(account_id) % buckets``); for each bucket DuckDB scans the Parquet files, keeps the
 bucket's rows and sorts them by ``(account_id, seq)`` (spilling to ``temp_directory`` past
-``memory_limit``), and streams Arrow batches into ``common.fold_account``: the streaming
-engine's sketch code, one account at a time. Buckets run in ``workers`` forked processes
-(fork, not spawn: the frame-shingle hashes are Python's per-process salted ``hash``, and link
-keys must come from one salt). Memory is one bucket's sort (bounded by ``memory_limit``,
-beyond it on disk) plus one small ``Folded`` per account.
+``memory_limit``), and streams Arrow batches into ``common.fold_sorted_batches``: the
+streaming engine's sketch code, one account at a time, with the request features computed per
+batch (``vectorized``). Buckets run in ``workers`` forked processes (fork: the children inherit
+the imported modules). Memory is one bucket's sort (bounded by ``memory_limit``, beyond it on
+disk) plus one small ``Folded`` per account.
 
 The cross-account links (``common.link_sql``) and their connected components (min-label
 propagation until no label changes) then run as SQL over the accounts' link keys.

@@ -2,7 +2,8 @@
 
 - Per-account signals: ``groupBy("account_id").applyInArrow`` hands each account's rows (an
   Arrow table) to a Python worker, which sorts them by ``seq`` and runs
-  ``common.fold_account`` (the streaming engine's sketch code). It returns one row holding
+  ``common.fold_sorted_batches`` (the streaming engine's sketch code, request features
+  computed for the account's rows at once by ``vectorized``). It returns one row holding
   the pickled ``Folded`` and one row per link key, so the keys stay in Spark.
 - Links: ``common.link_sql`` as Spark SQL over those key rows (a self-join on the keys).
 - Clusters: connected components by min-label propagation, one Spark SQL step per round
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from distillguard.columnar import SEQ, open_dataset, records_from_table
+from distillguard.columnar import SEQ, open_dataset
 from distillguard.errors import ConfigError, InputError
 from distillguard.monitor.engines.common import (
     CLUSTER_EVIDENCE_SQL,
@@ -41,7 +42,7 @@ from distillguard.monitor.engines.common import (
     Folded,
     clusters_of,
     finish,
-    fold_account,
+    fold_sorted_batches,
     key_rows,
     link_sql,
 )
@@ -138,9 +139,7 @@ def _fold_function(signal_cfg: SignalConfig, link_cfg: LinkConfig) -> Any:
     def fold(table: pa.Table) -> pa.Table:  # one account's rows -> its Folded + key rows
         table = table.sort_by(SEQ)
         account = table.column("account_id")[0].as_py()
-        folded = fold_account(
-            account, records_from_table(table, f"account {account}"), signal_cfg, link_cfg
-        )
+        folded = next(fold_sorted_batches([table], signal_cfg, link_cfg, f"account {account}"))
         keys = key_rows({account: folded.keys})
         return pa.table(
             {
