@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distillguard.errors import ConfigError, InputError
-from distillguard.prevent.perturb import perturb_steps
-from distillguard.prevent.task import generate, solution, steps_check
+from distillguard.prevent.perturb import PerturbConfig, perturb_steps
+from distillguard.prevent.task import generate, parse_final, solution, steps_check
 from distillguard.prevent.tradeoff import Defence, gain_lost, repair_steps, vote
 
 
@@ -23,14 +23,18 @@ def test_gain_lost_is_undefined_without_a_gain():
         gain_lost(0.1, 0.2, 0.2)
 
 
-def test_repair_undoes_a_keyed_perturbation_of_the_steps():
+def test_repair_undoes_the_result_mode_but_not_the_carry_mode():
+    result_mode = PerturbConfig(mode="result")
     for problem in generate(200, split="train", seed=3):
         text = solution(problem)
-        perturbed = perturb_steps(text, b"key").text
-        assert repair_steps(perturbed) == text
+        assert repair_steps(perturb_steps(text, b"key", result_mode).text) == text
         assert repair_steps(text) == text  # a clean answer stays as it is
+        carried = perturb_steps(text, b"key").text  # the default: carry mode
+        assert carried != text and parse_final(carried) == problem.answer
+        assert steps_check(carried)  # every line true: a calculator finds nothing to fix
+        assert repair_steps(carried) == carried  # the chain is consistent: nothing to rebuild
     assert any(
-        not steps_check(perturb_steps(solution(p), b"key").text)
+        not steps_check(perturb_steps(solution(p), b"key", result_mode).text)
         for p in generate(20, split="train", seed=3)
     )
 
