@@ -98,13 +98,26 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("/tmp/prevention_results.json"))
     ap.add_argument("--plots", type=Path, default=REPO / "docs" / "img")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--watermark",
+        type=int,
+        default=0,
+        help="only the watermark section: TPR at FPR 1e-3 per defence on this many problems",
+    )
+    ap.add_argument("--merge", type=Path, nargs="*", help="JSON results of split runs to merge")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.harvest, args.json, args.plots)
+        return
     torch.set_num_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
 
     settings = get_settings()
     teacher_dir = args.teacher or arith_teacher_dir(settings)
+    if args.watermark:
+        watermark_section(teacher_dir, args)
+        return
     spec = StudentSpec(steps=args.steps, seed=args.seed)
     base_dir = args.base or base_student_dir(settings, teacher_dir, spec)
     engine = GenerationEngine.from_dir(teacher_dir, num_threads=1, max_batch_size=32)
@@ -158,6 +171,7 @@ def main() -> None:
     plan = [d for d in conditions(lambdas, args.vote) if not only or d.title in only]
     problems = attack[: args.harvest]
     undefended_rows = full[: args.harvest]
+    trained: dict = {}  # (mode, harvest as JSON) -> accuracy: identical harvests train once
     for defence in plan:
         hook = hooks.get(defence.lam)
         t0 = time.perf_counter()
@@ -197,7 +211,10 @@ def main() -> None:
                 row["student"][mode] = results["curve"][mode][str(args.harvest)]
                 row["identical_to_undefended"] = True
             else:
-                row["student"][mode] = distill_and_grade(rows, mode, base_dir, held, spec)
+                key = (mode, json.dumps(rows if mode == "topk-kd" else [r["answer"] for r in rows]))
+                if key not in trained:
+                    trained[key] = distill_and_grade(rows, mode, base_dir, held, spec)
+                row["student"][mode] = trained[key]
         results["rows"].append(row)
         save()
         say(
@@ -205,21 +222,101 @@ def main() -> None:
             + "  ".join(f"{m} {a:.3f}" for m, a in row["student"].items())
         )
 
-    undefended = next((r for r in results["rows"] if r["name"] == "none"), None)
+    finish(results, args.harvest)
+    save()
+    print_table(results)
+    plot(results, args.plots)
+
+
+def finish(results: dict, harvest: int) -> None:
+    """gain lost per row and mode, against the undefended student of the same N and mode."""
     for r in results["rows"]:
         r["gain_lost"] = {}
         for mode, acc in r["student"].items():
-            ref = (undefended or {"student": {}})["student"].get(mode)
-            if ref is None:
-                ref = results["curve"].get(mode, {}).get(str(args.harvest))
+            ref = results["curve"].get(mode, {}).get(str(harvest))
             try:
                 r["gain_lost"][mode] = gain_lost(acc, ref, results["base"])
             except Exception as exc:  # undefined when the undefended student gained nothing
                 r["gain_lost"][mode] = None
                 results.setdefault("notes", []).append(str(exc))
-    save()
+
+
+def merge(paths: list[Path], harvest: int, out: Path, plots: Path) -> None:
+    """One table and the plots from runs split over processes (--only, --curve '')."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    results = {**parts[0], "curve": {}, "rows": [], "merged_from": [str(p) for p in paths]}
+    for part in parts:
+        for mode, points in part.get("curve", {}).items():
+            results["curve"].setdefault(mode, {}).update(points)
+        results["rows"] += [r for r in part["rows"] if r not in results["rows"]]
+    results["load"] = [(p.get("load_at_start"), p.get("load_at_end")) for p in parts]
+    results["seconds"] = max(p.get("seconds", 0) for p in parts)
+    results["load_at_start"] = results["load"][0][0]
+    results["load_at_end"] = results["load"][-1][1]
+    finish(results, harvest)
+    out.write_text(json.dumps(results, indent=2))
     print_table(results)
-    plot(results, args.plots)
+    plot(results, plots)
+
+
+WATERMARK_SECRET = b"prevention-benchmark-watermark-secret-0123"
+
+
+def watermark_section(teacher_dir: Path, args: argparse.Namespace) -> None:
+    """TPR at FPR 1e-3 (chunks of 200 tokens of one account's served answers) per defence:
+    the teacher served with the gateway's default KGW mark, the null the same problems from
+    the unmarked teacher through the same defence."""
+    from distillguard.prevent.marking import mark_rates
+    from distillguard.watermark import build_scheme
+    from distillguard.watermark.detect import TextDetector
+    from distillguard.watermark.keys import KeyRing
+
+    started = time.perf_counter()
+    marked = GenerationEngine.from_dir(teacher_dir, num_threads=1, max_batch_size=32)
+    marked.sampler = build_scheme(
+        "kgw", secret=WATERMARK_SECRET, key_id=1, vocab_size=marked.vocab_size
+    )
+    clean = GenerationEngine.from_dir(teacher_dir, num_threads=1, max_batch_size=32)
+    detector = TextDetector(
+        tokenizer=marked.tokenizer, keyring=KeyRing(WATERMARK_SECRET), scheme="kgw"
+    )
+    problems = generate(args.watermark, split="train", seed=args.seed + 5)
+    lambdas = [float(x) for x in args.lambdas.split(",") if x.strip()]
+    defender_val = generate(64, split="train", seed=args.seed + 99)
+    texts = [format_chat_pair(prompt_for(p), solution(p)) for p in defender_val]
+    lam = max(lambdas) if lambdas else 0.0
+    hook = antidistill_hook(clean, texts, lam) if lam else None
+    plan = [Defence(n) for n in ("none", "drop", "summary", "perturb_result", "perturb")]
+    plan += [Defence("antidistill", lam=lam)] if lam else []
+    out: dict = {"load_at_start": _load(), "problems": len(problems), "rows": []}
+    drafts: dict = {}
+    for d in plan:
+        served = {}
+        for name, engine in (("marked", marked), ("clean", clean)):
+            key = (name, draft_key(d))
+            if key not in drafts:
+                drafts[key] = generate_drafts(engine, problems, d, hook=hook, tag="attacker")
+            served[name] = apply_defence(engine, drafts[key], d, account="attacker")
+        rates = mark_rates(detector, served["marked"].texts, served["clean"].texts, tokens=200)
+        row = {
+            "defence": d.title,
+            "tpr": rates.tpr,
+            "fpr": rates.fpr,
+            "chunks": rates.chunks,
+            "median_log10_p": rates.median_log10_p,
+            "served_acc_marked": served_accuracy(problems, served["marked"]),
+            "served_acc_clean": served_accuracy(problems, served["clean"]),
+        }
+        out["rows"].append(row)
+        out["seconds"] = time.perf_counter() - started
+        out["load_at_end"] = _load()
+        args.json.write_text(json.dumps(out, indent=2))
+        print(
+            f"{d.title:28s} TPR {rates.tpr:.3f} FPR {rates.fpr:.3f} ({rates.chunks} chunks, "
+            f"median log10 p {rates.median_log10_p:.1f}); served acc marked "
+            f"{row['served_acc_marked']:.3f} / clean {row['served_acc_clean']:.3f}",
+            flush=True,
+        )
 
 
 def _steps_match(problems: list, texts: list[str]) -> float:

@@ -154,6 +154,7 @@ def generate_drafts(
     hook: Any = None,
     seed: int = 0,
     max_new_tokens: int = 80,
+    tag: str | None = None,
 ) -> list[list[Any]]:
     """The teacher's raw completions (before the defence's text and logprob functions), one
     list of ``rounds`` completions per problem: greedy, or temperature 1 for a vote. Logprobs
@@ -177,6 +178,7 @@ def generate_drafts(
                 logprobs=want_lp,
                 top_logprobs=20 if want_lp else 0,
                 logits_hook=hook if lam > 0 else None,
+                tag=tag,  # the account: a watermarking sampler keys its mark on it
             )
             for i, ids in enumerate(prompts)
         ]
@@ -475,16 +477,17 @@ class CampaignContrast:
 
 def caught_vs_uncaught(
     teacher_dir: Path,
+    base_dir: Path,
     *,
-    defence: Defence = Defence("drop"),
-    harvest: int = 200,
+    defence: Defence = Defence("perturb"),
+    harvest: int = 500,
     held_out: int = 60,
     steps: int = 150,
     seed: int = 0,
 ) -> CampaignContrast:
     """Two campaigns harvest the same problems; the caught one is served under ``defence``.
-    Each distils an sft student with the same budget; both are graded on held-out problems
-    (~40 CPU seconds at the defaults: the demo's act)."""
+    Each distils the attacker's base student (``base_student_dir``) with sft and the same
+    budget; both are graded on held-out problems (the demo's act)."""
     from distillguard.models.engine import GenerationEngine
 
     if harvest < 2 or held_out < 1 or steps < 1:
@@ -497,7 +500,7 @@ def caught_vs_uncaught(
     for name, d in (("uncaught", Defence("none")), ("caught", defence)):
         served = serve(engine, attack, d, account=name, seed=seed)
         honest = serve(engine, held, d, account="honest", seed=seed)
-        acc = distill_and_grade(harvest_rows(attack, served), "sft", Path(teacher_dir), held, spec)
+        acc = distill_and_grade(harvest_rows(attack, served), "sft", Path(base_dir), held, spec)
         out[name] = (acc, served_accuracy(held, honest))
     return CampaignContrast(
         defence=defence.title,
