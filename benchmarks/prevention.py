@@ -94,6 +94,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="student optimizer steps")
     ap.add_argument("--lambdas", default="1,3", help="antidistill lambdas, comma-separated")
     ap.add_argument("--vote", type=int, default=3, help="adaptive attacker's samples (1: off)")
+    ap.add_argument(
+        "--no-teacher-grade", action="store_true", help="split runs: one run grades the teacher"
+    )
+    ap.add_argument("--curve-modes", default="sft,topk-kd", help="modes of the curve")
     ap.add_argument("--only", default="", help="comma-separated defence titles to run")
     ap.add_argument("--json", type=Path, default=Path("/tmp/prevention_results.json"))
     ap.add_argument("--plots", type=Path, default=REPO / "docs" / "img")
@@ -142,7 +146,7 @@ def main() -> None:
     def say(text: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s, load {_load()}] {text}", flush=True)
 
-    for style in STYLES:
+    for style in () if args.no_teacher_grade else STYLES:
         results["teacher"][style] = grade(engine, held, style).accuracy
     results["base"] = base_accuracy(base_dir, held)
     save()
@@ -152,14 +156,13 @@ def main() -> None:
     # Learning curve: the undefended harvest, first N answers.
     none = Defence("none")
     drafts: dict = {("attack", draft_key(none)): generate_drafts(engine, attack, none)}
-    full = harvest_rows(
-        attack, apply_defence(engine, drafts[("attack", draft_key(none))], none, account="attacker")
+    undefended_served = apply_defence(
+        engine, drafts[("attack", draft_key(none))], none, account="attacker"
     )
-    results["harvest_final_acc_undefended"] = sum(
-        r["answer"].endswith(f"#### {p.answer}") for r, p in zip(full, attack, strict=False)
-    ) / len(full)
+    full = harvest_rows(attack, undefended_served)
+    results["harvest_final_acc_undefended"] = served_accuracy(attack, undefended_served)
     for n in curve:
-        for mode in ("sft", "topk-kd"):
+        for mode in [m.strip() for m in args.curve_modes.split(",") if m.strip()]:
             acc = distill_and_grade(full[:n], mode, base_dir, held, spec)
             results["curve"].setdefault(mode, {})[str(n)] = acc
             save()
@@ -249,6 +252,7 @@ def merge(paths: list[Path], harvest: int, out: Path, plots: Path) -> None:
         for mode, points in part.get("curve", {}).items():
             results["curve"].setdefault(mode, {}).update(points)
         results["rows"] += [r for r in part["rows"] if r not in results["rows"]]
+    results["teacher"] = next((p["teacher"] for p in parts if p.get("teacher")), {})
     results["load"] = [(p.get("load_at_start"), p.get("load_at_end")) for p in parts]
     results["seconds"] = max(p.get("seconds", 0) for p in parts)
     results["load_at_start"] = results["load"][0][0]
