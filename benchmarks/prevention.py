@@ -208,10 +208,11 @@ def main() -> None:
             "topk-kd": rows == undefended_rows,
         }
         for mode in modes_for(defence):
-            if same_as_none[mode] and str(args.harvest) in results["curve"].get(mode, {}):
+            if same_as_none[mode]:
                 # Byte-identical to the undefended harvest (the repair undid the defence,
-                # or the row is the undefended one): the same student, not trained twice.
-                row["student"][mode] = results["curve"][mode][str(args.harvest)]
+                # or the row is the undefended one): the same student, not trained twice
+                # (filled from the curve here or when split runs are merged).
+                row["student"][mode] = results["curve"].get(mode, {}).get(str(args.harvest))
                 row["identical_to_undefended"] = True
             else:
                 key = (mode, json.dumps(rows if mode == "topk-kd" else [r["answer"] for r in rows]))
@@ -235,8 +236,10 @@ def finish(results: dict, harvest: int) -> None:
     """gain lost per row and mode, against the undefended student of the same N and mode."""
     for r in results["rows"]:
         r["gain_lost"] = {}
-        for mode, acc in r["student"].items():
+        for mode, acc in list(r["student"].items()):
             ref = results["curve"].get(mode, {}).get(str(harvest))
+            if acc is None and r.get("identical_to_undefended"):
+                acc = r["student"][mode] = ref
             try:
                 r["gain_lost"][mode] = gain_lost(acc, ref, results["base"])
             except Exception as exc:  # undefined when the undefended student gained nothing
@@ -401,10 +404,12 @@ def plot(results: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     x = range(len(rows))
     ax.bar([i - 0.27 for i in x], [r["honest_acc"] for r in rows], 0.27, label="honest users")
-    ax.bar([i for i in x], [r["student"].get("sft", 0) for r in rows], 0.27, label="sft student")
+    ax.bar(
+        [i for i in x], [(r["student"].get("sft") or 0) for r in rows], 0.27, label="sft student"
+    )
     ax.bar(
         [i + 0.27 for i in x],
-        [r["student"].get("topk-kd", 0) for r in rows],
+        [(r["student"].get("topk-kd") or 0) for r in rows],
         0.27,
         label="topk-kd student",
     )
@@ -424,7 +429,7 @@ def plot(results: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     lams = [r["lam"] for r in ad]
     ax.plot(lams, [r["honest_acc"] for r in ad], "o-", label="honest users")
-    ax.plot(lams, [r["student"].get("sft", 0) for r in ad], "s-", label="sft student")
+    ax.plot(lams, [(r["student"].get("sft") or 0) for r in ad], "s-", label="sft student")
     ax.set_xlabel("antidistill lambda")
     ax.set_ylabel("held-out accuracy")
     ax.set_title("Antidistillation sampling")
