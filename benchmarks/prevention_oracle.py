@@ -1,0 +1,84 @@
+"""Oracle-teacher trade-off: the code solver's answers served under a text defence (issue 13).
+
+    .venv/bin/python benchmarks/prevention_oracle.py BASE_DIR N STEPS DEFENCE MODE
+
+The trained teacher (``benchmarks/prevention.py``) is slow to build on a shared CPU; the text
+defences (withhold drop, perturb_reasoning in both modes, the repair attacker) only rewrite
+what the teacher wrote, so their effect on a student can be measured on the exact solutions
+(an oracle teacher: honest users keep 100 % under all of them, the final line is never
+touched). One student per call, so cells run as separate processes: the base student at
+BASE_DIR (``tradeoff.base_student_dir``) distilled with MODE (sft | topk-kd: topk-kd needs
+logprobs, which an oracle has not, so only sft is meaningful) for STEPS steps on N train
+problems under DEFENCE (none | drop | perturb | perturb+repair | perturb_result |
+perturb_result+repair), graded greedily on 100 held-out problems. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from distillguard.prevent.defences import withhold
+from distillguard.prevent.perturb import PerturbConfig, account_key, perturb_steps
+from distillguard.prevent.task import generate, prompt_for, solution
+from distillguard.prevent.tradeoff import (
+    PERTURB_SECRET,
+    StudentSpec,
+    distill_and_grade,
+    repair_steps,
+)
+
+
+def serve(text: str, defence: str, key: bytes) -> str:
+    """The oracle's answer as an account under ``defence`` receives it (and repairs it)."""
+    result = PerturbConfig(mode="result")
+    served = {
+        "none": lambda t: t,
+        "drop": lambda t: withhold(t, "drop"),
+        "perturb": lambda t: perturb_steps(t, key).text,
+        "perturb+repair": lambda t: repair_steps(perturb_steps(t, key).text),
+        "perturb_result": lambda t: perturb_steps(t, key, result).text,
+        "perturb_result+repair": lambda t: repair_steps(perturb_steps(t, key, result).text),
+    }
+    if defence not in served:
+        raise SystemExit(f"unknown defence {defence!r}; choose one of {sorted(served)}")
+    return served[defence](text)
+
+
+def main() -> None:
+    base, n, steps, defence, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6]
+    torch.set_num_threads(1)
+    key = account_key(PERTURB_SECRET, "attacker")
+    problems = generate(n, split="train", seed=1)
+    rows = [
+        {"id": str(i), "prompt": prompt_for(p), "answer": serve(solution(p), defence, key)}
+        for i, p in enumerate(problems)
+    ]
+    identical = sum(r["answer"] == solution(p) for r, p in zip(rows, problems, strict=True))
+    held = generate(100, split="held_out", seed=1)
+    started = time.process_time()
+    acc = distill_and_grade(rows, mode, Path(base), held, StudentSpec(steps=steps))
+    print(
+        json.dumps(
+            {
+                "defence": defence,
+                "n": n,
+                "steps": steps,
+                "mode": mode,
+                "acc": acc,
+                "identical_answers": identical,
+                "cpu_s": time.process_time() - started,
+                "load": os.getloadavg(),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
