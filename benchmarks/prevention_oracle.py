@@ -9,7 +9,7 @@ what the teacher wrote, so their effect on a student can be measured on the exac
 touched). One student per call, so cells run as separate processes: the base student at
 BASE_DIR (``tradeoff.base_student_dir``) distilled with MODE (sft | topk-kd: topk-kd needs
 logprobs, which an oracle has not, so only sft is meaningful) for STEPS steps on N train
-problems under DEFENCE (none | drop | perturb | perturb+repair | perturb_result |
+problems under DEFENCE (none | drop | summary | perturb | perturb+repair | perturb_result |
 perturb_result+repair), graded greedily on 100 held-out problems. Prints one JSON line.
 """
 
@@ -40,6 +40,7 @@ def serve(text: str, defence: str, key: bytes) -> str:
     served = {
         "none": lambda t: t,
         "drop": lambda t: withhold(t, "drop"),
+        "summary": lambda t: withhold(t, "summary"),
         "perturb": lambda t: perturb_steps(t, key).text,
         "perturb+repair": lambda t: repair_steps(perturb_steps(t, key).text),
         "perturb_result": lambda t: perturb_steps(t, key, result).text,
@@ -56,7 +57,14 @@ def main() -> None:
     key = account_key(PERTURB_SECRET, "attacker")
     problems = generate(n, split="train", seed=1)
     rows = [
-        {"id": str(i), "prompt": prompt_for(p), "answer": serve(solution(p), defence, key)}
+        {
+            "id": str(i),
+            "prompt": prompt_for(p),
+            # summary: the teacher wrote its steps and a summary line; only those two are served
+            "answer": serve(
+                solution(p, "summary" if defence == "summary" else "reasoning"), defence, key
+            ),
+        }
         for i, p in enumerate(problems)
     ]
     identical = sum(r["answer"] == solution(p) for r, p in zip(rows, problems, strict=True))
