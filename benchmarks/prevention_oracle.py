@@ -1,6 +1,7 @@
 """Oracle-teacher trade-off: the code solver's answers served under a text defence (issue 13).
 
     .venv/bin/python benchmarks/prevention_oracle.py BASE_DIR N STEPS DEFENCE MODE
+    .venv/bin/python benchmarks/prevention_oracle.py --plot OUT.png RESULT.jsonl...
 
 The trained teacher (``benchmarks/prevention.py``) is slow to build on a shared CPU; the text
 defences (withhold drop, perturb_reasoning in both modes, the repair attacker) only rewrite
@@ -51,7 +52,42 @@ def serve(text: str, defence: str, key: bytes) -> str:
     return served[defence](text)
 
 
+def plot(out: Path, logs: list[Path]) -> None:
+    """The curve (none vs N) and the defended cells from the JSON lines of earlier calls."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [
+        json.loads(line) for p in logs for line in p.read_text().splitlines() if line[:1] == "{"
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for defence, style in (("none", "o-"), ("drop", "s--"), ("perturb", "v:"), ("summary", "^")):
+        pts = sorted((c["n"], c["acc"]) for c in cells if c["defence"] == defence)
+        if pts:
+            label = {"none": "undefended", "perturb": "perturb_reasoning (carry)"}.get(
+                defence, defence
+            )
+            ax.plot([n for n, _ in pts], [a for _, a in pts], style, label=label)
+    pts = sorted((c["n"], c["acc"]) for c in cells if c["defence"] == "perturb_result")
+    if pts:
+        ax.plot([n for n, _ in pts], [a for _, a in pts], "x", ms=9, label="perturb result mode")
+    ax.axhline(0.0, color="gray", ls="--", label="base student (no teacher)")
+    ax.set_xscale("log")
+    ax.set_xlabel("answers harvested (N)")
+    ax.set_ylabel("student held-out accuracy")
+    ax.set_title("sft students of an oracle teacher, served under each defence")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
+    if sys.argv[1] == "--plot":
+        plot(Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]])
+        return
     base, n, steps, defence, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6]
     torch.set_num_threads(1)
     key = account_key(PERTURB_SECRET, "attacker")
