@@ -302,7 +302,7 @@ def fact_documents(n: int, facts: int, *, seed: int, task: TaskConfig = TaskConf
     rng = random.Random(f"facts:{seed}")
     docs = []
     for _ in range(n):
-        lines = []
+        lines: list[str] = []
         while len(lines) < facts:
             a, op = rng.randint(0, task.max_value), rng.choice("+-*")
             b = rng.choice(task.multipliers) if op == "*" else rng.randint(1, task.max_operand)
