@@ -156,7 +156,7 @@ def build_arith_teacher(
     )
     info = {
         "size": "arith",
-        "task": "prevent.task arithmetic word problems",
+        "task": "prevent.task v2: 2-3 step arithmetic chains",
         "config": asdict(config),
         "task_config": asdict(task),
         "parameters": count_parameters(model),
