@@ -482,14 +482,15 @@ def caught_vs_uncaught(
     base_dir: Path,
     *,
     defence: Defence = Defence("perturb"),
-    harvest: int = 500,
+    harvest: int = 1000,  # 1000 answers x 500 steps: 32 % vs 2 % measured (oracle teacher)
     held_out: int = 60,
-    steps: int = 150,
+    steps: int = 500,  # 150 steps: students stay at the floor (3 %), no contrast to show
     seed: int = 0,
 ) -> CampaignContrast:
     """Two campaigns harvest the same problems; the caught one is served under ``defence``.
     Each distils the attacker's base student (``base_student_dir``) with sft and the same
-    budget; both are graded on held-out problems (the demo's act)."""
+    budget; both are graded on held-out problems (the demo's act; ~2 CPU minutes a
+    student at the defaults)."""
     from distillguard.models.engine import GenerationEngine
 
     if harvest < 2 or held_out < 1 or steps < 1:
