@@ -273,10 +273,15 @@ def test_withhold_drop_summary_perturb_and_lift_upstream(upstream_gateway, mock_
 
     action = admin.apply(account, "perturb_reasoning", {"rate": 1.0, "max_offset": 2})
     perturbed = _answer(client)
-    steps = re.findall(r"(\d+)([+*])(\d+)=(\d+)", perturbed)
+    steps = re.findall(r"(\d+)([-+*])(\d+)=(\d+)", perturbed)
     assert len(steps) == 2 and perturbed.endswith("#### 30")
+    # The default (carry) mode: a wrong intermediate result carried on, every line true
+    # arithmetic, the chain landing back on the teacher's last value.
+    assert steps[0][3] != "15" and steps[1][0] == steps[0][3] and steps[1][3] == "30"
     assert all(
-        int(c) != (int(a) + int(b) if op == "+" else int(a) * int(b)) for a, op, b, c in steps
+        int(c)
+        == (int(a) + int(b) if op == "+" else int(a) - int(b) if op == "-" else int(a) * int(b))
+        for a, op, b, c in steps
     )
     assert _answer(client) == perturbed  # keyed: asking again does not reveal the right steps
     logged = next(r for r in gw.exchanges(account=account) if r["status"] == 200)

@@ -110,11 +110,11 @@ def test_summary_instruction_goes_on_the_last_user_message() -> None:
 
 @given(solutions(), st.binary(min_size=1, max_size=32))
 @settings(max_examples=200, deadline=None)
-def test_perturbation_keeps_the_final_answer_and_breaks_every_step(
+def test_result_mode_keeps_the_final_answer_and_breaks_every_step(
     case: tuple[str, int], key: bytes
 ) -> None:
     text, value = case
-    out = perturb_steps(text, key, PerturbConfig(rate=1.0, max_offset=3))
+    out = perturb_steps(text, key, PerturbConfig(rate=1.0, max_offset=3, mode="result"))
     assert _final(out.text) == value  # an honest reader loses nothing
     assert out.changed == out.steps == text.count("\n")
     assert _consistent_steps(out.text) == 0  # no step a student learns right arithmetic from
@@ -126,27 +126,53 @@ def test_perturbation_keeps_the_final_answer_and_breaks_every_step(
         assert int(c) < 0 or int(c2) >= 0  # a count never turns negative
 
 
+@given(solutions(), st.binary(min_size=1, max_size=32))
+@settings(max_examples=200, deadline=None)
+def test_carry_mode_is_a_true_consistent_chain_to_the_same_answer(
+    case: tuple[str, int], key: bytes
+) -> None:
+    text, value = case
+    out = perturb_steps(text, key, PerturbConfig(rate=1.0, max_offset=3))  # carry: the default
+    before, after = STEP_RE.findall(text), STEP_RE.findall(out.text)
+    assert _final(out.text) == value  # an honest reader's answer is the teacher's
+    assert len(after) == len(before) and after[-1][3] == before[-1][3]  # last result kept
+    assert _consistent_steps(out.text) == len(after)  # every line is true arithmetic ...
+    assert all(after[i + 1][0] == after[i][3] for i in range(len(after) - 1))  # ... and chained
+    if len(before) >= 2:
+        assert out.changed >= 2  # a changed result and the step that lands back
+        assert [s[3] for s in after[:-1]] != [s[3] for s in before[:-1]]
+
+
 def test_perturbation_is_keyed_per_account_and_repeatable() -> None:
     text = "12+3=15\n15*2=30\n30-5=25\n#### 25"
-    alice, bob = account_key(b"secret", "acct_a"), account_key(b"secret", "acct_b")
-    first = perturb_steps(text, alice).text
-    assert perturb_steps(text, alice).text == first  # re-asking returns the same steps
-    many = {perturb_steps(text, account_key(b"secret", f"a{i}")).text for i in range(20)}
-    assert len(many) > 10 and perturb_steps(text, bob).text != first  # keys differ
+    for mode in ("result", "carry"):
+        config = PerturbConfig(mode=mode)
+        alice, bob = account_key(b"secret", "acct_a"), account_key(b"secret", "acct_b")
+        first = perturb_steps(text, alice, config).text
+        assert perturb_steps(text, alice, config).text == first  # re-asking: the same steps
+        many = {
+            perturb_steps(text, account_key(b"secret", f"a{i}"), config).text for i in range(20)
+        }
+        assert len(many) > 5 and perturb_steps(text, bob, config).text != first  # keys differ
     some = [
-        perturb_steps(text, account_key(b"s", f"a{i}"), PerturbConfig(rate=0.5)) for i in range(200)
+        perturb_steps(text, account_key(b"s", f"a{i}"), PerturbConfig(rate=0.5, mode="result"))
+        for i in range(200)
     ]
     share = sum(p.changed for p in some) / sum(p.steps for p in some)
     assert 0.4 < share < 0.6
     with pytest.raises(ConfigError):
         PerturbConfig(rate=0.0)
     with pytest.raises(ConfigError):
+        PerturbConfig(mode="shuffle")
+    with pytest.raises(ConfigError):
         perturb_steps(text, b"")
 
 
-def test_perturbation_without_final_line_keeps_the_last_step() -> None:
-    out = perturb_steps("2+2=4\n4*3=12", b"k")
+def test_perturbation_without_final_line_keeps_the_last_result() -> None:
+    out = perturb_steps("2+2=4\n4*3=12", b"k", PerturbConfig(mode="result"))
     assert out.text.endswith("4*3=12") and out.changed == 1
+    carried = perturb_steps("2+2=4\n4*3=12", b"k")  # carry: lands back on 12
+    assert carried.text.endswith("=12") and carried.text != "2+2=4\n4*3=12"
 
 
 # --- log-probability controls ---------------------------------------------------------------

@@ -38,6 +38,7 @@ from distillguard.errors import ConfigError
 # operand or result keeps its sign.
 STEP_RE = re.compile(r"(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)")
 _FINAL_RE = re.compile(r"^[ \t]*####", re.MULTILINE)
+PERTURB_MODES = ("carry", "result")
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,16 @@ class PerturbConfig:
     # Largest change of a result (an offset in [1, max_offset], either sign): small offsets
     # keep the steps plausible, so a skimming harvester does not notice.
     max_offset: int = 3
+    # "carry" (default): a changed result is carried into the next step, whose operand is
+    # rewritten so the chain lands back on the teacher's next value; every line stays true
+    # arithmetic and the chain stays consistent, so neither a calculator nor a chain check
+    # can repair it (the operands no longer match the problem). "result": only the step's
+    # result changes (the first design; a chain check undoes it byte for byte).
+    mode: str = "carry"
 
     def __post_init__(self) -> None:
+        if self.mode not in PERTURB_MODES:
+            raise ConfigError(f"perturb mode must be one of {PERTURB_MODES}, not {self.mode!r}")
         if not 0.0 < self.rate <= 1.0:
             raise ConfigError(f"perturb rate must be in (0, 1], not {self.rate}")
         if not 1 <= self.max_offset <= 1000:
@@ -87,6 +96,8 @@ def perturb_steps(text: str, key: bytes, config: PerturbConfig | None = None) ->
     finals = list(_FINAL_RE.finditer(text))
     head_end = finals[-1].start() if finals else len(text)
     steps = list(STEP_RE.finditer(text, 0, head_end))
+    if config.mode == "carry":
+        return _perturb_carry(text, steps, bytes(key), config)
     if not finals and steps:
         steps = steps[:-1]  # no final line: the last step's result is the answer
     seen: dict[tuple[str, str, str], int] = {}
@@ -118,3 +129,84 @@ def account_key(secret: bytes, account_id: str) -> bytes:
     """The per-account perturbation key: HMAC of the provider's secret and the account, so
     two accounts (two halves of a split campaign) get different errors."""
     return hmac.new(secret, b"perturb-reasoning:" + account_id.encode(), hashlib.sha256).digest()
+
+
+# --- carry mode: self-consistent chains ----------------------------------------------------
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _express(left: int, target: int, op: str, operand: int) -> str:
+    """A true step line from ``left`` to ``target``: the original operator and operand when
+    they still fit, else the same operator with a new operand, else + or - the difference."""
+    if _apply(left, op, operand) == target:
+        return f"{left}{op}{operand}={target}"
+    if op == "*" and left > 0 and target % left == 0 and target // left >= 2:
+        return f"{left}*{target // left}={target}"
+    diff = target - left
+    return f"{left}+{diff}={target}" if diff >= 0 else f"{left}-{-diff}={target}"
+
+
+def _new_result(
+    key: bytes, m: re.Match[str], occurrence: int, left: int, avoid: set[int], config: PerturbConfig
+) -> int | None:
+    """The keyed wrong result of one step whose (served) left operand is ``left``: a changed
+    multiplier for ``*`` steps, else the true result moved by 1..max_offset; never negative
+    when the true one is not, never one of ``avoid`` (values that would give a no-op line)."""
+    a, op, b, result = m.groups()
+    _, raw = _draw(key, a, op, b, occurrence)
+    true = _apply(left, op, int(b))
+    candidates: list[int] = []
+    if op == "*" and int(b) >= 2 and (raw >> 48) & 1:  # half the time a changed multiplier
+        up = (raw >> 40) & 1 or int(b) - 1 < 2
+        candidates.append(left * (int(b) + 1 if up else int(b) - 1))
+    magnitude = 1 + raw % config.max_offset
+    sign = 1 if (raw >> 32) & 1 else -1
+    for extra in range(config.max_offset + 2):
+        for s in (sign, -sign):
+            candidates.append(true + s * (magnitude + extra))
+    # Values that keep a + or - step's operator first (``15-1=14`` -> ``15-3=12``, not
+    # ``15+2=17``): a flipped operator is easier to spot against the problem.
+    keeps = {"+": lambda v: v > left, "-": lambda v: v < left}.get(op, lambda v: True)
+    candidates.sort(key=lambda v: not keeps(v))
+    for value in candidates:
+        if value not in avoid and value != true and (value >= 0 or int(result) < 0):
+            return value
+    return None
+
+
+def _perturb_carry(
+    text: str, steps: list[re.Match[str]], key: bytes, config: PerturbConfig
+) -> Perturbed:
+    """Carry mode: a chosen step gets a wrong (keyed) result with an operand that makes its
+    line true, and the next step starts from that result with an operand that lands on the
+    teacher's next value. Only a step whose result the next step starts from is chosen (so
+    the chain can land back); the last step and the final line are never changed."""
+    values = [(int(m[1]), m[2], int(m[3]), int(m[4])) for m in steps]
+    linked = [i + 1 < len(values) and values[i + 1][0] == values[i][3] for i in range(len(values))]
+    seen: dict[tuple[str, str, str], int] = {}
+    pieces: list[str] = []
+    at = changed = 0
+    carried: int | None = None  # the served result the next step starts from, if changed
+    for i, m in enumerate(steps):
+        a, op, b, result = values[i]
+        occurrence = seen.get((m[1], m[2], m[3]), 0)
+        seen[(m[1], m[2], m[3])] = occurrence + 1
+        left = carried if carried is not None else a
+        target = result
+        if linked[i]:
+            u, _ = _draw(key, m[1], m[2], m[3], occurrence)
+            if u < config.rate:
+                nxt = values[i + 1]
+                avoid = {result, left, nxt[3]}
+                new = _new_result(key, m, occurrence, left, avoid, config)
+                target = new if new is not None else result
+        line = _express(left, target, op, b)
+        carried = target if target != result else None
+        if line != m.group(0):
+            pieces.append(text[at : m.start()])
+            pieces.append(line)
+            at = m.end()
+            changed += 1
+    pieces.append(text[at:])
+    return Perturbed("".join(pieces), len(steps), changed)

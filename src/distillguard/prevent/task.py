@@ -1,12 +1,12 @@
-"""A task whose skill is measurable here: short multi-step arithmetic word problems.
+"""A task whose skill is measurable here: short multi-step arithmetic chains.
 
 The 1.2M-parameter default teacher cannot answer real questions, so prevention is measured on a
-task that a few hundred thousand parameters *can* learn, and that a program can grade: word
-problems of a few operations on small integers, written and solved by code, with answers in
+task that a few hundred thousand parameters *can* learn, and that a program can grade: chains
+of 2-3 operations on small integers applied left to right, written and solved by code, with
+answers in
 GSM8K's format (one step line per operation, then ``#### <answer>``)::
 
-    Ann has 12 pens. She buys 3 more. She gets 2 times as many. She loses 5.
-    How many pens now?
+    12 +3 *2 -5
 
     12+3=15
     15*2=30
@@ -18,9 +18,9 @@ while the answer alone asks it to chain every operation at once. That gap is wha
 reasoning takes from a student.
 
 Train and held-out problems are disjoint by construction: a problem's numeric structure
-(start value and operations, not its wording) hashes to a bucket, and one bucket in
+(start value and operations) hashes to a bucket, and one bucket in
 ``held_out_buckets`` belongs to the held-out split only, so no held-out problem has a twin in
-training under any wording. Everything here is pure and seeded.
+training. Everything here is pure and seeded.
 
 The answer format (shared with the serving side, /work/briefs/prevent-task-format.md): a user
 message is the problem, optionally followed by one control instruction (answer only, or a
@@ -51,25 +51,20 @@ STYLES: tuple[Style, ...] = ("reasoning", "answer_only", "summary")
 Split = Literal["train", "held_out"]
 
 OP_WORDS = {"+": "add", "-": "subtract", "*": "multiply"}
-NAMES = ("Ann", "Bob", "Cat", "Dan", "Eve", "Fay", "Gus", "Hal", "Ida", "Joe")
-PRONOUN = {n: ("She" if n in ("Ann", "Cat", "Eve", "Fay", "Ida") else "He") for n in NAMES}
-ITEMS = ("pens", "cards", "eggs", "coins", "books", "shells", "stamps", "apples")
-# Wordings per operation; {b} is the operand. Several per op, so the student must read the
-# verb, not memorise one sentence.
-WORDINGS = {
-    "+": ("{p} buys {b} more.", "{p} finds {b} more.", "{p} gets {b} more."),
-    "-": ("{p} loses {b}.", "{p} gives away {b}.", "{p} sells {b}."),
-    "*": ("{p} gets {b} times as many.", "{p} has {b} times as many."),
-}
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    n_ops: tuple[int, ...] = (3,)  # operations per problem, drawn from these counts
+    # Operations per problem, drawn from these counts: 2-3 step chains are where written
+    # intermediate results help (the answer alone is a composition of 2-3 lookups).
+    n_ops: tuple[int, ...] = (2, 3)
     max_start: int = 20  # start value in [2, max_start]: two digits at most, like the steps
     max_operand: int = 9  # + and - operands in [1, max_operand]: one-digit steps stay learnable
     multipliers: tuple[int, ...] = (2, 3)  # * operands; small so values stay two-digit
-    max_value: int = 99  # every intermediate value in [0, max_value]: no negative, no 3 digits
+    # Every intermediate value in [0, max_value]: ~1,000 distinct step facts, few enough for
+    # a 0.5M-parameter model to get right on one CPU core in minutes (99 left the previous
+    # teacher at 28 %), while 2-3 step chains still span > 100,000 problem structures.
+    max_value: int = 49
     held_out_buckets: int = 5  # 1 structure bucket in this many is held out (20 %)
 
     def __post_init__(self) -> None:
@@ -99,9 +94,6 @@ class Step:
 class Problem:
     start: int
     ops: tuple[tuple[str, int], ...]  # (op, operand) in order
-    name: str
-    item: str
-    wording: tuple[int, ...]  # index into WORDINGS[op] per operation
 
     @property
     def key(self) -> tuple[int, tuple[tuple[str, int], ...]]:
@@ -123,12 +115,10 @@ class Problem:
 
     @property
     def text(self) -> str:
-        pronoun = PRONOUN[self.name]
-        parts = [f"{self.name} has {self.start} {self.item}."]
-        for (op, b), w in zip(self.ops, self.wording, strict=True):
-            parts.append(WORDINGS[op][w].format(p=pronoun, b=b))
-        parts.append(f"How many {self.item} now?")
-        return " ".join(parts)
+        """The problem as the user writes it: the start and each operation, applied left to
+        right (``8 -4 *2 *2``). Terse on purpose: every prompt token costs training compute
+        on this CPU, and the skill is in the numbers, not in the prose."""
+        return " ".join([str(self.start), *(f"{op}{b}" for op, b in self.ops)])
 
 
 def split_of(problem: Problem, config: TaskConfig = TaskConfig()) -> Split:
@@ -148,13 +138,7 @@ def _draw(rng: random.Random, config: TaskConfig) -> Problem | None:
         if not 0 <= value <= config.max_value:
             return None
         ops.append((op, b))
-    return Problem(
-        start=start,
-        ops=tuple(ops),
-        name=rng.choice(NAMES),
-        item=rng.choice(ITEMS),
-        wording=tuple(rng.randrange(len(WORDINGS[op])) for op, _ in ops),
-    )
+    return Problem(start=start, ops=tuple(ops))
 
 
 def generate(

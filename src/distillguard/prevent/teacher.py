@@ -35,21 +35,21 @@ from distillguard.prevent.task import (
     solution,
 )
 
-TEACHER_NAME = "teacher-arith"  # directory under {home}/models
+TEACHER_NAME = "teacher-arith-v2"  # directory under {home}/models (v2: the terse 2-3 step task)
 
 
 @dataclass(frozen=True)
 class ArithTeacherConfig:
-    hidden: int = 96  # residual width: 0.36M parameters, ~0.3 CPU s a step (measured)
+    hidden: int = 96  # residual width: 0.36M parameters, ~0.17 CPU s a step (measured)
     layers: int = 3  # find the operand, add with carry, write: a few layers of composition
     heads: int = 4  # 24-dim heads
     ffn: int = 256  # SwiGLU width
-    context_length: int = 256  # a problem and its answer take ~150 characters
+    context_length: int = 128  # a problem and its answer take ~50 characters
     train_problems: int = 20_000  # distinct train structures: far more than it can memorise
     answer_only_share: float = 0.15  # share of training pairs in the answer-only style
     summary_share: float = 0.15  # share in the summary style (the rest: full reasoning)
-    steps: int = 1200  # optimizer steps: the deterministic stopping rule (~6 CPU minutes)
-    batch_size: int = 16  # (prompt, answer) pairs per step: more steps beat bigger batches
+    steps: int = 1500  # optimizer steps: the deterministic stopping rule (~4.5 CPU minutes)
+    batch_size: int = 32  # (prompt, answer) pairs per step: 16 left step sums noisy (28 %)
     lr: float = 4e-3  # peak AdamW rate; tiny models need (and tolerate) high rates
     seed: int = 0  # problems, style mix, init and window order
     eval_problems: int = 200  # held-out problems graded after the build
@@ -156,7 +156,7 @@ def build_arith_teacher(
     )
     info = {
         "size": "arith",
-        "task": "prevent.task arithmetic word problems",
+        "task": "prevent.task v2: 2-3 step arithmetic chains",
         "config": asdict(config),
         "task_config": asdict(task),
         "parameters": count_parameters(model),

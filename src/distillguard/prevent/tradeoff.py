@@ -20,9 +20,10 @@ the chain (each step's left operand is the previous true result, the final line 
 
 from __future__ import annotations
 
+import random
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from distillguard.prevent.task import (
     STEP_RE,
     Problem,
     Style,
+    TaskConfig,
     generate,
     majority_final,
     parse_final,
@@ -38,10 +40,23 @@ from distillguard.prevent.task import (
     split_answer,
 )
 
-DefenceName = Literal["none", "drop", "summary", "cap_logprobs", "perturb", "antidistill"]
-DEFENCES: tuple[str, ...] = ("none", "drop", "summary", "cap_logprobs", "perturb", "antidistill")
+DefenceName = Literal[
+    "none", "drop", "summary", "cap_logprobs", "perturb", "perturb_result", "antidistill"
+]
+# perturb: the carry mode (self-consistent chains, the default the gateway serves);
+# perturb_result: the first design (results only), kept to show what a repair undoes.
+DEFENCES: tuple[str, ...] = (
+    "none",
+    "drop",
+    "summary",
+    "cap_logprobs",
+    "perturb",
+    "perturb_result",
+    "antidistill",
+)
 SERVES_LOGPROBS = {"none", "cap_logprobs"}  # the others serve text only (prevent-interface)
 PERTURB_SECRET = b"distillguard-benchmark-perturb-secret"
+BASE_STUDENT_NAME = "student-arith-base"  # the attacker's base model, under {home}/models
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,7 @@ def generate_drafts(
     hook: Any = None,
     seed: int = 0,
     max_new_tokens: int = 80,
+    tag: str | None = None,
 ) -> list[list[Any]]:
     """The teacher's raw completions (before the defence's text and logprob functions), one
     list of ``rounds`` completions per problem: greedy, or temperature 1 for a vote. Logprobs
@@ -162,6 +178,7 @@ def generate_drafts(
                 logprobs=want_lp,
                 top_logprobs=20 if want_lp else 0,
                 logits_hook=hook if lam > 0 else None,
+                tag=tag,  # the account: a watermarking sampler keys its mark on it
             )
             for i, ids in enumerate(prompts)
         ]
@@ -178,7 +195,7 @@ def apply_defence(
     post-processing when ``defence.adaptive`` says so."""
     from distillguard.distill.harvest import _local_logprobs
     from distillguard.prevent.defences import withhold
-    from distillguard.prevent.perturb import account_key, perturb_steps
+    from distillguard.prevent.perturb import PerturbConfig, account_key, perturb_steps
 
     key = account_key(PERTURB_SECRET, account)
     want_lp = defence.name in SERVES_LOGPROBS
@@ -191,8 +208,9 @@ def apply_defence(
         text = chosen.text
         if defence.name in ("drop", "summary"):
             text = withhold(text, "summary" if defence.name == "summary" else "drop")
-        elif defence.name == "perturb":
-            text = perturb_steps(text, key).text
+        elif defence.name in ("perturb", "perturb_result"):
+            mode = "carry" if defence.name == "perturb" else "result"
+            text = perturb_steps(text, key, PerturbConfig(mode=mode)).text
         if defence.adaptive == "repair":
             text = repair_steps(text)
         elif defence.adaptive == "strip":
@@ -251,62 +269,181 @@ def harvest_rows(problems: Sequence[Problem], served: Served) -> list[dict[str, 
 # --- students ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StudentSpec:
-    size: str = "tiny"  # a models.llama SIZES key, with the teacher's vocabulary
-    steps: int = 300  # optimizer steps per student: the same for every defence
-    batch_size: int = 16
+    """The attacker's student: a small base model that already knows single arithmetic facts
+    (a real attacker distils into a pre-trained model, not a random one) and has never seen
+    the task's chains; distillation must teach it to turn a problem into steps."""
+
+    hidden: int = 64  # smaller than the teacher (96): 0.16M parameters, ~0.1 CPU s a step
+    layers: int = 3  # one more than `tiny`: a step line reads two operands and the carry
+    heads: int = 4  # 16-dim heads
+    ffn: int = 192  # SwiGLU width
+    # Steps on plain fact lines ("17+8=25"): its general knowledge (600 steps, ~1 CPU
+    # minute: 70 % of held-out facts right, measured).
+    pretrain_steps: int = 600
+    pretrain_facts: int = 8  # fact lines per pre-training document
+    steps: int = 300  # distillation steps per student: the same for every defence and N
+    batch_size: int = 32  # (prompt, answer) pairs per step
     lr: float = 3e-3  # tiny students need high rates
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.hidden, self.layers, self.heads, self.ffn) < 1 or self.hidden % self.heads:
+            raise ConfigError("hidden, layers, heads, ffn must be positive; heads divide hidden")
+        if self.pretrain_steps < 0 or self.pretrain_facts < 1:
+            raise ConfigError("pretrain_steps >= 0 and pretrain_facts >= 1 required")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("steps >= 1, batch_size >= 1 and lr > 0 required")
+
+
+def fact_documents(n: int, facts: int, *, seed: int, task: TaskConfig = TaskConfig()) -> list[str]:
+    """Pre-training text: ``n`` documents of ``facts`` unrelated true equations each, over
+    the task's value range (left operand in [0, max_value], the task's operands and
+    multipliers, any non-negative result). Knowledge of arithmetic, nothing of the chains."""
+    rng = random.Random(f"facts:{seed}")
+    docs = []
+    for _ in range(n):
+        lines: list[str] = []
+        while len(lines) < facts:
+            a, op = rng.randint(0, task.max_value), rng.choice("+-*")
+            b = rng.choice(task.multipliers) if op == "*" else rng.randint(1, task.max_operand)
+            c = a + b if op == "+" else a - b if op == "-" else a * b
+            if c >= 0:
+                lines.append(f"{a}{op}{b}={c}")
+        docs.append("\n".join(lines))
+    return docs
+
+
+def pretrain_student(
+    tokenizer: Any, spec: StudentSpec, out_dir: Path, *, vocab_size: int, task: TaskConfig
+) -> Path:
+    """Build the attacker's base student (fresh init, ``spec.pretrain_steps`` of language
+    modelling on :func:`fact_documents`) and save it at ``out_dir`` (a HF model directory);
+    returns ``out_dir``. One thread, ~1 CPU minute at the defaults."""
+    import torch
+    import torch.nn.functional as F
+
+    from distillguard.models.llama import ModelSize, new_model, save_model_dir
+
+    torch.set_num_threads(1)
+    size = ModelSize(
+        hidden=spec.hidden,
+        layers=spec.layers,
+        heads=spec.heads,
+        ffn=spec.ffn,
+        vocab_size=vocab_size,
+        context_length=256,
+    )
+    model = new_model(size, tokenizer, seed=spec.seed)
+    docs = fact_documents(
+        spec.pretrain_steps * spec.batch_size, spec.pretrain_facts, seed=spec.seed, task=task
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95))
+    model.train()
+    losses: list[float] = []
+    pad = int(tokenizer.pad_token_id)
+    for step in range(spec.pretrain_steps):
+        chunk = docs[step * spec.batch_size : (step + 1) * spec.batch_size]
+        ids = [tokenizer.encode(d, add_special_tokens=False) for d in chunk]
+        width = max(len(x) for x in ids)
+        batch = torch.full((len(ids), width), pad, dtype=torch.long)  # (B, T)
+        for row, x in enumerate(ids):
+            batch[row, : len(x)] = torch.tensor(x)
+        mask = batch != pad  # (B, T)
+        for group in optimizer.param_groups:
+            group["lr"] = spec.lr * min(1.0, (step + 1) / 20)
+        logits = model(input_ids=batch, attention_mask=mask.long()).logits  # (B, T, V)
+        keep = mask[:, 1:]  # (B, T-1)
+        loss = F.cross_entropy(logits[:, :-1][keep], batch[:, 1:][keep])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    tail = losses[-max(1, len(losses) // 10) :] if losses else [float("nan")]
+    info = {
+        "size": "arith-student-base",
+        "spec": asdict(spec),
+        "pretrain_loss": sum(tail) / len(tail),
+    }
+    save_model_dir(model, tokenizer, Path(out_dir), info)
+    return Path(out_dir)
+
+
+def base_student_dir(settings: Any, teacher_dir: Path, spec: StudentSpec = StudentSpec()) -> Path:
+    """The attacker's cached base student (``{home}/models/student-arith-base``), pre-trained
+    with the teacher's tokenizer on first use behind the models room's file lock."""
+    from distillguard.models.llama import load_model
+    from distillguard.models.teacher import _FileLock
+
+    target = Path(settings.home) / "models" / BASE_STUDENT_NAME
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _FileLock(target.with_name(f".{target.name}.lock")):
+        if not (target / "config.json").is_file():
+            teacher, tokenizer = load_model(Path(teacher_dir))
+            vocab = int(teacher.get_output_embeddings().weight.shape[0])
+            pretrain_student(tokenizer, spec, target, vocab_size=vocab, task=TaskConfig())
+    return target
 
 
 def distill_and_grade(
     rows: Sequence[dict[str, Any]],
     mode: str,
-    teacher_dir: Path,
+    base_dir: Path,
     held_out: Sequence[Problem],
     spec: StudentSpec = StudentSpec(),
 ) -> float:
-    """Distil a fresh student from ``rows`` with ``mode`` (sft | topk-kd) and return its
-    greedy accuracy on ``held_out``. The teacher directory only lends its tokenizer."""
+    """Distil the base student at ``base_dir`` (a copy: it is never changed) on ``rows`` with
+    ``mode`` (sft | topk-kd, the distill room's own trainers) and return its greedy accuracy
+    on ``held_out``."""
+    from distillguard.distill.data import load_rows
+    from distillguard.distill.kd import train_topk_kd
     from distillguard.distill.loop import DistillConfig
-    from distillguard.distill.trainers import train_student
+    from distillguard.distill.sft import train_sft
     from distillguard.models.engine import GenerationEngine
+    from distillguard.models.llama import load_model
     from distillguard.prevent.teacher import grade
 
+    if mode not in ("sft", "topk-kd"):
+        raise InputError(f"mode must be sft or topk-kd, not {mode!r}")
+    records = [r for r in load_rows(list(rows)) if r.answer.strip()]
+    if len(records) < 2:
+        raise InputError(f"need at least 2 non-empty harvested answers, got {len(records)}")
     config = DistillConfig(
         max_steps=spec.steps,
         batch_size=spec.batch_size,
         lr=spec.lr,
         checkpoint_every=0,
         seed=spec.seed,
-        max_length=256,
+        max_length=128,
         warmup_steps=max(1, spec.steps // 20),
+        topk=5,
     )
+    student, tokenizer = load_model(Path(base_dir))
     with tempfile.TemporaryDirectory(prefix="dg-prevent-student-") as tmp:
-        out = Path(tmp) / "student"
-        train_student(
-            list(rows),
-            mode=mode,
-            out_dir=out,
-            teacher_dir=teacher_dir,
-            student_size=spec.size,
+        train = train_sft if mode == "sft" else train_topk_kd
+        train(
+            student,
+            tokenizer,
+            records,
             config=config,
+            out_dir=Path(tmp),
+            resume=False,
             progress=False,
         )
-        engine = GenerationEngine.from_dir(out, num_threads=1, max_batch_size=32)
-        return grade(engine, held_out, "reasoning").accuracy
+    student.eval()
+    engine = GenerationEngine(student, tokenizer, num_threads=1, max_batch_size=32)
+    return grade(engine, held_out, "reasoning").accuracy
 
 
-def untrained_accuracy(teacher_dir: Path, held_out: Sequence[Problem], spec: StudentSpec) -> float:
-    """The no-teacher baseline: a fresh student of ``spec.size`` that saw no answer."""
-    from distillguard.distill.trainers import build_student
+def base_accuracy(base_dir: Path, held_out: Sequence[Problem]) -> float:
+    """The no-teacher baseline: the attacker's base student, asked the held-out problems."""
     from distillguard.models.engine import GenerationEngine
-    from distillguard.models.llama import load_model
     from distillguard.prevent.teacher import grade
 
-    teacher, tokenizer = load_model(teacher_dir)
-    vocab = int(teacher.get_output_embeddings().weight.shape[0])
-    student = build_student(spec.size, tokenizer, seed=spec.seed, vocab_size=vocab)
-    engine = GenerationEngine(student.eval(), tokenizer, num_threads=1, max_batch_size=32)
+    engine = GenerationEngine.from_dir(Path(base_dir), num_threads=1, max_batch_size=32)
     return grade(engine, held_out, "reasoning").accuracy
 
 
@@ -342,16 +479,18 @@ class CampaignContrast:
 
 def caught_vs_uncaught(
     teacher_dir: Path,
+    base_dir: Path,
     *,
-    defence: Defence = Defence("drop"),
-    harvest: int = 200,
+    defence: Defence = Defence("perturb"),
+    harvest: int = 1000,  # 1000 answers x 500 steps: 32 % vs 2 % measured (oracle teacher)
     held_out: int = 60,
-    steps: int = 150,
+    steps: int = 500,  # 150 steps: students stay at the floor (3 %), no contrast to show
     seed: int = 0,
 ) -> CampaignContrast:
     """Two campaigns harvest the same problems; the caught one is served under ``defence``.
-    Each distils an sft student with the same budget; both are graded on held-out problems
-    (~40 CPU seconds at the defaults: the demo's act)."""
+    Each distils the attacker's base student (``base_student_dir``) with sft and the same
+    budget; both are graded on held-out problems (the demo's act; ~2 CPU minutes a
+    student at the defaults)."""
     from distillguard.models.engine import GenerationEngine
 
     if harvest < 2 or held_out < 1 or steps < 1:
@@ -364,7 +503,7 @@ def caught_vs_uncaught(
     for name, d in (("uncaught", Defence("none")), ("caught", defence)):
         served = serve(engine, attack, d, account=name, seed=seed)
         honest = serve(engine, held, d, account="honest", seed=seed)
-        acc = distill_and_grade(harvest_rows(attack, served), "sft", Path(teacher_dir), held, spec)
+        acc = distill_and_grade(harvest_rows(attack, served), "sft", Path(base_dir), held, spec)
         out[name] = (acc, served_accuracy(held, honest))
     return CampaignContrast(
         defence=defence.title,
