@@ -22,7 +22,8 @@ hard enough is still flagged.
     sampling_tiers: [verified, partner]    # n>1 / logprobs are allowed, not evidence
     use_grants:       # declared use (substring) -> score features it explains, for the
       translat: [language_breadth]         # reasoning tiers only (an accountable org's
-      evaluat: [harvest_share, cot_share, broad_rate, topic_drift]   # declared purpose)
+      evaluat: [harvest_share, cot_share, broad_rate, topic_drift,   # declared purpose)
+                model_jump]
     org_verification: [org, enterprise]    # a majority of one such org explains a cluster
 
 The accounts file is optional: without it tiers come from ``accounts``/``orgs`` only and
@@ -89,7 +90,14 @@ class TrustPolicy:
     use_grants: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {
             "translat": ("language_breadth",),
-            "evaluat": ("harvest_share", "cot_share", "broad_rate", "topic_drift"),
+            # a team evaluating the model runs each new model, and new kinds of evaluation
+            "evaluat": (
+                "harvest_share",
+                "cot_share",
+                "broad_rate",
+                "topic_drift",
+                "model_jump",
+            ),
         }
     )
 
