@@ -247,3 +247,17 @@ def test_links_and_pooled_content_each_short_of_the_bar_act_together() -> None:
     together = verdict(2e-3, unusual)
     assert together.flagged and "together p" in together.reasons[0]
     assert verdict(1.0, 5_000).flagged  # content far beyond every honest account
+
+
+def test_two_verified_orgs_together_explain_their_shared_links() -> None:
+    from distillguard.monitor.trust import AccountInfo, TrustPolicy
+
+    t = TrustPolicy()
+    accts = {f"a{i}": AccountInfo(f"a{i}", None, "uni-1", "org") for i in range(4)}
+    accts |= {f"b{i}": AccountInfo(f"b{i}", None, "uni-2", "org") for i in range(4)}
+    accts |= {f"x{i}": AccountInfo(f"x{i}", None, None, "none") for i in range(3)}
+    assert t.explaining_org([*accts], accts) == "uni-1+"  # 8 of 11 in verified orgs
+    assert t.explaining_org(["a0", "a1", "a2", "x0"], accts) == "uni-1"
+    assert t.explaining_org(["a0", "x0", "x1", "x2"], accts) is None
+    unverified = {k: AccountInfo(k, None, "uni-1", "email") for k in ("a0", "a1", "a2")}
+    assert t.explaining_org(["a0", "a1", "a2"], unverified) is None

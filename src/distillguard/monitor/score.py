@@ -73,7 +73,10 @@ RESOLUTION = {
     # within e-fold (x2.7) of every honest account, broad volume alone is no evidence
     "broad_rate": 1.0,
     "topic_drift": 0.03,  # Jensen-Shannon divergence
-    "language_breadth": 0.15,  # effective languages - 1
+    # effective languages - 1: a bilingual person writes in up to two (breadth up to 1), and
+    # a person's few prompts, read 1 in 4, give a noisy mix; a multilingual harvest asks in
+    # 2-4 languages, so only breadth beyond every honest account by half a language counts
+    "language_breadth": 0.5,
     # log rate ratio: a person's daily volume varies several-fold from day to day, so a move
     # to a new model at up to e^1.5 (4.5) times the old pace is no evidence at all
     "model_jump": 1.5,
