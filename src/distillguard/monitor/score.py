@@ -68,7 +68,9 @@ RESOLUTION = {
     # their prompts); a share within 15 points of every honest account is a habit, not a
     # harvest of reasoning traces (campaigns that want them ask in 60-100 % of prompts).
     "cot_share": 0.15,
-    "harvest_share": 0.05,
+    # two n>1/logprobs requests in a person's first twenty (someone trying the parameter)
+    # are not a harvest: the online monitor scores such prefixes
+    "harvest_share": 0.1,
     # log units: an integration serving many customers sweeps broad content at any volume;
     # within e-fold (x2.7) of every honest account, broad volume alone is no evidence
     "broad_rate": 1.0,
@@ -213,9 +215,10 @@ def feature_vector(
         age_days = max(1.0, (sig.last_ts - sig.first_ts) / 86_400.0)
     else:
         age_days = 1.0
-    # Broad content per day over the whole span, or over the last day's window when that is
-    # higher: a sweep that began yesterday is read at its current pace.
-    broad = max(off_domain / age_days, sig.recent_off_rate)
+    # Broad content per day over the whole span the account's traffic covers. The last day's
+    # window (``recent_off_rate``) is extracted but not an input: read mid-burst online, a
+    # honest batch app's pace (A's summarizer: 1,400 a day) passes any harvest's.
+    broad = off_domain / age_days
     return np.array(
         [
             sig.cot_share,
