@@ -52,7 +52,7 @@ def collected(gen_dir: Path, split: str, cache: Path):
     part on 2 shared cores)."""
     from distillguard.monitor.offline import collect_file
 
-    c = cache / f"{gen_dir.name}-{split}.v2.pkl"
+    c = cache / f"{gen_dir.name}-{split}.v3.pkl"
     if c.exists():
         return pickle.loads(c.read_bytes())
     t0 = time.perf_counter()

@@ -328,3 +328,22 @@ def test_the_gateways_monitor_reads_the_configured_accounts_file_and_trust_tiers
     assert OnlineMonitor.from_settings(Settings(home=tmp_path)).accounts is None
     with pytest.raises(InputError, match="accounts file not found"):
         OnlineMonitor.from_settings(Settings(home=tmp_path, accounts_file=tmp_path / "none"))
+
+
+def test_one_end_user_harvesting_behind_a_router_is_acted_on_online() -> None:
+    """A router's end users (the ``user`` field) are judged like accounts: one end user in
+    forty asking for n>1 and logprobs on every request is a harvest even though the
+    router's own share of such requests stays ordinary; the same router without it is
+    served."""
+
+    def run(with_harvester: bool) -> set[str]:
+        m = OnlineMonitor(load_policy(), coordinate_every_s=0)
+        for i in range(800):
+            _check(m, "router", 60.0 * i, _BROAD[i % len(_BROAD)], body={"user": f"u{i}"})
+            if with_harvester and i % 20 == 0:
+                body = {"user": "u_h", "n": 4, "logprobs": True, "top_logprobs": 5}
+                _check(m, "router", 60.0 * i + 1, _BROAD[i % len(_BROAD)], body=body)
+        return {f["account_id"] for f in m.flags()}
+
+    assert run(False) == set()
+    assert run(True) == {"router"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,100 @@ def test_trust_tiers_grant_access_and_declared_uses_explain_for_accountable_orgs
     assert y[0] < 0.1 and y[1] < 0.1 and y[4] == 0.0 and y[2] == 3.0
     with pytest.raises(ConfigError, match="unknown features"):
         parse_trust({"use_grants": {"chat": ["timing"]}})
+
+
+def _honest_model():
+    rng = np.random.default_rng(3)
+    n = 400
+    honest = np.column_stack(
+        [
+            np.full(n, 0.03),  # cot_share
+            np.full(n, 0.01),  # harvest_share
+            rng.uniform(0, 3, n),  # broad_rate
+            rng.uniform(0, 0.05, n),  # topic_drift
+            rng.uniform(0, 0.2, n),  # language_breadth
+            np.zeros(n),  # model_jump
+        ]
+    )
+    campaign = honest[:20] + 5.0
+    return fit_model(np.vstack([honest, campaign]), np.array([0] * n + [1] * 20))
+
+
+def _user(requests: int, topics: int, days: float = 1.0) -> AccountSignals:
+    counts = [0.0] * 20
+    for i in range(requests):
+        counts[i % topics] += 1
+    return _sig(
+        requests=requests,
+        topic_counts=tuple(counts),
+        topic_breadth=min(1.0, topics / 20),
+        first_ts=0.0,
+        last_ts=days * 86_400.0,
+    )
+
+
+def test_an_end_user_sweeping_broad_content_is_judged_on_its_own() -> None:
+    from distillguard.monitor.offline import AccountView, verdict_of
+
+    model = _honest_model()
+    people = tuple((f"u{i}", _user(25, 3)) for i in range(6))
+    router = _sig(requests=5000, topic_counts=(5000.0,) + (0.0,) * 19, end_users=people)
+    quiet = verdict_of(AccountView("r", router, None, None), model)
+    assert not quiet.flagged
+    harvester = replace(router, end_users=(*people, ("u_h", _user(3000, 20))))
+    caught = verdict_of(AccountView("r", harvester, None, None), model)
+    assert caught.flagged and any("u_h" in r for r in caught.reasons)
+
+
+def test_a_trust_tier_raises_the_bar_except_for_a_departure_from_its_own_history() -> None:
+    from distillguard.monitor.score import SCORE_FEATURES, tiered_score
+
+    model = _honest_model()
+    level = np.array([0.03, 0.01, 3.0, 0.0, 0.0, 0.0])  # (F,)
+    level[SCORE_FEATURES.index("broad_rate")] = 4.5  # a little beyond every honest account
+    p_plain = 1 - model.score(level)
+    assert 1 - tiered_score(model, level, 2.0) == pytest.approx(min(1, p_plain * np.exp(2.0)))
+    change = np.array([0.03, 0.01, 1.0, 0.0, 0.0, 4.0])  # switched at e^4 (55x) its pace
+    assert tiered_score(model, change, 2.0) == pytest.approx(model.score(change))
+    assert tiered_score(model, change, 2.0) >= model.threshold
+
+
+def test_links_and_pooled_content_each_short_of_the_bar_act_together() -> None:
+    from distillguard.monitor.coordination import ClusterTest
+    from distillguard.monitor.links import Cluster
+    from distillguard.monitor.offline import AccountView, Context, verdict_of
+    from distillguard.monitor.score import joint_p
+
+    assert joint_p(1.0, 0.3) > 0.3  # no evidence from the links only weakens the content
+    assert joint_p(2e-3, 2e-3) < 1e-4 < 1e-3 < joint_p(2e-3, 0.5)
+    model = _honest_model()
+    cl = Cluster("c1", ("a", "b", "c"), ("payment", "ip_prefix"))
+    own = _user(30, 20, days=3.0)
+
+    def verdict(p_links: float, pooled_requests: int):
+        pooled = _user(pooled_requests, 20, days=3.0)
+        ctx = Context({"c1": ClusterTest("c1", 3, 2, p_links, p_links <= 1e-3)})
+        return verdict_of(AccountView("a", own, cl, pooled), model, ctx)
+
+    ordinary = 30  # about 9 off-domain prompts a day: an ordinary account's content
+    unusual = 80  # about 25 a day: in the honest accounts' top 1 %, short of the bar
+    assert not verdict(2e-3, ordinary).flagged  # links alone just short of alpha
+    p_content = 1 - verdict(1.0, unusual).score  # unlinked: the pooled content alone
+    assert 1e-3 < p_content < 0.05
+    together = verdict(2e-3, unusual)
+    assert together.flagged and "together p" in together.reasons[0]
+    assert verdict(1.0, 5_000).flagged  # content far beyond every honest account
+
+
+def test_two_verified_orgs_together_explain_their_shared_links() -> None:
+    from distillguard.monitor.trust import AccountInfo, TrustPolicy
+
+    t = TrustPolicy()
+    accts = {f"a{i}": AccountInfo(f"a{i}", None, "uni-1", "org") for i in range(4)}
+    accts |= {f"b{i}": AccountInfo(f"b{i}", None, "uni-2", "org") for i in range(4)}
+    accts |= {f"x{i}": AccountInfo(f"x{i}", None, None, "none") for i in range(3)}
+    assert t.explaining_org([*accts], accts) == "uni-1+"  # 8 of 11 in verified orgs
+    assert t.explaining_org(["a0", "a1", "a2", "x0"], accts) == "uni-1"
+    assert t.explaining_org(["a0", "x0", "x1", "x2"], accts) is None
+    unverified = {k: AccountInfo(k, None, "uni-1", "email") for k in ("a0", "a1", "a2")}
+    assert t.explaining_org(["a0", "a1", "a2"], unverified) is None

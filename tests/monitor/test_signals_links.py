@@ -226,3 +226,66 @@ def test_model_drift_and_language_breadth_of_an_account() -> None:
         )
     s = sk.signals()
     assert s.model_drift > 0.9 and s.language_breadth > 1.5
+
+
+def _observe(sk, body: dict, ts: float, cfg: SignalConfig = CFG) -> None:
+    sk.observe(
+        ts=ts, ip="1.2.3.4", user_agent=None, payment=None, features=request_features(body, cfg)
+    )
+
+
+BROAD = [
+    "write python code to sort a list",
+    "what causes inflation in the economy",
+    "explain the french revolution history",
+    "what is the capital of peru geography",
+    "recipe for baking bread with yeast",
+    "how does the immune system fight a virus",
+]
+
+
+def test_end_users_are_sketched_apart_and_the_table_stays_bounded() -> None:
+    cfg = SignalConfig(max_end_users=8, end_user_min=20, end_users_scored=3)
+    sk = new_sketch(cfg, MinHasher(cfg.minhash_k, cfg.seed), "router")
+    t = 1_700_000_000.0
+    for i in range(400):  # 200 one-off end users and one heavy one
+        user = "heavy" if i % 2 else f"u{i}"
+        body = {"messages": [{"role": "user", "content": BROAD[i % 6]}], "user": user}
+        _observe(sk, body, t + 60.0 * i, cfg)
+    assert len(sk.end_users) <= 2 * cfg.max_end_users
+    users = dict(sk.signals().end_users)
+    assert list(users) == ["heavy"]  # the only one with enough requests to be judged
+    assert users["heavy"].requests == 200 and users["heavy"].topic_breadth > 0.3
+    plain = _sketch(["hello there"] * 30).signals()
+    assert plain.end_users == ()
+
+
+def test_recent_off_domain_rate_reads_a_sweep_that_started_late() -> None:
+    sk = new_sketch(CFG, MinHasher(CFG.minhash_k, CFG.seed), "bot")
+    t = 1_700_000_000.0
+    for _ in range(300):  # a support bot on one domain for five days ...
+        _observe(sk, {"messages": [{"role": "user", "content": "my invoice payment"}]}, t)
+        t += 1440.0
+    quiet = sk.signals().recent_off_rate
+    for i in range(300):  # ... then a day sweeping every domain
+        _observe(sk, {"messages": [{"role": "user", "content": BROAD[i % 6]}]}, t)
+        t += 288.0
+    swept = sk.signals()
+    assert quiet < 1.0
+    assert swept.recent_off_rate > 100.0  # about 250 off-domain prompts over the last day
+
+
+def test_a_switch_to_a_new_model_at_a_much_higher_rate_is_a_model_jump() -> None:
+    def account(after_step: float) -> float:
+        sk = new_sketch(CFG, MinHasher(CFG.minhash_k, CFG.seed), "a")
+        t = 1_700_000_000.0
+        for _ in range(60):  # 30 a day on the old model for two days
+            _observe(sk, {"model": "old", "prompt": "hello"}, t)
+            t += 2880.0
+        for _ in range(600):
+            _observe(sk, {"model": "new", "prompt": "hello"}, t)
+            t += after_step
+        return sk.signals().model_jump
+
+    assert account(2880.0) < 0.3  # moved to the new model at its usual pace
+    assert account(144.0) > 2.0  # moved and sent 20x as much

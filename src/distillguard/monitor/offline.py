@@ -33,9 +33,12 @@ from distillguard.monitor.links import (
 )
 from distillguard.monitor.score import (
     ScoreModel,
+    best_end_user,
     feature_vector,
+    joint_p,
     merge_signals,
     reasons,
+    tiered_score,
     without,
 )
 from distillguard.monitor.signals import (
@@ -294,8 +297,15 @@ def verdict_of(view: AccountView, model: ScoreModel, ctx: Context | None = None)
     granted = ctx.trust.granted(view.account_id, info)
     created = info.created_ts if info is not None else None
     x = without(feature_vector(view.signals, 1, created), granted)
-    own = model.score(x, offset)
+    own = tiered_score(model, x, offset)
     score, why = own, None
+    eu = best_end_user(model, view.signals, granted, offset)
+    if eu is not None and eu[0] > own:
+        score = own = eu[0]
+        why = (
+            f"end user {eu[1]!r} of this account ({eu[3].requests:,} requests), judged on its own:",
+            *reasons(model, eu[2], eu[3]),
+        )
     coordinated = False
     if view.cluster is not None and view.cluster_signals is not None:
         n = len(view.cluster.members)
@@ -304,7 +314,7 @@ def verdict_of(view: AccountView, model: ScoreModel, ctx: Context | None = None)
         # members are separate people of one org (a cohort, a team), not one actor pooled.
         org = ctx.trust.explaining_org(view.cluster.members, ctx.accounts)
         xc = without(feature_vector(merged, n, _cluster_created(view, ctx)), granted)
-        cs = model.score(xc, offset) if org is None else 0.0
+        cs = tiered_score(model, xc, offset) if org is None else 0.0
         shared = ", ".join(view.cluster.evidence)
         linked = f"linked with {n - 1} other accounts (shared {shared})"
         if cs > own:
@@ -325,6 +335,22 @@ def verdict_of(view: AccountView, model: ScoreModel, ctx: Context | None = None)
                 f"links a cluster this large (shared {shared})",
                 f"the cluster sweeps broad content (breadth {merged.topic_breadth:.2f} "
                 f"over {int(sum(merged.topic_counts))} topical prompts)",
+                *_age_reason(view, ctx),
+            )
+        elif (
+            test is not None
+            and org is None
+            and merged.topic_breadth >= ctx.decision.broad_bar
+            and (pj := joint_p(test.p_value, 1.0 - cs)) < 1.0 - score
+        ):
+            # Neither line of evidence alone, both together: the links' chance p-value and
+            # the pooled content's p-value against honest accounts (Fisher's combination).
+            score = 1.0 - pj
+            why = (
+                f"linked cluster of {n} accounts (shared {shared}): p = {test.p_value:.1e} "
+                f"that chance links a cluster this large, and its pooled content p = "
+                f"{1.0 - cs:.1e} against honest accounts; together p = {pj:.1e}",
+                *reasons(model, xc, merged, n, view.cluster.evidence),
                 *_age_reason(view, ctx),
             )
     if why is None:
@@ -533,6 +559,10 @@ def feature_matrix(
         rows.append(without(feature_vector(v.signals, 1, created), granted))
         ids.append(v.account_id)
         cids.append(None)
+        for _user, usig in v.signals.end_users:  # end users are judged like accounts
+            rows.append(without(feature_vector(usig), granted))
+            ids.append(v.account_id)
+            cids.append(None)
         cl = v.cluster
         if cl is not None and cl.cluster_id not in seen and v.cluster_signals:
             seen.add(cl.cluster_id)

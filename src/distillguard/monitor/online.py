@@ -38,9 +38,12 @@ from distillguard.monitor.offline import DecisionConfig, link_keys
 from distillguard.monitor.policy import SEVERITY, Policy, load_policy
 from distillguard.monitor.score import (
     ScoreModel,
+    best_end_user,
     feature_vector,
+    joint_p,
     merge_signals,
     reasons,
+    tiered_score,
     without,
 )
 from distillguard.monitor.signals import (
@@ -271,7 +274,9 @@ class OnlineMonitor:
         with self._lock:
             for cl in clusters:
                 t = tests.get(cl.cluster_id)
-                if t is None or t.p_value > self.decision.coordination.alpha:
+                # kept up to p 0.05: below alpha the links alone act, above it they are
+                # combined with the cluster's content (joint_p)
+                if t is None or t.p_value > 0.05:
                     continue
                 cid, members = self._cluster(cl.members[0])
                 if cid != cl.cluster_id:
@@ -282,7 +287,8 @@ class OnlineMonitor:
                 if self.trust.explaining_org(members, self.accounts) is not None:
                     continue
                 self._coordinated[cid] = t
-                found[cid] = t
+                if t.p_value <= self.decision.coordination.alpha:
+                    found[cid] = t
                 first = cl.members[0]
                 when = ts if ts is not None else now()
                 self._rescore(first, self._accounts[first], when)
@@ -465,15 +471,19 @@ class OnlineMonitor:
         offset = self.trust.offset(account_id, info)
         granted = self.trust.granted(account_id, info)
         x = without(feature_vector(sig), granted)
-        st.score = self.model.score(x, offset)
+        st.score = tiered_score(self.model, x, offset)
+        eu = best_end_user(self.model, sig, granted, offset)
+        if eu is not None and eu[0] > st.score:  # one end user judged on its own
+            st.score, x, sig = eu[0], eu[2], eu[3]
         cid, members = self._cluster(account_id)
         if cid is not None and self.trust.explaining_org(members, self.accounts) is None:
             merged, _, xc = self._cluster_score(cid, members)
             xc = without(xc, granted)
-            cs = self.model.score(xc, offset)
+            cs = tiered_score(self.model, xc, offset)
             test = self._coordinated.get(cid)
             if test is not None:
-                cs = max(cs, 1.0 - test.p_value)
+                alone = test.p_value if test.p_value <= self.decision.coordination.alpha else 1.0
+                cs = max(cs, 1.0 - alone, 1.0 - joint_p(test.p_value, 1.0 - cs))
             if cs > st.score:
                 return cs, merged.requests, merged, xc, len(members)
         return st.score, sig.requests, sig, x, 1
@@ -503,8 +513,10 @@ class OnlineMonitor:
                     why = reasons(self.model, xs, sig_used, n_acc, kinds)
                     test = self._coordinated.get(cid) if cid is not None else None
                     if test is not None:
+                        alone = test.p_value <= self.decision.coordination.alpha
                         why = (
-                            f"coordinated cluster of {len(members)} accounts: p = "
+                            f"{'coordinated' if alone else 'linked'} cluster of "
+                            f"{len(members)} accounts: p = "
                             f"{test.p_value:.1e} that chance links a cluster this large "
                             f"(shared {', '.join(kinds)})",
                             *why,

@@ -54,16 +54,35 @@ SCORE_FEATURES = (
     "broad_rate",
     "topic_drift",
     "language_breadth",
+    "model_jump",
 )
+# Features that measure a change of the account against its own history (not a level): a
+# trust tier vouches for an organization's declared, established use, not for a departure
+# from it, so these are judged without the tier's offset too (``change_score``).
+CHANGE_FEATURES = ("topic_drift", "model_jump")
 # The smallest difference in each feature that means something (its tail is never finer):
 # without it a feature on which every honest account of the fitting generator sits at the
 # prior would turn the first account a hair above it into a certainty.
 RESOLUTION = {
-    "cot_share": 0.05,  # one request in twenty
-    "harvest_share": 0.05,
-    "broad_rate": 0.5,  # log units: x1.6 more off-domain prompts per day of age
+    # People's habits differ: some ask for step-by-step explanations routinely (a quarter of
+    # their prompts); a share within 15 points of every honest account is a habit, not a
+    # harvest of reasoning traces (campaigns that want them ask in 60-100 % of prompts).
+    "cot_share": 0.15,
+    # two n>1/logprobs requests in a person's first twenty (someone trying the parameter)
+    # are not a harvest: the online monitor scores such prefixes
+    "harvest_share": 0.1,
+    # log units: an integration serving many customers sweeps broad content at any volume;
+    # within e-fold (x2.7) of every honest account, broad volume alone is no evidence
+    "broad_rate": 1.0,
     "topic_drift": 0.03,  # Jensen-Shannon divergence
-    "language_breadth": 0.15,  # effective languages - 1
+    # effective languages - 1: a bilingual person writes in up to two (breadth up to 1), and
+    # a person's few prompts, read 1 in 4, give a noisy mix; a multilingual harvest asks in
+    # 2-4 languages, so only breadth beyond every honest account by half a language counts
+    "language_breadth": 0.5,
+    # log rate ratio: a person's daily volume varies several-fold from day to day, so a move
+    # to a new model at up to e^1.5 (4.5) times the old pace is no evidence at all
+    "model_jump": 1.5,
+    "shape_drift": 0.1,  # one recent request in ten of a shape the history never had
 }
 MODEL_FILE = "score_model.json"
 _P_FLOOR = 1e-300
@@ -196,15 +215,63 @@ def feature_vector(
         age_days = max(1.0, (sig.last_ts - sig.first_ts) / 86_400.0)
     else:
         age_days = 1.0
+    # Broad content per day over the whole span the account's traffic covers. The last day's
+    # window (``recent_off_rate``) is extracted but not an input: read mid-burst online, a
+    # honest batch app's pace (A's summarizer: 1,400 a day) passes any harvest's.
+    broad = off_domain / age_days
     return np.array(
         [
             sig.cot_share,
             sig.harvest_share,
-            math.log1p(off_domain / age_days),
+            math.log1p(broad),
             sig.topic_drift,
             sig.language_breadth,
+            sig.model_jump,
         ]
     )
+
+
+def joint_p(p1: float, p2: float) -> float:
+    """Fisher's combination of two independent p-values (chi-square, 4 degrees of freedom):
+    ``q (1 - ln q)`` with ``q = p1 p2``. A linked cluster's chance-coordination p-value and
+    its pooled content's p-value against honest accounts are different evidence (who the
+    accounts share infrastructure with; what they extract)."""
+    q = max(_P_FLOOR, min(1.0, p1) * min(1.0, p2))
+    return float(min(1.0, q * (1.0 - math.log(q))))
+
+
+def change_only(x: np.ndarray) -> np.ndarray:  # (F,) -> (F,)
+    """The features with every level (not change) feature set to an ordinary value."""
+    return without(x, [f for f in SCORE_FEATURES if f not in CHANGE_FEATURES])
+
+
+def tiered_score(model: ScoreModel, x: np.ndarray, offset: float) -> float:
+    """The score of features ``x`` for an account whose tier asks ``offset`` more log-odds:
+    the tier raises the bar on everything, except that a change against the account's own
+    history alone is judged without it."""
+    s = model.score(x, offset)
+    if offset > 0:
+        s = max(s, model.score(change_only(x)))
+    return s
+
+
+def best_end_user(
+    model: ScoreModel,
+    sig: AccountSignals,
+    granted: Sequence[str] = (),
+    offset: float = 0.0,
+) -> tuple[float, str, np.ndarray, AccountSignals] | None:
+    """The most surprising of an account's heaviest end users (``user`` field), each judged
+    like an account of its own with the account's grants and trust offset: a router whose
+    end users are people passes, one end user sweeping the capability space does not.
+    Returns (score, user, features, signals), or None without end users."""
+    best = None
+    for user, usig in sig.end_users:
+        xu = without(feature_vector(usig), granted)  # (F,)
+        su = tiered_score(model, xu, offset)
+        if best is None or su > best[0]:
+            best = (su, user, xu, usig)
+    return best
 
 
 def without(x: np.ndarray, names: Sequence[str]) -> np.ndarray:  # (F,) -> (F,)
@@ -284,6 +351,11 @@ def merge_signals(
         language_counts=tuple(langs.tolist()) if langs is not None else (),
         model_drift=avg("model_drift"),
         samples_per_request=avg("samples_per_request"),
+        # the cluster's current pace is its members' paces added; a switch of many accounts
+        # at once shows as their request-weighted jump
+        recent_off_rate=sum(m.recent_off_rate for m in members),
+        model_jump=avg("model_jump"),
+        shape_drift=avg("shape_drift"),
     )
 
 
@@ -318,6 +390,9 @@ def _describe(name: str, s: AccountSignals, value: float) -> str:
         "topic_drift": f"content drifted from the account's own history "
         f"(divergence {s.topic_drift:.2f})",
         "language_breadth": f"extracts in {1 + s.language_breadth:.1f} languages (effective)",
+        "model_jump": f"moved to a new model at {math.exp(s.model_jump):.0f}x its old pace",
+        "shape_drift": f"{s.shape_drift:.0%} of recent requests are of kinds its history "
+        "never sent",
     }
     return text[name]
 

@@ -27,7 +27,13 @@ import numpy as np
 from distillguard.errors import ConfigError
 from distillguard.mixing import GOLDEN_GAMMA, splitmix64_int
 from distillguard.monitor.language import LANGUAGES, language_breadth, prompt_language
-from distillguard.monitor.topics import TopicConfig, TopicSketch, prompt_topic
+from distillguard.monitor.topics import (
+    TOPICS,
+    TopicConfig,
+    TopicSketch,
+    prompt_topic,
+    topic_breadth,
+)
 from distillguard.traffic import TrafficRecord, prompt_text
 
 # Chain-of-thought elicitation: generic English phrasings that ask a model to show reasoning.
@@ -71,6 +77,21 @@ class SignalConfig:
     # Every k-th exchange's prompt and answer are read for their language: the language mix
     # is a share, which a 1-in-4 sample estimates well, at a quarter of the cost.
     language_every: int = 4
+    # End users (the request's ``user`` field) kept per account: a router or platform serves
+    # many people under one account, and a harvest hidden among them is one of its heaviest
+    # end users; pruning keeps the heaviest (the table never exceeds twice this).
+    max_end_users: int = 64
+    # Requests before an end user is judged on its own (a person's first few prompts are
+    # neither broad nor narrow), and how many of the heaviest are judged.
+    end_user_min: int = 20
+    end_users_scored: int = 8
+    # Half-life of the recent window of content (seconds): a day, so a broad sweep that
+    # started yesterday (cover traffic, a switch to the newest model) is read at its
+    # current rate, not diluted by the account's quiet past.
+    recent_half_life_s: float = 86_400.0
+    # Requests an account must have sent before a model it had not used counts as a switch
+    # (a new account's first models are its baseline).
+    switch_after: int = 16
 
     def __post_init__(self) -> None:
         ints = (
@@ -84,12 +105,18 @@ class SignalConfig:
             "max_keys",
             "model_history",
             "language_every",
+            "max_end_users",
+            "end_user_min",
+            "end_users_scored",
+            "switch_after",
         )
         for name in ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"SignalConfig.{name} must be at least 1")
         if not 0 < self.frequent_share < 1:
             raise ConfigError("SignalConfig.frequent_share must be within (0, 1)")
+        if self.recent_half_life_s <= 0:
+            raise ConfigError("SignalConfig.recent_half_life_s must be positive")
         if self.sync_bucket_s <= 0 or self.burst_gap_s <= 0 or self.prior_weight < 0:
             raise ConfigError("SignalConfig times must be positive, prior_weight >= 0")
 
@@ -122,6 +149,8 @@ class RequestFeatures:
     samples: int = 1  # completions asked for (n)
     topic: int = -1  # dominant capability domain of the prompt's tail (topics.TOPICS; -1 none)
     model: str = ""  # the model asked for
+    user: str = ""  # the end user the account says it sends for (``user`` field), if any
+    shape: int = 0  # the request's shape (system prompt, turns, sampling, length, tools)
 
 
 def _stable_hash(s: str) -> int:
@@ -190,7 +219,52 @@ def request_features(request: dict[str, Any], cfg: SignalConfig) -> RequestFeatu
         shingles=frame_shingles(text, cfg),
         topic=prompt_topic(text, cfg.topics),
         model=model[:64],
+        user=_end_user(request),
+        shape=request_shape(request),
     )
+
+
+def _bucket(x: object, edges: tuple[float, ...]) -> int:
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return 0
+    return 1 + sum(x > e for e in edges)
+
+
+def request_shape(request: dict[str, Any]) -> int:
+    """What kind of request this is, apart from its content, model and conversation turn:
+    system prompt or not, temperature and length asked for, streaming, tools. An
+    integration sends a few shapes forever (a person's client too); requests of a shape it
+    never sent before are traffic that is not the integration (cover traffic riding on its
+    account). The turn is left out: a person's follow-ups are not a new kind of request."""
+    msgs = request.get("messages")
+    system = bool(request.get("instructions"))
+    if isinstance(msgs, list):
+        system = system or any(
+            isinstance(m, dict) and m.get("role") in ("system", "developer") for m in msgs
+        )
+    temp = _bucket(request.get("temperature"), (0.0, 0.6, 0.99))  # 0..4
+    length = _bucket(
+        request.get("max_tokens", request.get("max_completion_tokens")), (256.0, 1024.0)
+    )  # 0..3
+    return (
+        int(system)
+        | (temp << 1)
+        | (length << 4)
+        | (int(request.get("stream") is True) << 6)
+        | (int(bool(request.get("tools"))) << 7)
+    )
+
+
+def _end_user(request: dict[str, Any]) -> str:
+    user = request.get("user")
+    if isinstance(user, str):
+        return user[:64]
+    meta = request.get("metadata")  # some platforms tag the end user in metadata instead
+    if isinstance(meta, dict):
+        u = meta.get("user") or meta.get("user_id")
+        if isinstance(u, str):
+            return u[:64]
+    return ""
 
 
 _REASONING_CACHE: dict[tuple[str, str], bool] = {}
@@ -233,6 +307,57 @@ class MinHasher:
         return splitmix64_int(x + self.salt)  # every input bit moves every output bit
 
 
+@dataclass(slots=True)
+class EndUserSketch:
+    """What one end user of an account (the ``user`` field) extracts: a small sketch, judged
+    like an account of its own (a router's end users are people; a harvest among them is
+    not)."""
+
+    first_ts: float
+    last_ts: float = -math.inf
+    n: int = 0
+    cot: int = 0
+    harvest: int = 0
+    topics: list[float] = field(default_factory=list)  # (T,) prompts per domain
+
+    def observe(self, f: RequestFeatures, ts: float) -> None:
+        self.n += 1
+        self.cot += f.cot
+        self.harvest += f.harvest
+        self.first_ts = min(self.first_ts, ts)
+        self.last_ts = max(self.last_ts, ts)
+        if f.topic >= 0:
+            if not self.topics:
+                self.topics = [0.0] * len(TOPICS)
+            self.topics[f.topic] += 1
+
+    def signals(self, cfg: SignalConfig) -> AccountSignals:
+        k = cfg.prior_weight
+        n = self.n
+        counts = self.topics or [0.0] * len(TOPICS)
+        span_h = max(1.0, (self.last_ts - self.first_ts) / 3600.0)
+        return AccountSignals(
+            requests=n,
+            rate_per_hour=n / span_h,
+            active_hours=0,
+            templated_share=PRIOR["templated"],
+            cot_share=(self.cot + PRIOR["cot"] * k) / (n + k),
+            greedy_share=PRIOR["greedy"],
+            harvest_share=(self.harvest + PRIOR["harvest"] * k) / (n + k),
+            stream_share=PRIOR["stream"],
+            burst_share=PRIOR["burst"],
+            gap_cv=2.0,
+            quiet_share=PRIOR["quiet"],
+            out_in_ratio=1.0,
+            content_similarity=0.0,
+            out_of_order=0,
+            topic_breadth=topic_breadth(np.asarray(counts), cfg.topics.prior_weight),
+            topic_counts=tuple(counts),
+            first_ts=self.first_ts,
+            last_ts=self.last_ts,
+        )
+
+
 @dataclass
 class AccountSketch:
     """Streaming state of one account (bounded: nothing grows with its request count)."""
@@ -272,6 +397,16 @@ class AccountSketch:
     late: int = 0  # requests after the model history
     late_new_model: int = 0  # ... that asked for a model absent from the history
     samples: int = 0  # completions asked for (sum of n): a harvest's yield
+    end_users: dict[str, EndUserSketch] = field(default_factory=dict)  # heaviest end users
+    # (T,) topic counts decayed in time (half-life cfg.recent_half_life_s), stored relative
+    # to ``_recent_anchor`` (value * 2^((ts - anchor) / half-life)): no per-request decay pass
+    recent_topics: list[float] = field(default_factory=list)
+    _recent_anchor: float = math.nan
+    # model -> [requests, first ts, account requests before it]: a switch and its volume
+    models: dict[str, list[float]] = field(default_factory=dict)
+    # request shapes of the first ``model_history`` requests, and decayed like recent_topics
+    early_shapes: dict[int, int] = field(default_factory=dict)
+    recent_shapes: dict[int, float] = field(default_factory=dict)
     _similarity: float = 0.0  # cached content_similarity (pairwise work: refreshed rarely)
     _similarity_n: int = 0
 
@@ -302,7 +437,12 @@ class AccountSketch:
             lang = prompt_language(features.text)
             if lang >= 0:
                 self.languages[lang] += 1
-        self._model(features.model)
+        self._model(features.model, ts)
+        w = self._weight(ts)
+        self._recent(features.topic, w)
+        self._shape(features.shape, w)
+        if features.user:
+            self._end_user(features, ts)
         self.samples += features.samples
         self.templated += templated
         if len(self.reservoir) < cfg.reservoir:
@@ -363,7 +503,80 @@ class AccountSketch:
             elif h > heap[0] and h not in heap:
                 heapq.heapreplace(heap, h)
 
-    def _model(self, model: str) -> None:
+    def _weight(self, ts: float) -> float:
+        """This request's weight in the time-decayed windows (2^((ts - anchor) / half-life)),
+        moving the anchor before the weights overflow."""
+        if math.isnan(self._recent_anchor):
+            self._recent_anchor = ts
+        e = (ts - self._recent_anchor) / self.cfg.recent_half_life_s
+        if e > 200.0:
+            f = 2.0 ** (-e)
+            self.recent_topics = [v * f for v in self.recent_topics]
+            self.recent_shapes = {k: v * f for k, v in self.recent_shapes.items()}
+            self._recent_anchor, e = ts, 0.0
+        return 2.0 ** max(-200.0, e)
+
+    def _recent(self, topic: int, w: float) -> None:
+        if topic < 0:
+            return
+        if not self.recent_topics:
+            self.recent_topics = [0.0] * len(TOPICS)
+        self.recent_topics[topic] += w
+
+    def _shape(self, shape: int, w: float) -> None:
+        cap = 4 * self.cfg.max_keys
+        early = self.early_shapes
+        if self.n <= self.cfg.model_history and (shape in early or len(early) < cap):
+            self.early_shapes[shape] = self.early_shapes.get(shape, 0) + 1
+        rs = self.recent_shapes
+        if shape in rs:
+            rs[shape] += w
+        elif len(rs) < cap:
+            rs[shape] = w
+        else:  # full: the shape replaces the faintest (space-saving)
+            low = min(rs, key=rs.__getitem__)
+            rs[shape] = rs.pop(low) + w
+
+    def shape_drift(self) -> float:
+        """Share of the recent window's requests of shapes the account's history did not
+        have (total variation between the early and the recent shape mix, each shrunk by
+        ``prior_weight`` pseudo-requests spread over the early shapes): 0 until the account
+        has a history."""
+        if self.n <= self.cfg.model_history or not self.recent_shapes:
+            return 0.0
+        k = self.cfg.prior_weight
+        early_n = float(sum(self.early_shapes.values()))
+        total = float(sum(self.recent_shapes.values()))
+        tv = 0.0
+        for shape in set(self.early_shapes) | set(self.recent_shapes):
+            pe = self.early_shapes.get(shape, 0) / early_n
+            pr = (self.recent_shapes.get(shape, 0.0) + k * pe) / (total + k)
+            tv += max(0.0, pr - pe)
+        return tv
+
+    def recent_counts(self) -> np.ndarray:  # (T,) topic counts decayed to the last request
+        if not self.recent_topics:
+            return np.zeros(len(TOPICS))
+        e = (self.last_ts - self._recent_anchor) / self.cfg.recent_half_life_s
+        return np.asarray(self.recent_topics) * 2.0 ** (-max(-200.0, e))
+
+    def _end_user(self, f: RequestFeatures, ts: float) -> None:
+        users = self.end_users
+        u = users.get(f.user)
+        if u is None:
+            if len(users) >= 2 * self.cfg.max_end_users:
+                keep = sorted(users.items(), key=lambda kv: kv[1].n, reverse=True)
+                self.end_users = users = dict(keep[: self.cfg.max_end_users])
+            u = users[f.user] = EndUserSketch(first_ts=ts)
+        u.observe(f, ts)
+
+    def _model(self, model: str, ts: float = math.nan) -> None:
+        m = self.models.get(model)
+        if m is None:
+            if len(self.models) < self.cfg.max_keys:
+                self.models[model] = [1.0, ts, float(self.n - 1)]
+        else:
+            m[0] += 1
         if self.n <= self.cfg.model_history:
             _bump(self.early_models, model, self.cfg.max_keys)
         else:
@@ -421,6 +634,17 @@ class AccountSketch:
         # Shrunk toward a typical answer length: an account whose few requests failed (no
         # output yet) must not look like one that asks for nothing back.
         mean_out = (self.completion_tokens + PRIOR_ANSWER_TOKENS * k) / (self.responses + k)
+        totals = self.topics.total if self.topics else []
+        recent = self.recent_counts()  # (T,)
+        recent_off = 0.0
+        if totals and recent.sum() > 0:
+            recent_off = float(recent.sum() - recent[int(np.argmax(totals))])
+        heavy = sorted(self.end_users.items(), key=lambda kv: kv[1].n, reverse=True)
+        users = tuple(
+            (u, e.signals(self.cfg))
+            for u, e in heavy[: self.cfg.end_users_scored]
+            if e.n >= self.cfg.end_user_min
+        )
         return AccountSignals(
             requests=n,
             rate_per_hour=n / span_h,
@@ -445,7 +669,30 @@ class AccountSketch:
             language_counts=tuple(self.languages),
             model_drift=share(self.late_new_model, "model_drift", self.late),
             samples_per_request=(self.samples + k) / (n + k),
+            # decayed sum of a steady rate r per day is r * half-life / ln 2
+            recent_off_rate=recent_off * math.log(2) * 86_400.0 / self.cfg.recent_half_life_s,
+            model_jump=self._model_jump(),
+            shape_drift=self.shape_drift(),
+            end_users=users,
         )
+
+    def _model_jump(self) -> float:
+        """log of how much faster the account sends to a model it switched to (first asked
+        after ``switch_after`` requests) than it sent before the switch, per day (spans of at
+        least a day, ``prior_weight`` pseudo-requests on both sides): 0 without a switch."""
+        k = self.cfg.prior_weight
+        best = None
+        for count, first, before in self.models.values():
+            eligible = before >= self.cfg.switch_after and math.isfinite(first)
+            if eligible and (best is None or count > best[0]):
+                best = (count, first, before)
+        if best is None:
+            return 0.0
+        count, first, before = best
+        day = 86_400.0
+        after_rate = (count + k) / max(1.0, (self.last_ts - first) / day)
+        before_rate = (before + k) / max(1.0, (first - self.first_ts) / day)
+        return max(0.0, math.log(after_rate / before_rate))
 
 
 def _bump(d: dict[str, int], key: str, cap: int) -> None:
@@ -504,6 +751,13 @@ class AccountSignals:
     language_counts: tuple[float, ...] = ()  # (L,) prompts per language (pooled for clusters)
     model_drift: float = 0.0  # share of later requests asking a model unseen in the first 64
     samples_per_request: float = 1.0  # completions asked for per request (mean n)
+    # off-domain prompts per day in the recent window (a day's half-life): what the account
+    # extracts now, undiluted by a quiet past
+    recent_off_rate: float = 0.0
+    model_jump: float = 0.0  # log rate ratio after / before switching to a model (0: none)
+    shape_drift: float = 0.0  # recent share of request shapes the account's history lacks
+    # the heaviest end users (``user`` field) with enough requests: (user, their signals)
+    end_users: tuple[tuple[str, AccountSignals], ...] = ()
 
     def vector(self) -> np.ndarray:  # (F,) float64, the score's inputs
         return np.array(

@@ -22,7 +22,8 @@ hard enough is still flagged.
     sampling_tiers: [verified, partner]    # n>1 / logprobs are allowed, not evidence
     use_grants:       # declared use (substring) -> score features it explains, for the
       translat: [language_breadth]         # reasoning tiers only (an accountable org's
-      evaluat: [harvest_share, cot_share, broad_rate, topic_drift]   # declared purpose)
+      evaluat: [harvest_share, cot_share, broad_rate, topic_drift,   # declared purpose)
+                model_jump]
     org_verification: [org, enterprise]    # a majority of one such org explains a cluster
 
 The accounts file is optional: without it tiers come from ``accounts``/``orgs`` only and
@@ -89,7 +90,14 @@ class TrustPolicy:
     use_grants: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {
             "translat": ("language_breadth",),
-            "evaluat": ("harvest_share", "cot_share", "broad_rate", "topic_drift"),
+            # a team evaluating the model runs each new model, and new kinds of evaluation
+            "evaluat": (
+                "harvest_share",
+                "cot_share",
+                "broad_rate",
+                "topic_drift",
+                "model_jump",
+            ),
         }
     )
 
@@ -152,8 +160,11 @@ class TrustPolicy:
     def explaining_org(
         self, members: Iterable[str], accounts: dict[str, AccountInfo] | None
     ) -> str | None:
-        """The verified organization that most members of a cluster belong to, if it holds a
-        majority: their links are the organization, not a coordinated campaign."""
+        """The verified organization(s) a majority of a cluster's members belong to: their
+        links are the organizations, not a coordinated campaign. Several verified orgs
+        together count (two courses of one university share its NAT and card and link into
+        one cluster, neither holding a majority alone); the largest is named, with a "+"
+        when others are needed for the majority."""
         if not accounts:
             return None
         members = list(members)
@@ -166,8 +177,10 @@ class TrustPolicy:
         ]
         if not orgs:
             return None
-        top = max(set(orgs), key=orgs.count)
-        return top if orgs.count(top) * 2 > len(members) else None
+        if len(orgs) * 2 <= len(members):
+            return None
+        top = max(sorted(set(orgs)), key=orgs.count)
+        return top if orgs.count(top) * 2 > len(members) else f"{top}+"
 
 
 def parse_trust(data: dict[str, Any], source: str = "trust policy") -> TrustPolicy:
