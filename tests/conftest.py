@@ -14,6 +14,9 @@ from distillguard.config import get_settings
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The CLI prints through rich, which wraps at the terminal width: a fixed, wide width keeps the
+# tests' reading of whole lines independent of the terminal (or its absence) they run under.
+os.environ.setdefault("COLUMNS", "200")
 
 # The real data sets: ../shared/data relative to the repository root (the layout of the README
 # and CI); DISTILLGUARD_DATA_DIR, when set, points elsewhere (a git worktree, another machine).
