@@ -24,8 +24,11 @@ DATA_DIR ?= $(abspath ../shared/data)
 demo: $(STAMP)
 	DISTILLGUARD_DATA_DIR=$${DISTILLGUARD_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m distillguard.demo
 
+# Two processes, each test file kept on one (its module-scoped servers and Spark session stay
+# whole); TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # The layering contract and the type checker are configured in pyproject.toml.
 lint: $(STAMP)
