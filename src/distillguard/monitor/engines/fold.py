@@ -11,7 +11,11 @@ counts), the model history, the topic sketch's decay (a running product, then ``
 which adds in row order, as the sketch does). What is truly sequential stays a plain loop with
 the sketch's own arithmetic: the inter-arrival Welford moments, the frame-shingle table (its
 pruning depends on every earlier row) and the prompt reservoir (one draw of the account's
-``random.Random`` per row).
+``random.Random`` per row). The model table (a model's first row and the requests before it:
+switches), the time-decayed windows (their anchor moves), the space-saving shape table and the
+end-user table (pruned by weight) are order-dependent too: the segment calls the sketch's own
+``_model`` / ``_weight`` / ``_recent`` / ``_shape`` / ``_end_user`` per row (with ``n`` as
+``observe`` has it), which keeps them exact by construction.
 
 Exactness guard: the fast fold (and ``engines.vectorized``) restates code of ``signals``,
 ``topics`` and ``language``. It is used only while that code is the code it was written

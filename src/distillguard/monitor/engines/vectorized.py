@@ -1,7 +1,9 @@
 """The per-request features of ``monitor.signals`` computed for a whole batch of log rows at once.
 
 ``signals.request_features`` is the one definition of what a request says (its text, chain-of-
-thought, greedy/harvest/stream flags, frame shingles, topic); this module computes exactly the
+thought, greedy/harvest/stream flags, frame shingles, topic, end user, shape); the end user and
+the shape are a few dict reads per row, taken by the reference functions themselves
+(``signals._end_user``, ``signals.request_shape``); for the rest this module computes exactly the
 same values column-wise, so that the engines spend their per-row Python time on the account
 sketch (the order-sensitive part) and not on text processing:
 
