@@ -29,6 +29,11 @@ from distillguard.monitor.topics import WORD_TOPIC
 from distillguard.traffic import TrafficRecord
 
 CFG = SignalConfig()
+# Small tables and a short recent window, so that 900 records prune the end-user table, move
+# the decay anchor and fill the shape table (space-saving replacement), and count switches.
+SMALL = SignalConfig(
+    max_end_users=4, end_user_min=3, recent_half_life_s=5.0, switch_after=4, model_history=16
+)
 # Words that exercise every feature: lexicon words (topics), chain-of-thought phrasings,
 # repeated frame words (shingles), separators Python splits on and Arrow does not, unicode
 # that lower-cases into ASCII (the Kelvin sign), other scripts, punctuation.
@@ -73,7 +78,7 @@ _WORDS = [
 ]
 _text = st.lists(st.sampled_from(_WORDS), max_size=160).map(" ".join) | st.text(max_size=80)
 _message = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "system"])},
+    {"role": st.sampled_from(["user", "system", "developer", "assistant", 3])},
     optional={
         "content": _text
         | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _text}), max_size=3)
@@ -87,12 +92,26 @@ _request = st.fixed_dictionaries(
         "input": _text,
         "instructions": _text,
         "model": st.sampled_from(["m", "deep-think-1", "gpt-x", "", "Reasoner"]),
-        "temperature": st.sampled_from([0, 0.0, 0.7, 1, True, None]),
+        "temperature": st.sampled_from([0, 0.0, 0.5, 0.6, 0.7, 0.99, 1, 1.5, True, None, "0"]),
         "n": st.sampled_from([1, 2, 7, 500, True, None, "3"]),
         "logprobs": st.booleans(),
         "top_logprobs": st.sampled_from([0, 5, None]),
         "stream": st.sampled_from([True, False, 1, None]),
         "reasoning_effort": st.sampled_from(["low", None]),
+        "max_tokens": st.sampled_from([16, 256, 257, 4096, 1e3, True, None, "9"]),
+        "max_completion_tokens": st.sampled_from([100, 2000, None]),
+        "tools": st.sampled_from([[], [{"type": "function"}], None]),
+        "user": st.sampled_from(["", "alice", "b" * 80, 7, None]),
+        "metadata": st.sampled_from(
+            [
+                {},
+                {"user": "bob"},
+                {"user_id": "carol"},
+                {"user": 3},
+                {"user": "", "user_id": "d"},
+                "x",
+            ]
+        ),
     },
 )
 
@@ -162,16 +181,32 @@ def _random_records(seed: int, n: int) -> list[TrafficRecord]:
     out = []
     for i in range(n):
         acct = f"acct-{rng.randrange(3)}"
+        # later rows switch to models the accounts had not used (model_jump)
+        late_models = ["m4", "m5"] if i > n // 2 else []
         body = " ".join(rng.choice(words) for _ in range(rng.randrange(0, 40)))
         text = f"{frame} {body}" if rng.random() < 0.6 else body
         req: dict = {
-            "model": rng.choice(["m1", "m2", "think-x", "m3"]),
+            "model": rng.choice(["m1", "m2", "think-x", "m3", *late_models]),
             "messages": [{"role": "user", "content": text}],
         }
         if rng.random() < 0.3:
-            req["temperature"] = 0
+            req["temperature"] = rng.choice([0, 0.3, 0.7, 1.2])
         if rng.random() < 0.2:
             req["n"] = rng.randrange(1, 5)
+        if rng.random() < 0.3:
+            req["max_tokens"] = rng.choice([100, 500, 4000])
+        if rng.random() < 0.2:
+            req["stream"] = True
+        if rng.random() < 0.1:
+            req["tools"] = [{"type": "function"}]
+        if rng.random() < 0.2:
+            req["messages"].insert(0, {"role": "system", "content": "be brief"})
+        # end users: a few heavy ones and many light ones (the table of 2 * 4 prunes)
+        u = rng.random()
+        if u < 0.3:
+            req["user"] = f"heavy-{rng.randrange(3)}"
+        elif u < 0.5:
+            req["metadata"] = {"user": f"light-{rng.randrange(40)}"}
         out.append(
             _record(
                 i,
@@ -201,13 +236,20 @@ def _state(sketches: dict) -> dict:
             sk.payments,
             sk.reservoir,
             sk.early_models,
+            sk.models,
+            sk.end_users,
+            sk.early_shapes,
+            sk.recent_shapes,
+            sk.recent_topics,
+            sk._recent_anchor,
         )
         for a, sk in sketches.items()
     }
 
 
+@pytest.mark.parametrize("cfg", [CFG, SMALL], ids=["default", "small"])
 @pytest.mark.parametrize("fast", [True, False])
-def test_decode_rows_and_fold_equal_the_reference(fast: bool) -> None:
+def test_decode_rows_and_fold_equal_the_reference(fast: bool, cfg: SignalConfig) -> None:
     records = _random_records(3, 900)
     records.append(_record(5000, "acct-0", choices=[{"index": 0, "text": "x"}]))  # slow path
     table = _table(records)
@@ -215,14 +257,17 @@ def test_decode_rows_and_fold_equal_the_reference(fast: bool) -> None:
     ref = list(records_from_table(table, "here"))
     assert rows.request == [r.request for r in ref]
     assert rows.ts == [r.ts for r in ref] and rows.status == [r.status for r in ref]
-    want = _state(collect(ref, CFG))
+    want = _state(collect(ref, cfg))
     assert any(sk[0].out_of_order for sk in want.values())
+    for sk in want.values():  # every new part of the state is exercised
+        assert sk[0].shape_drift > 0 and len(sk[0].end_users) > 0
+        assert any(before >= cfg.switch_after for _, _, before in sk[9].values())
     # in arrival order (the streaming engine) and sorted by account (DuckDB, Spark)
-    got = collect_tables([(table.slice(0, 500), "a"), (table.slice(500), "b")], CFG, fast)
+    got = collect_tables([(table.slice(0, 500), "a"), (table.slice(500), "b")], cfg, fast)
     assert _state(got) == want
     ordered = table.sort_by([("account_id", "ascending"), ("seq", "ascending")])
     batches = ordered.to_batches(max_chunksize=170)  # accounts span batches
-    assert _state(dict(sorted_sketches(batches, CFG, "sorted", fast))) == want
+    assert _state(dict(sorted_sketches(batches, cfg, "sorted", fast))) == want
 
 
 def test_the_fast_fold_restates_this_checkout() -> None:

@@ -11,7 +11,11 @@ counts), the model history, the topic sketch's decay (a running product, then ``
 which adds in row order, as the sketch does). What is truly sequential stays a plain loop with
 the sketch's own arithmetic: the inter-arrival Welford moments, the frame-shingle table (its
 pruning depends on every earlier row) and the prompt reservoir (one draw of the account's
-``random.Random`` per row).
+``random.Random`` per row). The model table (a model's first row and the requests before it:
+switches), the time-decayed windows (their anchor moves), the space-saving shape table and the
+end-user table (pruned by weight) are order-dependent too: the segment calls the sketch's own
+``_model`` / ``_weight`` / ``_recent`` / ``_shape`` / ``_end_user`` per row (with ``n`` as
+``observe`` has it), which keeps them exact by construction.
 
 Exactness guard: the fast fold (and ``engines.vectorized``) restates code of ``signals``,
 ``topics`` and ``language``. It is used only while that code is the code it was written
@@ -58,7 +62,7 @@ from distillguard.monitor.signals import (
 from distillguard.traffic import TrafficRecord
 
 # sha256 (first 16 hex digits) of the restated source; see ``restated_digest``.
-RESTATED = "579ca9d8159e88aa"
+RESTATED = "b03c6490a7f82bee"
 
 
 def restated_digest() -> str:
@@ -260,15 +264,32 @@ def observe_segment(
             if la >= 0:
                 langs[la] += 1
 
-    # _model: the first model_history requests define the history, later ones are compared
+    # _model, _weight, _recent, _shape, _end_user: order-dependent (a model's first row and
+    # the requests before it, the decay anchor moving, the space-saving shape table, the
+    # end-user table's pruning), so the sketch's own methods, row by row, with ``sk.n`` as
+    # ``observe`` has it after that row's increment
     models = [feats.model[i] for i in idx]
-    hist = max(0, min(m, cfg.model_history - n0))
-    for model in models[:hist]:
-        sig._bump(sk.early_models, model, cfg.max_keys)
-    late = models[hist:]
-    sk.late += len(late)
-    early_models = sk.early_models
-    sk.late_new_model += sum(c for mo, c in Counter(late).items() if mo not in early_models)
+    topic_l = topics.tolist()
+    shape_l = feats.shape[ix].tolist()
+    users = feats.user
+    model_, weight_, recent_, shape_, end_user_ = (
+        sk._model,
+        sk._weight,
+        sk._recent,
+        sk._shape,
+        sk._end_user,
+    )
+    for n, i, t, model, topic, shape in zip(
+        ns, idx, ts_list, models, topic_l, shape_l, strict=True
+    ):
+        sk.n = n
+        model_(model, t)
+        w = weight_(t)
+        recent_(topic, w)
+        shape_(shape, w)
+        if users[i]:
+            end_user_(feats.row(i), t)
+    sk.n = n0 + m
 
     # reservoir: fill, then one draw of the account's RNG per request
     res, cap = sk.reservoir, cfg.reservoir

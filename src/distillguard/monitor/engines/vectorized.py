@@ -1,7 +1,9 @@
 """The per-request features of ``monitor.signals`` computed for a whole batch of log rows at once.
 
 ``signals.request_features`` is the one definition of what a request says (its text, chain-of-
-thought, greedy/harvest/stream flags, frame shingles, topic); this module computes exactly the
+thought, greedy/harvest/stream flags, frame shingles, topic, end user, shape); the end user and
+the shape are a few dict reads per row, taken by the reference functions themselves
+(``signals._end_user``, ``signals.request_shape``); for the rest this module computes exactly the
 same values column-wise, so that the engines spend their per-row Python time on the account
 sketch (the order-sensitive part) and not on text processing:
 
@@ -68,6 +70,8 @@ class BatchFeatures:
     shingles: list[tuple[int, ...]]  # (n,)
     topic: np.ndarray  # (n,) int64, -1 none
     model: list[str]  # (n,)
+    user: list[str]  # (n,) end user ("" none)
+    shape: np.ndarray  # (n,) int64, signals.request_shape
 
     def row(self, i: int) -> RequestFeatures:
         return RequestFeatures(
@@ -80,6 +84,8 @@ class BatchFeatures:
             samples=int(self.samples[i]),
             topic=int(self.topic[i]),
             model=self.model[i],
+            user=self.user[i],
+            shape=int(self.shape[i]),
         )
 
 
@@ -213,6 +219,9 @@ def batch_features(requests: list[dict[str, Any]], cfg: SignalConfig) -> BatchFe
     reasoning = np.zeros(n, dtype=bool)
     samples = np.ones(n, dtype=np.int64)
     models: list[str] = []
+    users: list[str] = []
+    shape = np.zeros(n, dtype=np.int64)
+    end_user, request_shape = sig._end_user, sig.request_shape
     pattern = cfg.reasoning_models
     for i, r in enumerate(requests):  # the request fields, as request_features reads them
         temp = r.get("temperature")
@@ -229,6 +238,8 @@ def batch_features(requests: list[dict[str, Any]], cfg: SignalConfig) -> BatchFe
         if not reasoning[i] and model:
             reasoning[i] = sig._reasoning_model(pattern, model)
         models.append(model[:64])
+        users.append(end_user(r))  # cheap dict reads: the reference functions themselves
+        shape[i] = request_shape(r)
     arr = pa.array(texts, pa.string())
     fast = _ok(
         pc.and_(pc.string_is_ascii(arr), pc.invert(pc.match_substring_regex(arr, _SEPARATORS)))
@@ -251,7 +262,17 @@ def batch_features(requests: list[dict[str, Any]], cfg: SignalConfig) -> BatchFe
         f = request_features(requests[i], cfg)
         cot[i], topic[i], shingles[i] = f.cot, f.topic, f.shingles
     return BatchFeatures(
-        texts, cot | reasoning, greedy, harvest, stream, samples, shingles, topic, models
+        texts,
+        cot | reasoning,
+        greedy,
+        harvest,
+        stream,
+        samples,
+        shingles,
+        topic,
+        models,
+        users,
+        shape,
     )
 
 
