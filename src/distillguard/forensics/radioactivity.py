@@ -48,6 +48,8 @@ from scipy import stats
 from distillguard.errors import InputError, InsufficientData, ModelError, WatermarkError
 from distillguard.watermark import build_scheme
 from distillguard.watermark.base import WatermarkScheme
+from distillguard.watermark.hashing import TOKEN_HASH
+from distillguard.watermark.keys import derive_key
 from distillguard.watermark.kgw import KGWScheme
 from distillguard.watermark.stats import holm
 
@@ -346,28 +348,42 @@ def binomial_test(
     return TestResult(name, total, mu * n, n, float(z), 10.0**log10p, log10p, exact=True)
 
 
+def unit_weights(
+    variance: np.ndarray, weighting: str, spread: np.ndarray | None = None
+) -> np.ndarray:
+    """Coefficients a (C,) with combined z = sum_c a_c (m_c - mu0) for per-unit null
+    variances (C,); units with no null variance get 0.
+
+    ``spread`` (C,): 1 - ||q_c||^2 of each unit's distribution, for the precision weighting.
+    The coefficients depend on the suspect's q only, never on the key, so the combined z is
+    N(0, 1) under the null for every weighting, and re-keying (calibration) re-uses them.
+    """
+    ok = variance > 1e-15
+    a = np.zeros(variance.shape, np.float64)
+    if not ok.any():
+        return a
+    sd = np.sqrt(variance[ok])
+    if weighting == "stouffer":  # every unit's z equally
+        a[ok] = 1.0 / (sd * np.sqrt(ok.sum()))
+    elif weighting == "precision":
+        if spread is None:
+            raise InputError("the precision weighting needs each unit's spread 1 - ||q||^2")
+        w = spread[ok] / sd  # (C,) expected z under the alternative
+        norm = np.sqrt((w**2).sum())
+        a[ok] = w / sd / norm if norm > 0 else 0.0
+    else:  # mass: raw excesses over their pooled sd
+        a[ok] = 1.0 / np.sqrt(variance[ok].sum())
+    return a
+
+
 def _stouffer(
     excess: np.ndarray, variance: np.ndarray, weighting: str, spread: np.ndarray | None = None
 ) -> float:
     """Combined z from per-unit excesses (C,) over their null variances (C,).
 
-    ``spread`` (C,): 1 - ||q_c||^2 of each unit's distribution, for the precision weighting.
     Any weights that do not depend on the key keep the sum N(0, 1) under the null.
     """
-    ok = variance > 1e-15
-    excess, variance = excess[ok], variance[ok]
-    if excess.size == 0:
-        return 0.0
-    z = excess / np.sqrt(variance)  # (C,) independent N(0, 1)-like under the null
-    if weighting == "stouffer":
-        return float(z.sum() / np.sqrt(z.size))
-    if weighting == "precision":
-        if spread is None:
-            raise InputError("the precision weighting needs each unit's spread 1 - ||q||^2")
-        weights = spread[ok] / np.sqrt(variance)  # (C,) expected z under the alternative
-        norm = np.sqrt((weights**2).sum())
-        return float((weights * z).sum() / norm) if norm > 0 else 0.0
-    return float(excess.sum() / np.sqrt(variance.sum()))
+    return float((unit_weights(variance, weighting, spread) * excess).sum())
 
 
 def _vocab_scores(
@@ -433,6 +449,67 @@ def _with_null(result: TestResult, null: Sequence[float]) -> TestResult:
     from dataclasses import replace
 
     return replace(result, null_log10_p=tuple(float(x) for x in null))
+
+
+# --------------------------------------------------------------------------- re-keyed nulls
+# Calibration re-scores the *same* predictions / answers under many random keys: the suspect
+# is run once, and only the keyed hashing is repeated, vectorised per key. The keys are the
+# provider keys ``random_schemes`` would build (same seed, same keys), without the schemes.
+
+
+def random_keys(scheme: WatermarkScheme, count: int, seed: int) -> np.ndarray:
+    """Provider keys of ``random_schemes(scheme, count, seed)``: (K,) uint64."""
+    rng = np.random.default_rng(seed)
+    return np.array(
+        [derive_key(rng.bytes(32), scheme.name, 1, "provider") for _ in range(count)],
+        dtype=np.uint64,
+    )
+
+
+def rekeyed_binomial(
+    scheme: WatermarkScheme, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray
+) -> np.ndarray:
+    """log10 p of the exact pair test under each key: keys (K,), pairs (N, h), (N,) -> (K,).
+
+    The pairs must be deduplicated already (as ``binomial_test`` takes them)."""
+    ctx_h = TOKEN_HASH.of(np.asarray(contexts, np.int64).reshape(len(tokens), -1))  # (N, h)
+    tok_h = TOKEN_HASH.of(np.asarray(tokens, np.int64))  # (N,)
+    totals = np.array(
+        [scheme.pair_scores(scheme.context.pair_hashed(int(k), ctx_h, tok_h)).sum() for k in keys]
+    )
+    return np.asarray(scheme.log10_pvalue(totals, np.full(totals.size, len(tok_h))), np.float64)
+
+
+def rekeyed_full_distribution(
+    scheme: WatermarkScheme,
+    keys: np.ndarray,
+    preds: Predictions,
+    weighting: str,
+    chunk: int = 512,
+) -> np.ndarray:
+    """Combined z of ``full_distribution_z`` under each key: keys (K,) -> (K,).
+
+    z = sum_c a_c (sum_v q_c(v) s_k(c, v) - mu0) with key-independent a_c, so per key only the
+    (C, V) keyed scores are computed: K x C x V hashes, no model call."""
+    mu, var = null_moments(scheme)
+    q = preds.mean_probs.astype(np.float64)
+    q /= q.sum(axis=1, keepdims=True)  # (C, V)
+    sq = (q * q).sum(axis=1)  # (C,)
+    a = unit_weights(var * sq, weighting, 1.0 - sq)  # (C,)
+    used = np.flatnonzero(a != 0.0)
+    weighted = (q[used] * a[used, None]).astype(np.float64)  # (C', V)
+    contexts = preds.contexts[used]
+    offset = mu * a.sum()
+    vocab = q.shape[1]
+    z = np.empty(len(keys))
+    for j, key in enumerate(keys.tolist()):
+        total = 0.0
+        for i in range(0, len(used), chunk):
+            u = scheme.context.vocab_values(int(key), contexts[i : i + chunk], vocab)  # (c, V)
+            s = scheme.pair_scores(u.ravel()).reshape(u.shape)
+            total += float(np.einsum("cv,cv->", weighted[i : i + chunk], s))
+        z[j] = total - offset
+    return z
 
 
 def text_pairs(
