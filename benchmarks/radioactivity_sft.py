@@ -104,8 +104,10 @@ def teacher_answers(
                 got = got[: got.index(tok.eos_token_id)]
             usage = {"prompt_tokens": len(ids[i]), "completion_tokens": len(got)}
             answer = tok.decode(got, skip_special_tokens=True)
-            logprobs = [{"id": t} for t in got]
-            out.append(HarvestRecord(prompt_id(p), p, answer, "length", "t", False, usage, logprobs))
+            ids_only = [{"id": t} for t in got]
+            out.append(
+                HarvestRecord(prompt_id(p), p, answer, "length", "t", False, usage, ids_only)
+            )
     return out
 
 
@@ -224,8 +226,28 @@ def calibrate(scheme, preds, api: dict, served, keys: int, full_keys: int) -> di
 
 
 # --------------------------------------------------------------------------- the grid
-def ideal(scheme, tok, rows: list, served_rows: list, served: np.ndarray, width: int) -> dict:
-    """The ideal learner of the student's training mix, tested like a student (no API)."""
+def ideal_answers(learner, tok, prompts: list[str], length: int, seed: int, greedy: bool):
+    """The ideal learner answering our prompts (its API), greedy or sampled, as token ids."""
+    from distillguard.distill.data import prompt_ids
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for prompt in prompts:
+        seq = prompt_ids(tok, prompt)
+        start = len(seq)
+        for _ in range(length):
+            q = learner.table(np.asarray([seq[-learner.width :]], np.int64))[0]  # (V,)
+            nxt = int(q.argmax()) if greedy else int(rng.choice(learner.vocab, p=q))
+            if nxt == tok.eos_token_id:
+                break
+            seq.append(nxt)
+        out.append(seq[start:])
+    return out
+
+
+def ideal(scheme, tok, rows: list, served: np.ndarray, width: int, prompts=()) -> dict:
+    """The ideal learner of the student's training mix, tested like a student; its API
+    answers to ``prompts`` (the prompts we served) greedy and sampled."""
     from distillguard.forensics import suspects
 
     vocab = len(tok)
@@ -233,7 +255,39 @@ def ideal(scheme, tok, rows: list, served_rows: list, served: np.ndarray, width:
         suspects.encode_rows(tok, [(r.prompt, r.answer) for r in rows]), vocab, width
     )
     preds = learner.predictions(text.key_rows(served, width, vocab))
-    return tests(scheme, preds, {}, served)
+    api = {
+        mode: ideal_answers(learner, tok, list(prompts), 48, 5, mode == "greedy")
+        for mode in ("greedy", "sampled")
+        if prompts
+    }
+    return tests(scheme, preds, api, served)
+
+
+def ideal_grid(args, data) -> dict:
+    """The ideal learner over width x harvest x share (no student): the ceiling."""
+    from distillguard.forensics import radioactivity as rad
+    from distillguard.models.tokenizer import encode_text
+
+    tok, out = data["tok"], {}
+    for width in [int(w) for w in args.widths.split(",")]:
+        for harvest in [int(h) for h in args.harvests.split(",")]:
+            for share in [float(s) for s in args.shares.split(",")]:
+                m, c = data[f"m{width}"][:harvest], data["c"][:harvest]
+                served_rows = base.served_rows(m, share if share > 0 else args.control_share)
+                ids = [encode_text(tok, r.answer) for r in served_rows]
+                served = rad.served_context_keys(ids, width, len(tok))
+                prompts = [r.prompt for r in served_rows][: args.api_prompts]
+                got = ideal(
+                    data[f"scheme{width}"], tok, base.mix(m, c, share), served, width, prompts
+                )
+                out[f"w{width}/h{harvest}/{share:g}"] = got
+                names = ("top1-binomial", "full-stouffer", "api-greedy-served", "api-sampled-all")
+                print(
+                    f"ideal w{width}/h{harvest}/{share:g}: "
+                    + "  ".join(f"{n}={fmt(got.get(n))}" for n in names),
+                    flush=True,
+                )
+    return out
 
 
 def run_cell(args, *, width, harvest, size, share, data, work: Path) -> dict:
@@ -250,7 +304,12 @@ def run_cell(args, *, width, harvest, size, share, data, work: Path) -> dict:
     served = rad.served_context_keys(answer_ids, width, len(tok))
     t0 = time.time()
     out_dir = work / f"w{width}-h{harvest}-{size}-{share:g}"
-    trained = text.train_sft(rows, out_dir, data["teacher"], size, args.steps)
+    info = out_dir / "distillguard.json"
+    if info.is_file():  # trained by an earlier run with --work: reuse the student
+        trained = json.loads(info.read_text())
+    else:
+        result = text.train_sft(rows, out_dir, data["teacher"], size, args.steps)
+        trained = {"held_out_loss": result.held_out_loss, "parameters": result.parameters}
     t_train = time.time() - t0
     preds = predictions(out_dir, tok, served_rows, width, served)
     prompts = [r.prompt for r in served_rows][: args.api_prompts]
@@ -265,14 +324,14 @@ def run_cell(args, *, width, harvest, size, share, data, work: Path) -> dict:
     }
     got = tests(scheme, preds, api, served)
     got |= {
-        "held_out_loss": trained.held_out_loss,
-        "parameters": trained.parameters,
+        "held_out_loss": trained["held_out_loss"],
+        "parameters": trained["parameters"],
         "marked_answers": len(served_rows) if share > 0 else 0,
         "train_seconds": t_train,
         "seconds": time.time() - t0,
         "load": os.getloadavg()[0],
     }
-    got["ideal"] = ideal(scheme, tok, rows, served_rows, served, width)
+    got["ideal"] = ideal(scheme, tok, rows, served, width)
     if share == 0 and args.keys:
         got["calibration"] = calibrate(scheme, preds, api, served, args.keys, args.full_keys)
     return got
@@ -296,7 +355,9 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--full-keys", type=int, default=1000)
     parser.add_argument("--data-only", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "radioactivity_sft.json")
+    parser.add_argument("--ideal-only", action="store_true", help="only the ideal learner grid")
+    parser.add_argument("--work", type=Path, help="students' folder: trained ones are reused")
+    parser.add_argument("--out", type=Path, default=REPO / "docs/img/radioactivity_sft.json")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dg-radio2")
     args = parser.parse_args()
 
@@ -337,10 +398,14 @@ def main() -> int:
     print(f"answers ready ({time.time() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
     if args.data_only:
         return 0
+    if args.ideal_only:
+        grid = ideal_grid(args, data)
+        args.out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "ideal": grid}))
+        return 0
     result: dict = {"command": "python " + " ".join(sys.argv), "cells": {}}
     if args.out.is_file():  # resume: keep the cells already measured
         result["cells"] = json.loads(args.out.read_text()).get("cells", {})
-    work = Path(tempfile.mkdtemp(prefix="dg-radio-sft-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="dg-radio-sft-"))
     for width in [int(w) for w in args.widths.split(",")]:
         for harvest in [int(h) for h in args.harvests.split(",")]:
             for size in args.sizes.split(","):
@@ -360,7 +425,7 @@ def main() -> int:
                     result["cells"][key] = got
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     args.out.write_text(json.dumps(result, indent=1))
-                    names = ("top1-binomial", "full-stouffer", "api-greedy-served", "api-sampled-served")
+                    names = ("top1-binomial", "full-stouffer", "api-greedy-served")
                     print(
                         f"{key:22s} loss {got['held_out_loss']:.2f}  "
                         + "  ".join(f"{n}={fmt(got.get(n))}" for n in names)
