@@ -245,9 +245,12 @@ def ideal_answers(learner, tok, prompts: list[str], length: int, seed: int, gree
     return out
 
 
-def ideal(scheme, tok, rows: list, served: np.ndarray, width: int, prompts=()) -> dict:
+def ideal(
+    scheme, tok, rows: list, served: np.ndarray, width: int, prompts=(), keys: int = 0, full=0
+) -> dict:
     """The ideal learner of the student's training mix, tested like a student; its API
-    answers to ``prompts`` (the prompts we served) greedy and sampled."""
+    answers to ``prompts`` (the prompts we served) greedy and sampled; with ``keys``, every
+    test re-scored under that many random keys (``full`` of them for the full distribution)."""
     from distillguard.forensics import suspects
 
     vocab = len(tok)
@@ -260,7 +263,10 @@ def ideal(scheme, tok, rows: list, served: np.ndarray, width: int, prompts=()) -
         for mode in ("greedy", "sampled")
         if prompts
     }
-    return tests(scheme, preds, api, served)
+    got = tests(scheme, preds, api, served)
+    if keys:
+        got["calibration"] = calibrate(scheme, preds, api, served, keys, full)
+    return got
 
 
 def ideal_grid(args, data) -> dict:
@@ -278,7 +284,14 @@ def ideal_grid(args, data) -> dict:
                 served = rad.served_context_keys(ids, width, len(tok))
                 prompts = [r.prompt for r in served_rows][: args.api_prompts]
                 got = ideal(
-                    data[f"scheme{width}"], tok, base.mix(m, c, share), served, width, prompts
+                    data[f"scheme{width}"],
+                    tok,
+                    base.mix(m, c, share),
+                    served,
+                    width,
+                    prompts,
+                    keys=args.keys if share == 0 else 0,
+                    full=args.full_keys,
                 )
                 out[f"w{width}/h{harvest}/{share:g}"] = got
                 names = ("top1-binomial", "full-stouffer", "api-greedy-served", "api-sampled-all")
@@ -287,6 +300,8 @@ def ideal_grid(args, data) -> dict:
                     + "  ".join(f"{n}={fmt(got.get(n))}" for n in names),
                     flush=True,
                 )
+                for name, cal in got.get("calibration", {}).items():
+                    print(f"    null {name}: {cal}", flush=True)
     return out
 
 

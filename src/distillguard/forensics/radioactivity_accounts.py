@@ -19,12 +19,8 @@ from distillguard.forensics.radioactivity import (
     AccountEvidence,
     Predictions,
     RadioactivityConfig,
+    combined_z,
 )
-
-try:  # TEMP-HACK
-    from distillguard.forensics.radioactivity import combined_z
-except ImportError:  # TEMP-HACK
-    from distillguard.forensics.radioactivity import _stouffer as combined_z  # type: ignore
 from distillguard.watermark.base import WatermarkScheme
 from distillguard.watermark.kgw import KGWScheme
 from distillguard.watermark.stats import holm
