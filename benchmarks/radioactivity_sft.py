@@ -347,6 +347,15 @@ def run_cell(args, *, width, harvest, size, share, data, work: Path) -> dict:
         "load": os.getloadavg()[0],
     }
     got["ideal"] = ideal(scheme, tok, rows, served, width)
+    if share > 0 and args.removal_steps:
+        # removal: the student fine-tuned on unmarked answers to other prompts (the attacker's
+        # own clean data), then the open-weights tests again on the same contexts
+        clean_rows = data["c"][harvest : harvest + max(harvest, 200)]
+        cleaned = base.clean_finetune(
+            out_dir, work / f"{out_dir.name}-clean", clean_rows, args.removal_steps
+        )
+        after = tests(scheme, predictions(cleaned, tok, served_rows, width, served), {}, served)
+        got[f"clean-ft-{args.removal_steps}"] = after
     if share == 0 and args.keys:
         got["calibration"] = calibrate(scheme, preds, api, served, args.keys, args.full_keys)
     return got
@@ -369,6 +378,7 @@ def main() -> int:
     parser.add_argument("--api-prompts", type=int, default=100)
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--full-keys", type=int, default=1000)
+    parser.add_argument("--removal-steps", type=int, default=0, help="clean fine-tuning steps")
     parser.add_argument("--data-only", action="store_true")
     parser.add_argument("--ideal-only", action="store_true", help="only the ideal learner grid")
     parser.add_argument("--work", type=Path, help="students' folder: trained ones are reused")
@@ -448,6 +458,9 @@ def main() -> int:
                         + f"  ({got['seconds']:.0f} s, load {got['load']:.1f})",
                         flush=True,
                     )
+                    for name, after in got.items():
+                        if name.startswith("clean-ft"):
+                            print(f"    {name}: {after}", flush=True)
                     if "calibration" in got:
                         for name, cal in got["calibration"].items():
                             print(f"    null {name}: {cal}", flush=True)
