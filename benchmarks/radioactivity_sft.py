@@ -1,8 +1,9 @@
 """Text-only (sft) students under a mark they can learn from text: width-2 vs width-1 KGW.
 
-    nice -n 5 .venv/bin/python benchmarks/radioactivity_sft.py [--answers 2000]
-        [--widths 2,1] [--harvests 500,2000] [--sizes tiny,small] [--shares 0,5]
-        [--steps 1500] [--keys 10000] [--out docs/img/radioactivity_sft.json]
+    .venv/bin/python benchmarks/radioactivity_sft.py [--answers 2000] [--widths 2,1]
+        [--harvests 200,500,2000] [--sizes tiny,small] [--shares 5,0] [--steps 450]
+        [--keys 10000] [--full-keys 1000] [--removal-steps 150] [--work DIR]
+        [--ideal-only] [--out docs/img/radioactivity_sft.json]
 
 The companion of ``radioactivity_text.py`` (issue #17, parts 2-3). There the width-1 mark
 (the green list keyed by the previous token) was diluted by the clean 95 % of a harvest:
@@ -23,11 +24,15 @@ text carries the mark undiluted.
    suspect would be):
    - open weights: it reads our marked prompts+answers; top-1 binomial (exact) and the
      full-distribution Stouffer test (the peers of ``radioactivity.py``);
-   - API only: it answers the *prompts we served* (we know them from our log), sampled at
-     T=1, its text re-tokenised; exact binomial on deduplicated pairs, on all pairs and on
-     the pairs whose context occurs in the answers we served;
+   - API only: it answers the *prompts we served* (we know them from our log), greedy
+     (T=0, which returns a memorised answer whole) and sampled at T=1, its text
+     re-tokenised; exact binomial on deduplicated pairs, on all pairs and on the pairs
+     whose context occurs in the answers we served;
    - the ideal learner of the same mix (smoothed empirical n-gram table at the mark's
-     width): the ceiling a student of unbounded capacity reaches.
+     width): the ceiling of a learner of that context width (a student that memorises
+     whole answers can exceed it); ``--ideal-only`` runs its grid alone;
+   - with ``--removal-steps``, the marked student fine-tuned on unmarked answers to other
+     prompts, re-tested.
 3. Calibration: the 0 % students re-scored under ``--keys`` random keys (predictions and
    answers computed once, only the keyed scoring repeated: ``rad.rekeyed_*``); FPR at 1e-3
    with its Clopper-Pearson 95 % interval, FPR at 0.01 / 0.05, KS against U(0, 1).
