@@ -15,13 +15,18 @@ from distillguard.errors import InputError, InsufficientData, ModelError, Upstre
 from distillguard.forensics.radioactivity import (
     Predictions,
     RadioactivityConfig,
-    account_tests_distribution,
-    account_tests_pairs,
     collect_predictions,
     full_distribution_z,
     open_weights_tests,
+    random_keys,
     random_schemes,
+    rekeyed_binomial,
+    rekeyed_full_distribution,
     text_pairs,
+)
+from distillguard.forensics.radioactivity_accounts import (
+    account_tests_distribution,
+    account_tests_pairs,
 )
 from distillguard.forensics.suspects import prove_open_weights, prove_texts, query_suspect_api
 from distillguard.watermark import build_scheme
@@ -61,6 +66,36 @@ def test_pvalues_uniform_under_random_keys() -> None:
     for result in (top1, full):
         cal = result.calibration
         assert cal is not None and cal["keys"] == 100 and cal["fpr_0.001"] <= 0.03
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_rekeyed_scoring_equals_scoring_under_each_random_scheme(width: int) -> None:
+    """The vectorised calibration re-scores with exactly the keys random_schemes builds."""
+    rng = np.random.default_rng(width)
+    scheme = _scheme(256, context_width=width)
+    ctx = rng.integers(0, 256, size=(60, width))
+    q = np.exp(rng.normal(size=(60, 256)) * 2.0)
+    preds = _predictions(ctx, q / q.sum(axis=1, keepdims=True))
+    keys, schemes = random_keys(scheme, 4, seed=8), random_schemes(scheme, 4, seed=8)
+    for weighting in ("stouffer", "mass", "precision"):
+        fast = rekeyed_full_distribution(scheme, keys, preds, weighting, chunk=7)
+        slow = [full_distribution_z(s, preds, weighting) for s in schemes]
+        np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
+    fast_p = rekeyed_binomial(scheme, keys, preds.top1_contexts, preds.top1_tokens)
+    slow_p = [open_weights_tests(s, preds, SMALL)[0].log10_p_value for s in schemes]
+    np.testing.assert_allclose(fast_p, slow_p, rtol=1e-9)
+
+
+def test_exact_pair_test_is_uniform_under_thousands_of_keys() -> None:
+    """Deduplicated pairs of a text never marked with the key: the exact test's FPR at 1e-2
+    and its KS distance over 4,000 random keys are those of uniform p-values."""
+    rng = np.random.default_rng(11)
+    scheme = _scheme(512, context_width=2)
+    pairs = np.unique(rng.integers(0, 512, size=(3000, 3)), axis=0)
+    p = 10.0 ** rekeyed_binomial(scheme, random_keys(scheme, 4000, 3), pairs[:, :2], pairs[:, 2])
+    assert 0.005 < (p < 0.01).mean() < 0.016
+    assert (p < 1e-3).mean() < 3e-3
+    assert stats.kstest(p, "uniform").pvalue > 1e-3
 
 
 def test_planted_green_bias_is_found_and_full_distribution_is_stronger() -> None:

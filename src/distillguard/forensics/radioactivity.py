@@ -23,6 +23,10 @@ this key":
 3. ``text-binomial`` (API only, or a suspect with another tokenizer): the suspect's *answers*,
    re-tokenised with our tokenizer, deduplicated over the whole corpus, exact binomial.
 
+Calibration re-scores the same predictions / answers under random keys (``rekeyed_*``: the
+suspect runs once, only the keyed hashing is repeated), so 10,000 keys cost seconds for the
+binomial tests and K x C x V hashes for the full-distribution test.
+
 Validity details:
 - **Deduplication** (Fernandez et al. 2023): each (context, token) pair / context counts once.
 - **No copying**: when the suspect reads our watermarked text, a context is only scored at its
@@ -30,10 +34,10 @@ Validity details:
   just read (the scored prediction depends only on tokens generated under *other* contexts).
 - **Served contexts** (optional): only contexts that occur in the answers we served, where the
   student can have learnt anything, are scored: fewer units, larger lift.
-- **Accounts** (KGW): among provider-green mass, the account-green share is
-  ``account_gamma`` under "not trained on this account's answers", conditionally on
-  everything else, so each account gets an exact (top-1/text) or analytic-variance
-  (full-distribution) test; Holm over the accounts tested.
+- **Accounts** (KGW; ``radioactivity_accounts.py``): among provider-green mass, the
+  account-green share is ``account_gamma`` under "not trained on this account's answers",
+  conditionally on everything else, so each account gets an exact (top-1/text) or
+  analytic-variance (full-distribution) test; Holm over the accounts tested.
 """
 
 from __future__ import annotations
@@ -45,11 +49,11 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from distillguard.errors import InputError, InsufficientData, ModelError, WatermarkError
+from distillguard.errors import InputError, InsufficientData, ModelError
 from distillguard.watermark import build_scheme
 from distillguard.watermark.base import WatermarkScheme
-from distillguard.watermark.kgw import KGWScheme
-from distillguard.watermark.stats import holm
+from distillguard.watermark.hashing import TOKEN_HASH
+from distillguard.watermark.keys import derive_key
 
 LOG10 = np.log(10.0)
 WEIGHTINGS = ("stouffer", "mass", "precision")
@@ -346,38 +350,42 @@ def binomial_test(
     return TestResult(name, total, mu * n, n, float(z), 10.0**log10p, log10p, exact=True)
 
 
-def _stouffer(
+def unit_weights(
+    variance: np.ndarray, weighting: str, spread: np.ndarray | None = None
+) -> np.ndarray:
+    """Coefficients a (C,) with combined z = sum_c a_c (m_c - mu0) for per-unit null
+    variances (C,); units with no null variance get 0.
+
+    ``spread`` (C,): 1 - ||q_c||^2 of each unit's distribution, for the precision weighting.
+    The coefficients depend on the suspect's q only, never on the key, so the combined z is
+    N(0, 1) under the null for every weighting, and re-keying (calibration) re-uses them.
+    """
+    ok = variance > 1e-15
+    a = np.zeros(variance.shape, np.float64)
+    if not ok.any():
+        return a
+    sd = np.sqrt(variance[ok])
+    if weighting == "stouffer":  # every unit's z equally
+        a[ok] = 1.0 / (sd * np.sqrt(ok.sum()))
+    elif weighting == "precision":
+        if spread is None:
+            raise InputError("the precision weighting needs each unit's spread 1 - ||q||^2")
+        w = spread[ok] / sd  # (C,) expected z under the alternative
+        norm = np.sqrt((w**2).sum())
+        a[ok] = w / sd / norm if norm > 0 else 0.0
+    else:  # mass: raw excesses over their pooled sd
+        a[ok] = 1.0 / np.sqrt(variance[ok].sum())
+    return a
+
+
+def combined_z(
     excess: np.ndarray, variance: np.ndarray, weighting: str, spread: np.ndarray | None = None
 ) -> float:
     """Combined z from per-unit excesses (C,) over their null variances (C,).
 
-    ``spread`` (C,): 1 - ||q_c||^2 of each unit's distribution, for the precision weighting.
     Any weights that do not depend on the key keep the sum N(0, 1) under the null.
     """
-    ok = variance > 1e-15
-    excess, variance = excess[ok], variance[ok]
-    if excess.size == 0:
-        return 0.0
-    z = excess / np.sqrt(variance)  # (C,) independent N(0, 1)-like under the null
-    if weighting == "stouffer":
-        return float(z.sum() / np.sqrt(z.size))
-    if weighting == "precision":
-        if spread is None:
-            raise InputError("the precision weighting needs each unit's spread 1 - ||q||^2")
-        weights = spread[ok] / np.sqrt(variance)  # (C,) expected z under the alternative
-        norm = np.sqrt((weights**2).sum())
-        return float((weights * z).sum() / norm) if norm > 0 else 0.0
-    return float(excess.sum() / np.sqrt(variance.sum()))
-
-
-def _vocab_scores(
-    scheme: WatermarkScheme, key: int, contexts: np.ndarray, vocab: int, *, account: bool = False
-) -> np.ndarray:
-    """Per-(context, token) scores for every token: contexts (c, h) -> (c, V) float64."""
-    u = scheme.context.vocab_values(key, contexts, vocab)  # (c, V) uint64
-    flat = u.ravel()
-    s = scheme.account_pair_scores(flat) if account else scheme.pair_scores(flat)
-    return s.reshape(u.shape)
+    return float((unit_weights(variance, weighting, spread) * excess).sum())
 
 
 def full_distribution_z(
@@ -393,7 +401,7 @@ def full_distribution_z(
         excess.append(m - mu)
         variance.append(var * (q * q).sum(axis=1))
         spread.append(1.0 - (q * q).sum(axis=1))
-    return _stouffer(
+    return combined_z(
         np.concatenate(excess), np.concatenate(variance), weighting, np.concatenate(spread)
     )
 
@@ -416,23 +424,80 @@ def open_weights_tests(
         full_distribution_z(scheme, preds, config.weighting),
         len(preds.contexts),
     )
-    if config.random_keys:
-        null_top, null_full = [], []
-        for other in random_schemes(scheme, config.random_keys, config.seed):
-            null_top.append(
-                binomial_test(other, preds.top1_contexts, preds.top1_tokens, "null").log10_p_value
-            )
-            z = full_distribution_z(other, preds, config.weighting)
-            null_full.append(float(stats.norm.logsf(z) / LOG10))
+    if config.random_keys:  # the same predictions, re-scored under each random key
+        keys = random_keys(scheme, config.random_keys, config.seed)
+        null_top = rekeyed_binomial(scheme, keys, preds.top1_contexts, preds.top1_tokens)
+        z = rekeyed_full_distribution(scheme, keys, preds, config.weighting)
         top1 = _with_null(top1, null_top)
-        full = _with_null(full, null_full)
+        full = _with_null(full, stats.norm.logsf(z) / LOG10)
     return top1, full
 
 
-def _with_null(result: TestResult, null: Sequence[float]) -> TestResult:
+def _with_null(result: TestResult, null: Sequence[float] | np.ndarray) -> TestResult:
     from dataclasses import replace
 
     return replace(result, null_log10_p=tuple(float(x) for x in null))
+
+
+# --------------------------------------------------------------------------- re-keyed nulls
+# Calibration re-scores the *same* predictions / answers under many random keys: the suspect
+# is run once, and only the keyed hashing is repeated, vectorised per key. The keys are the
+# provider keys ``random_schemes`` would build (same seed, same keys), without the schemes.
+
+
+def random_keys(scheme: WatermarkScheme, count: int, seed: int) -> np.ndarray:
+    """Provider keys of ``random_schemes(scheme, count, seed)``: (K,) uint64."""
+    rng = np.random.default_rng(seed)
+    return np.array(
+        [derive_key(rng.bytes(32), scheme.name, 1, "provider") for _ in range(count)],
+        dtype=np.uint64,
+    )
+
+
+def rekeyed_binomial(
+    scheme: WatermarkScheme, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray
+) -> np.ndarray:
+    """log10 p of the exact pair test under each key: keys (K,), pairs (N, h), (N,) -> (K,).
+
+    The pairs must be deduplicated already (as ``binomial_test`` takes them)."""
+    ctx_h = TOKEN_HASH.of(np.asarray(contexts, np.int64).reshape(len(tokens), -1))  # (N, h)
+    tok_h = TOKEN_HASH.of(np.asarray(tokens, np.int64))  # (N,)
+    totals = np.array(
+        [scheme.pair_scores(scheme.context.pair_hashed(int(k), ctx_h, tok_h)).sum() for k in keys]
+    )
+    return np.asarray(scheme.log10_pvalue(totals, np.full(totals.size, len(tok_h))), np.float64)
+
+
+def rekeyed_full_distribution(
+    scheme: WatermarkScheme,
+    keys: np.ndarray,
+    preds: Predictions,
+    weighting: str,
+    chunk: int = 512,
+) -> np.ndarray:
+    """Combined z of ``full_distribution_z`` under each key: keys (K,) -> (K,).
+
+    z = sum_c a_c (sum_v q_c(v) s_k(c, v) - mu0) with key-independent a_c, so per key only the
+    (C, V) keyed scores are computed: K x C x V hashes, no model call."""
+    mu, var = null_moments(scheme)
+    q = preds.mean_probs.astype(np.float64)
+    q /= q.sum(axis=1, keepdims=True)  # (C, V)
+    sq = (q * q).sum(axis=1)  # (C,)
+    a = unit_weights(var * sq, weighting, 1.0 - sq)  # (C,)
+    used = np.flatnonzero(a != 0.0)
+    weighted = (q[used] * a[used, None]).astype(np.float64)  # (C', V)
+    contexts = preds.contexts[used]
+    offset = mu * a.sum()
+    vocab = q.shape[1]
+    z = np.empty(len(keys))
+    for j, key in enumerate(keys.tolist()):
+        total = 0.0
+        for i in range(0, len(used), chunk):
+            u = scheme.context.vocab_values(int(key), contexts[i : i + chunk], vocab)  # (c, V)
+            s = scheme.pair_scores(u.ravel()).reshape(u.shape)
+            total += float(np.einsum("cv,cv->", weighted[i : i + chunk], s))
+        z[j] = total - offset
+    return z
 
 
 def text_pairs(
@@ -470,92 +535,6 @@ def text_tests(
     _require(len(tok), "distinct (context, token) pairs of the suspect's answers", config)
     result = binomial_test(scheme, ctx, tok, "text-binomial")
     if config.random_keys:
-        result = _with_null(
-            result,
-            [
-                binomial_test(o, ctx, tok, "null").log10_p_value
-                for o in random_schemes(scheme, config.random_keys, config.seed)
-            ],
-        )
+        keys = random_keys(scheme, config.random_keys, config.seed)
+        result = _with_null(result, rekeyed_binomial(scheme, keys, ctx, tok))
     return result, ctx, tok, total
-
-
-# --------------------------------------------------------------------------- accounts
-
-
-def _require_kgw(scheme: WatermarkScheme) -> KGWScheme:
-    if not isinstance(scheme, KGWScheme) or scheme.params.account_delta <= 0:
-        raise WatermarkError(
-            "per-account radioactivity needs the kgw scheme with account "
-            "marking (account_delta > 0)"
-        )
-    return scheme
-
-
-def account_tests_pairs(
-    scheme: WatermarkScheme,
-    contexts: np.ndarray,
-    tokens: np.ndarray,
-    accounts: Sequence[str],
-    test: str,
-) -> list[AccountEvidence]:
-    """Exact per-account tests on deduplicated pairs: among provider-green pairs, the
-    account-green count is Binomial(n_green, account_gamma) unless the account is the source."""
-    kgw = _require_kgw(scheme)
-    green = scheme.score_pairs(contexts, tokens) > 0.5  # (N,) provider-green
-    ctx, tok = contexts[green], tokens[green]
-    ag = kgw.params.account_gamma
-    rows = []
-    for account in accounts:
-        k = float(scheme.score_pairs(ctx, tok, account=account).sum())
-        n = int(green.sum())
-        log10p = float(scheme.account_log10_pvalue(np.array([k]), np.array([n]))[0])
-        z = (k - ag * n) / np.sqrt(max(n * ag * (1 - ag), 1e-12))
-        rows.append((account, n, float(z), log10p))
-    return _holm_accounts(rows, test)
-
-
-def account_tests_distribution(
-    scheme: WatermarkScheme,
-    preds: Predictions,
-    accounts: Sequence[str],
-    config: RadioactivityConfig,
-    chunk: int = 256,
-) -> list[AccountEvidence]:
-    """Per-account full-distribution tests: the provider-green mass w = q * G_p splits into
-    account-green and the rest; under "not this account" each token of it is account-green
-    with probability account_gamma independently, so excess and variance are analytic."""
-    kgw = _require_kgw(scheme)
-    ag = kgw.params.account_gamma
-    vocab = preds.mean_probs.shape[1]
-    rows = []
-    greens, spreads = [], []
-    for i in range(0, len(preds.contexts), chunk):
-        q = preds.mean_probs[i : i + chunk].astype(np.float64)
-        q /= q.sum(axis=1, keepdims=True)
-        greens.append(q * kgw.green_mask(preds.contexts[i : i + chunk], vocab))
-        spreads.append(1.0 - (q * q).sum(axis=1))
-    spread = np.concatenate(spreads)
-    for account in accounts:
-        akey = scheme.account_key(account)
-        excess, variance = [], []
-        for j, i in enumerate(range(0, len(preds.contexts), chunk)):
-            w = greens[j]  # (c, V) provider-green mass per token
-            a = _vocab_scores(scheme, akey, preds.contexts[i : i + chunk], vocab, account=True)
-            excess.append((w * a).sum(1) - ag * w.sum(1))
-            variance.append(ag * (1 - ag) * (w * w).sum(1))
-        z = _stouffer(np.concatenate(excess), np.concatenate(variance), config.weighting, spread)
-        rows.append((account, len(preds.contexts), z, float(stats.norm.logsf(z) / LOG10)))
-    return _holm_accounts(rows, "full-distribution")
-
-
-def _holm_accounts(rows: list[tuple[str, int, float, float]], test: str) -> list[AccountEvidence]:
-    if not rows:
-        return []
-    p = np.array([10.0 ** r[3] for r in rows])
-    adjusted = holm(p)
-    out = [
-        AccountEvidence(a, test, n, z, lp, 10.0**lp, float(adj))
-        for (a, n, z, lp), adj in zip(rows, adjusted, strict=True)
-    ]
-    return sorted(out, key=lambda e: e.log10_p_value)

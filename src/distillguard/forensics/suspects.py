@@ -20,12 +20,14 @@ from distillguard.forensics.radioactivity import (
     AccountEvidence,
     RadioactivityConfig,
     RadioactivityReport,
-    account_tests_distribution,
-    account_tests_pairs,
     collect_predictions,
     open_weights_tests,
     served_context_keys,
     text_tests,
+)
+from distillguard.forensics.radioactivity_accounts import (
+    account_tests_distribution,
+    account_tests_pairs,
 )
 from distillguard.watermark.base import WatermarkScheme
 from distillguard.watermark.schemes import build_scheme
