@@ -24,6 +24,7 @@ from distillguard.errors import InputError
 from distillguard.monitor.engines.fold import sorted_sketches
 from distillguard.monitor.links import KINDS, Cluster, LinkConfig, LinkKeys, cluster_id_of
 from distillguard.monitor.offline import (
+    AccountView,
     DecisionConfig,
     ScoreReport,
     account_views,
@@ -209,6 +210,29 @@ class EngineOptions:
     decision: DecisionConfig | None
 
 
+def judge(
+    views: list[AccountView], keys: dict[str, LinkKeys], opts: EngineOptions
+) -> tuple[tuple[Verdict, ...], tuple[Cluster, ...]]:
+    """``offline``'s verdicts on linked accounts, under the engine's options."""
+    ctx = context_for(
+        views,
+        keys,
+        link_cfg=opts.link_cfg,
+        trust=opts.trust,
+        accounts=opts.accounts,
+        decision=opts.decision,
+    )
+    return score_views(views, opts.model, ctx)
+
+
+def judge_accounts(
+    signals: dict[str, AccountSignals], keys: dict[str, LinkKeys], opts: EngineOptions
+) -> tuple[tuple[Verdict, ...], tuple[Cluster, ...]]:
+    """Link the accounts in process (``account_views``), then :func:`judge` them."""
+    keys = with_creation_keys(keys, signals, opts.accounts, opts.trust.young_days)
+    return judge(account_views(signals, keys, opts.link_cfg), keys, opts)
+
+
 def finish(
     folded: dict[str, Folded],
     clusters_for: Callable[[dict[str, LinkKeys]], list[Cluster]],
@@ -225,15 +249,7 @@ def finish(
     keys = with_creation_keys(keys, signals, opts.accounts, opts.trust.young_days)
     clusters = clusters_for(keys)
     views = views_with_clusters(signals, clusters)
-    ctx = context_for(
-        views,
-        keys,
-        link_cfg=opts.link_cfg,
-        trust=opts.trust,
-        accounts=opts.accounts,
-        decision=opts.decision,
-    )
-    verdicts, found = score_views(views, opts.model, ctx)
+    verdicts, found = judge(views, keys, opts)
     exchanges = sum(f.exchanges for f in folded.values())
     return ScoreReport(
         verdicts,
@@ -253,17 +269,7 @@ def score_sketches(
 ) -> ScoreReport:
     """``offline.score_records`` after its ``collect``: the streaming engine's verdicts."""
     signals, keys = read_out(sketches, opts.link_cfg)
-    keys = with_creation_keys(keys, signals, opts.accounts, opts.trust.young_days)
-    views = account_views(signals, keys, opts.link_cfg)
-    ctx = context_for(
-        views,
-        keys,
-        link_cfg=opts.link_cfg,
-        trust=opts.trust,
-        accounts=opts.accounts,
-        decision=opts.decision,
-    )
-    verdicts, clusters = score_views(views, opts.model, ctx)
+    verdicts, clusters = judge_accounts(signals, keys, opts)
     return ScoreReport(
         verdicts,
         clusters,

@@ -17,18 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distillguard.errors import InputError
-from distillguard.monitor.engines.common import EngineOptions
+from distillguard.monitor.engines.common import EngineOptions, judge_accounts
 from distillguard.monitor.engines.fold import collect_records
 from distillguard.monitor.links import LinkConfig, LinkKeys
 from distillguard.monitor.offline import (
     ScoreReport,
     _partition_filter,
-    account_views,
-    context_for,
     default_workers,
     read_out,
-    score_views,
-    with_creation_keys,
 )
 from distillguard.monitor.signals import AccountSignals, SignalConfig
 from distillguard.traffic import MAX_SKIP_EXAMPLES, ReadSummary, read_traffic
@@ -90,17 +86,7 @@ def score_jsonl(path: Path, opts: EngineOptions, workers: int | None = None) -> 
         )
     signals = {a: s for p in parts for a, s in p.signals.items()}
     keys = {a: k for p in parts for a, k in p.keys.items()}
-    keys = with_creation_keys(keys, signals, opts.accounts, opts.trust.young_days)
-    views = account_views(signals, keys, opts.link_cfg)
-    ctx = context_for(
-        views,
-        keys,
-        link_cfg=opts.link_cfg,
-        trust=opts.trust,
-        accounts=opts.accounts,
-        decision=opts.decision,
-    )
-    verdicts, clusters = score_views(views, opts.model, ctx)
+    verdicts, clusters = judge_accounts(signals, keys, opts)
     return ScoreReport(
         verdicts,
         clusters,
