@@ -38,6 +38,22 @@ def _charge(engine, key_id: str, tokens: int, spend_usd: float) -> None:
         charge_usage(session, key_id=key_id, tokens=tokens, spend_usd=spend_usd)
 
 
+async def take_budget_turn(state: GatewayState, identity: KeyIdentity) -> asyncio.Lock | None:
+    """Make a budgeted key's requests take turns in this process from the budget check to the
+    charge, and return the held lock (None for a key without a budget: nothing to wait for).
+
+    The charge lands after the answer is out, so without turns a client that sends its next
+    request as soon as it has an answer is checked against usage that misses that answer, and
+    gets one answer past its budget. With turns the next check sees the previous charge: a
+    budget is exact within a replica. Across replicas the requests in flight at once may
+    still overrun it (the total lives in the database, not in a shared lock)."""
+    if not identity.budgeted:
+        return None
+    lock = state.budget_locks.setdefault(identity.key_id, asyncio.Lock())
+    await lock.acquire()
+    return lock
+
+
 async def check_key(state: GatewayState, identity: KeyIdentity) -> None:
     """AuthError for an expired key, QuotaExceeded for a key whose budget is used up."""
     check_expiry(identity)

@@ -48,7 +48,7 @@ from distillguard.gateway.errors import (
 )
 from distillguard.gateway.limits import ratelimit_headers
 from distillguard.gateway.metrics import log_exchange
-from distillguard.gateway.quota import charge_key, check_key
+from distillguard.gateway.quota import charge_key, check_key, take_budget_turn
 from distillguard.store.accounts import check_expiry
 from distillguard.wire import openai as wire
 from distillguard.wire.answers import needs_redaction, redact_media
@@ -230,6 +230,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
     attempt = Attempt.arriving(state, scope)
     outcome = Outcome()
     reservation = None
+    budget_turn = None  # a budgeted key's lock, held from its check to its charge
     limit_headers: list[tuple[bytes, bytes]] = []  # OpenAI's x-ratelimit-*, once admitted
     state.metrics.in_flight.inc()
     try:
@@ -243,6 +244,7 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             await _refuse_unauthenticated(state, attempt, refused, receive, send)
             raise _StreamEnded() from None
         attempt.identity = identity
+        budget_turn = await take_budget_turn(state, identity)
         await check_key(state, identity)  # expiry, token and spend budgets
         raw = attempt.raw = await _read_body(
             scope, receive, settings.max_body_bytes, settings.request_timeout_s
@@ -342,9 +344,16 @@ async def handle_openai(state: GatewayState, scope: dict, receive, send) -> None
             except Exception:
                 log.exception("could not settle a rate-limit reservation")
         if attempt.identity is not None and attempt.identity.budgeted:
-            await charge_key(
-                state, attempt.identity, outcome.prompt_tokens or 0, outcome.completion_tokens or 0
-            )
+            try:
+                await charge_key(
+                    state,
+                    attempt.identity,
+                    outcome.prompt_tokens or 0,
+                    outcome.completion_tokens or 0,
+                )
+            finally:
+                if budget_turn is not None:
+                    budget_turn.release()
         if state.monitor is not None and attempt.identity is not None and attempt.status == 200:
             try:
                 state.monitor.record(

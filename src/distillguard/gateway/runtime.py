@@ -6,7 +6,7 @@ it, instead of the routes importing the app that imports them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
@@ -39,3 +39,6 @@ class GatewayState:
     unauth_budget: UnauthenticatedBudget  # logged requests without a valid key, per IP
     started_at: float = 0.0
     prevention: Any = None  # gateway.prevention.Prevention, made on first use
+    # One asyncio lock per budgeted key (gateway.quota.take_budget_turn): bounded by the keys
+    # an admin gave a budget.
+    budget_locks: dict[str, Any] = field(default_factory=dict)
