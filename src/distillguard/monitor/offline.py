@@ -198,6 +198,10 @@ def _partition_filter(part: int, parts: int) -> Callable[[bytes], bool]:
     return keep
 
 
+# A fold of records into account sketches (``collect`` without prefixes, or an engine's own).
+Fold = Callable[[Iterable[TrafficRecord], SignalConfig], dict[str, AccountSketch]]
+
+
 @dataclass(frozen=True)
 class _PartResult:
     signals: dict[str, AccountSignals]
@@ -215,10 +219,14 @@ def _collect_part(
     cfg: SignalConfig,
     link_cfg: LinkConfig,
     with_prefixes: bool = False,
+    fold: Fold | None = None,
 ) -> _PartResult:
     reader = read_traffic(path, line_filter=_partition_filter(part, parts) if parts > 1 else None)
     prefixes: dict[str, list[AccountSignals]] | None = {} if with_prefixes else None
-    sketches = collect(reader, cfg, prefixes=prefixes)
+    if fold is not None and not with_prefixes:
+        sketches = fold(reader, cfg)
+    else:
+        sketches = collect(reader, cfg, prefixes=prefixes)
     signals, keys = read_out(sketches, link_cfg)
     return _PartResult(
         signals,
@@ -237,9 +245,11 @@ def collect_file(
     cfg: SignalConfig | None = None,
     link_cfg: LinkConfig | None = None,
     with_prefixes: bool = False,
+    fold: Fold | None = None,
 ) -> _PartResult:
     """Signals and link keys of every account in the log at ``path`` (and, with
-    ``with_prefixes``, its signals at each of ``CHECKPOINTS``).
+    ``with_prefixes``, its signals at each of ``CHECKPOINTS``). ``fold`` replaces
+    :func:`collect` without prefixes (the engines' batched fold, equal to it).
 
     With ``workers`` > 1 the accounts are split by a hash of their id and each worker
     process reads the file, parsing only its own accounts' lines (a raw byte search finds
@@ -247,7 +257,7 @@ def collect_file(
     """
     cfg, link_cfg = cfg or SignalConfig(), link_cfg or LinkConfig()
     if workers <= 1:
-        return _collect_part(str(path), 0, 1, cfg, link_cfg, with_prefixes)
+        return _collect_part(str(path), 0, 1, cfg, link_cfg, with_prefixes, fold)
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -261,6 +271,7 @@ def collect_file(
                 [cfg] * workers,
                 [link_cfg] * workers,
                 [with_prefixes] * workers,
+                [fold] * workers,
             )
         )
     signals: dict[str, AccountSignals] = {}
